@@ -1,0 +1,2 @@
+//! `mirrorfs DIR`: mounts the mirroring filesystem over DIR itself.
+fn main() {}

@@ -1,0 +1,431 @@
+//! The journal writer: append, group-commit sync, rotation, and recovery on open.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::format::{self, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::{list_segments, segment_path, JournalError, Position};
+use crate::entry::EntryRef;
+use crate::state::{fsync_dir, LockFile};
+
+/// Journal settings.
+#[derive(Debug, Clone, Copy)]
+pub struct JournalConfig {
+    /// A segment is sealed and a new one started once it would grow past this many bytes.
+    pub segment_size: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            segment_size: 64 << 20,
+        }
+    }
+}
+
+struct Active {
+    header: SegmentHeader,
+    path: PathBuf,
+    file: Arc<File>,
+    len: u64,
+    index: Vec<u64>,
+    poisoned: bool,
+}
+
+#[derive(Default)]
+struct SyncState {
+    durable: Position,
+    in_progress: bool,
+}
+
+/// The journal writer. `Sync`: append from many threads at once.
+pub struct Journal {
+    dir: PathBuf,
+    cfg: JournalConfig,
+    active: Mutex<Active>,
+    sync_state: Mutex<SyncState>,
+    sync_done: Condvar,
+    _lock: LockFile,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.dir).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; the poisoned flag in `Active`
+    // is what guards the journal's consistency.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes all of `bufs` at `offset`, continuing after short writes.
+fn pwritev_all(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut first = 0;
+    while first < iov.len() {
+        let cnt = (iov.len() - first).min(libc::UIO_MAXIOV as usize);
+        // SAFETY: every iovec points into a slice borrowed for this call; the kernel only reads.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov[first..].as_ptr(),
+                cnt as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote 0 bytes"));
+        }
+        let mut n = n as usize;
+        offset += n as u64;
+        while first < iov.len() && n >= iov[first].iov_len {
+            n -= iov[first].iov_len;
+            first += 1;
+        }
+        if n > 0 {
+            let v = &mut iov[first];
+            // SAFETY: n < iov_len, so the advanced pointer stays inside the same slice.
+            v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
+            v.iov_len -= n;
+        }
+    }
+    Ok(())
+}
+
+fn create_segment(dir: &Path, n: u64) -> Result<(File, SegmentHeader, PathBuf), JournalError> {
+    let path = segment_path(dir, n);
+    let io_err = |e| JournalError::io(&path, e);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err)?;
+    let header = SegmentHeader::new(n);
+    file.write_all_at(&header.encode(), 0).map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    fsync_dir(dir).map_err(|e| JournalError::io(dir, e))?;
+    Ok((file, header, path))
+}
+
+impl Journal {
+    /// Opens the journal in `dir` for appending (creating it), recovering the newest segment.
+    ///
+    /// Fails if another process has it open, or if a segment is corrupt other than at the
+    /// tail of the newest one.
+    pub fn open(dir: &Path, cfg: JournalConfig) -> Result<Journal, JournalError> {
+        fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+        let lock_file = LockFile::acquire(&dir.join("LOCK"))?;
+        let segs = list_segments(dir)?;
+        let active = match segs.split_last() {
+            None => Self::fresh(dir, 1)?,
+            Some((&last, older)) => {
+                for &s in older {
+                    check_header(dir, s)?;
+                }
+                Self::recover(dir, last)?
+            }
+        };
+        let durable = Position::new(active.header.segment, active.len);
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            cfg,
+            active: Mutex::new(active),
+            sync_state: Mutex::new(SyncState {
+                durable,
+                in_progress: false,
+            }),
+            sync_done: Condvar::new(),
+            _lock: lock_file,
+        })
+    }
+
+    fn fresh(dir: &Path, n: u64) -> Result<Active, JournalError> {
+        let (file, header, path) = create_segment(dir, n)?;
+        Ok(Active {
+            header,
+            path,
+            file: Arc::new(file),
+            len: SEGMENT_HEADER_LEN,
+            index: Vec::new(),
+            poisoned: false,
+        })
+    }
+
+    /// Recovers the newest segment `n`: truncates a torn tail, or starts segment `n + 1` if
+    /// `n` was sealed.
+    fn recover(dir: &Path, n: u64) -> Result<Active, JournalError> {
+        let path = segment_path(dir, n);
+        let io_err = |e| JournalError::io(&path, e);
+        let bytes = fs::read(&path).map_err(io_err)?;
+        let corrupt = |offset, reason| JournalError::Corrupt {
+            path: path.clone(),
+            segment: n,
+            offset,
+            reason,
+        };
+        let header = match SegmentHeader::decode(&bytes) {
+            Ok(h) => h,
+            // A header that never became durable: the segment was being created when the
+            // writer died, before any record could be appended. Start it again.
+            Err(e) if bytes.len() <= SEGMENT_HEADER_LEN as usize => {
+                log::warn!(
+                    "journal {}: header of the newest segment is incomplete ({e}); recreating it",
+                    path.display()
+                );
+                fs::remove_file(&path).map_err(io_err)?;
+                return Self::fresh(dir, n);
+            }
+            Err(e) => return Err(corrupt(0, e)),
+        };
+        if header.segment != n {
+            return Err(corrupt(0, format::FormatError::BadLength("header names another segment")));
+        }
+        if header.sealed {
+            return Self::fresh(dir, n + 1);
+        }
+        let mut index = Vec::new();
+        let mut pos = SEGMENT_HEADER_LEN as usize;
+        let mut damage = None;
+        while pos < bytes.len() {
+            match format::verify_record(&bytes[pos..]) {
+                Ok(len) => {
+                    index.push(pos as u64);
+                    pos += len;
+                }
+                Err(e) => {
+                    damage = Some(e);
+                    break;
+                }
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err)?;
+        if let Some(reason) = damage {
+            if let Some(rel) = format::find_valid_record(&bytes[pos + 1..]) {
+                log::error!(
+                    "journal {}: record at offset {pos} is damaged ({reason}) but a valid record follows at offset {}",
+                    path.display(),
+                    pos + 1 + rel
+                );
+                return Err(corrupt(pos as u64, reason));
+            }
+            log::warn!(
+                "journal {}: torn tail at offset {pos} ({} bytes: {reason}); truncated to the last complete record",
+                path.display(),
+                bytes.len() - pos
+            );
+            file.set_len(pos as u64).map_err(io_err)?;
+            file.sync_all().map_err(io_err)?;
+        }
+        Ok(Active {
+            header,
+            path,
+            file: Arc::new(file),
+            len: pos as u64,
+            index,
+            poisoned: false,
+        })
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the next record will go.
+    pub fn end(&self) -> Position {
+        let a = lock(&self.active);
+        Position::new(a.header.segment, a.len)
+    }
+
+    /// Appends one entry and returns its position. When this returns, the record is in the
+    /// kernel (it survives a crash of this process); call [`Journal::sync`] for durability.
+    pub fn append(&self, e: &EntryRef<'_>) -> Result<Position, JournalError> {
+        format::check_limits(e).map_err(|reason| JournalError::TooLarge {
+            name: String::from_utf8_lossy(e.name).into_owned(),
+            reason,
+        })?;
+        let header = format::encode_record_header(e);
+        let len = format::record_len(e) as u64;
+        let mut a = lock(&self.active);
+        if a.poisoned {
+            return Err(JournalError::Poisoned(self.dir.clone()));
+        }
+        if a.len > SEGMENT_HEADER_LEN && a.len + len > self.cfg.segment_size {
+            self.rotate(&mut a)?;
+        }
+        let pos = Position::new(a.header.segment, a.len);
+        if let Err(err) = pwritev_all(&a.file, &[&header, e.name, e.aux, e.data], a.len) {
+            // Take back whatever part reached the file, so no torn record sits mid-segment.
+            if let Err(e2) = a.file.set_len(a.len) {
+                log::error!(
+                    "journal {}: could not cut back a failed append ({e2}); refusing further appends",
+                    a.path.display()
+                );
+                a.poisoned = true;
+            }
+            return Err(JournalError::io(&a.path, err));
+        }
+        a.len += len;
+        a.index.push(pos.offset);
+        Ok(pos)
+    }
+
+    /// Seals the active segment (index, header, fsync) and starts the next one.
+    fn rotate(&self, a: &mut Active) -> Result<(), JournalError> {
+        let res = (|| {
+            let idx = format::encode_index(&a.index);
+            a.file
+                .write_all_at(&idx, a.len)
+                .map_err(|e| JournalError::io(&a.path, e))?;
+            let mut h = a.header;
+            h.sealed = true;
+            h.index_offset = a.len;
+            h.total_size = a.len + idx.len() as u64;
+            h.record_count = a.index.len() as u64;
+            a.file
+                .write_all_at(&h.encode(), 0)
+                .map_err(|e| JournalError::io(&a.path, e))?;
+            a.file
+                .sync_all()
+                .map_err(|e| JournalError::io(&a.path, e))?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            a.poisoned = true;
+            return Err(e);
+        }
+        let sealed_end = Position::new(a.header.segment, a.len);
+        let (file, header, path) = match create_segment(&self.dir, a.header.segment + 1) {
+            Ok(x) => x,
+            Err(e) => {
+                a.poisoned = true;
+                return Err(e);
+            }
+        };
+        log::debug!("journal: sealed segment {}, started {}", a.header.segment, header.segment);
+        *a = Active {
+            header,
+            path,
+            file: Arc::new(file),
+            len: SEGMENT_HEADER_LEN,
+            index: Vec::new(),
+            poisoned: false,
+        };
+        let mut s = lock(&self.sync_state);
+        s.durable = s.durable.max(sealed_end);
+        Ok(())
+    }
+
+    /// Makes every entry appended before this call durable (group commit: while one caller
+    /// runs `fdatasync`, later callers wait and the next one syncs for all of them).
+    pub fn sync(&self) -> Result<(), JournalError> {
+        let target = self.end();
+        let mut s = lock(&self.sync_state);
+        loop {
+            if s.durable >= target {
+                return Ok(());
+            }
+            if !s.in_progress {
+                break;
+            }
+            s = self
+                .sync_done
+                .wait(s)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        s.in_progress = true;
+        drop(s);
+        // Sync as far as has been appended now, to serve callers that arrived meanwhile.
+        let (end, file, path) = {
+            let a = lock(&self.active);
+            if a.poisoned {
+                let mut s = lock(&self.sync_state);
+                s.in_progress = false;
+                self.sync_done.notify_all();
+                return Err(JournalError::Poisoned(self.dir.clone()));
+            }
+            (
+                Position::new(a.header.segment, a.len),
+                a.file.clone(),
+                a.path.clone(),
+            )
+        };
+        let res = file.sync_data();
+        let mut s = lock(&self.sync_state);
+        s.in_progress = false;
+        if res.is_ok() {
+            s.durable = s.durable.max(end);
+        }
+        self.sync_done.notify_all();
+        drop(s);
+        if let Err(e) = res {
+            // After a failed fsync the page cache state is unknown: stop accepting appends.
+            let mut a = lock(&self.active);
+            a.poisoned = true;
+            log::error!("journal {}: fsync failed ({e}); refusing further appends", path.display());
+            return Err(JournalError::io(&path, e));
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one now (used by tests and tools).
+    pub fn rotate_now(&self) -> Result<(), JournalError> {
+        let mut a = lock(&self.active);
+        if a.poisoned {
+            return Err(JournalError::Poisoned(self.dir.clone()));
+        }
+        self.rotate(&mut a)
+    }
+}
+
+/// Checks the header of an older (non-newest) segment.
+fn check_header(dir: &Path, n: u64) -> Result<(), JournalError> {
+    let path = segment_path(dir, n);
+    let mut buf = [0u8; SEGMENT_HEADER_LEN as usize];
+    let file = File::open(&path).map_err(|e| JournalError::io(&path, e))?;
+    let got = file.read_at(&mut buf, 0).map_err(|e| JournalError::io(&path, e))?;
+    let corrupt = |reason| JournalError::Corrupt {
+        path: path.clone(),
+        segment: n,
+        offset: 0,
+        reason,
+    };
+    let h = SegmentHeader::decode(&buf[..got]).map_err(corrupt)?;
+    if h.segment != n {
+        return Err(corrupt(format::FormatError::BadLength(
+            "header names another segment",
+        )));
+    }
+    if !h.sealed {
+        return Err(corrupt(format::FormatError::BadLength(
+            "segment older than the newest is not sealed",
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! mirror's shared library and the `mirrorfs` filesystem.
+//!
+//! Every mirror binary builds on this crate: the rules and their matcher, the store-and-forward
+//! journal, the state-directory layout, and (for `mirrorfs` itself) the FUSE filesystem.
+//! `docs/ARCHITECTURE.md` in the repository is the map; DESIGN.md the contract.
+
+#![warn(missing_docs)]
+
+pub mod entry;
+pub mod journal;
+pub mod matcher;
+pub mod notify;
+pub mod rule;
+pub mod rulesdb;
+pub mod state;
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

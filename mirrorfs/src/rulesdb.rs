@@ -1,0 +1,492 @@
+//! The rules database (`<state>/rules.db`, SQLite): the configuration database of seeds/002
+//! Figure 6, plus an id, a mode, and the configuration version.
+//!
+//! Schema (version 1, kept in `PRAGMA user_version`; [`MIGRATIONS`] brings older files up):
+//!
+//! ```sql
+//! meta(key TEXT PRIMARY KEY, value INTEGER)        -- 'config_version'
+//! rules(id INTEGER PRIMARY KEY AUTOINCREMENT, pattern TEXT, dest TEXT, attrs INTEGER,
+//!       delete_suffix TEXT NULL, mode TEXT, crc INTEGER UNIQUE, created_ns INTEGER)
+//! rule_sites(rule_id INTEGER REFERENCES rules(id) ON DELETE CASCADE, site TEXT, pos INTEGER)
+//! ```
+//!
+//! Every change to the rules increments the configuration version in the same transaction;
+//! mirror-sendd also increments it at every start (seeds/002 \[0058\]). The database runs in WAL
+//! mode so the mount, the sender and `mirror-ctl` can use it at once.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::rule::{Dest, Mode, Pattern, Rule, RuleError, RuleSpec, Site};
+
+/// Errors of the rules database.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesDbError {
+    /// SQLite failed.
+    #[error("rules database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// A stored row no longer parses (edited by hand, or a newer format).
+    #[error("rules database {path}: rule {id} is invalid: {source}")]
+    BadRow {
+        /// The database file.
+        path: PathBuf,
+        /// The rule id.
+        id: i64,
+        /// What is wrong.
+        source: RuleError,
+    },
+    /// The file was written by a newer mirror.
+    #[error("rules database {path} has schema version {found}; this mirror knows up to {known}: upgrade mirror")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+    /// The same pattern to the same destination and site exists already.
+    #[error("rule {existing} already mirrors {pattern} to {dest} on site {site}")]
+    Duplicate {
+        /// The existing rule's id.
+        existing: i64,
+        /// Pattern.
+        pattern: String,
+        /// Destination.
+        dest: String,
+        /// The shared site.
+        site: String,
+    },
+    /// Astronomically rare: another rule has the same CRC.
+    #[error("the new rule's CRC {crc:#010x} equals that of rule {existing}; change --dest slightly")]
+    CrcCollision {
+        /// The CRC.
+        crc: u32,
+        /// The rule holding it.
+        existing: i64,
+    },
+    /// No rule with that id.
+    #[error("no rule with id {0} (see `mirror-ctl rule list`)")]
+    NoSuchRule(i64),
+}
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `MIGRATIONS[n]` upgrades a database from schema version `n` to `n + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the first schema.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+     INSERT INTO meta (key, value) VALUES ('config_version', 0);
+     CREATE TABLE rules (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         pattern TEXT NOT NULL,
+         dest TEXT NOT NULL,
+         attrs INTEGER NOT NULL,
+         delete_suffix TEXT,
+         mode TEXT NOT NULL DEFAULT 'async',
+         crc INTEGER NOT NULL UNIQUE,
+         created_ns INTEGER NOT NULL
+     );
+     CREATE TABLE rule_sites (
+         rule_id INTEGER NOT NULL REFERENCES rules(id) ON DELETE CASCADE,
+         site TEXT NOT NULL,
+         pos INTEGER NOT NULL,
+         PRIMARY KEY (rule_id, site)
+     );",
+];
+
+/// An open rules database.
+pub struct RulesDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RulesDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesDb").field("path", &self.path).finish()
+    }
+}
+
+impl RulesDb {
+    /// Opens (creating and migrating as needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<RulesDb, RulesDbError> {
+        let sql = |source| RulesDbError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
+        let mut db = RulesDb {
+            conn,
+            path: path.to_path_buf(),
+        };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn err(&self, source: rusqlite::Error) -> RulesDbError {
+        RulesDbError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), RulesDbError> {
+        let path = self.path.clone();
+        let sql = |source| RulesDbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let found: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
+        if found > SCHEMA_VERSION {
+            return Err(RulesDbError::TooNew {
+                path: path.clone(),
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        for step in &MIGRATIONS[found as usize..] {
+            tx.execute_batch(step).map_err(sql)?;
+        }
+        if found < SCHEMA_VERSION {
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current configuration version.
+    pub fn config_version(&self) -> Result<u64, RulesDbError> {
+        self.conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'config_version'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Increments the configuration version (mirror-sendd does this at start) and returns the new one.
+    pub fn bump_version(&mut self) -> Result<u64, RulesDbError> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|source| RulesDbError::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        let v = bump(&tx).map_err(|source| RulesDbError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        tx.commit()
+            .map_err(|source| RulesDbError::Sqlite { path, source })?;
+        Ok(v)
+    }
+
+    /// A number that changes whenever another connection commits a change (SQLite `data_version`).
+    /// Cheap to poll: watchers read it, and reload the rules only when it moved.
+    pub fn data_version(&self) -> Result<i64, RulesDbError> {
+        self.conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Adds a rule, refusing duplicates (same pattern, destination and a shared site).
+    /// Returns the stored rule; the configuration version is incremented.
+    pub fn add(&mut self, spec: RuleSpec) -> Result<Rule, RulesDbError> {
+        let path = self.path.clone();
+        let sql = |source| RulesDbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let crc = spec.crc();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        {
+            let mut dup = tx
+                .prepare(
+                    "SELECT r.id, s.site FROM rules r JOIN rule_sites s ON s.rule_id = r.id
+                     WHERE r.pattern = ?1 AND r.dest = ?2",
+                )
+                .map_err(sql)?;
+            let rows = dup
+                .query_map(params![spec.pattern.as_str(), spec.dest.as_str()], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(sql)?;
+            for row in rows {
+                let (existing, site) = row.map_err(sql)?;
+                if spec.sites.iter().any(|s| s.to_string() == site) {
+                    return Err(RulesDbError::Duplicate {
+                        existing,
+                        pattern: spec.pattern.to_string(),
+                        dest: spec.dest.to_string(),
+                        site,
+                    });
+                }
+            }
+            let clash: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM rules WHERE crc = ?1",
+                    params![crc as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql)?;
+            if let Some(existing) = clash {
+                return Err(RulesDbError::CrcCollision { crc, existing });
+            }
+        }
+        tx.execute(
+            "INSERT INTO rules (pattern, dest, attrs, delete_suffix, mode, crc, created_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                spec.pattern.as_str(),
+                spec.dest.as_str(),
+                spec.attrs,
+                spec.delete_suffix,
+                spec.mode.as_str(),
+                crc as i64,
+                crate::now_ns() as i64,
+            ],
+        )
+        .map_err(sql)?;
+        let id = tx.last_insert_rowid();
+        for (pos, site) in spec.sites.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO rule_sites (rule_id, site, pos) VALUES (?1, ?2, ?3)",
+                params![id, site.to_string(), pos as i64],
+            )
+            .map_err(sql)?;
+        }
+        bump(&tx).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(Rule { id, spec, crc })
+    }
+
+    /// Removes rule `id` and returns it; the configuration version is incremented.
+    pub fn remove(&mut self, id: i64) -> Result<Rule, RulesDbError> {
+        let path = self.path.clone();
+        let sql = |source| RulesDbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let rule = self
+            .list()?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or(RulesDbError::NoSuchRule(id))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let n = tx
+            .execute("DELETE FROM rules WHERE id = ?1", params![id])
+            .map_err(sql)?;
+        if n == 0 {
+            return Err(RulesDbError::NoSuchRule(id));
+        }
+        bump(&tx).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(rule)
+    }
+
+    /// All rules, by id.
+    pub fn list(&self) -> Result<Vec<Rule>, RulesDbError> {
+        Ok(self.snapshot()?.1)
+    }
+
+    /// The configuration version and all rules, read in one transaction so they agree.
+    pub fn snapshot(&self) -> Result<(u64, Vec<Rule>), RulesDbError> {
+        let sql = |e| self.err(e);
+        let tx = self.conn.unchecked_transaction().map_err(sql)?;
+        let version: i64 = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'config_version'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        type Row = (i64, String, String, bool, Option<String>, String, i64);
+        let rows: Vec<Row> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT id, pattern, dest, attrs, delete_suffix, mode, crc FROM rules ORDER BY id",
+                )
+                .map_err(sql)?;
+            let it = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                })
+                .map_err(sql)?;
+            it.collect::<Result<_, _>>().map_err(sql)?
+        };
+        let mut sites_stmt = tx
+            .prepare("SELECT site FROM rule_sites WHERE rule_id = ?1 ORDER BY pos")
+            .map_err(sql)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, pattern, dest, attrs, delete_suffix, mode, crc) in rows {
+            let bad = |source| RulesDbError::BadRow {
+                path: self.path.clone(),
+                id,
+                source,
+            };
+            let sites: Vec<String> = sites_stmt
+                .query_map(params![id], |r| r.get(0))
+                .map_err(sql)?
+                .collect::<Result<_, _>>()
+                .map_err(sql)?;
+            let spec = RuleSpec {
+                pattern: Pattern::parse(&pattern).map_err(bad)?,
+                sites: sites
+                    .iter()
+                    .map(|s| Site::parse(s))
+                    .collect::<Result<_, _>>()
+                    .map_err(bad)?,
+                dest: Dest::parse(&dest).map_err(bad)?,
+                attrs,
+                delete_suffix,
+                mode: Mode::parse(&mode).map_err(bad)?,
+            };
+            out.push(Rule {
+                id,
+                spec,
+                crc: crc as u32,
+            });
+        }
+        drop(sites_stmt);
+        tx.commit().map_err(sql)?;
+        Ok((version as u64, out))
+    }
+}
+
+fn bump(tx: &rusqlite::Transaction<'_>) -> Result<u64, rusqlite::Error> {
+    tx.query_row(
+        "UPDATE meta SET value = value + 1 WHERE key = 'config_version' RETURNING value",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|v| v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(pattern: &str, site: &str, dest: &str) -> RuleSpec {
+        RuleSpec {
+            pattern: Pattern::parse(pattern).unwrap(),
+            sites: vec![Site::parse(site).unwrap()],
+            dest: Dest::parse(dest).unwrap(),
+            attrs: false,
+            delete_suffix: None,
+            mode: Mode::Async,
+        }
+    }
+
+    #[test]
+    fn add_list_remove_bump_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.db");
+        let mut db = RulesDb::open(&path).unwrap();
+        assert_eq!(db.config_version().unwrap(), 0);
+        let a = db.add(spec("/p/a/", "h:1", "d")).unwrap();
+        let mut s = spec("/p/*.doc", "h:1", "docs");
+        s.attrs = true;
+        s.delete_suffix = Some(".deleted".into());
+        s.sites.push(Site::parse("[::1]:2").unwrap());
+        let b = db.add(s).unwrap();
+        assert_eq!(db.config_version().unwrap(), 2);
+        // Reopen: everything is durable and parses back.
+        drop(db);
+        let mut db = RulesDb::open(&path).unwrap();
+        let rules = db.list().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].id, a.id);
+        assert_eq!(rules[1].spec.sites.len(), 2);
+        assert_eq!(rules[1].spec.delete_suffix.as_deref(), Some(".deleted"));
+        assert!(rules[1].spec.attrs);
+        assert_eq!(rules[1].crc, b.crc);
+        db.remove(a.id).unwrap();
+        assert_eq!(db.config_version().unwrap(), 3);
+        assert!(matches!(db.remove(a.id), Err(RulesDbError::NoSuchRule(_))));
+        assert_eq!(db.bump_version().unwrap(), 4);
+        // Ids are never reused.
+        let c = db.add(spec("/p/a/", "h:1", "d")).unwrap();
+        assert!(c.id > b.id);
+    }
+
+    #[test]
+    fn duplicates_refused_without_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = RulesDb::open(&dir.path().join("r.db")).unwrap();
+        db.add(spec("/p/a/", "h:1", "d")).unwrap();
+        let e = db.add(spec("/p/a/", "h:1", "d")).unwrap_err();
+        assert!(matches!(e, RulesDbError::Duplicate { .. }), "{e}");
+        assert_eq!(db.config_version().unwrap(), 1);
+        assert_eq!(db.list().unwrap().len(), 1);
+        // Another site or another destination is a different rule.
+        db.add(spec("/p/a/", "h:2", "d")).unwrap();
+        db.add(spec("/p/a/", "h:1", "e")).unwrap();
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        drop(RulesDb::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        assert!(matches!(
+            RulesDb::open(&path),
+            Err(RulesDbError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn data_version_moves_on_foreign_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let watcher = RulesDb::open(&path).unwrap();
+        let before = watcher.data_version().unwrap();
+        let mut writer = RulesDb::open(&path).unwrap();
+        writer.add(spec("/p/a/", "h:1", "d")).unwrap();
+        assert_ne!(watcher.data_version().unwrap(), before);
+    }
+}

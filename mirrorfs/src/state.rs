@@ -1,0 +1,336 @@
+//! The state directory of one "local system": where it is and what lives inside it.
+//!
+//! Resolution order (DESIGN.md): `--state DIR`, else `$MIRROR_STATE`, else
+//! `$XDG_STATE_HOME/mirror`, else `$HOME/.local/state/mirror`.
+//!
+//! Layout of a source state directory:
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `rules.db` | the rules database (SQLite) |
+//! | `journal/` | store-and-forward journal segments |
+//! | `sfa` | acknowledged journal position per site |
+//! | `blocked` | the blocked-site list |
+//! | `site-id` | this system's stable source-site id |
+//! | `errors.log` | warnings and errors of every daemon using this directory |
+//! | `*.lock` | advisory locks held by running daemons |
+//! | `*.sock` | control sockets of running daemons |
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Errors while resolving, creating or locking a state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Neither `--state`, `$MIRROR_STATE`, `$XDG_STATE_HOME` nor `$HOME` is set.
+    #[error("no state directory: pass --state DIR or set MIRROR_STATE (neither XDG_STATE_HOME nor HOME is set)")]
+    NoDefault,
+    /// The directory could not be created or opened.
+    #[error("state directory {path}: {source}")]
+    Io {
+        /// The path at fault.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Another process holds the lock.
+    #[error("{path} is locked by another running process ({holder}); stop it first or use another --state")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// What the lock file says about its holder.
+        holder: String,
+    },
+}
+
+/// Picks the state directory from the explicit option and the environment values given.
+///
+/// Kept free of `std::env` so it can be tested; [`resolve`] passes the real environment.
+pub fn resolve_from(
+    explicit: Option<&Path>,
+    mirror_state: Option<&str>,
+    xdg_state_home: Option<&str>,
+    home: Option<&str>,
+) -> Result<PathBuf, StateError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let nonempty = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(PathBuf::from);
+    if let Some(p) = nonempty(mirror_state) {
+        return Ok(p);
+    }
+    if let Some(p) = nonempty(xdg_state_home) {
+        return Ok(p.join("mirror"));
+    }
+    if let Some(p) = nonempty(home) {
+        return Ok(p.join(".local/state/mirror"));
+    }
+    Err(StateError::NoDefault)
+}
+
+/// Picks the state directory from `explicit` and the process environment.
+pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, StateError> {
+    let var = |k: &str| std::env::var(k).ok();
+    resolve_from(
+        explicit,
+        var("MIRROR_STATE").as_deref(),
+        var("XDG_STATE_HOME").as_deref(),
+        var("HOME").as_deref(),
+    )
+}
+
+/// An existing state directory and the paths inside it.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens the state directory at `root`, creating it (mode 0700) if needed.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StateError> {
+        let root = root.into();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .map_err(|source| StateError::Io {
+                path: root.clone(),
+                source,
+            })?;
+        Ok(Self { root })
+    }
+
+    /// Resolves (see [`resolve`]) and opens the state directory.
+    pub fn resolve_and_open(explicit: Option<&Path>) -> Result<Self, StateError> {
+        Self::open(resolve(explicit)?)
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// The rules database.
+    pub fn rules_db(&self) -> PathBuf {
+        self.root.join("rules.db")
+    }
+    /// The journal directory.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.root.join("journal")
+    }
+    /// The acknowledged-position (SFA) log.
+    pub fn sfa_path(&self) -> PathBuf {
+        self.root.join("sfa")
+    }
+    /// The blocked-site list.
+    pub fn blocked_path(&self) -> PathBuf {
+        self.root.join("blocked")
+    }
+    /// This system's source-site id.
+    pub fn site_id_path(&self) -> PathBuf {
+        self.root.join("site-id")
+    }
+    /// The error log shared by the daemons using this directory.
+    pub fn error_log(&self) -> PathBuf {
+        self.root.join("errors.log")
+    }
+    /// The lock file of a daemon, e.g. `lock_path("mirrorfs")`.
+    pub fn lock_path(&self, who: &str) -> PathBuf {
+        self.root.join(format!("{who}.lock"))
+    }
+    /// The control socket of a daemon, e.g. `socket_path("mirrorfs")`.
+    pub fn socket_path(&self, who: &str) -> PathBuf {
+        self.root.join(format!("{who}.sock"))
+    }
+
+    /// Takes the exclusive lock of daemon `who`, held until the returned guard is dropped.
+    pub fn lock(&self, who: &str) -> Result<LockFile, StateError> {
+        LockFile::acquire(&self.lock_path(who))
+    }
+}
+
+/// An exclusive `flock` on a file, released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct LockFile {
+    _file: fs::File,
+    path: PathBuf,
+}
+
+impl LockFile {
+    /// Locks `path` (creating it), writing our pid into it; fails at once if another process holds it.
+    pub fn acquire(path: &Path) -> Result<Self, StateError> {
+        let io_err = |source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err)?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = fs::read_to_string(path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => "unknown pid".to_string(),
+                    h => format!("pid {h}"),
+                };
+                return Err(StateError::Locked {
+                    path: path.to_path_buf(),
+                    holder,
+                });
+            }
+            return Err(io_err(err));
+        }
+        file.set_len(0).map_err(io_err)?;
+        use std::io::Write;
+        (&file)
+            .write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(io_err)?;
+        Ok(Self {
+            _file: file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The locked file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+///
+/// The temp file is removed if any step fails.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Makes the directory entries of `dir` durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Reads this system's source-site id, creating it (from the hostname) on first use.
+pub fn site_id(state: &StateDir) -> io::Result<String> {
+    let path = state.site_id_path();
+    match fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = hostname().unwrap_or_else(|| "localhost".to_string());
+    write_atomic(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
+}
+
+/// The machine's host name, if it can be read.
+pub fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolution_order() {
+        let p = Path::new("/x/explicit");
+        assert_eq!(
+            resolve_from(Some(p), Some("/m"), Some("/x"), Some("/h")).unwrap(),
+            PathBuf::from("/x/explicit")
+        );
+        assert_eq!(
+            resolve_from(None, Some("/m"), Some("/x"), Some("/h")).unwrap(),
+            PathBuf::from("/m")
+        );
+        assert_eq!(
+            resolve_from(None, Some(""), Some("/x"), Some("/h")).unwrap(),
+            PathBuf::from("/x/mirror")
+        );
+        assert_eq!(
+            resolve_from(None, None, None, Some("/h")).unwrap(),
+            PathBuf::from("/h/.local/state/mirror")
+        );
+        assert!(matches!(
+            resolve_from(None, None, None, None),
+            Err(StateError::NoDefault)
+        ));
+    }
+
+    #[test]
+    fn lock_is_exclusive_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path().join("s")).unwrap();
+        let first = state.lock("mirrorfs").unwrap();
+        match state.lock("mirrorfs") {
+            Err(StateError::Locked { holder, .. }) => {
+                assert_eq!(holder, format!("pid {}", std::process::id()))
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(first);
+        state.lock("mirrorfs").unwrap();
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sfa");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn site_id_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let a = site_id(&state).unwrap();
+        fs::write(state.site_id_path(), "chosen-id\n").unwrap();
+        assert_ne!(a, "");
+        assert_eq!(site_id(&state).unwrap(), "chosen-id");
+    }
+}
