@@ -1,1 +1,32 @@
-fn main() {}
+//! `mirror-ctl`: the user's command for a mirror local system (rules, sync, unblock, status)
+//! and, with `router`, for a backup host.
+
+mod cli;
+mod rules_cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Command, RuleCommand};
+use mirrorfs::state::StateDir;
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let state = StateDir::resolve_and_open(cli.state.as_deref())?;
+    match cli.command {
+        Command::Rule(RuleCommand::Add(args)) => rules_cmd::add(&state, *args),
+        Command::Rule(RuleCommand::List { json }) => rules_cmd::list(&state, json),
+        Command::Rule(RuleCommand::Rm { id }) => rules_cmd::rm(&state, id),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    mirrorfs::logging::init("mirror-ctl", "warn", None);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mirror-ctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

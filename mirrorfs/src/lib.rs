@@ -8,6 +8,7 @@
 
 pub mod entry;
 pub mod journal;
+pub mod logging;
 pub mod matcher;
 pub mod notify;
 pub mod rule;

@@ -186,7 +186,7 @@ impl RuleTable {
             let limit = self.subtree_len.len().min(last_slash + 1);
             for (k, _) in path[..limit].iter().enumerate().filter(|(_, &b)| b == b'/') {
                 let plen = k + 1;
-                if !self.subtree_len[plen] {
+                if !self.subtree_len.get(plen).copied().unwrap_or(false) {
                     continue;
                 }
                 for (i, r) in self.candidates(&self.subtree, &path[..plen]) {
@@ -293,7 +293,12 @@ mod tests {
     #[test]
     fn collisions_are_resolved_by_compare() {
         let t = RuleTable::build_with_hash(
-            vec![rule(1, "/a/x"), rule(2, "/a/y"), rule(3, "/b/"), rule(4, "/c/")],
+            vec![
+                rule(1, "/a/x"),
+                rule(2, "/a/y"),
+                rule(3, "/b/"),
+                rule(4, "/c/"),
+            ],
             0,
             |_| 42,
         );

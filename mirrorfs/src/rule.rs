@@ -332,16 +332,19 @@ impl Pattern {
 
     /// The reference matcher: if this pattern selects the file `path`, the offset in `path`
     /// where the matched remainder starts (`path.len()` for a fixed file).
-    ///
     /// Straightforward and slow; [`crate::matcher`] is the fast equivalent and is tested against it.
+    /// Names are normalised absolute paths: one ending in `/` names no file and matches nothing.
     pub fn match_file(&self, path: &[u8]) -> Option<usize> {
+        if path.last() == Some(&b'/') {
+            return None;
+        }
         let rest = path.strip_prefix(self.prefix.as_slice())?;
         match self.kind {
             PatternKind::File => rest.is_empty().then_some(path.len()),
-            PatternKind::Wildcard => (!rest.is_empty()
-                && !rest.contains(&b'/')
-                && self.glob_matches(rest))
-            .then_some(self.prefix.len()),
+            PatternKind::Wildcard => {
+                (!rest.is_empty() && !rest.contains(&b'/') && self.glob_matches(rest))
+                    .then_some(self.prefix.len())
+            }
             PatternKind::Subtree => (!rest.is_empty()).then_some(self.prefix.len()),
             PatternKind::SubtreeWildcard => {
                 let base = rest.rsplit(|&b| b == b'/').next().unwrap_or(rest);
@@ -650,10 +653,18 @@ mod tests {
     fn refusals_name_the_part() {
         let err = |s| Pattern::parse(s).unwrap_err();
         assert_eq!(err("p/a"), RuleError::NotAbsolute("p/a".into()));
-        assert!(matches!(err("/p/*/x"), RuleError::WildcardNotLast { component, .. } if component == "*"));
-        assert!(matches!(err("/p//x"), RuleError::NotNormalised { component, .. } if component.is_empty()));
-        assert!(matches!(err("/p/../x"), RuleError::NotNormalised { component, .. } if component == ".."));
-        assert!(matches!(err("/p/[a"), RuleError::BadWildcard { wildcard, .. } if wildcard == "[a"));
+        assert!(
+            matches!(err("/p/*/x"), RuleError::WildcardNotLast { component, .. } if component == "*")
+        );
+        assert!(
+            matches!(err("/p//x"), RuleError::NotNormalised { component, .. } if component.is_empty())
+        );
+        assert!(
+            matches!(err("/p/../x"), RuleError::NotNormalised { component, .. } if component == "..")
+        );
+        assert!(
+            matches!(err("/p/[a"), RuleError::BadWildcard { wildcard, .. } if wildcard == "[a")
+        );
         assert!(matches!(err("/p/a\\"), RuleError::DanglingEscape(_)));
         assert!(matches!(err("/p\\/a"), RuleError::DanglingEscape(_)));
         let msg = err("/p/[a").to_string();
@@ -704,7 +715,9 @@ mod tests {
         assert_eq!(Site::parse("h:1").unwrap().to_string(), "h:1");
         assert_eq!(Site::parse("[::1]:7070").unwrap().port(), 7070);
         assert_eq!(Site::parse("127.0.0.1:9").unwrap().host(), "127.0.0.1");
-        for s in ["h", "h:0", "h:x", ":80", "h:70000", "[::1:80", "a b:1", "[zz]:1"] {
+        for s in [
+            "h", "h:0", "h:x", ":80", "h:70000", "[::1:80", "a b:1", "[zz]:1",
+        ] {
             assert!(Site::parse(s).is_err(), "{s}");
         }
     }
@@ -712,7 +725,10 @@ mod tests {
     #[test]
     fn backup_names() {
         let d = Dest::parse("d").unwrap();
-        assert_eq!(backup_name(&d, PatternKind::Subtree, b"s/t.rs"), b"d/s/t.rs");
+        assert_eq!(
+            backup_name(&d, PatternKind::Subtree, b"s/t.rs"),
+            b"d/s/t.rs"
+        );
         assert_eq!(backup_name(&d, PatternKind::File, b""), b"d");
     }
 }

@@ -65,7 +65,9 @@ pub enum RulesDbError {
         site: String,
     },
     /// Astronomically rare: another rule has the same CRC.
-    #[error("the new rule's CRC {crc:#010x} equals that of rule {existing}; change --dest slightly")]
+    #[error(
+        "the new rule's CRC {crc:#010x} equals that of rule {existing}; change --dest slightly"
+    )]
     CrcCollision {
         /// The CRC.
         crc: u32,
@@ -124,9 +126,12 @@ impl RulesDb {
         };
         let conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
         let mut db = RulesDb {
             conn,
             path: path.to_path_buf(),

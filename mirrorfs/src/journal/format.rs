@@ -193,7 +193,9 @@ impl SegmentHeader {
             created_ns: u64_at(b, 48),
         };
         if h.sealed && (h.index_offset < SEGMENT_HEADER_LEN || h.total_size < h.index_offset) {
-            return Err(FormatError::BadLength("sealed header with impossible index"));
+            return Err(FormatError::BadLength(
+                "sealed header with impossible index",
+            ));
         }
         Ok(h)
     }
@@ -364,7 +366,9 @@ pub fn decode_index(b: &[u8]) -> Result<Vec<u64>, FormatError> {
         .and_then(|x| x.checked_add(20))
         .ok_or(FormatError::BadLength("index count overflows"))?;
     if expect != b.len() as u64 {
-        return Err(FormatError::BadLength("index length disagrees with its count"));
+        return Err(FormatError::BadLength(
+            "index length disagrees with its count",
+        ));
     }
     let body = b.len() - 4;
     let stored = u32_at(b, body);

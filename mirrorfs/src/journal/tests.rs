@@ -1,0 +1,329 @@
+//! Journal tests: round trips across rotations, recovery of torn tails, detection of damage,
+//! group commit and tailing.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::format::SEGMENT_HEADER_LEN;
+use super::*;
+use crate::entry::{Command, Entry};
+
+fn entry(i: u64, data_len: usize) -> Entry {
+    Entry {
+        command: Command::ALL[(i as usize) % Command::ALL.len()],
+        rule_crc: i as u32 ^ 0x5a5a,
+        name: format!("/p/a/file-{i}").into_bytes(),
+        aux: if i % 3 == 0 {
+            format!("/p/a/other-{i}").into_bytes()
+        } else {
+            Vec::new()
+        },
+        offset: i * 4096,
+        size: data_len as u64,
+        time_ns: 1_000_000 + i,
+        data: (0..data_len).map(|b| (b as u64 * 31 + i) as u8).collect(),
+    }
+}
+
+fn read_all(dir: &Path) -> Result<Vec<(Position, Entry)>, JournalError> {
+    let mut r = JournalReader::open(dir, Position::START)?;
+    let mut out = Vec::new();
+    while let Some(x) = r.next_entry()? {
+        out.push(x);
+    }
+    Ok(out)
+}
+
+fn cfg(segment_size: u64) -> JournalConfig {
+    JournalConfig { segment_size }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    /// Random entry sequences come back exactly, in order, across rotations and reopenings.
+    #[test]
+    fn round_trip_across_rotations(
+        sizes in proptest::collection::vec(0usize..3000, 1..80),
+        segment_size in 200u64..8000,
+        reopen_every in 1usize..40,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path(), cfg(segment_size)).unwrap();
+        let mut written = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            if i % reopen_every == reopen_every - 1 {
+                drop(j);
+                j = Journal::open(dir.path(), cfg(segment_size)).unwrap();
+            }
+            let e = entry(i as u64, n);
+            let pos = j.append(&e.as_ref()).unwrap();
+            written.push((pos, e));
+        }
+        j.sync().unwrap();
+        let read = read_all(dir.path()).unwrap();
+        prop_assert_eq!(read.len(), written.len());
+        for (r, w) in read.iter().zip(&written) {
+            prop_assert_eq!(r, w);
+        }
+        // Positions are strictly increasing.
+        for w in read.windows(2) {
+            prop_assert!(w[0].0 < w[1].0);
+        }
+        // Rotation happened whenever entries outgrew a segment.
+        let total: usize = sizes.iter().map(|n| n + 100).sum();
+        if total as u64 > 2 * segment_size {
+            prop_assert!(list_segments(dir.path()).unwrap().len() > 1);
+        }
+    }
+}
+
+/// Cutting the newest segment at every byte of its last record loses that record only; the
+/// journal then takes new appends right after the last complete record.
+#[test]
+fn torn_tail_at_every_offset_of_the_last_record() {
+    let src = tempfile::tempdir().unwrap();
+    let j = Journal::open(src.path(), cfg(1 << 20)).unwrap();
+    let entries: Vec<Entry> = (0..5).map(|i| entry(i, 100 + i as usize * 7)).collect();
+    let mut positions = Vec::new();
+    for e in &entries {
+        positions.push(j.append(&e.as_ref()).unwrap());
+    }
+    let end = j.end();
+    drop(j);
+    let last = *positions.last().unwrap();
+    let seg_file = segment_path(src.path(), last.segment);
+    let full = fs::read(&seg_file).unwrap();
+    assert_eq!(full.len() as u64, end.offset);
+    for cut in last.offset..end.offset {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_path(dir.path(), last.segment);
+        fs::write(&path, &full[..cut as usize]).unwrap();
+        let j =
+            Journal::open(dir.path(), cfg(1 << 20)).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        assert_eq!(j.end(), last, "cut at {cut}");
+        let extra = entry(99, 10);
+        assert_eq!(j.append(&extra.as_ref()).unwrap(), last);
+        drop(j);
+        let got = read_all(dir.path()).unwrap();
+        let want: Vec<&Entry> = entries[..4].iter().chain([&extra]).collect();
+        assert_eq!(
+            got.iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            want,
+            "cut at {cut}"
+        );
+    }
+}
+
+/// Zeroes after the last record (a file extended but not written before a crash) are a torn tail.
+#[test]
+fn zero_filled_tail_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    j.append(&entry(1, 10).as_ref()).unwrap();
+    let end = j.end();
+    drop(j);
+    let path = segment_path(dir.path(), end.segment);
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(end.offset + 8192).unwrap();
+    drop(f);
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert_eq!(j.end(), end);
+    assert_eq!(fs::metadata(&path).unwrap().len(), end.offset);
+}
+
+fn flip_bit(path: &Path, offset: u64) {
+    let mut b = fs::read(path).unwrap();
+    b[offset as usize] ^= 0x10;
+    fs::write(path, b).unwrap();
+}
+
+/// A flipped bit in a record in the middle of the newest segment: opening for append refuses
+/// with segment and offset, and a reader returns the records before it, then the same error.
+#[test]
+fn flipped_bit_in_a_middle_record_is_reported() {
+    for field_offset in [0u64, 5, 13, 30, 60] {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+        let pos: Vec<Position> = (0..5)
+            .map(|i| j.append(&entry(i, 50).as_ref()).unwrap())
+            .collect();
+        drop(j);
+        let bad = pos[2];
+        flip_bit(
+            &segment_path(dir.path(), bad.segment),
+            bad.offset + field_offset,
+        );
+        match Journal::open(dir.path(), cfg(1 << 20)) {
+            Err(JournalError::Corrupt {
+                segment, offset, ..
+            }) => {
+                assert_eq!(
+                    (segment, offset),
+                    (bad.segment, bad.offset),
+                    "flip at +{field_offset}"
+                )
+            }
+            other => panic!("flip at +{field_offset}: expected Corrupt, got {other:?}"),
+        }
+        let mut r = JournalReader::open(dir.path(), Position::START).unwrap();
+        assert_eq!(r.next_entry().unwrap().unwrap().0, pos[0]);
+        assert_eq!(r.next_entry().unwrap().unwrap().0, pos[1]);
+        match r.next_entry() {
+            Err(JournalError::Corrupt {
+                segment, offset, ..
+            }) => assert_eq!((segment, offset), (bad.segment, bad.offset)),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        let msg = r.next_entry().unwrap_err().to_string();
+        assert!(msg.contains(&format!("offset {}", bad.offset)), "{msg}");
+    }
+}
+
+/// Damage in an older, sealed segment is an error for readers, never a skip.
+#[test]
+fn damage_in_a_sealed_segment_stops_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    let a = j.append(&entry(0, 10).as_ref()).unwrap();
+    let b = j.append(&entry(1, 10).as_ref()).unwrap();
+    j.rotate_now().unwrap();
+    j.append(&entry(2, 10).as_ref()).unwrap();
+    drop(j);
+    flip_bit(&segment_path(dir.path(), b.segment), b.offset + 60);
+    let mut r = JournalReader::open(dir.path(), Position::START).unwrap();
+    assert_eq!(r.next_entry().unwrap().unwrap().0, a);
+    assert!(matches!(
+        r.next_entry(),
+        Err(JournalError::Corrupt { segment, offset, .. }) if segment == b.segment && offset == b.offset
+    ));
+    // The writer only checks older segments' headers; it opens.
+    Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+}
+
+#[test]
+fn a_sealed_newest_segment_starts_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    j.append(&entry(0, 10).as_ref()).unwrap();
+    j.rotate_now().unwrap();
+    drop(j);
+    // Simulate a crash after sealing segment 2's predecessor but before creating segment 2.
+    fs::remove_file(segment_path(dir.path(), 2)).unwrap();
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert_eq!(j.end(), Position::new(2, SEGMENT_HEADER_LEN));
+    let p = j.append(&entry(1, 10).as_ref()).unwrap();
+    assert_eq!(p.segment, 2);
+    assert_eq!(read_all(dir.path()).unwrap().len(), 2);
+}
+
+#[test]
+fn second_writer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    let e = Journal::open(dir.path(), cfg(1 << 20)).unwrap_err();
+    assert!(e.to_string().contains("locked"), "{e}");
+}
+
+/// Many threads appending and syncing: every entry is read back once, and syncs overlap.
+#[test]
+fn concurrent_appends_with_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Arc::new(Journal::open(dir.path(), cfg(64 << 10)).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    j.append(&entry(t * 1000 + i, 300).as_ref()).unwrap();
+                    if i % 10 == 0 {
+                        j.sync().unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    j.sync().unwrap();
+    let mut names: Vec<Vec<u8>> = read_all(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.name)
+        .collect();
+    assert_eq!(names.len(), 1600);
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 1600);
+}
+
+/// A reader at the end wakes when a writer (here another thread) appends.
+#[test]
+fn reader_tails_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Arc::new(Journal::open(dir.path(), cfg(2048)).unwrap());
+    let mut r = JournalReader::open(dir.path(), Position::START).unwrap();
+    assert!(r.next_entry().unwrap().is_none());
+    let w = {
+        let j = j.clone();
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                j.append(&entry(i, 200).as_ref()).unwrap();
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got = 0;
+    while got < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "reader saw only {got} of 50 entries"
+        );
+        match r.next_entry().unwrap() {
+            Some((_, e)) => {
+                assert_eq!(e, entry(got, 200));
+                got += 1;
+            }
+            None => r.wait(Duration::from_millis(100)),
+        }
+    }
+    w.join().unwrap();
+    assert!(list_segments(dir.path()).unwrap().len() > 3);
+}
+
+#[test]
+fn removed_segments_make_a_gap_for_late_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    let first = j.append(&entry(0, 10).as_ref()).unwrap();
+    j.rotate_now().unwrap();
+    let second = j.append(&entry(1, 10).as_ref()).unwrap();
+    j.rotate_now().unwrap();
+    assert_eq!(
+        remove_segments_below(dir.path(), second.segment).unwrap(),
+        1
+    );
+    // Never the newest, whatever is asked.
+    assert_eq!(remove_segments_below(dir.path(), 1000).unwrap(), 1);
+    assert_eq!(list_segments(dir.path()).unwrap(), vec![3]);
+    let e = JournalReader::open(dir.path(), first).unwrap_err();
+    assert!(matches!(e, JournalError::Gap { oldest: 3, .. }), "{e}");
+    assert!(e.to_string().contains("full copy"), "{e}");
+}
+
+#[test]
+fn backlog_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    let a = j.append(&entry(0, 100).as_ref()).unwrap();
+    let b = j.append(&entry(1, 100).as_ref()).unwrap();
+    let end = j.end();
+    assert_eq!(bytes_from(dir.path(), a).unwrap(), end.offset - a.offset);
+    assert_eq!(bytes_from(dir.path(), b).unwrap(), end.offset - b.offset);
+    assert_eq!(bytes_from(dir.path(), end).unwrap(), 0);
+}

@@ -94,7 +94,10 @@ fn pwritev_all(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
             return Err(e);
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote 0 bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "pwritev wrote 0 bytes",
+            ));
         }
         let mut n = n as usize;
         offset += n as u64;
@@ -200,7 +203,10 @@ impl Journal {
             Err(e) => return Err(corrupt(0, e)),
         };
         if header.segment != n {
-            return Err(corrupt(0, format::FormatError::BadLength("header names another segment")));
+            return Err(corrupt(
+                0,
+                format::FormatError::BadLength("header names another segment"),
+            ));
         }
         if header.sealed {
             return Self::fresh(dir, n + 1);
@@ -328,7 +334,11 @@ impl Journal {
                 return Err(e);
             }
         };
-        log::debug!("journal: sealed segment {}, started {}", a.header.segment, header.segment);
+        log::debug!(
+            "journal: sealed segment {}, started {}",
+            a.header.segment,
+            header.segment
+        );
         *a = Active {
             header,
             path,
@@ -354,10 +364,7 @@ impl Journal {
             if !s.in_progress {
                 break;
             }
-            s = self
-                .sync_done
-                .wait(s)
-                .unwrap_or_else(|p| p.into_inner());
+            s = self.sync_done.wait(s).unwrap_or_else(|p| p.into_inner());
         }
         s.in_progress = true;
         drop(s);
@@ -388,7 +395,10 @@ impl Journal {
             // After a failed fsync the page cache state is unknown: stop accepting appends.
             let mut a = lock(&self.active);
             a.poisoned = true;
-            log::error!("journal {}: fsync failed ({e}); refusing further appends", path.display());
+            log::error!(
+                "journal {}: fsync failed ({e}); refusing further appends",
+                path.display()
+            );
             return Err(JournalError::io(&path, e));
         }
         Ok(())
@@ -409,7 +419,9 @@ fn check_header(dir: &Path, n: u64) -> Result<(), JournalError> {
     let path = segment_path(dir, n);
     let mut buf = [0u8; SEGMENT_HEADER_LEN as usize];
     let file = File::open(&path).map_err(|e| JournalError::io(&path, e))?;
-    let got = file.read_at(&mut buf, 0).map_err(|e| JournalError::io(&path, e))?;
+    let got = file
+        .read_at(&mut buf, 0)
+        .map_err(|e| JournalError::io(&path, e))?;
     let corrupt = |reason| JournalError::Corrupt {
         path: path.clone(),
         segment: n,

@@ -1,0 +1,85 @@
+//! The command line of `mirror-ctl`, as clap structures.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use mirrorfs::rule::{parse_delete_suffix, Dest, Pattern, Site};
+
+const STATE: &str = "State options";
+const RULE: &str = "Rule options";
+
+/// Control mirror: rules, synchronisation, blocked sites, status.
+#[derive(Debug, Parser)]
+#[command(name = "mirror-ctl", version, propagate_version = true)]
+pub struct Cli {
+    /// State directory of the local system [default: $MIRROR_STATE, else
+    /// $XDG_STATE_HOME/mirror, else ~/.local/state/mirror]
+    #[arg(long, global = true, value_name = "DIR", help_heading = STATE)]
+    pub state: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Add, list or remove mirroring rules.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+}
+
+/// `mirror-ctl rule …`
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Add a rule: mirror the files PATTERN selects to DEST on each --site.
+    #[command(after_help = "PATTERN forms (absolute, as mounted):
+  /p/a/x.doc     that file only; --dest names the backup file
+  /p/a/*.doc     matching files in /p/a only; --dest names a directory
+  /p/a/          every file in the subtree /p/a
+  /p/a/*.doc/    matching files anywhere in the subtree
+A backslash makes the next character literal: /p/x\\[1\\].doc
+
+Example:
+  mirror-ctl rule add /home/me/proj/ --site backup.lan:7070 --dest me/proj")]
+    Add(Box<AddArgs>),
+    /// List the rules.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove rule ID (see `rule list`).
+    Rm {
+        /// The rule's id.
+        id: i64,
+    },
+}
+
+/// Arguments of `rule add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Source pattern: an absolute path in one of the four forms below.
+    #[arg(value_parser = |s: &str| Pattern::parse(s).map_err(|e| e.to_string()))]
+    pub pattern: Pattern,
+
+    /// Backup host as HOST:PORT; repeat to mirror to several sites.
+    #[arg(long = "site", value_name = "HOST:PORT", required = true, help_heading = RULE,
+          value_parser = |s: &str| Site::parse(s).map_err(|e| e.to_string()))]
+    pub sites: Vec<Site>,
+
+    /// Backup file or directory, relative to the router's --root.
+    #[arg(long, value_name = "PATH", help_heading = RULE,
+          value_parser = |s: &str| Dest::parse(s).map_err(|e| e.to_string()))]
+    pub dest: Dest,
+
+    /// Mirror mode, ownership (where permitted), times and xattrs too.
+    #[arg(long, help_heading = RULE)]
+    pub attrs: bool,
+
+    /// On delete, rename the backup file to NAME+SUF instead of deleting it.
+    #[arg(long, value_name = "SUF", help_heading = RULE,
+          value_parser = |s: &str| parse_delete_suffix(s).map_err(|e| e.to_string()))]
+    pub delete_suffix: Option<String>,
+}

@@ -1,0 +1,175 @@
+//! `mirror-ctl rule add | list | rm`.
+
+use std::fs;
+
+use anyhow::{bail, Context, Result};
+use mirrorfs::rule::{Mode, Rule, RuleSpec};
+use mirrorfs::rulesdb::RulesDb;
+use mirrorfs::state::StateDir;
+use serde::Serialize;
+
+use crate::cli::AddArgs;
+
+fn open_db(state: &StateDir) -> Result<RulesDb> {
+    Ok(RulesDb::open(&state.rules_db())?)
+}
+
+/// `rule add`: validates, then stores the rule.
+pub fn add(state: &StateDir, args: AddArgs) -> Result<()> {
+    let dir = args.pattern.source_dir();
+    let meta = fs::metadata(dir).with_context(|| {
+        format!(
+            "source directory {} of pattern {} cannot be used",
+            dir.display(),
+            args.pattern
+        )
+    })?;
+    if !meta.is_dir() {
+        bail!(
+            "source directory {} of pattern {} is not a directory",
+            dir.display(),
+            args.pattern
+        );
+    }
+    fs::read_dir(dir).with_context(|| {
+        format!(
+            "source directory {} of pattern {} is not readable",
+            dir.display(),
+            args.pattern
+        )
+    })?;
+    let spec = RuleSpec {
+        pattern: args.pattern,
+        sites: args.sites,
+        dest: args.dest,
+        attrs: args.attrs,
+        delete_suffix: args.delete_suffix,
+        mode: Mode::Async,
+    };
+    let mut db = open_db(state)?;
+    let rule = db.add(spec)?;
+    println!("added rule {}: {}", rule.id, describe(&rule));
+    Ok(())
+}
+
+fn describe(r: &Rule) -> String {
+    let s = &r.spec;
+    let sites: Vec<String> = s.sites.iter().map(|x| x.to_string()).collect();
+    let mut out = format!("{} -> {} on {}", s.pattern, s.dest, sites.join(", "));
+    if s.attrs {
+        out.push_str(", with attributes");
+    }
+    if let Some(suf) = &s.delete_suffix {
+        out.push_str(&format!(", deletes renamed to NAME{suf}"));
+    }
+    out
+}
+
+/// `rule rm ID`.
+pub fn rm(state: &StateDir, id: i64) -> Result<()> {
+    let mut db = open_db(state)?;
+    let rule = db.remove(id)?;
+    println!("removed rule {}: {}", rule.id, describe(&rule));
+    Ok(())
+}
+
+/// One rule in `rule list --json` (field names are a stable interface).
+#[derive(Serialize)]
+struct JsonRule<'a> {
+    id: i64,
+    pattern: &'a str,
+    kind: String,
+    sites: Vec<String>,
+    dest: &'a str,
+    attrs: bool,
+    delete_suffix: Option<&'a str>,
+    mode: &'static str,
+    crc: u32,
+}
+
+/// `rule list [--json]`.
+pub fn list(state: &StateDir, json: bool) -> Result<()> {
+    let db = open_db(state)?;
+    let (version, rules) = db.snapshot()?;
+    if json {
+        let v: Vec<JsonRule<'_>> = rules
+            .iter()
+            .map(|r| JsonRule {
+                id: r.id,
+                pattern: r.spec.pattern.as_str(),
+                kind: r.spec.pattern.kind().to_string(),
+                sites: r.spec.sites.iter().map(|s| s.to_string()).collect(),
+                dest: r.spec.dest.as_str(),
+                attrs: r.spec.attrs,
+                delete_suffix: r.spec.delete_suffix.as_deref(),
+                mode: r.spec.mode.as_str(),
+                crc: r.crc,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if rules.is_empty() {
+        println!("no rules (configuration version {version}); add one with `mirror-ctl rule add`");
+        return Ok(());
+    }
+    let rows: Vec<[String; 7]> = rules
+        .iter()
+        .map(|r| {
+            let s = &r.spec;
+            [
+                r.id.to_string(),
+                s.pattern.to_string(),
+                s.pattern.kind().to_string(),
+                s.sites
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                s.dest.to_string(),
+                if s.attrs { "yes" } else { "no" }.to_string(),
+                s.delete_suffix.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "PATTERN",
+        "KIND",
+        "SITES",
+        "DEST",
+        "ATTRS",
+        "DELETE-SUFFIX",
+    ];
+    print!("{}", table(&header, &rows));
+    println!("configuration version {version}");
+    Ok(())
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut width = header.map(|h| h.chars().count());
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            if i + 1 == N {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}

@@ -1,0 +1,272 @@
+//! `mirror-ctl rule …` on the real binary: output, errors that name the bad part, exit codes,
+//! and nothing written on error.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    state: std::path::PathBuf,
+    src: std::path::PathBuf,
+}
+
+fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("proj");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    Env {
+        state: tmp.path().join("state"),
+        src,
+        _tmp: tmp,
+    }
+}
+
+fn ctl(state: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mirror-ctl"))
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn fails_with(o: &Output, needle: &str) {
+    assert!(!o.status.success(), "unexpectedly succeeded");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+fn rule_count(state: &Path) -> usize {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(state, &["rule", "list", "--json"]))).unwrap();
+    v.as_array().unwrap().len()
+}
+
+#[test]
+fn add_list_rm() {
+    let e = env();
+    let sub = format!("{}/a/", e.src.display());
+    let wild = format!("{}/*.doc/", e.src.display());
+    let out = ok(&ctl(
+        &e.state,
+        &[
+            "rule",
+            "add",
+            &sub,
+            "--site",
+            "127.0.0.1:7070",
+            "--dest",
+            "d",
+        ],
+    ));
+    assert!(out.starts_with("added rule 1: "), "{out}");
+    ok(&ctl(
+        &e.state,
+        &[
+            "rule",
+            "add",
+            &wild,
+            "--site",
+            "h:1",
+            "--site",
+            "[::1]:2",
+            "--dest",
+            "docs/",
+            "--attrs",
+            "--delete-suffix",
+            ".gone",
+        ],
+    ));
+    let table = ok(&ctl(&e.state, &["rule", "list"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID  PATTERN"), "{table}");
+    assert!(
+        lines[1].contains(&sub) && lines[1].contains("subtree"),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains("subtree-wildcard") && lines[2].contains("h:1,[::1]:2"),
+        "{table}"
+    );
+    assert!(
+        lines[2].contains(".gone") && lines[2].contains("yes"),
+        "{table}"
+    );
+    assert!(table.contains("configuration version 2"), "{table}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&e.state, &["rule", "list", "--json"]))).unwrap();
+    assert_eq!(v[1]["pattern"], wild.as_str());
+    assert_eq!(v[1]["kind"], "subtree-wildcard");
+    assert_eq!(v[1]["sites"], serde_json::json!(["h:1", "[::1]:2"]));
+    assert_eq!(v[1]["dest"], "docs");
+    assert_eq!(v[1]["attrs"], true);
+    assert_eq!(v[1]["delete_suffix"], ".gone");
+    assert_eq!(v[1]["mode"], "async");
+    assert_eq!(v[0]["delete_suffix"], serde_json::Value::Null);
+
+    ok(&ctl(&e.state, &["rule", "rm", "1"]));
+    assert_eq!(rule_count(&e.state), 1);
+    fails_with(&ctl(&e.state, &["rule", "rm", "1"]), "no rule with id 1");
+}
+
+#[test]
+fn every_refusal_names_its_cause_and_writes_nothing() {
+    let e = env();
+    let sub = format!("{}/a/", e.src.display());
+    ok(&ctl(
+        &e.state,
+        &["rule", "add", &sub, "--site", "h:1", "--dest", "d"],
+    ));
+    let missing = format!("{}/missing/", e.src.display());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "rel/x/".into(),
+                "--site".into(),
+                "h:1".into(),
+                "--dest".into(),
+                "d".into(),
+            ],
+            "is not absolute",
+        ),
+        (
+            vec![
+                format!("{}/*/x", e.src.display()),
+                "--site".into(),
+                "h:1".into(),
+                "--dest".into(),
+                "d".into(),
+            ],
+            "wildcard in directory component \"*\"",
+        ),
+        (
+            vec![
+                format!("{}/a/[x", e.src.display()),
+                "--site".into(),
+                "h:1".into(),
+                "--dest".into(),
+                "d".into(),
+            ],
+            "bad wildcard \"[x\"",
+        ),
+        (
+            vec![
+                format!("{}//a/", e.src.display()),
+                "--site".into(),
+                "h:1".into(),
+                "--dest".into(),
+                "d".into(),
+            ],
+            "not normalised",
+        ),
+        (
+            vec![
+                sub.clone(),
+                "--site".into(),
+                "h:1".into(),
+                "--dest".into(),
+                "../up".into(),
+            ],
+            "contains '..'",
+        ),
+        (
+            vec![
+                sub.clone(),
+                "--site".into(),
+                "h:1".into(),
+                "--dest".into(),
+                "/abs".into(),
+            ],
+            "is absolute",
+        ),
+        (
+            vec![
+                sub.clone(),
+                "--site".into(),
+                "nohost".into(),
+                "--dest".into(),
+                "d".into(),
+            ],
+            "site \"nohost\" has no ':PORT'",
+        ),
+        (
+            vec![
+                sub.clone(),
+                "--site".into(),
+                "h:99999".into(),
+                "--dest".into(),
+                "d".into(),
+            ],
+            "port that is not a number",
+        ),
+        (
+            vec![sub.clone(), "--dest".into(), "d".into()],
+            "--site <HOST:PORT>",
+        ),
+        (
+            vec![
+                sub.clone(),
+                "--site".into(),
+                "h:1".into(),
+                "--dest".into(),
+                "d".into(),
+                "--delete-suffix".into(),
+                "a/b".into(),
+            ],
+            "delete suffix \"a/b\"",
+        ),
+        (
+            vec![
+                missing.clone(),
+                "--site".into(),
+                "h:1".into(),
+                "--dest".into(),
+                "d".into(),
+            ],
+            "source directory",
+        ),
+        (
+            vec![
+                sub.clone(),
+                "--site".into(),
+                "h:1".into(),
+                "--dest".into(),
+                "d".into(),
+            ],
+            "already mirrors",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut a: Vec<&str> = vec!["rule", "add"];
+        a.extend(args.iter().map(String::as_str));
+        fails_with(&ctl(&e.state, &a), needle);
+    }
+    let table = ok(&ctl(&e.state, &["rule", "list"]));
+    assert!(table.contains("configuration version 1"), "{table}");
+    assert_eq!(rule_count(&e.state), 1);
+}
+
+#[test]
+fn state_dir_from_environment() {
+    let e = env();
+    let sub = format!("{}/a/", e.src.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_mirror-ctl"))
+        .args(["rule", "add", &sub, "--site", "h:1", "--dest", "d"])
+        .env("MIRROR_STATE", &e.state)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(e.state.join("rules.db").exists());
+    assert_eq!(rule_count(&e.state), 1);
+}

@@ -1,0 +1,116 @@
+//! Logging for every mirror binary: `env_logger` on stderr (filter from `RUST_LOG`), and for
+//! daemons a copy of every warning and error appended to the error log in the state directory
+//! (seeds/002 \[0071\]), one timestamped line each.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+struct Tee {
+    inner: env_logger::Logger,
+    program: &'static str,
+    error_log: Option<Mutex<File>>,
+}
+
+impl log::Log for Tee {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.inner.enabled(metadata) || metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.inner.matches(record) {
+            self.inner.log(record);
+        }
+        if record.level() <= log::Level::Warn {
+            if let Some(f) = &self.error_log {
+                let line = format!(
+                    "{} {} {} {}: {}\n",
+                    format_utc(crate::now_ns()),
+                    self.program,
+                    record.level(),
+                    record.target(),
+                    record.args()
+                );
+                if let Ok(mut f) = f.lock() {
+                    // The error log is best effort: a full disk must not stop the daemon.
+                    let _ = f.write_all(line.as_bytes());
+                }
+            }
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// Installs the logger for `program`, with `default_filter` when `RUST_LOG` is unset, and a
+/// copy of warnings and errors appended to `error_log` if given. Call once, early in `main`.
+pub fn init(program: &'static str, default_filter: &str, error_log: Option<&Path>) {
+    let inner =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
+            .format_timestamp_millis()
+            .build();
+    let error_log =
+        error_log.and_then(
+            |p| match OpenOptions::new().create(true).append(true).open(p) {
+                Ok(f) => Some(Mutex::new(f)),
+                Err(e) => {
+                    eprintln!("{program}: cannot open error log {}: {e}", p.display());
+                    None
+                }
+            },
+        );
+    let max = inner.filter().max(log::LevelFilter::Warn);
+    let tee = Tee {
+        inner,
+        program,
+        error_log,
+    };
+    if log::set_boxed_logger(Box::new(tee)).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `ns` nanoseconds since the Unix epoch (UTC).
+pub fn format_utc(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let millis = (ns / 1_000_000) % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (proleptic Gregorian), after H. Hinnant's public-domain algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_utc(1_795_300_000_123_000_000),
+            "2026-11-21T22:26:40.123Z"
+        );
+        assert_eq!(
+            format_utc(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}
