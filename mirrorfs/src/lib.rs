@@ -7,9 +7,12 @@
 #![warn(missing_docs)]
 
 pub mod entry;
+pub mod fs;
+pub mod fuse;
 pub mod journal;
 pub mod logging;
 pub mod matcher;
+pub mod mount;
 pub mod notify;
 pub mod rule;
 pub mod rulesdb;

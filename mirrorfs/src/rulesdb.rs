@@ -25,22 +25,22 @@ use crate::rule::{Dest, Mode, Pattern, Rule, RuleError, RuleSpec, Site};
 #[derive(Debug, thiserror::Error)]
 pub enum RulesDbError {
     /// SQLite failed.
-    #[error("rules database {path}: {source}")]
+    #[error("rules database {path}: {err}")]
     Sqlite {
         /// The database file.
         path: PathBuf,
         /// What SQLite said.
-        source: rusqlite::Error,
+        err: rusqlite::Error,
     },
     /// A stored row no longer parses (edited by hand, or a newer format).
-    #[error("rules database {path}: rule {id} is invalid: {source}")]
+    #[error("rules database {path}: rule {id} is invalid: {err}")]
     BadRow {
         /// The database file.
         path: PathBuf,
         /// The rule id.
         id: i64,
         /// What is wrong.
-        source: RuleError,
+        err: RuleError,
     },
     /// The file was written by a newer mirror.
     #[error("rules database {path} has schema version {found}; this mirror knows up to {known}: upgrade mirror")]
@@ -120,9 +120,9 @@ impl std::fmt::Debug for RulesDb {
 impl RulesDb {
     /// Opens (creating and migrating as needed) the database at `path`.
     pub fn open(path: &Path) -> Result<RulesDb, RulesDbError> {
-        let sql = |source| RulesDbError::Sqlite {
+        let sql = |err| RulesDbError::Sqlite {
             path: path.to_path_buf(),
-            source,
+            err,
         };
         let conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
@@ -140,18 +140,18 @@ impl RulesDb {
         Ok(db)
     }
 
-    fn err(&self, source: rusqlite::Error) -> RulesDbError {
+    fn err(&self, err: rusqlite::Error) -> RulesDbError {
         RulesDbError::Sqlite {
             path: self.path.clone(),
-            source,
+            err,
         }
     }
 
     fn migrate(&mut self) -> Result<(), RulesDbError> {
         let path = self.path.clone();
-        let sql = |source| RulesDbError::Sqlite {
+        let sql = |err| RulesDbError::Sqlite {
             path: path.clone(),
-            source,
+            err,
         };
         let tx = self
             .conn
@@ -200,16 +200,16 @@ impl RulesDb {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|source| RulesDbError::Sqlite {
+            .map_err(|err| RulesDbError::Sqlite {
                 path: path.clone(),
-                source,
+                err,
             })?;
-        let v = bump(&tx).map_err(|source| RulesDbError::Sqlite {
+        let v = bump(&tx).map_err(|err| RulesDbError::Sqlite {
             path: path.clone(),
-            source,
+            err,
         })?;
         tx.commit()
-            .map_err(|source| RulesDbError::Sqlite { path, source })?;
+            .map_err(|err| RulesDbError::Sqlite { path, err })?;
         Ok(v)
     }
 
@@ -225,9 +225,9 @@ impl RulesDb {
     /// Returns the stored rule; the configuration version is incremented.
     pub fn add(&mut self, spec: RuleSpec) -> Result<Rule, RulesDbError> {
         let path = self.path.clone();
-        let sql = |source| RulesDbError::Sqlite {
+        let sql = |err| RulesDbError::Sqlite {
             path: path.clone(),
-            source,
+            err,
         };
         let crc = spec.crc();
         let tx = self
@@ -299,9 +299,9 @@ impl RulesDb {
     /// Removes rule `id` and returns it; the configuration version is incremented.
     pub fn remove(&mut self, id: i64) -> Result<Rule, RulesDbError> {
         let path = self.path.clone();
-        let sql = |source| RulesDbError::Sqlite {
+        let sql = |err| RulesDbError::Sqlite {
             path: path.clone(),
-            source,
+            err,
         };
         let rule = self
             .list()?
@@ -366,10 +366,10 @@ impl RulesDb {
             .map_err(sql)?;
         let mut out = Vec::with_capacity(rows.len());
         for (id, pattern, dest, attrs, delete_suffix, mode, crc) in rows {
-            let bad = |source| RulesDbError::BadRow {
+            let bad = |err| RulesDbError::BadRow {
                 path: self.path.clone(),
                 id,
-                source,
+                err,
             };
             let sites: Vec<String> = sites_stmt
                 .query_map(params![id], |r| r.get(0))

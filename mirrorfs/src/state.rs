@@ -29,12 +29,12 @@ pub enum StateError {
     #[error("no state directory: pass --state DIR or set MIRROR_STATE (neither XDG_STATE_HOME nor HOME is set)")]
     NoDefault,
     /// The directory could not be created or opened.
-    #[error("state directory {path}: {source}")]
+    #[error("state directory {path}: {err}")]
     Io {
         /// The path at fault.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        err: io::Error,
     },
     /// Another process holds the lock.
     #[error("{path} is locked by another running process ({holder}); stop it first or use another --state")]
@@ -96,9 +96,9 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(&root)
-            .map_err(|source| StateError::Io {
+            .map_err(|err| StateError::Io {
                 path: root.clone(),
-                source,
+                err,
             })?;
         Ok(Self { root })
     }
@@ -161,9 +161,9 @@ pub struct LockFile {
 impl LockFile {
     /// Locks `path` (creating it), writing our pid into it; fails at once if another process holds it.
     pub fn acquire(path: &Path) -> Result<Self, StateError> {
-        let io_err = |source| StateError::Io {
+        let io_err = |err| StateError::Io {
             path: path.to_path_buf(),
-            source,
+            err,
         };
         let file = fs::OpenOptions::new()
             .read(true)

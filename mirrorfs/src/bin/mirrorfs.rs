@@ -1,23 +1,83 @@
-//! `mirrorfs DIR`: mounts the mirroring filesystem over DIR itself.
+//! `mirrorfs DIR`: mounts the mirroring filesystem over DIR itself (or `SOURCE MOUNTPOINT`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
+use mirrorfs::fs::FsConfig;
+use mirrorfs::journal::JournalConfig;
+use mirrorfs::mount::{self, MountOptions};
+use mirrorfs::state::StateDir;
 
-/// Mount mirrorfs over DIR so that changes to files selected by the rules are journaled.
+/// Mount mirrorfs over DIR, so that every change to files selected by the rules is journaled
+/// before the application sees success. Runs in the foreground; stop with Ctrl-C,
+/// `kill PID` or `fusermount3 -u DIR`.
 #[derive(Debug, Parser)]
 #[command(name = "mirrorfs", version)]
 struct Cli {
-    /// The directory to mount over (the user keeps working in the same path).
+    /// The directory to mount over (you keep working in the same path). With two arguments:
+    /// the directory whose files are served.
     dir: PathBuf,
-    /// State directory of the local system.
+    /// Mount somewhere else than over DIR.
+    mountpoint: Option<PathBuf>,
+    /// State directory of the local system [default: $MIRROR_STATE, else
+    /// $XDG_STATE_HOME/mirror, else ~/.local/state/mirror]
     #[arg(long, value_name = "DIR", help_heading = "State options")]
     state: Option<PathBuf>,
+    /// Threads serving requests.
+    #[arg(long, default_value_t = 4, value_name = "N", help_heading = "Tuning")]
+    threads: usize,
+    /// Seconds the kernel may cache names and attributes.
+    #[arg(
+        long,
+        default_value_t = 3600,
+        value_name = "SECS",
+        help_heading = "Tuning"
+    )]
+    ttl: u64,
+    /// Never use kernel passthrough (serve all file I/O through mirrorfs).
+    #[arg(long, help_heading = "Tuning")]
+    no_passthrough: bool,
+    /// Journal segment size in bytes.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES", help_heading = "Tuning")]
+    segment_size: u64,
+}
+
+fn run(cli: Cli, state: StateDir) -> anyhow::Result<()> {
+    let mountpoint = cli.mountpoint.clone().unwrap_or_else(|| cli.dir.clone());
+    mount::run(MountOptions {
+        source: cli.dir.clone(),
+        mountpoint: mountpoint.clone(),
+        state,
+        threads: cli.threads,
+        fs: FsConfig {
+            ttl: Duration::from_secs(cli.ttl),
+            passthrough: !cli.no_passthrough,
+        },
+        journal: JournalConfig {
+            segment_size: cli.segment_size,
+        },
+    })
+    .with_context(|| format!("mirrorfs on {}", mountpoint.display()))
 }
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("mirrorfs: mounting is not part of this build yet");
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    let state = match StateDir::resolve_and_open(cli.state.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mirrorfs: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    mirrorfs::logging::init("mirrorfs", "info", Some(&state.error_log()));
+    match run(cli, state) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

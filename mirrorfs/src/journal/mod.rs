@@ -68,12 +68,12 @@ impl std::str::FromStr for Position {
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// An I/O error on a journal file.
-    #[error("journal {path}: {source}")]
+    #[error("journal {path}: {err}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The error.
-        source: io::Error,
+        err: io::Error,
     },
     /// A record, header or index is damaged.
     #[error("journal segment {path} is corrupt at offset {offset}: {reason}; records from there on cannot be read (the segment is left as it is for inspection)")]
@@ -114,10 +114,10 @@ pub enum JournalError {
 }
 
 impl JournalError {
-    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+    pub(crate) fn io(path: &Path, err: io::Error) -> Self {
         JournalError::Io {
             path: path.to_path_buf(),
-            source,
+            err,
         }
     }
 }

@@ -1,0 +1,163 @@
+//! Directory streams: opendir, readdir, readdirplus, releasedir, fsyncdir.
+//!
+//! A directory's entries are read in one go when the stream starts (or is rewound to offset 0)
+//! and served from memory; the offset of an entry is its index plus one.
+
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+/// An open directory and its entries from some offset, each with the offset of the next.
+type Listing = (Arc<DirHandle>, Vec<(u64, DirEntry)>);
+
+use super::error::FsResult;
+use super::inodes::{lock, ROOT};
+use super::sys::{self, DirEntry};
+use super::{DirHandle, DirListEntry, EntryOut, MirrorFs};
+
+fn dt_kind(dt: u8) -> fuser::FileType {
+    use fuser::FileType::*;
+    match dt {
+        libc::DT_DIR => Directory,
+        libc::DT_LNK => Symlink,
+        libc::DT_FIFO => NamedPipe,
+        libc::DT_CHR => CharDevice,
+        libc::DT_BLK => BlockDevice,
+        libc::DT_SOCK => Socket,
+        _ => RegularFile,
+    }
+}
+
+fn is_dot(e: &DirEntry) -> bool {
+    matches!(e.name.as_bytes(), b"." | b"..")
+}
+
+impl MirrorFs {
+    /// Opens directory `ino`.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let _ns = self.ns_read();
+        let path = self.inodes.path(ino)?;
+        let file = sys::open_at(
+            self.dir(),
+            &path,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        Ok(self.dirs.insert(DirHandle {
+            ino,
+            file,
+            entries: std::sync::Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The entries of directory stream `fh` from `offset` on (re-read at offset 0).
+    fn dir_entries(&self, fh: u64, offset: u64) -> FsResult<Listing> {
+        let d = self.dirs.get(fh)?;
+        let mut entries = lock(&d.entries);
+        if offset == 0 {
+            *entries = sys::read_dir_all(d.file.as_fd())?;
+        }
+        let out = entries
+            .iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, e)| (i as u64 + 1, e.clone()))
+            .collect();
+        drop(entries);
+        Ok((d, out))
+    }
+
+    fn dot_ino(&self, d: &DirHandle, e: &DirEntry) -> u64 {
+        match e.name.as_bytes() {
+            b"." => d.ino,
+            _ if d.ino == ROOT => ROOT,
+            _ => self
+                .inodes
+                .get(d.ino)
+                .ok()
+                .and_then(|n| n.links().first().map(|(p, _)| *p))
+                .unwrap_or(ROOT),
+        }
+    }
+
+    /// `readdir`: names from `offset`, for the kernel to fill its buffer with.
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirListEntry>> {
+        let (d, entries) = self.dir_entries(fh, offset)?;
+        Ok(entries
+            .into_iter()
+            .map(|(next, e)| DirListEntry {
+                ino: if is_dot(&e) {
+                    self.dot_ino(&d, &e)
+                } else {
+                    e.ino
+                },
+                next,
+                kind: dt_kind(e.kind),
+                name: e.name,
+            })
+            .collect())
+    }
+
+    /// `readdirplus`: names with attributes from `offset`. `fit` adds one entry to the reply
+    /// and says whether it fitted; only entries that fitted count as lookups.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut fit: impl FnMut(&DirListEntry, Option<&EntryOut>) -> bool,
+    ) -> FsResult<()> {
+        let _ns = self.ns_read();
+        let (d, entries) = self.dir_entries(fh, offset)?;
+        let dir_path = self.inodes.path(d.ino)?;
+        for (next, e) in entries {
+            let item = DirListEntry {
+                ino: e.ino,
+                next,
+                kind: dt_kind(e.kind),
+                name: e.name.clone(),
+            };
+            if is_dot(&e) {
+                // The kernel takes no lookup for these; it needs only the name.
+                let item = DirListEntry {
+                    ino: self.dot_ino(&d, &e),
+                    ..item
+                };
+                if !fit(&item, None) {
+                    break;
+                }
+                continue;
+            }
+            let mut rel = dir_path.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(e.name.as_bytes());
+            let st = match sys::stat_at(self.dir(), &rel) {
+                Ok(st) => st,
+                // Gone since the listing was read: leave it out.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(err) => return Err(err.into()),
+            };
+            let out = self.entry(d.ino, &e.name, &st);
+            let ino = out.attr.ino.0;
+            if !fit(&DirListEntry { ino, ..item }, Some(&out)) {
+                // Not sent: take the lookup back.
+                self.inodes.forget(ino, 1);
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes directory stream `fh`.
+    pub fn releasedir(&self, fh: u64) -> FsResult<()> {
+        self.dirs.remove(fh).map(drop)
+    }
+
+    /// `fsync` of a directory: its entries, and the journal (namespace entries become durable).
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let d = self.dirs.get(fh)?;
+        sys::fsync(d.file.as_fd(), datasync)?;
+        self.rec.sync()
+    }
+}

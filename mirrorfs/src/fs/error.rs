@@ -1,0 +1,61 @@
+//! Errors of filesystem operations and their one mapping to errno values.
+
+use std::io;
+
+use crate::journal::JournalError;
+
+/// Why a filesystem operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The underlying system call failed; its errno goes back to the application.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The change was made but could not be journaled: the application is told EIO, and the
+    /// error names the file.
+    #[error("journal append for {name} failed: {err}")]
+    Journal {
+        /// The file the entry was for.
+        name: String,
+        /// The journal error.
+        err: JournalError,
+    },
+    /// The kernel asked about a node id it has already forgotten.
+    #[error("node {0} is not known (stale)")]
+    Stale(u64),
+    /// The node has no name left (deleted while open).
+    #[error("node {0} has no name left")]
+    Unlinked(u64),
+    /// A file handle the kernel never got from us.
+    #[error("file handle {0} is not open")]
+    BadHandle(u64),
+    /// An operation this filesystem refuses.
+    #[error("{0}")]
+    Errno(i32),
+}
+
+impl FsError {
+    /// The errno for the application.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            FsError::Journal { .. } => libc::EIO,
+            FsError::Stale(_) => libc::ESTALE,
+            FsError::Unlinked(_) => libc::ENOENT,
+            FsError::BadHandle(_) => libc::EBADF,
+            FsError::Errno(e) => *e,
+        }
+    }
+
+    /// Whether this is worth a log line above debug level (errors the application caused
+    /// itself, such as ENOENT from a lookup, are routine).
+    pub fn is_routine(&self) -> bool {
+        match self {
+            FsError::Io(_) | FsError::Errno(_) | FsError::Unlinked(_) => true,
+            FsError::Stale(_) | FsError::BadHandle(_) => false,
+            FsError::Journal { .. } => false,
+        }
+    }
+}
+
+/// Results of filesystem operations.
+pub type FsResult<T> = Result<T, FsError>;

@@ -1,0 +1,477 @@
+//! Operations on open files: open, create, read, write, flush, release, fsync, fallocate,
+//! lseek and copy_file_range.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use fuser::BackingId;
+
+use super::error::{FsError, FsResult};
+use super::handles::{Handle, IoMode, Recording};
+use super::inodes::{lock, Inode};
+use super::record::Rules;
+use super::sys::{self, FsCreds};
+use super::{Caller, EntryOut, MirrorFs, Opened};
+use crate::entry::{AttrChange, Command, EntryRef};
+
+/// Largest data carried by one journal entry when mirrorfs reads data back (copy_file_range).
+const CHUNK: usize = 1 << 20;
+
+/// Open flags mirrorfs does not pass to its own descriptor: creation flags are handled
+/// separately, O_APPEND because the kernel gives each write its offset, O_DIRECT because
+/// FUSE buffers are not aligned for it.
+const STRIP: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_APPEND | libc::O_DIRECT;
+
+fn writable(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+}
+
+impl MirrorFs {
+    /// Chooses the I/O mode for a new handle of `node`.
+    fn io_mode(&self, node: &Inode, recorded: bool) -> IoMode {
+        if !self.passthrough() {
+            self.fallback_mode()
+        } else if recorded || node.recorded_writers.load(Ordering::Relaxed) > 0 {
+            // Read-only opens while a recording writer is open also avoid passthrough, so a
+            // shared mmap of the writer (which puts the inode in cached mode) cannot clash.
+            IoMode::Direct
+        } else {
+            IoMode::Passthrough
+        }
+    }
+
+    /// The rules selecting `path` now, as a fresh handle recording.
+    fn recording_for(&self, path: &[u8]) -> Recording {
+        let generation = self.names_gen.load(Ordering::Relaxed);
+        let table = self.rec.table();
+        let name = self.rec.full_name(path);
+        let rules = self.rec.file_rules(&table, &name);
+        Recording {
+            generation,
+            table: Some(table),
+            name,
+            rules,
+            late_rules: Vec::new(),
+            wrote: false,
+        }
+    }
+
+    /// Brings a handle's name and rules up to date after renames or rule changes. Rules that
+    /// were not in the rule table at the last resolution are remembered for a copy at release.
+    fn refresh(&self, h: &Handle, r: &mut Recording) {
+        let generation = self.names_gen.load(Ordering::Relaxed);
+        let table = self.rec.table();
+        let same_table = r.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, &table));
+        if r.generation == generation && same_table {
+            return;
+        }
+        let (name, rules) = match self.inodes.path(h.inode.ino) {
+            Ok(p) => {
+                let name = self.rec.full_name(&p);
+                let rules = self.rec.file_rules(&table, &name);
+                (name, rules)
+            }
+            Err(_) => (Vec::new(), Vec::new()),
+        };
+        if let Some(old) = &r.table {
+            for rule in &rules {
+                let known = old.rules().iter().any(|x| x.crc == rule.crc);
+                let noted = r.late_rules.iter().any(|x| x.crc == rule.crc);
+                if !known && !noted {
+                    r.late_rules.push(rule.clone());
+                }
+            }
+        }
+        *r = Recording {
+            generation,
+            table: Some(table),
+            name,
+            rules,
+            late_rules: std::mem::take(&mut r.late_rules),
+            wrote: r.wrote,
+        };
+    }
+
+    fn new_handle(
+        &self,
+        node: Arc<Inode>,
+        file: std::fs::File,
+        flags: i32,
+        recording: Recording,
+    ) -> Opened {
+        let w = writable(flags);
+        let recorded = w && !recording.rules.is_empty();
+        let mode = self.io_mode(&node, recorded);
+        if recorded {
+            node.recorded_writers.fetch_add(1, Ordering::Relaxed);
+        }
+        let h = Handle {
+            inode: node,
+            file,
+            mode,
+            recorded,
+            writable: w,
+            sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
+            recording: std::sync::Mutex::new(recording),
+            passthrough_attached: std::sync::atomic::AtomicBool::new(false),
+        };
+        Opened {
+            fh: self.files.insert(h),
+            mode,
+        }
+    }
+
+    /// Opens node `ino` with `flags`.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        let _ns = self.ns_read();
+        let node = self.inodes.get(ino)?;
+        let path = self.inodes.path(ino)?;
+        let trunc = flags & libc::O_TRUNC != 0;
+        let recording = if writable(flags) || trunc {
+            self.recording_for(&path)
+        } else {
+            Recording::default()
+        };
+        let own_flags = (flags & !STRIP) | libc::O_NOFOLLOW;
+        let file = if trunc && !recording.rules.is_empty() {
+            let _op = lock(&node.op_lock);
+            let f = sys::open_at(self.dir(), &path, own_flags, 0)?;
+            let e = EntryRef::new(Command::Truncate, 0, &recording.name);
+            self.rec.append(&recording.rules, e)?;
+            f
+        } else {
+            sys::open_at(self.dir(), &path, own_flags, 0)?
+        };
+        Ok(self.new_handle(node, file, flags, recording))
+    }
+
+    /// Creates and opens `name` in `parent`.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(EntryOut, Opened)> {
+        let _ns = self.ns_read();
+        let path = self.inodes.child_path(parent, name)?;
+        let own_flags = (flags & !STRIP) | libc::O_NOFOLLOW;
+        let (file, created) = self.create_file(caller, &path, own_flags, flags, mode)?;
+        let st = sys::fstat(file.as_fd())?;
+        let out = self.entry(parent, name, &st);
+        let node = self.inodes.get(out.attr.ino.0)?;
+        let recording = self.recording_for(&path);
+        if !recording.rules.is_empty() {
+            let _op = lock(&node.op_lock);
+            if created {
+                let e = EntryRef {
+                    offset: st.mode as u64,
+                    ..EntryRef::new(Command::Create, 0, &recording.name)
+                };
+                self.rec.append(&recording.rules, e)?;
+                self.record_attrs(&recording.rules, &recording.name, Self::full_attrs(&st))?;
+            } else if flags & libc::O_TRUNC != 0 {
+                let e = EntryRef::new(Command::Truncate, 0, &recording.name);
+                self.rec.append(&recording.rules, e)?;
+            }
+        }
+        let opened = self.new_handle(node, file, flags, recording);
+        Ok((out, opened))
+    }
+
+    /// Opens `path` creating it, as the caller; says whether it was created (it may have
+    /// existed, unless the caller asked for O_EXCL).
+    fn create_file(
+        &self,
+        caller: Caller,
+        path: &[u8],
+        own_flags: i32,
+        flags: i32,
+        mode: u32,
+    ) -> FsResult<(std::fs::File, bool)> {
+        let open = |f: i32| {
+            if caller.uid == 0 && caller.gid == 0 {
+                return sys::open_at(self.dir(), path, f, mode);
+            }
+            let first = {
+                let _c = FsCreds::switch(caller.uid, caller.gid);
+                sys::open_at(self.dir(), path, f, mode)
+            };
+            match first {
+                Err(e) if e.raw_os_error() == Some(libc::EACCES) && f & libc::O_CREAT != 0 => {
+                    let file = sys::open_at(self.dir(), path, f, mode)?;
+                    sys::fchown(file.as_fd(), caller.uid, caller.gid)?;
+                    Ok(file)
+                }
+                r => r,
+            }
+        };
+        // Bounded: the file would have to appear and vanish again between each attempt.
+        for _ in 0..8 {
+            match open(own_flags | libc::O_CREAT | libc::O_EXCL) {
+                Ok(f) => return Ok((f, true)),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                    match open(own_flags) {
+                        Ok(f) => return Ok((f, false)),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FsError::Errno(libc::EAGAIN))
+    }
+
+    /// Replies to an open in passthrough mode: `attach` makes the node's backing id from the
+    /// handle's descriptor (once per node; later handles share it) and `send` replies with it.
+    /// If the kernel refuses the backing file, passthrough is turned off for good and the reply
+    /// comes back as `Err` to be sent without passthrough.
+    pub fn reply_passthrough<Rp>(
+        &self,
+        fh: u64,
+        reply: Rp,
+        attach: impl FnOnce(&Rp, &std::fs::File) -> io::Result<BackingId>,
+        send: impl FnOnce(Rp, &BackingId),
+    ) -> Result<(), Rp> {
+        let Ok(h) = self.files.get(fh) else {
+            return Err(reply);
+        };
+        let mut pt = lock(&h.inode.passthrough);
+        if pt.backing.is_none() {
+            match attach(&reply, &h.file) {
+                Ok(id) => pt.backing = Some(id),
+                Err(e) => {
+                    log::warn!(
+                        "kernel passthrough refused ({e}); serving all file I/O through mirrorfs from now on"
+                    );
+                    self.passthrough_failed();
+                    return Err(reply);
+                }
+            }
+        }
+        pt.users += 1;
+        let Some(id) = pt.backing.as_ref() else {
+            return Err(reply);
+        };
+        h.passthrough_attached.store(true, Ordering::Relaxed);
+        send(reply, id);
+        Ok(())
+    }
+
+    /// Reads from handle `fh` (handles the kernel does not pass through).
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.files.get(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match h.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset` through handle `fh`, recording it for every selecting rule.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.files.get(fh)?;
+        if !h.writable {
+            return Err(FsError::Errno(libc::EBADF));
+        }
+        let _ns = self.ns_read();
+        let _op = lock(&h.inode.op_lock);
+        let mut r = lock(&h.recording);
+        self.refresh(&h, &mut r);
+        let n = h.file.write_at(data, offset)?;
+        r.wrote = true;
+        if !r.rules.is_empty() {
+            let e = EntryRef {
+                offset,
+                size: n as u64,
+                data: &data[..n],
+                ..EntryRef::new(Command::Write, 0, &r.name)
+            };
+            self.rec.append(&r.rules, e)?;
+            if h.sync_writes {
+                self.rec.sync()?;
+            }
+        }
+        Ok(n as u32)
+    }
+
+    /// `close` of one descriptor of handle `fh`; nothing is buffered, so nothing to do.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        self.files.get(fh).map(drop)
+    }
+
+    /// The last descriptor of handle `fh` is closed.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self.files.remove(fh)?;
+        if h.passthrough_attached.load(Ordering::Relaxed) {
+            let mut pt = lock(&h.inode.passthrough);
+            pt.users = pt.users.saturating_sub(1);
+            if pt.users == 0 {
+                pt.backing = None;
+            }
+        }
+        if h.recorded {
+            h.inode.recorded_writers.fetch_sub(1, Ordering::Relaxed);
+        }
+        if !h.writable {
+            return Ok(());
+        }
+        let _ns = self.ns_read();
+        let _op = lock(&h.inode.op_lock);
+        let mut r = lock(&h.recording);
+        self.refresh(&h, &mut r);
+        if r.name.is_empty() {
+            return Ok(());
+        }
+        if !r.late_rules.is_empty() {
+            log::info!(
+                "{}: rules added while it was open for writing; copying it",
+                String::from_utf8_lossy(&r.name)
+            );
+            self.rec
+                .append(&r.late_rules, EntryRef::new(Command::Copy, 0, &r.name))?;
+        }
+        if r.wrote && r.rules.iter().any(|x| x.spec.attrs) {
+            // Writes moved the file's times; send them once, at close.
+            let st = sys::fstat(h.file.as_fd())?;
+            let change = AttrChange {
+                atime: Some(st.atime),
+                mtime: Some(st.mtime),
+                ..AttrChange::default()
+            };
+            self.record_attrs(&r.rules, &r.name, change)?;
+        }
+        Ok(())
+    }
+
+    /// `fsync` of handle `fh`: the file's data, then the journal (its entries become durable).
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let h = self.files.get(fh)?;
+        sys::fsync(h.file.as_fd(), datasync)?;
+        if h.writable {
+            self.rec.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Current rules of a writable handle (refreshed).
+    fn handle_rules(&self, h: &Handle) -> (Vec<u8>, Rules) {
+        let mut r = lock(&h.recording);
+        self.refresh(h, &mut r);
+        (r.name.clone(), r.rules.clone())
+    }
+
+    /// `fallocate` on handle `fh`, recorded by its effect on the content.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let h = self.files.get(fh)?;
+        let _ns = self.ns_read();
+        let _op = lock(&h.inode.op_lock);
+        let before = sys::fstat(h.file.as_fd())?;
+        sys::fallocate(h.file.as_fd(), mode, offset, len)?;
+        let after = sys::fstat(h.file.as_fd())?;
+        let (name, rules) = self.handle_rules(&h);
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let base = EntryRef::new(Command::Zero, 0, &name);
+        if mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0 {
+            return self
+                .rec
+                .append(&rules, EntryRef::new(Command::Copy, 0, &name));
+        }
+        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+            let zero_len = len.min(after.size.saturating_sub(offset));
+            if zero_len > 0 {
+                let e = EntryRef {
+                    offset,
+                    size: zero_len,
+                    ..base
+                };
+                self.rec.append(&rules, e)?;
+            }
+        }
+        if after.size != before.size {
+            let e = EntryRef {
+                size: after.size,
+                ..EntryRef::new(Command::Truncate, 0, &name)
+            };
+            self.rec.append(&rules, e)?;
+        }
+        Ok(())
+    }
+
+    /// `lseek` on handle `fh` (SEEK_DATA and SEEK_HOLE reach the underlying file).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> FsResult<i64> {
+        let h = self.files.get(fh)?;
+        Ok(sys::lseek(h.file.as_fd(), offset, whence)?)
+    }
+
+    /// `copy_file_range` between two handles; the copied range is recorded as writes of the
+    /// bytes copied.
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        flags: u32,
+    ) -> FsResult<u32> {
+        let hin = self.files.get(fh_in)?;
+        let hout = self.files.get(fh_out)?;
+        if !hout.writable {
+            return Err(FsError::Errno(libc::EBADF));
+        }
+        let _ns = self.ns_read();
+        let _op = lock(&hout.inode.op_lock);
+        let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+        let n = sys::copy_file_range(
+            hin.file.as_fd(),
+            off_in,
+            hout.file.as_fd(),
+            off_out,
+            len,
+            flags,
+        )?;
+        let (name, rules) = {
+            let mut r = lock(&hout.recording);
+            self.refresh(&hout, &mut r);
+            r.wrote = true;
+            (r.name.clone(), r.rules.clone())
+        };
+        if rules.is_empty() || n == 0 {
+            return Ok(n as u32);
+        }
+        let mut buf = vec![0u8; CHUNK.min(n)];
+        let mut done = 0usize;
+        while done < n {
+            let want = (n - done).min(CHUNK);
+            // The output may be write-only; the input holds the same bytes (the kernel refuses
+            // overlapping ranges of one file).
+            hin.file
+                .read_exact_at(&mut buf[..want], off_in + done as u64)?;
+            let e = EntryRef {
+                offset: off_out + done as u64,
+                size: want as u64,
+                data: &buf[..want],
+                ..EntryRef::new(Command::Write, 0, &name)
+            };
+            self.rec.append(&rules, e)?;
+            done += want;
+        }
+        Ok(n as u32)
+    }
+}

@@ -1,0 +1,296 @@
+//! The mirroring filesystem, independent of FUSE: [`MirrorFs`] performs each operation on the
+//! underlying directory (through the descriptor opened before mounting) and records the
+//! changes to selected files in the journal before returning. `crate::fuse` adapts it to
+//! fuser's `Filesystem` trait.
+//!
+//! Ordering: a change to a node and its journal entries happen under the node's `op_lock`, so
+//! the journal order of one file's entries is the order its changes hit the disk. Renames take
+//! the namespace lock exclusively; every other operation that resolves or records names takes
+//! it shared, so no entry carries a name a concurrent rename has already changed.
+
+mod dir_ops;
+pub mod error;
+mod file_ops;
+pub mod handles;
+pub mod inodes;
+mod node_ops;
+pub mod record;
+pub mod sys;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::FileAttr;
+
+use crate::entry::Timestamp;
+use error::FsResult;
+use handles::{Handle, HandleTable};
+use inodes::{file_type, InodeTable};
+use record::Recorder;
+use sys::Stat;
+
+pub use error::FsError;
+pub use handles::IoMode;
+
+/// Filesystem settings.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// How long the kernel may cache entries and attributes. Nothing but this mount changes the
+    /// directory, so long is safe.
+    pub ttl: Duration,
+    /// Use kernel passthrough where nothing needs recording (if the kernel offers it).
+    pub passthrough: bool,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            ttl: Duration::from_secs(3600),
+            passthrough: true,
+        }
+    }
+}
+
+/// Who is asking (from the FUSE request).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Process id.
+    pub pid: u32,
+}
+
+/// A name resolved to a node (lookup, create, mkdir…).
+#[derive(Debug, Clone, Copy)]
+pub struct EntryOut {
+    /// Attributes.
+    pub attr: FileAttr,
+    /// Generation.
+    pub generation: u64,
+}
+
+/// A new open handle.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    /// Handle number.
+    pub fh: u64,
+    /// How the kernel should do I/O on it.
+    pub mode: IoMode,
+}
+
+/// An open directory.
+#[derive(Debug)]
+pub struct DirHandle {
+    ino: u64,
+    file: File,
+    entries: Mutex<Vec<sys::DirEntry>>,
+}
+
+/// The filesystem.
+#[derive(Debug)]
+pub struct MirrorFs {
+    root: OwnedFd,
+    inodes: InodeTable,
+    files: HandleTable<Handle>,
+    dirs: HandleTable<DirHandle>,
+    rec: Recorder,
+    ns: RwLock<()>,
+    names_gen: AtomicU64,
+    cfg: FsConfig,
+    /// Kernel passthrough: [`PT_OFF`], [`PT_ON`] or [`PT_FAILED`].
+    passthrough: AtomicU8,
+}
+
+/// Passthrough was never on: handles use the kernel page cache.
+const PT_OFF: u8 = 0;
+/// Passthrough is on.
+const PT_ON: u8 = 1;
+/// Passthrough was on and then failed: handles use direct I/O, which cannot clash with the
+/// passthrough handles that may still be open.
+const PT_FAILED: u8 = 2;
+
+fn system_time(t: Timestamp) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+impl MirrorFs {
+    /// A filesystem over the directory `root` (opened before mounting over it), recording with `rec`.
+    pub fn new(root: OwnedFd, rec: Recorder, cfg: FsConfig) -> FsResult<MirrorFs> {
+        let st = sys::fstat(root.as_fd())?;
+        Ok(MirrorFs {
+            inodes: InodeTable::new(&st),
+            root,
+            files: HandleTable::new(),
+            dirs: HandleTable::new(),
+            rec,
+            ns: RwLock::new(()),
+            names_gen: AtomicU64::new(0),
+            cfg,
+            passthrough: AtomicU8::new(PT_OFF),
+        })
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    /// The recorder (journal and matcher).
+    pub fn recorder(&self) -> &Recorder {
+        &self.rec
+    }
+
+    /// Turns kernel passthrough on (when the kernel agreed to it at init).
+    pub fn enable_passthrough(&self) {
+        if self.cfg.passthrough {
+            self.passthrough.store(PT_ON, Ordering::Relaxed);
+        }
+    }
+
+    /// The kernel refused a backing file: no more passthrough.
+    fn passthrough_failed(&self) {
+        self.passthrough.store(PT_FAILED, Ordering::Relaxed);
+    }
+
+    /// Whether passthrough is in use.
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed) == PT_ON
+    }
+
+    /// The mode to reply with for a handle opened in `mode` (a passthrough handle whose
+    /// backing file the kernel refused falls back).
+    pub fn effective_mode(&self, mode: IoMode) -> IoMode {
+        match mode {
+            IoMode::Passthrough => IoMode::Direct,
+            m => m,
+        }
+    }
+
+    /// The I/O mode for handles when passthrough is not in use.
+    fn fallback_mode(&self) -> IoMode {
+        if self.passthrough.load(Ordering::Relaxed) == PT_FAILED {
+            IoMode::Direct
+        } else {
+            IoMode::Cached
+        }
+    }
+
+    /// Number of open file handles (tests, status).
+    pub fn open_files(&self) -> usize {
+        self.files.len()
+    }
+
+    fn dir(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    fn ns_read(&self) -> RwLockReadGuard<'_, ()> {
+        self.ns.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ns_write(&self) -> RwLockWriteGuard<'_, ()> {
+        self.ns.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A name changed somewhere: open handles re-resolve their names before recording.
+    fn names_changed(&self) {
+        self.names_gen.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// FUSE attributes for node `ino` with underlying status `st`.
+    fn attr(&self, ino: u64, st: &Stat) -> FileAttr {
+        FileAttr {
+            ino: fuser::INodeNo(ino),
+            size: st.size,
+            blocks: st.blocks,
+            atime: system_time(st.atime),
+            mtime: system_time(st.mtime),
+            ctime: system_time(st.ctime),
+            crtime: UNIX_EPOCH,
+            kind: file_type(st.mode),
+            perm: (st.mode & 0o7777) as u16,
+            nlink: st.nlink,
+            uid: st.uid,
+            gid: st.gid,
+            rdev: st.rdev as u32,
+            blksize: st.blksize,
+            flags: 0,
+        }
+    }
+
+    /// Records that the kernel now knows `name` in `parent` as the file with status `st`.
+    fn entry(&self, parent: u64, name: &std::ffi::OsStr, st: &Stat) -> EntryOut {
+        let (node, generation) = self.inodes.remember(parent, name, st);
+        EntryOut {
+            attr: self.attr(node.ino, st),
+            generation,
+        }
+    }
+
+    /// The status of node `ino`: by path, or through any open handle if it has no name left.
+    fn stat_node(&self, ino: u64) -> FsResult<Stat> {
+        match self.inodes.path(ino) {
+            Ok(p) => Ok(sys::stat_at(self.dir(), &p)?),
+            Err(FsError::Unlinked(_)) => {
+                let h = self
+                    .files
+                    .all()
+                    .into_iter()
+                    .find(|h| h.inode.ino == ino)
+                    .ok_or(FsError::Unlinked(ino))?;
+                Ok(sys::fstat(h.file.as_fd())?)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The kernel forgot `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// Makes all journal entries durable (unmount).
+    pub fn sync_journal(&self) -> FsResult<()> {
+        self.rec.sync()
+    }
+}
+
+/// Names handed to the kernel's readdir.
+#[derive(Debug, Clone)]
+pub struct DirListEntry {
+    /// Inode number for the entry.
+    pub ino: u64,
+    /// Offset of the next entry.
+    pub next: u64,
+    /// File type.
+    pub kind: fuser::FileType,
+    /// Name.
+    pub name: OsString,
+}
+
+/// Attribute changes of a `setattr`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttrs {
+    /// New mode bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<sys::SetTime>,
+    /// New modification time.
+    pub mtime: Option<sys::SetTime>,
+}

@@ -1,0 +1,384 @@
+//! Mounting: the checks before a mount, the session, the rules watcher, and clean shutdown.
+//!
+//! `run` opens the source directory *before* mounting over it (so the filesystem keeps reaching
+//! the files underneath), takes the state directory's mount lock, opens the rules database
+//! and journal, mounts, and serves until the mount goes away: `fusermount3 -u DIR`, `umount`,
+//! or SIGINT/SIGTERM (which unmount). Rule changes made with `mirror-ctl` are picked up by a
+//! watcher thread within a fraction of a second.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::fs::{FsConfig, MirrorFs};
+use crate::fuse::FuseFs;
+use crate::journal::{Journal, JournalConfig};
+use crate::matcher::{Matcher, RuleTable};
+use crate::rulesdb::RulesDb;
+use crate::state::{LockFile, StateDir};
+
+/// The file-system type of mirrorfs mounts made through fusermount3 (`fuse.mirrorfs`).
+pub const FS_TYPE: &str = "fuse.mirrorfs";
+/// Mount sources of mirrorfs mounts start with this (`mirrorfs:/the/source`); a mount made
+/// directly by root shows type `fuse` and this source.
+pub const FS_NAME_PREFIX: &str = "mirrorfs:";
+
+/// Why mirrorfs could not mount or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The source or mount point is unusable.
+    #[error("{path}: {err}")]
+    Path {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+    /// The mount point is already a mirrorfs mount.
+    #[error("{0} is already a mirrorfs mount; unmount it first with: fusermount3 -u {0}")]
+    AlreadyMounted(PathBuf),
+    /// No FUSE device.
+    #[error("cannot open /dev/fuse ({0}); install FUSE (apt-get install fuse3) and load the module (modprobe fuse)")]
+    NoFuseDevice(std::io::Error),
+    /// Not root, and no fusermount3 to mount with.
+    #[error("fusermount3 is not installed (apt-get install fuse3); it is needed to mount as a non-root user")]
+    NoFusermount,
+    /// The state directory is in use by another mount.
+    #[error("state directory {state} is in use by another mirrorfs ({holder}); one state directory serves one mount")]
+    StateLocked {
+        /// The state directory.
+        state: PathBuf,
+        /// Who holds it.
+        holder: String,
+    },
+    /// State directory problems.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// Rules database problems.
+    #[error(transparent)]
+    Rules(#[from] crate::rulesdb::RulesDbError),
+    /// Journal problems.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    /// The filesystem could not start.
+    #[error("cannot start the filesystem: {0}")]
+    Fs(#[from] crate::fs::FsError),
+    /// The FUSE session failed.
+    #[error("FUSE session on {path}: {err}")]
+    Session {
+        /// The mount point.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+}
+
+/// What to mount and how.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// The directory whose files are served (usually the mount point itself).
+    pub source: PathBuf,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// The local system's state directory.
+    pub state: StateDir,
+    /// Request-serving threads.
+    pub threads: usize,
+    /// Filesystem settings.
+    pub fs: FsConfig,
+    /// Journal settings.
+    pub journal: JournalConfig,
+}
+
+/// Whether `path` is currently a mirrorfs mount (from /proc/self/mountinfo).
+pub fn is_mirrorfs_mount(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|l| {
+        let mut halves = l.splitn(2, " - ");
+        let (Some(a), Some(b)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        let mp = a.split(' ').nth(4).map(unescape_mountinfo);
+        let mut fields = b.split(' ');
+        let fstype = fields.next().unwrap_or_default();
+        let source = fields.next().unwrap_or_default();
+        (fstype == FS_TYPE || (fstype == "fuse" && source.starts_with(FS_NAME_PREFIX)))
+            && mp.as_deref() == Some(path.as_os_str().as_bytes())
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for space…).
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+fn canonical(p: &Path) -> Result<PathBuf, MountError> {
+    let c = std::fs::canonicalize(p).map_err(|err| MountError::Path {
+        path: p.to_path_buf(),
+        err,
+    })?;
+    let meta = std::fs::metadata(&c).map_err(|err| MountError::Path {
+        path: p.to_path_buf(),
+        err,
+    })?;
+    if !meta.is_dir() {
+        return Err(MountError::Path {
+            path: p.to_path_buf(),
+            err: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        });
+    }
+    Ok(c)
+}
+
+/// Detaches a mount whose FUSE server died (ENOTCONN), so that a new mount can take its place.
+fn clear_dead_mount(path: &Path) -> Result<(), MountError> {
+    log::warn!(
+        "{}: found a FUSE mount whose process is gone; detaching it before mounting again",
+        path.display()
+    );
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| MountError::Path {
+        path: path.to_path_buf(),
+        err: std::io::Error::from_raw_os_error(libc::EINVAL),
+    })?;
+    // SAFETY: c is NUL-terminated.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(path)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(MountError::Path {
+            path: path.to_path_buf(),
+            err: std::io::Error::other(
+                "a dead FUSE mount is in the way and could not be detached; run: fusermount3 -u -z PATH",
+            ),
+        }),
+    }
+}
+
+/// Checks what the mount needs from the machine.
+fn check_fuse() -> Result<(), MountError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(MountError::NoFuseDevice)?;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").exists()))
+            .unwrap_or(false);
+        if !found {
+            return Err(MountError::NoFusermount);
+        }
+    }
+    Ok(())
+}
+
+fn take_mount_lock(state: &StateDir, mountpoint: &Path) -> Result<LockFile, MountError> {
+    let lock = match state.lock("mirrorfs") {
+        Ok(l) => l,
+        Err(crate::state::StateError::Locked { holder, path }) => {
+            let mounted = std::fs::read_to_string(path.with_extension("mount")).unwrap_or_default();
+            let holder = match mounted.trim() {
+                "" => holder,
+                m => format!("{holder}, mounted on {m}"),
+            };
+            return Err(MountError::StateLocked {
+                state: state.root().to_path_buf(),
+                holder,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let note = state.lock_path("mirrorfs").with_extension("mount");
+    if let Ok(mut f) = std::fs::File::create(&note) {
+        let _ = writeln!(f, "{}", mountpoint.display());
+    }
+    Ok(lock)
+}
+
+/// Polls the rules database and installs a new rule table whenever it changed.
+fn spawn_rules_watcher(
+    db: RulesDb,
+    matcher: Arc<Matcher>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("rules-watcher".into())
+        .spawn(move || {
+            let mut seen = db.data_version().unwrap_or(-1);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                match db.data_version() {
+                    Ok(v) if v == seen => continue,
+                    Ok(v) => seen = v,
+                    Err(e) => {
+                        log::warn!("rules watcher: {e}");
+                        continue;
+                    }
+                }
+                match db.snapshot() {
+                    Ok((version, rules)) => {
+                        log::info!(
+                            "rules changed: configuration version {version}, {} rules",
+                            rules.len()
+                        );
+                        matcher.store(RuleTable::build(rules, version));
+                    }
+                    Err(e) => log::error!(
+                        "rules watcher: cannot read the rules, keeping the old ones: {e}"
+                    ),
+                }
+            }
+        })
+        .expect("spawn rules watcher thread")
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in this thread (and the threads it starts), and returns the set.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; the calls only fill and install the mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Mounts and serves until unmounted. Returns once the mount is gone and the journal synced.
+pub fn run(opts: MountOptions) -> Result<(), MountError> {
+    // Before any thread starts, so that only the signal thread ever takes these signals.
+    let sigset = block_signals();
+    let mountpoint = match canonical(&opts.mountpoint) {
+        Err(MountError::Path { err, .. }) if err.raw_os_error() == Some(libc::ENOTCONN) => {
+            clear_dead_mount(&opts.mountpoint)?;
+            canonical(&opts.mountpoint)?
+        }
+        r => r?,
+    };
+    let source = canonical(&opts.source)?;
+    if is_mirrorfs_mount(&mountpoint) {
+        return Err(MountError::AlreadyMounted(mountpoint));
+    }
+    check_fuse()?;
+    let _lock = take_mount_lock(&opts.state, &mountpoint)?;
+
+    let db = RulesDb::open(&opts.state.rules_db())?;
+    let (version, rules) = db.snapshot()?;
+    log::info!("configuration version {version}, {} rules", rules.len());
+    let matcher = Arc::new(Matcher::new(RuleTable::build(rules, version)));
+    let journal = Journal::open(&opts.state.journal_dir(), opts.journal)?;
+    let root = crate::fs::sys::open_dir(&source).map_err(|err| MountError::Path {
+        path: source.clone(),
+        err,
+    })?;
+    // Modes from the kernel already have the caller's umask applied.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0) };
+    let rec = crate::fs::record::Recorder::new(
+        journal,
+        matcher.clone(),
+        mountpoint.as_os_str().as_bytes(),
+    );
+    let fs = Arc::new(MirrorFs::new(root, rec, opts.fs.clone())?);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = spawn_rules_watcher(db, matcher, stop.clone());
+
+    // SAFETY: geteuid has no preconditions.
+    let acl = if unsafe { libc::geteuid() } == 0 {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("{FS_NAME_PREFIX}{}", source.display())),
+        MountOption::Subtype("mirrorfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = acl;
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+
+    let mut session =
+        Session::new(FuseFs::new(fs.clone()), &mountpoint, &config).map_err(|err| {
+            MountError::Session {
+                path: mountpoint.clone(),
+                err,
+            }
+        })?;
+    let mut unmounter = session.unmount_callable();
+    let shown = mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: sigset is initialised; sig is writable.
+            if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                log::info!("signal {sig}: unmounting {}", shown.display());
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("unmount of {} failed: {e}", shown.display());
+                }
+            }
+        })
+        .expect("spawn signal thread");
+    log::info!(
+        "mounted {} on {} (state {})",
+        source.display(),
+        mountpoint.display(),
+        opts.state.root().display()
+    );
+    let result = session.run().map_err(|err| MountError::Session {
+        path: mountpoint.clone(),
+        err,
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
+    fs.sync_journal()?;
+    log::info!("unmounted {}", mountpoint.display());
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), b"/a b");
+        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
+        assert_eq!(unescape_mountinfo("/t\\"), b"/t\\");
+    }
+}

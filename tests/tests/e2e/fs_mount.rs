@@ -1,0 +1,134 @@
+//! The mount's life: clean exits on SIGTERM and `fusermount3 -u`, remount after kill -9, and
+//! clear refusals (already mounted, state in use, missing directory).
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use mirror_tests::{bin, is_mounted, wait_until, Local, Mount};
+
+fn output_of(args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("mirrorfs")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let l = Local::new();
+    let m = l.mount(&[]);
+    fs::write(l.path("f"), b"x").unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
+    wait_until(Duration::from_secs(10), "the mount to go away", || {
+        !is_mounted(&l.dir)
+    });
+    let log = m.unmount();
+    assert!(log.contains("unmounted"), "{log}");
+    assert_eq!(fs::read(l.path("f")).unwrap(), b"x");
+}
+
+#[test]
+fn fusermount_u_ends_the_process() {
+    let l = Local::new();
+    let m = l.mount(&[]);
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&l.dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let log = m.unmount();
+    assert!(log.contains("unmounted"), "{log}");
+}
+
+#[test]
+fn refusals_are_clear() {
+    let l = Local::new();
+    let m = l.mount(&[]);
+    let dir = l.dir.to_str().unwrap();
+    let state = l.state.to_str().unwrap();
+    let (ok, err) = output_of(&[dir, "--state", state]);
+    assert!(!ok);
+    assert!(err.contains("already a mirrorfs mount"), "{err}");
+    let other = l.tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let (ok, err) = output_of(&[other.to_str().unwrap(), "--state", state]);
+    assert!(!ok);
+    assert!(
+        err.contains("is in use by another mirrorfs") && err.contains(dir),
+        "{err}"
+    );
+    let missing = l.tmp.path().join("missing");
+    let (ok, err) = output_of(&[missing.to_str().unwrap(), "--state", state]);
+    assert!(!ok);
+    assert!(
+        err.contains("missing") && err.contains("No such file"),
+        "{err}"
+    );
+    drop(m);
+}
+
+#[test]
+fn remount_after_kill9_continues_the_journal() {
+    let l = Local::new();
+    fs::create_dir(l.path("src")).unwrap();
+    l.add_rule(
+        &format!("{}/src/", l.dir.display()),
+        "127.0.0.1:9",
+        "d",
+        &[],
+    );
+    let mut m = l.mount(&[]);
+    fs::write(l.path("src/one"), b"1").unwrap();
+    m.kill9();
+    assert!(
+        fs::metadata(l.path("src")).is_err(),
+        "a dead mount answers ENOTCONN"
+    );
+    let m2 = l.mount(&[]);
+    fs::write(l.path("src/two"), b"2").unwrap();
+    let names: Vec<String> = l
+        .journal()
+        .iter()
+        .map(|e| mirror_tests::rel(&l.dir, &e.name))
+        .collect();
+    assert_eq!(names, vec!["src/one", "src/one", "src/two", "src/two"]);
+    assert!(
+        m2.log_text().contains("process is gone"),
+        "{}",
+        m2.log_text()
+    );
+    drop(m2);
+    drop(m);
+}
+
+#[test]
+fn source_and_mountpoint_form() {
+    let l = Local::new();
+    let mp = l.tmp.path().join("mnt");
+    fs::create_dir(&mp).unwrap();
+    fs::write(l.path("inside"), b"seen").unwrap();
+    let m = Mount::start(&l.dir, Some(&mp), &l.state, &[]);
+    assert_eq!(fs::read(mp.join("inside")).unwrap(), b"seen");
+    fs::write(mp.join("new"), b"n").unwrap();
+    assert_eq!(fs::read(l.path("new")).unwrap(), b"n");
+    drop(m);
+}
+
+#[test]
+fn help_names_the_forms() {
+    let (ok, _) = output_of(&["--help"]);
+    assert!(ok);
+    let out = Command::new(bin("mirrorfs"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fusermount3 -u DIR") && text.contains("--state"),
+        "{text}"
+    );
+}

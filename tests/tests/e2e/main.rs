@@ -1,0 +1,11 @@
+//! End-to-end tests: real mirrorfs mounts (and, later, real daemons over loopback).
+//! One test binary; each module covers one area.
+
+// mirrorfs: each operation's effect underneath and its exact journal entries.
+mod fs_recording;
+// mirrorfs: rules changing while mounted, handles open across rule changes.
+mod fs_rules_live;
+// mirrorfs: mount lifecycle (signals, fusermount3 -u, dead mounts, refusals).
+mod fs_mount;
+// mirrorfs: a random read/write/truncate/mmap exerciser checked against a model.
+mod fs_exerciser;
