@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::entry::Timestamp;
@@ -95,14 +95,17 @@ impl FuseFs {
         }
     }
 
+    /// Open flags for a handle in `mode`. Every handle gets FOPEN_NOFLUSH: mirrorfs buffers
+    /// nothing and file locks stay in the kernel, so `close` need not wait for a FLUSH.
     fn open_flags(mode: IoMode) -> FopenFlags {
-        match mode {
-            IoMode::Direct => {
-                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+        FopenFlags::FOPEN_NOFLUSH
+            | match mode {
+                IoMode::Direct => {
+                    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+                }
+                IoMode::Cached => FopenFlags::FOPEN_KEEP_CACHE,
+                IoMode::Passthrough => FopenFlags::empty(),
             }
-            IoMode::Cached => FopenFlags::FOPEN_KEEP_CACHE,
-            IoMode::Passthrough => FopenFlags::empty(),
-        }
     }
 }
 
@@ -512,6 +515,81 @@ impl Filesystem for FuseFs {
         }
     }
 
+    // Locks: FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS are not requested, so the kernel keeps
+    // POSIX and flock locks itself (correct for one host: every access goes through this
+    // mount). These are answered only should a kernel ask anyway.
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        _sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// No ioctls on mirrored files (e.g. isatty's TCGETS): "not a terminal".
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    /// Regular files are always ready; ENOSYS makes the kernel stop asking.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// Only for block-device-backed FUSE file systems.
+    fn bmap(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _blocksize: u32,
+        _idx: u64,
+        reply: fuser::ReplyBmap,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn fallocate(
         &self,
         _req: &Request,
@@ -581,7 +659,7 @@ impl FuseFs {
                 o.fh,
                 reply,
                 |r, f| r.open_backing(f),
-                |r, id| r.opened_passthrough(fh, FopenFlags::empty(), id),
+                |r, id| r.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, id),
             ) {
                 Ok(()) => return,
                 Err(r) => r,
@@ -605,7 +683,7 @@ impl FuseFs {
                         &entry.attr,
                         generation,
                         fh,
-                        FopenFlags::empty(),
+                        FopenFlags::FOPEN_NOFLUSH,
                         id,
                     )
                 },

@@ -19,6 +19,9 @@ impl log::Log for Tee {
     }
 
     fn log(&self, record: &log::Record<'_>) {
+        if is_known_noise(record) {
+            return;
+        }
         if self.inner.matches(record) {
             self.inner.log(record);
         }
@@ -43,6 +46,18 @@ impl log::Log for Tee {
     fn flush(&self) {
         self.inner.flush();
     }
+}
+
+/// Records that report no fault. fuser unmounts once more when its session ends; after an
+/// external `fusermount3 -u` (the normal way to stop mirrorfs) that second unmount fails with
+/// EINVAL and fuser warns, though nothing is wrong.
+fn is_known_noise(record: &log::Record<'_>) -> bool {
+    record.target() == "fuser::session"
+        && record.level() == log::Level::Warn
+        && record
+            .args()
+            .to_string()
+            .starts_with("Failed to umount filesystem: Invalid argument")
 }
 
 /// Installs the logger for `program`, with `default_filter` when `RUST_LOG` is unset, and a

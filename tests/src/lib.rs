@@ -102,6 +102,17 @@ impl Local {
         );
     }
 
+    /// The local system's error log (warnings and errors of its daemons).
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.state.join("errors.log")).unwrap_or_default()
+    }
+
+    /// Fails the test if a daemon logged a warning or error it did not expect.
+    pub fn assert_no_errors(&self) {
+        let log = self.error_log();
+        assert!(log.trim().is_empty(), "unexpected error-log lines:\n{log}");
+    }
+
     /// Mounts mirrorfs over the project directory.
     pub fn mount(&self, extra: &[&str]) -> Mount {
         Mount::start(&self.dir, None, &self.state, extra)

@@ -7,13 +7,13 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-/// An open directory and its entries from some offset, each with the offset of the next.
-type Listing = (Arc<DirHandle>, Vec<(u64, DirEntry)>);
-
 use super::error::FsResult;
 use super::inodes::{lock, ROOT};
 use super::sys::{self, DirEntry};
 use super::{DirHandle, DirListEntry, EntryOut, MirrorFs};
+
+/// An open directory and its entries from some offset, each with the offset of the next.
+type Listing = (Arc<DirHandle>, Vec<(u64, DirEntry)>);
 
 fn dt_kind(dt: u8) -> fuser::FileType {
     use fuser::FileType::*;

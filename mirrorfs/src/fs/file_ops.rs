@@ -21,6 +21,13 @@ use crate::entry::{AttrChange, Command, EntryRef};
 /// Largest data carried by one journal entry when mirrorfs reads data back (copy_file_range).
 const CHUNK: usize = 1 << 20;
 
+/// Writes at least this large go to the file and the journal in parallel: starting a thread
+/// costs far less than copying this much a second time in a row.
+const PARALLEL_WRITE: usize = 256 << 10;
+
+/// Writeback of a file written in large writes is started after this many bytes.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
 /// Open flags mirrorfs does not pass to its own descriptor: creation flags are handled
 /// separately, O_APPEND because the kernel gives each write its offset, O_DIRECT because
 /// FUSE buffers are not aligned for it.
@@ -118,6 +125,7 @@ impl MirrorFs {
             sync_writes: flags & (libc::O_SYNC | libc::O_DSYNC) != 0,
             recording: std::sync::Mutex::new(recording),
             passthrough_attached: std::sync::atomic::AtomicBool::new(false),
+            unflushed: std::sync::atomic::AtomicU64::new(0),
         };
         Opened {
             fh: self.files.insert(h),
@@ -282,7 +290,11 @@ impl MirrorFs {
     }
 
     /// Writes `data` at `offset` through handle `fh`, recording it for every selecting rule.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    ///
+    /// Large writes copy into the file and into the journal at the same time (two threads,
+    /// both done before the reply, under the node's op lock). Should the file write then fail
+    /// or come up short, a copy entry follows, so the backup still converges on the file.
+    pub fn write<'a>(&self, fh: u64, offset: u64, data: &'a [u8]) -> FsResult<u32> {
         let h = self.files.get(fh)?;
         if !h.writable {
             return Err(FsError::Errno(libc::EBADF));
@@ -291,18 +303,51 @@ impl MirrorFs {
         let _op = lock(&h.inode.op_lock);
         let mut r = lock(&h.recording);
         self.refresh(&h, &mut r);
-        let n = h.file.write_at(data, offset)?;
         r.wrote = true;
-        if !r.rules.is_empty() {
-            let e = EntryRef {
-                offset,
-                size: n as u64,
-                data: &data[..n],
-                ..EntryRef::new(Command::Write, 0, &r.name)
-            };
-            self.rec.append(&r.rules, e)?;
-            if h.sync_writes {
-                self.rec.sync()?;
+        if r.rules.is_empty() {
+            return Ok(h.file.write_at(data, offset)? as u32);
+        }
+        let name = r.name.as_slice();
+        let entry = |d: &'a [u8]| EntryRef {
+            offset,
+            size: d.len() as u64,
+            data: d,
+            ..EntryRef::new(Command::Write, 0, name)
+        };
+        let n = if data.len() >= PARALLEL_WRITE {
+            let (written, journaled) = std::thread::scope(|s| {
+                let j = s.spawn(|| self.rec.append(&r.rules, entry(data)));
+                let w = h.file.write_at(data, offset);
+                (w, j.join())
+            });
+            let journaled = journaled.unwrap_or(Err(FsError::Errno(libc::EIO)));
+            match written {
+                Ok(n) if n == data.len() => {
+                    journaled?;
+                    n
+                }
+                other => {
+                    // The journal holds more than the file got: send the file as it is.
+                    self.rec
+                        .append(&r.rules, EntryRef::new(Command::Copy, 0, &r.name))?;
+                    journaled?;
+                    other?
+                }
+            }
+        } else {
+            let n = h.file.write_at(data, offset)?;
+            self.rec.append(&r.rules, entry(&data[..n]))?;
+            n
+        };
+        if h.sync_writes {
+            self.rec.sync()?;
+        } else if n >= PARALLEL_WRITE {
+            // A large sequential writer: start writing its data to disk now, as the journal
+            // does, so that its fsync finds little left to do.
+            let pending = h.unflushed.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+            if pending >= WRITEBACK_STEP {
+                h.unflushed.store(0, Ordering::Relaxed);
+                sys::start_writeback(h.file.as_fd(), 0, 0);
             }
         }
         Ok(n as u32)

@@ -75,6 +75,8 @@ pub struct Handle {
     pub recording: Mutex<Recording>,
     /// The handle holds a share of its node's passthrough backing file.
     pub passthrough_attached: AtomicBool,
+    /// Bytes written in large writes since writeback of the file was last started.
+    pub unflushed: AtomicU64,
 }
 
 /// All open files (and directories, which have their own table).

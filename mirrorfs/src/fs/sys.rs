@@ -343,6 +343,20 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Re
     .map(drop)
 }
 
+/// Starts (without waiting for) writeback of `len` bytes at `from` (`len` 0: to the end).
+/// Only a hint: errors are left for the next fsync to report.
+pub fn start_writeback(fd: BorrowedFd<'_>, from: u64, len: u64) {
+    // SAFETY: plain syscall on a descriptor we hold.
+    unsafe {
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            from as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// `lseek`.
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> io::Result<i64> {
     // SAFETY: plain syscall on a descriptor we hold.

@@ -28,6 +28,7 @@ fn sigterm_unmounts_cleanly() {
     let log = m.unmount();
     assert!(log.contains("unmounted"), "{log}");
     assert_eq!(fs::read(l.path("f")).unwrap(), b"x");
+    l.assert_no_errors();
 }
 
 #[test]
@@ -42,6 +43,7 @@ fn fusermount_u_ends_the_process() {
     assert!(st.success());
     let log = m.unmount();
     assert!(log.contains("unmounted"), "{log}");
+    l.assert_no_errors();
 }
 
 #[test]

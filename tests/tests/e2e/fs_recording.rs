@@ -365,3 +365,95 @@ fn fsync_of_a_mirrored_file_leaves_its_entries_in_the_journal() {
     assert_eq!(e.last().map(|x| x.data.as_slice()), Some(&b"durable"[..]));
     drop(m);
 }
+
+#[test]
+fn appends_record_the_offsets_they_landed_at() {
+    let l = Local::new();
+    subtree(&l, "src", &[]);
+    fs::write(l.path("src/log"), b"12345").unwrap();
+    let m = l.mount(&[]);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(l.path("src/log"))
+        .unwrap();
+    f.write_all(b"ab").unwrap();
+    f.write_all(b"cd").unwrap();
+    drop(f);
+    let e = l.journal();
+    assert_eq!(
+        e.iter()
+            .map(|x| (x.command, x.offset, x.data.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (Command::Write, 5, b"ab".to_vec()),
+            (Command::Write, 7, b"cd".to_vec())
+        ]
+    );
+    m.unmount();
+    assert_eq!(fs::read(l.path("src/log")).unwrap(), b"12345abcd");
+}
+
+#[test]
+fn rename_exchange_inside_and_across_a_rule() {
+    let l = Local::new();
+    subtree(&l, "src", &[]);
+    fs::create_dir(l.path("out")).unwrap();
+    for (p, c) in [("src/a", "A"), ("src/b", "B"), ("out/c", "C")] {
+        fs::write(l.path(p), c).unwrap();
+    }
+    let m = l.mount(&[]);
+    exchange(&l.path("src/a"), &l.path("src/b"));
+    exchange(&l.path("src/a"), &l.path("out/c"));
+    let e = l.journal();
+    assert_eq!(
+        names(&l, &e),
+        vec![
+            (Command::Rename, "src/a".into(), "src/b".into()),
+            (Command::Delete, "src/a".into(), "".into()),
+            (Command::Copy, "src/a".into(), "".into()),
+        ]
+    );
+    assert_eq!(e[0].offset, libc::RENAME_EXCHANGE as u64);
+    m.unmount();
+    assert_eq!(fs::read(l.path("src/a")).unwrap(), b"C");
+    assert_eq!(fs::read(l.path("src/b")).unwrap(), b"A");
+    assert_eq!(fs::read(l.path("out/c")).unwrap(), b"B");
+}
+
+fn exchange(a: &std::path::Path, b: &std::path::Path) {
+    let ca = std::ffi::CString::new(a.to_str().unwrap()).unwrap();
+    let cb = std::ffi::CString::new(b.to_str().unwrap()).unwrap();
+    // SAFETY: valid NUL-terminated paths.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn o_sync_writes_and_their_entries_survive_a_kill() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let l = Local::new();
+    subtree(&l, "src", &[]);
+    let mut m = l.mount(&[]);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_SYNC)
+        .open(l.path("src/s"))
+        .unwrap();
+    f.write_all(b"synced").unwrap();
+    m.kill9();
+    drop(f);
+    assert!(l
+        .journal()
+        .iter()
+        .any(|x| x.command == Command::Write && x.data == b"synced"));
+    drop(m);
+}

@@ -9,3 +9,5 @@ mod fs_rules_live;
 mod fs_mount;
 // mirrorfs: a random read/write/truncate/mmap exerciser checked against a model.
 mod fs_exerciser;
+// mirrorfs: pjdfstest against the plain directory.
+mod fs_conformance;
