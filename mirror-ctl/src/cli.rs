@@ -28,6 +28,31 @@ pub enum Command {
     /// Add, list or remove mirroring rules.
     #[command(subcommand)]
     Rule(RuleCommand),
+    /// Copy the files the rules select (all, or those under PATH…) to their sites: for files
+    /// that existed before their rule, or to bring backups back in line.
+    #[command(
+        after_help = "The copies go through the journal, ordered with the changes being made, so the
+backups converge even while the files change. mirror-sendd sends them.
+
+Examples:
+  mirror-ctl sync                       # everything every rule selects
+  mirror-ctl sync ~/proj/src --wait     # one subtree; wait until the sites have it"
+    )]
+    Sync(SyncArgs),
+}
+
+/// Arguments of `sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Only files under these paths (absolute, or relative to the current directory).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Wait until every site involved has acknowledged the copies.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub timeout: u64,
 }
 
 /// `mirror-ctl rule …`
@@ -82,4 +107,9 @@ pub struct AddArgs {
     #[arg(long, value_name = "SUF", help_heading = RULE,
           value_parser = |s: &str| parse_delete_suffix(s).map_err(|e| e.to_string()))]
     pub delete_suffix: Option<String>,
+
+    /// Add the rule without asking the sites whether the destination can be written (for a
+    /// site that is down now).
+    #[arg(long, help_heading = RULE)]
+    pub no_validate: bool,
 }

@@ -3,6 +3,8 @@
 
 mod cli;
 mod rules_cmd;
+mod sync_cmd;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -16,6 +18,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rule(RuleCommand::Add(args)) => rules_cmd::add(&state, *args),
         Command::Rule(RuleCommand::List { json }) => rules_cmd::list(&state, json),
         Command::Rule(RuleCommand::Rm { id }) => rules_cmd::rm(&state, id),
+        Command::Sync(args) => sync_cmd::sync(&state, args),
     }
 }
 

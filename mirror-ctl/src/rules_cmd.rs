@@ -38,6 +38,11 @@ pub fn add(state: &StateDir, args: AddArgs) -> Result<()> {
             args.pattern
         )
     })?;
+    if !args.no_validate {
+        for site in &args.sites {
+            crate::validate::check(site, &args.dest, args.pattern.kind().dest_is_dir())?;
+        }
+    }
     let spec = RuleSpec {
         pattern: args.pattern,
         sites: args.sites,

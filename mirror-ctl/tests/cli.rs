@@ -21,11 +21,18 @@ fn env() -> Env {
     }
 }
 
+/// Runs mirror-ctl; `rule add` without asking a router (no router runs in these tests).
 fn ctl(state: &Path, args: &[&str]) -> Output {
+    let offline: &[&str] = if args.starts_with(&["rule", "add"]) {
+        &["--no-validate"]
+    } else {
+        &[]
+    };
     Command::new(env!("CARGO_BIN_EXE_mirror-ctl"))
         .arg("--state")
         .arg(state)
         .args(args)
+        .args(offline)
         .env_remove("RUST_LOG")
         .output()
         .unwrap()
@@ -262,7 +269,16 @@ fn state_dir_from_environment() {
     let e = env();
     let sub = format!("{}/a/", e.src.display());
     let out = Command::new(env!("CARGO_BIN_EXE_mirror-ctl"))
-        .args(["rule", "add", &sub, "--site", "h:1", "--dest", "d"])
+        .args([
+            "rule",
+            "add",
+            &sub,
+            "--site",
+            "h:1",
+            "--dest",
+            "d",
+            "--no-validate",
+        ])
         .env("MIRROR_STATE", &e.state)
         .output()
         .unwrap();

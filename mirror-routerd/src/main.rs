@@ -1,27 +1,82 @@
-//! `mirror-routerd`: receives entries on a backup host, logs them (RT1/RT2) and applies them.
+//! `mirror-routerd`: receives entries on a backup host, logs them (RT1/RT2), acknowledges
+//! them and applies them under `--root`.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use mirror_routerd::shared::{Router, RouterConfig};
 
 /// Receive mirrored changes on a backup host and apply them under --root.
 #[derive(Debug, Parser)]
-#[command(name = "mirror-routerd", version)]
+#[command(
+    name = "mirror-routerd",
+    version,
+    after_help = "Example:
+  mirror-routerd --listen 0.0.0.0:7070 --root /srv/backup --state /var/lib/mirror-router"
+)]
 struct Cli {
-    /// Address to listen on, ADDR:PORT.
+    /// Address to listen on, ADDR:PORT (port 0 picks a free one; the log says which).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: String,
     /// Directory under which every backup file is written.
     #[arg(long, value_name = "DIR")]
     root: PathBuf,
-    /// Router state directory (RT1/RT2 logs, router configuration).
+    /// Router state directory (RT1/RT2 logs, router configuration, error log) [default:
+    /// $MIRROR_STATE, else $XDG_STATE_HOME/mirror, else ~/.local/state/mirror]
     #[arg(long, value_name = "DIR", help_heading = "State options")]
     state: Option<PathBuf>,
+    /// Size at which a new pair of router logs is started.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 64,
+        help_heading = "Tuning"
+    )]
+    rt_size_mib: u64,
+    /// Backup files kept open at once (least recently used closed first).
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Tuning")]
+    max_open: usize,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let state = mirrorfs::state::StateDir::resolve_and_open(cli.state.as_deref())?;
+    mirrorfs::logging::init("mirror-routerd", "info", Some(&state.error_log()));
+    let _lock = state.lock("mirror-routerd")?;
+    let router = Router::open(RouterConfig {
+        root: cli.root.clone(),
+        state: state.root().to_path_buf(),
+        rt_size: cli.rt_size_mib.max(1) << 20,
+        max_open: cli.max_open,
+    })
+    .with_context(|| format!("cannot start the router for root {}", cli.root.display()))?;
+    let listener = TcpListener::bind(&cli.listen)
+        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let addr = listener.local_addr().context("listening address")?;
+    log::info!(
+        "listening on {addr}, root {}, state {}",
+        router.cfg.root.display(),
+        state.root().display()
+    );
+    let r = router.clone();
+    std::thread::Builder::new()
+        .name("router".into())
+        .spawn(move || mirror_routerd::apply::run(r))
+        .context("cannot start the router process")?;
+    mirror_routerd::receive::serve(router, listener);
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("mirror-routerd: the router is not part of this build yet");
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            eprintln!("mirror-routerd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

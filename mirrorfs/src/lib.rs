@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod entry;
 pub mod fs;
 pub mod fuse;
@@ -16,7 +17,9 @@ pub mod mount;
 pub mod notify;
 pub mod rule;
 pub mod rulesdb;
+pub mod sfa;
 pub mod state;
+pub mod wire;
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> u64 {

@@ -262,6 +262,31 @@ fn spawn_rules_watcher(
         .expect("spawn rules watcher thread")
 }
 
+/// Serves the control socket (copies queued by `mirror-ctl sync`); `None` if it cannot.
+fn start_control(state: &StateDir, fs: Arc<MirrorFs>) -> Option<std::path::PathBuf> {
+    let handler: crate::control::Handler = Arc::new(move |req| match req {
+        crate::control::Request::Copy { copies } => {
+            match crate::control::append_copies(fs.recorder().journal(), &copies) {
+                Ok(last) => crate::control::Response::Queued { last },
+                Err(e) => crate::control::Response::Error {
+                    reason: e.to_string(),
+                },
+            }
+        }
+    });
+    let path = state.socket_path("mirrorfs");
+    match crate::control::serve(&path, handler) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::error!(
+                "control socket {}: {e}; `mirror-ctl sync` cannot reach this mount",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
 /// Blocks SIGINT/SIGTERM/SIGHUP in this thread (and the threads it starts), and returns the set.
 fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; the calls only fill and install the mask.
@@ -315,6 +340,7 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = spawn_rules_watcher(db, matcher, stop.clone());
+    let control = start_control(&opts.state, fs.clone());
 
     // SAFETY: geteuid has no preconditions.
     let acl = if unsafe { libc::geteuid() } == 0 {
@@ -366,6 +392,9 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     });
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.join();
+    if let Some(p) = control {
+        let _ = std::fs::remove_file(p);
+    }
     fs.sync_journal()?;
     log::info!("unmounted {}", mountpoint.display());
     result

@@ -124,6 +124,7 @@ fn setup(target: Target, base: &Path) -> Setup {
                     "127.0.0.1:9",
                     "--dest",
                     "bench",
+                    "--no-validate",
                 ]));
             s.mount = Some(Mount::start(&data, None, &state, &[]));
         }

@@ -45,6 +45,11 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `MIRROR_TEST_KEEP=1` keeps the temporary directories (logs, trees) for a post-mortem.
+fn keep_temp() -> bool {
+    std::env::var_os("MIRROR_TEST_KEEP").is_some()
+}
+
 /// Whether `path` is a mirrorfs mount now.
 pub fn is_mounted(path: &Path) -> bool {
     mirrorfs::mount::is_mirrorfs_mount(path)
@@ -65,6 +70,7 @@ impl Local {
     pub fn new() -> Local {
         let tmp = tempfile::Builder::new()
             .prefix("mirror-test-")
+            .disable_cleanup(keep_temp())
             .tempdir()
             .expect("tempdir");
         let root = tmp.path().canonicalize().expect("canonicalize tempdir");
@@ -90,8 +96,16 @@ impl Local {
             .expect("run mirror-ctl")
     }
 
-    /// Adds a rule with `mirror-ctl rule add PATTERN --site SITE --dest DEST EXTRA…`; panics on failure.
+    /// Adds a rule with `mirror-ctl rule add PATTERN --site SITE --dest DEST --no-validate
+    /// EXTRA…` (no router needs to run); panics on failure.
     pub fn add_rule(&self, pattern: &str, site: &str, dest: &str, extra: &[&str]) {
+        let mut e = vec!["--no-validate"];
+        e.extend_from_slice(extra);
+        self.add_rule_validated(pattern, site, dest, &e);
+    }
+
+    /// Adds a rule, asking the site to validate the destination; panics on failure.
+    pub fn add_rule_validated(&self, pattern: &str, site: &str, dest: &str, extra: &[&str]) {
         let mut args = vec!["rule", "add", pattern, "--site", site, "--dest", dest];
         args.extend_from_slice(extra);
         let out = self.ctl(&args);
@@ -277,4 +291,286 @@ pub fn rel(base: &Path, name: &[u8]) -> String {
     s.strip_prefix(&*b)
         .map(|r| r.trim_start_matches('/').to_string())
         .unwrap_or(s)
+}
+
+/// A daemon started by a test; killed (SIGKILL) when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its log (stdout and stderr).
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Daemon {
+    /// Starts workspace binary `name` with `args`, logging to `log` (appended).
+    pub fn spawn<S: AsRef<OsStr>>(name: &str, args: &[S], log: PathBuf) -> Daemon {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open daemon log");
+        let child = Command::new(bin(name))
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("MIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup log"))
+            .stderr(logf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Daemon {
+            child: Some(child),
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its log contains `needle` (failing early if it exits).
+    pub fn wait_log(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) {
+                return text;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!(
+                        "{} exited with {st} before logging {needle:?}:\n{text}",
+                        self.name
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {needle:?} within {limit:?}:\n{text}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+impl Local {
+    /// Starts `mirror-sendd` for this local system.
+    pub fn sender(&self) -> Daemon {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.state.join(format!("sendd-{n}.log"));
+        let state = self.state.to_string_lossy().into_owned();
+        Daemon::spawn("mirror-sendd", &["--state", &state], log)
+    }
+
+    /// Gives this local system its own source-site id (several in one test).
+    pub fn set_site_id(&self, id: &str) {
+        std::fs::write(self.state.join("site-id"), format!("{id}\n")).expect("write site-id");
+    }
+}
+
+/// A backup host: `mirror-routerd` on a loopback port with its own root and state.
+pub struct Router {
+    /// Holds the directories.
+    pub tmp: tempfile::TempDir,
+    /// The backup root.
+    pub root: PathBuf,
+    /// The router state directory.
+    pub state: PathBuf,
+    /// The port it listens on.
+    pub port: u16,
+    /// The process.
+    pub daemon: Daemon,
+    starts: usize,
+}
+
+impl Router {
+    /// Starts a router on a free loopback port.
+    pub fn start() -> Router {
+        let tmp = tempfile::Builder::new()
+            .prefix("mirror-router-")
+            .disable_cleanup(keep_temp())
+            .tempdir()
+            .expect("tempdir");
+        let base = tmp.path().canonicalize().expect("canonicalize");
+        let root = base.join("root");
+        let state = base.join("state");
+        let (daemon, port) = Router::launch(&root, &state, 0, 0);
+        Router {
+            tmp,
+            root,
+            state,
+            port,
+            daemon,
+            starts: 1,
+        }
+    }
+
+    fn launch(root: &Path, state: &Path, port: u16, n: usize) -> (Daemon, u16) {
+        std::fs::create_dir_all(state).expect("mkdir router state");
+        let log = state.join(format!("routerd-{n}.log"));
+        let listen = format!("127.0.0.1:{port}");
+        let mut d = Daemon::spawn(
+            "mirror-routerd",
+            &[
+                "--listen".as_ref(),
+                listen.as_ref(),
+                "--root".as_ref(),
+                root.as_os_str(),
+                "--state".as_ref(),
+                state.as_os_str(),
+            ],
+            log,
+        );
+        let text = d.wait_log("listening on 127.0.0.1:", Duration::from_secs(20));
+        let port = text
+            .split("listening on 127.0.0.1:")
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .expect("port in the router's log");
+        (d, port)
+    }
+
+    /// `127.0.0.1:PORT`, for `--site`.
+    pub fn site(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the router with SIGKILL.
+    pub fn kill9(&mut self) {
+        self.daemon.kill9();
+    }
+
+    /// Starts it again (same port, root and state) after [`Router::kill9`].
+    pub fn restart(&mut self) {
+        self.daemon.kill9();
+        let (d, _) = Router::launch(&self.root, &self.state, self.port, self.starts);
+        self.starts += 1;
+        self.daemon = d;
+    }
+
+    /// The router's error log.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.state.join("errors.log")).unwrap_or_default()
+    }
+
+    /// A path under the backup root.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+}
+
+/// A summary of a tree: relative path → kind, size and content CRC (or link target).
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(dir)
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let v = if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if m.file_type().is_symlink() {
+                format!(
+                    "link -> {}",
+                    std::fs::read_link(&p).unwrap_or_default().display()
+                )
+            } else if m.is_file() {
+                let data = std::fs::read(&p).unwrap_or_default();
+                format!("file {} bytes crc {:08x}", m.size(), crc32fast::hash(&data))
+            } else {
+                format!("special {:o}", m.mode() & libc::S_IFMT)
+            };
+            out.insert(rel, v);
+        }
+    }
+    out
+}
+
+/// The differences between two tree summaries, one line each.
+pub fn tree_diff(
+    a: &std::collections::BTreeMap<String, String>,
+    b: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => out.push(format!("missing in backup: {k} ({v})")),
+            Some(w) if w != v => out.push(format!("differs: {k}: source {v}, backup {w}")),
+            _ => {}
+        }
+    }
+    for (k, w) in b {
+        if !a.contains_key(k) {
+            out.push(format!("extra in backup: {k} ({w})"));
+        }
+    }
+    out
+}
+
+/// Waits until `backup` has the same tree as `source`; panics with the differences after
+/// `limit`. Returns the number of entries compared.
+pub fn wait_converged(source: &Path, backup: &Path, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let a = tree(source);
+        let b = tree(backup);
+        let diff = tree_diff(&a, &b);
+        if diff.is_empty() {
+            return a.len();
+        }
+        if Instant::now() > deadline {
+            let shown: Vec<&String> = diff.iter().take(40).collect();
+            panic!(
+                "backup {} did not converge to {} within {limit:?}; {} differences:\n{}",
+                backup.display(),
+                source.display(),
+                diff.len(),
+                shown
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
 }

@@ -24,7 +24,19 @@ pub use reader::JournalReader;
 pub use writer::{Journal, JournalConfig};
 
 /// Where a record starts (or, for an end, where the next one would start).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Position {
     /// Segment number (from 1; 0 only in [`Position::START`]).
     pub segment: u64,

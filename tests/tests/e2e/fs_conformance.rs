@@ -32,14 +32,32 @@ fn pjdfstest() -> PathBuf {
     panic!("pjdfstest is not installed: cargo install --locked pjdfstest (and useradd -M -U fsgqa); .ci/run does both");
 }
 
+/// Tests whose check races with the test itself, and why. When one fails in the full run it
+/// runs again alone (up to three times) and must pass then.
+const RACY: &[(&str, &str)] = &[(
+    "open::etxtbsy",
+    "spawns a program from the directory and opens it for writing at once, without waiting for \
+     the exec; exec over FUSE takes a round trip, so on a loaded machine the open can come first",
+)];
+
 /// Runs pjdfstest in `dir`: test name → outcome (`ok`, `skipped`, or anything else = failed).
 fn run(dir: &Path) -> BTreeMap<String, String> {
+    run_some(dir, &[])
+}
+
+fn run_some(dir: &Path, patterns: &[&str]) -> BTreeMap<String, String> {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pjdfstest.toml");
     let out = Command::new(pjdfstest())
         .arg("-c")
         .arg(&config)
         .arg("-p")
         .arg(dir)
+        .args(if patterns.is_empty() {
+            &[][..]
+        } else {
+            &["-e"][..]
+        })
+        .args(patterns)
         .current_dir(dir)
         .output()
         .expect("run pjdfstest");
@@ -55,6 +73,10 @@ fn run(dir: &Path) -> BTreeMap<String, String> {
             let mut parts = l.split_whitespace();
             let name = parts.next()?;
             let outcome = parts.last()?;
+            // Result lines only ("group::test   outcome"), not backtraces of failures.
+            if !name.contains("::") || outcome.contains("::") {
+                return None;
+            }
             Some((name.to_string(), outcome.to_string()))
         })
         .collect()
@@ -78,7 +100,16 @@ fn pjdfstest_passes_on_mirrorfs_whatever_passes_on_the_plain_directory() {
     );
     let base = run(&plain);
     let m = l.mount(&[]);
-    let ours = run(&l.dir);
+    let mut ours = run(&l.dir);
+    for (name, why) in RACY {
+        for attempt in 1..=3 {
+            if ours.get(*name).is_none_or(|o| o == "ok") {
+                break;
+            }
+            eprintln!("{name} failed ({why}); running it alone, attempt {attempt}");
+            ours.extend(run_some(&l.dir, &[name]));
+        }
+    }
     drop(m);
     let mut lost = Vec::new();
     for (name, outcome) in &base {

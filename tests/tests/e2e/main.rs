@@ -1,4 +1,4 @@
-//! End-to-end tests: real mirrorfs mounts (and, later, real daemons over loopback).
+//! End-to-end tests: real mirrorfs mounts and real daemons over loopback.
 //! One test binary; each module covers one area.
 
 // mirrorfs: each operation's effect underneath and its exact journal entries.
@@ -11,3 +11,9 @@ mod fs_mount;
 mod fs_exerciser;
 // mirrorfs: pjdfstest against the plain directory.
 mod fs_conformance;
+// forwarding: every operation kind reaches the backup; delete suffix; --attrs; validation.
+mod mirror_ops;
+// forwarding: random workloads, kill -9 of sender and router.
+mod mirror_workload;
+// forwarding: several sources, several routers, rules added live, sync.
+mod mirror_topology;

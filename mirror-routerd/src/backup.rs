@@ -1,0 +1,184 @@
+//! Backup names: where under `--root` an entry's file is, and the LRU of open backup files.
+//!
+//! A source name is the rule's fixed prefix followed by the matched remainder; the backup is
+//! `dest` for a fixed-file rule and `dest/remainder` otherwise (DESIGN.md). A name that names
+//! the rule's base directory itself (one byte shorter than the prefix) is `dest`. Every
+//! remainder is checked before use: relative, no empty, `.` or `..` component, no NUL.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use mirrorfs::rule::PatternKind;
+
+use crate::config::RouterRule;
+
+/// Why a name cannot be mapped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is not selected by the rule it names.
+    #[error("{name} is not under the rule's source {pattern}")]
+    NotUnderRule {
+        /// The name.
+        name: String,
+        /// The rule's pattern.
+        pattern: String,
+    },
+    /// A component would leave the destination.
+    #[error("{name} has an unsafe component {component:?}")]
+    Unsafe {
+        /// The name.
+        name: String,
+        /// The component.
+        component: String,
+    },
+}
+
+/// The backup path relative to the root for `name` under `rule`.
+pub fn backup_rel(rule: &RouterRule, name: &[u8]) -> Result<PathBuf, NameError> {
+    let shown = || String::from_utf8_lossy(name).into_owned();
+    let not_under = || NameError::NotUnderRule {
+        name: shown(),
+        pattern: rule.pattern.as_str().to_string(),
+    };
+    let prefix = rule.pattern.prefix();
+    let dest = Path::new(rule.dest.as_str());
+    if rule.pattern.kind() == PatternKind::File {
+        return if name == prefix {
+            Ok(dest.to_path_buf())
+        } else {
+            Err(not_under())
+        };
+    }
+    let base = &prefix[..prefix.len().saturating_sub(1)];
+    if name == base || name == prefix {
+        return Ok(dest.to_path_buf());
+    }
+    let rest = name.strip_prefix(prefix).ok_or_else(not_under)?;
+    let mut out = dest.to_path_buf();
+    for c in rest.split(|&b| b == b'/') {
+        if c.is_empty() || c == b"." || c == b".." || c.contains(&0) {
+            return Err(NameError::Unsafe {
+                name: shown(),
+                component: String::from_utf8_lossy(c).into_owned(),
+            });
+        }
+        out.push(std::ffi::OsStr::from_bytes(c));
+    }
+    Ok(out)
+}
+
+/// A bounded set of open backup files, least recently used closed first (seeds/002 [0064]).
+#[derive(Debug)]
+pub struct OpenFiles {
+    cap: usize,
+    files: VecDeque<(PathBuf, File)>,
+}
+
+impl OpenFiles {
+    /// Keeps at most `cap` files open.
+    pub fn new(cap: usize) -> OpenFiles {
+        OpenFiles {
+            cap: cap.max(1),
+            files: VecDeque::new(),
+        }
+    }
+
+    /// The open file for `path`, opening it with `open` when it is not open.
+    pub fn get(
+        &mut self,
+        path: &Path,
+        open: impl FnOnce() -> std::io::Result<File>,
+    ) -> std::io::Result<&File> {
+        let hit = self.files.iter().position(|(p, _)| p == path);
+        // A file removed behind the router's back (nlink 0) is opened again by name.
+        let hit = hit.filter(|&i| self.files[i].1.metadata().is_ok_and(|m| m.nlink() > 0));
+        if let Some(i) = hit {
+            let hit = self.files.remove(i).expect("index is in range");
+            self.files.push_front(hit);
+        } else {
+            self.files.retain(|(p, _)| p != path);
+            let f = open()?;
+            if self.files.len() >= self.cap {
+                self.files.pop_back();
+            }
+            self.files.push_front((path.to_path_buf(), f));
+        }
+        Ok(&self.files[0].1)
+    }
+
+    /// Closes everything (after names changed).
+    pub fn clear(&mut self) {
+        self.files.clear();
+    }
+
+    /// Number of files open.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirrorfs::rule::{Dest, Pattern};
+
+    fn rule(p: &str, d: &str) -> RouterRule {
+        RouterRule {
+            crc: 1,
+            pattern: Pattern::parse(p).unwrap(),
+            dest: Dest::parse(d).unwrap(),
+            attrs: false,
+            delete_suffix: None,
+        }
+    }
+
+    #[test]
+    fn names_map_under_the_destination() {
+        let s = rule("/p/a/", "d");
+        assert_eq!(
+            backup_rel(&s, b"/p/a/s/t.rs").unwrap(),
+            Path::new("d/s/t.rs")
+        );
+        assert_eq!(backup_rel(&s, b"/p/a").unwrap(), Path::new("d"));
+        assert!(backup_rel(&s, b"/p/ab").is_err());
+        assert!(backup_rel(&s, b"/p/a/../x").is_err());
+        assert!(backup_rel(&s, b"/p/a/x//y").is_err());
+        let f = rule("/p/a/x.doc", "one/file");
+        assert_eq!(
+            backup_rel(&f, b"/p/a/x.doc").unwrap(),
+            Path::new("one/file")
+        );
+        assert!(backup_rel(&f, b"/p/a/y.doc").is_err());
+        let w = rule("/p/a/*.doc", "docs");
+        assert_eq!(
+            backup_rel(&w, b"/p/a/y.doc").unwrap(),
+            Path::new("docs/y.doc")
+        );
+    }
+
+    #[test]
+    fn lru_keeps_the_most_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = OpenFiles::new(2);
+        let mut opened = 0;
+        for n in ["a", "b", "a", "c", "a", "b"] {
+            let p = dir.path().join(n);
+            o.get(&p, || {
+                opened += 1;
+                File::create(&p)
+            })
+            .unwrap();
+        }
+        // a, b, (a hit), c evicts b, (a hit), b evicts c.
+        assert_eq!(opened, 4);
+        assert_eq!(o.len(), 2);
+    }
+}

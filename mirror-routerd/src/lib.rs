@@ -1,0 +1,21 @@
+//! mirror-routerd: the backup host's side of mirror (seeds/002 [0059]-[0064]).
+//!
+//! * [`rtlog`]: the router logs: RT1 (one fixed-layout record per entry, with its complete
+//!   flag) and RT2 (the data), in numbered pairs that rotate at a size limit.
+//! * [`config`]: the router configuration database (SQLite, rules per source site, Figure 9)
+//!   and the in-memory table the router process looks rules up in.
+//! * [`backup`]: where an entry's backup file is under `--root` (names checked before use),
+//!   and the bounded LRU of open backup files.
+//! * [`apply`]: the router process: applies pending RT1 entries in order, marks them
+//!   complete, removes finished pairs.
+//! * [`receive`]: the receive process: sessions with senders, configuration versions,
+//!   RT1/RT2 group commit, acknowledgements, validation requests.
+
+#![warn(missing_docs)]
+
+pub mod apply;
+pub mod backup;
+pub mod config;
+pub mod receive;
+pub mod rtlog;
+pub mod shared;

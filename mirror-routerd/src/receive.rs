@@ -1,0 +1,333 @@
+//! The receive process (seeds/002 [0059]-[0061]): one session per connected source.
+//!
+//! A session starts with [`Msg::Hello`] (or is a one-shot [`Msg::Validate`] from
+//! `mirror-ctl`). Entries are accepted only under the configuration version the router last
+//! stored for that source; otherwise the router answers [`Msg::SendConfig`] and drops entries
+//! until the configuration arrives. Accepted entries are appended to RT1/RT2 and made durable
+//! (one fsync per batch) before [`Msg::Ack`]. Entries at or below the last position received
+//! completely are dropped as duplicates (a sender resending after a restart).
+
+use std::io::{BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mirrorfs::journal::Position;
+use mirrorfs::rule::Dest;
+use mirrorfs::wire::{codec, read_frame, Msg, WireEntry, WireError, PROTOCOL_VERSION};
+
+use crate::config::RouterRule;
+use crate::shared::{lock, Router};
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The connection.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The peer broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Storing failed (the entries were not acknowledged).
+    #[error("{0}")]
+    Store(String),
+}
+
+/// Accepts connections forever, one thread per session.
+pub fn serve(router: Arc<Router>, listener: TcpListener) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(s) => {
+                let r = router.clone();
+                let peer = s
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "?".into());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("session {peer}"))
+                    .spawn(move || match session(&r, s) {
+                        Ok(()) => log::info!("session with {peer} ended"),
+                        Err(SessionError::Wire(WireError::Closed)) => {
+                            log::info!("{peer} closed the connection")
+                        }
+                        Err(e) => log::warn!("session with {peer}: {e}"),
+                    });
+                if let Err(e) = spawned {
+                    log::error!("cannot start a session thread: {e}");
+                }
+            }
+            Err(e) => {
+                log::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn send(w: &Mutex<TcpStream>, msg: &Msg) -> Result<(), SessionError> {
+    let frame = codec::encode_frame(msg)?;
+    lock(w).write_all(&frame).map_err(WireError::Io)?;
+    Ok(())
+}
+
+/// Refuses with a reason: tells the peer, then ends the session.
+fn refuse(w: &Mutex<TcpStream>, reason: String) -> SessionError {
+    let _ = send(
+        w,
+        &Msg::Error {
+            reason: reason.clone(),
+        },
+    );
+    SessionError::Protocol(reason)
+}
+
+fn valid_site_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= crate::rtlog::MAX_SITE
+        && s.chars().all(|c| c.is_ascii_graphic() && c != '/')
+}
+
+fn session(router: &Router, stream: TcpStream) -> Result<(), SessionError> {
+    stream.set_nodelay(true).map_err(WireError::Io)?;
+    let w = Arc::new(Mutex::new(stream.try_clone().map_err(WireError::Io)?));
+    let mut r = BufReader::with_capacity(1 << 20, stream);
+    let (site, stream_id) = match read_frame(&mut r)? {
+        Msg::Validate { dest, dir } => {
+            let (ok, reason) = validate(&router.cfg.root, &dest, dir);
+            send(&w, &Msg::Validated { ok, reason })?;
+            return Ok(());
+        }
+        Msg::Hello {
+            protocol,
+            site,
+            stream,
+        } => {
+            if protocol != PROTOCOL_VERSION {
+                return Err(refuse(
+                    &w,
+                    format!("protocol {protocol} is not supported (this router speaks {PROTOCOL_VERSION})"),
+                ));
+            }
+            if !valid_site_id(&site) {
+                return Err(refuse(&w, format!("invalid site id {site:?}")));
+            }
+            (site, stream)
+        }
+        other => return Err(refuse(&w, format!("expected hello, got {}", other.kind()))),
+    };
+    let received = router.received(&site, stream_id);
+    send(
+        &w,
+        &Msg::Welcome {
+            protocol: PROTOCOL_VERSION,
+            received,
+        },
+    )?;
+    log::info!(
+        "source {site} connected (received up to {})",
+        received.map_or("nothing".into(), |p| p.to_string())
+    );
+    lock(&router.peers).insert(site.clone(), w.clone());
+    let result = serve_source(router, &site, &w, &mut r);
+    {
+        let mut peers = lock(&router.peers);
+        if peers.get(&site).is_some_and(|p| Arc::ptr_eq(p, &w)) {
+            peers.remove(&site);
+        }
+    }
+    result
+}
+
+fn serve_source(
+    router: &Router,
+    site: &str,
+    w: &Mutex<TcpStream>,
+    r: &mut BufReader<TcpStream>,
+) -> Result<(), SessionError> {
+    let mut awaiting_config = false;
+    loop {
+        match read_frame(r)? {
+            Msg::Entries {
+                config_version,
+                entries,
+            } => {
+                let known = lock(&router.versions).get(site).copied();
+                if known != Some(config_version) {
+                    if !awaiting_config {
+                        log::info!(
+                            "source {site} sends configuration version {config_version}, router has {}: asking for it",
+                            known.map_or("none".into(), |v| v.to_string())
+                        );
+                        send(w, &Msg::SendConfig { have: known })?;
+                        awaiting_config = true;
+                    }
+                    continue;
+                }
+                let upto = store(router, site, entries)?;
+                send(
+                    w,
+                    &Msg::Ack {
+                        upto: upto.unwrap_or(Position::START),
+                    },
+                )?;
+            }
+            Msg::Config { version, rules } => {
+                let mut checked = Vec::with_capacity(rules.len());
+                for rule in &rules {
+                    match RouterRule::from_wire(site, rule) {
+                        Ok(x) => checked.push(x),
+                        Err(e) => return Err(refuse(w, e.to_string())),
+                    }
+                }
+                let res = lock(&router.db).replace_rules(site, version, &rules);
+                if let Err(e) = res {
+                    return Err(refuse(w, format!("cannot store the configuration: {e}")));
+                }
+                let table = lock(&router.db)
+                    .table()
+                    .map_err(|e| SessionError::Store(e.to_string()))?;
+                *router.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+                lock(&router.versions).insert(site.to_string(), version);
+                log::info!(
+                    "source {site}: configuration version {version} stored ({} rules)",
+                    checked.len()
+                );
+                awaiting_config = false;
+                send(w, &Msg::ConfigOk { version })?;
+            }
+            Msg::Heartbeat => {}
+            Msg::Validate { dest, dir } => {
+                let (ok, reason) = validate(&router.cfg.root, &dest, dir);
+                send(w, &Msg::Validated { ok, reason })?;
+            }
+            other => {
+                return Err(refuse(
+                    w,
+                    format!("unexpected {} from a source", other.kind()),
+                ))
+            }
+        }
+    }
+}
+
+/// Appends the new entries of a batch durably; the last position received completely.
+fn store(
+    router: &Router,
+    site: &str,
+    entries: Vec<WireEntry>,
+) -> Result<Option<Position>, SessionError> {
+    let done = lock(&router.sources).get(site).and_then(|s| s.done);
+    let fresh: Vec<WireEntry> = entries
+        .into_iter()
+        .filter(|e| e.part == mirrorfs::wire::Part::Extra || done.is_none_or(|d| e.pos > d))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(done);
+    }
+    let last = fresh
+        .iter()
+        .filter(|e| e.part.completes())
+        .map(|e| e.pos)
+        .max();
+    let end = {
+        let mut rt = lock(&router.rt);
+        rt.append(site, &fresh)
+            .map_err(|e| SessionError::Store(e.to_string()))?
+    };
+    router.publish(end);
+    let mut sources = lock(&router.sources);
+    let s = sources.entry(site.to_string()).or_default();
+    if let Some(l) = last {
+        if s.done.is_none_or(|d| d < l) {
+            s.done = Some(l);
+        }
+    }
+    Ok(s.done)
+}
+
+/// Whether `dest` (a directory when `dir`) can be created or written under `root`.
+pub fn validate(root: &Path, dest: &str, dir: bool) -> (bool, String) {
+    let d = match Dest::parse(dest) {
+        Ok(d) => d,
+        Err(e) => return (false, e.to_string()),
+    };
+    let path = root.join(d.as_str());
+    let writable = |p: &Path| {
+        let c = match std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        // SAFETY: c is a valid NUL-terminated path.
+        unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_symlink() => (
+            false,
+            format!(
+                "{} is a symbolic link; refusing to follow it",
+                path.display()
+            ),
+        ),
+        Ok(m) if dir && !m.is_dir() => (
+            false,
+            format!("{} exists and is not a directory", path.display()),
+        ),
+        Ok(m) if !dir && m.is_dir() => (
+            false,
+            format!("{} is a directory, not a file", path.display()),
+        ),
+        Ok(m) => {
+            let ok = if m.is_dir() {
+                writable(&path)
+            } else {
+                let c =
+                    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default();
+                // SAFETY: c is a valid NUL-terminated path.
+                unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+            };
+            if ok {
+                (true, format!("{} exists and is writable", path.display()))
+            } else {
+                (
+                    false,
+                    format!("{} is not writable by the router", path.display()),
+                )
+            }
+        }
+        Err(_) => {
+            let mut p = path.as_path();
+            while let Some(parent) = p.parent() {
+                p = parent;
+                match std::fs::symlink_metadata(p) {
+                    Ok(m) if m.is_dir() => {
+                        return if writable(p) {
+                            (true, format!("{} can be created", path.display()))
+                        } else {
+                            (
+                                false,
+                                format!(
+                                    "{} cannot be created: {} is not writable by the router",
+                                    path.display(),
+                                    p.display()
+                                ),
+                            )
+                        };
+                    }
+                    Ok(_) => {
+                        return (
+                            false,
+                            format!(
+                                "{} cannot be created: {} is not a directory",
+                                path.display(),
+                                p.display()
+                            ),
+                        )
+                    }
+                    Err(_) => continue,
+                }
+            }
+            (false, format!("{} cannot be created", path.display()))
+        }
+    }
+}

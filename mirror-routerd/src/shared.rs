@@ -1,0 +1,215 @@
+//! The state a running router shares between its receive sessions and its router process:
+//! the RT writer and what it has published, the configuration table and version table, what
+//! each source has sent, and the live sessions (to ask a source for a copy).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use mirrorfs::journal::Position;
+use mirrorfs::wire::{codec, Msg};
+
+use crate::config::{ConfigError, RouterDb, RouterTable, SourceState};
+use crate::rtlog::{self, RtError, RtWriter, HEADER_LEN};
+
+/// Settings of a router.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Backup root.
+    pub root: PathBuf,
+    /// Router state directory.
+    pub state: PathBuf,
+    /// RT pair size limit (bytes).
+    pub rt_size: u64,
+    /// Open backup files kept (LRU).
+    pub max_open: usize,
+}
+
+/// Errors starting a router.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Router logs.
+    #[error(transparent)]
+    Rt(#[from] RtError),
+    /// Configuration database.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The root.
+    #[error("backup root {path}: {err}")]
+    Root {
+        /// The root.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+}
+
+/// Locks `m`, recovering the data if a holder panicked.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Shared state of a running router.
+pub struct Router {
+    /// Settings.
+    pub cfg: RouterConfig,
+    /// The RT writer (one batch at a time).
+    pub rt: Mutex<RtWriter>,
+    /// `(pair, rt1 end)` durable and visible to the router process.
+    published: Mutex<(u64, u64)>,
+    wake: Condvar,
+    /// The configuration database.
+    pub db: Mutex<RouterDb>,
+    /// The configuration table.
+    pub table: RwLock<Arc<RouterTable>>,
+    /// Configuration version per source site (memory only, seeds/002 [0059]).
+    pub versions: Mutex<HashMap<String, u64>>,
+    /// Per source site: stream and last journal position received completely.
+    pub sources: Mutex<HashMap<String, SourceState>>,
+    /// Live sessions, by source site, for requests to the sender.
+    pub peers: Mutex<HashMap<String, Arc<Mutex<TcpStream>>>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Router {
+    /// Opens the router's state: recovers the RT logs, loads the configuration and what each
+    /// source already sent.
+    pub fn open(cfg: RouterConfig) -> Result<Arc<Router>, StartError> {
+        std::fs::create_dir_all(&cfg.root).map_err(|err| StartError::Root {
+            path: cfg.root.clone(),
+            err,
+        })?;
+        let root = cfg.root.canonicalize().map_err(|err| StartError::Root {
+            path: cfg.root.clone(),
+            err,
+        })?;
+        let cfg = RouterConfig { root, ..cfg };
+        let rt_dir = cfg.state.join("rt");
+        let rt = RtWriter::open(&rt_dir, cfg.rt_size)?;
+        let db = RouterDb::open(&cfg.state.join("router.db"))?;
+        let table = db.table()?;
+        let mut sources = db.sources()?;
+        // Records still in the logs are newer than what the database says.
+        for n in rtlog::list_pairs(&rt_dir)? {
+            let pair = rtlog::RtPair::open(&rt_dir, n)?;
+            for (_, r) in pair.records(HEADER_LEN, pair.rt1_len()?)? {
+                if r.part.completes() {
+                    let s = sources.entry(r.site.clone()).or_default();
+                    if s.done.is_none_or(|d| d < r.pos) {
+                        s.done = Some(r.pos);
+                    }
+                }
+            }
+        }
+        log::info!(
+            "router state {}: {} rules, {} sources, RT pair {}",
+            cfg.state.display(),
+            table.len(),
+            sources.len(),
+            rt.end().0
+        );
+        let published = rt.end();
+        Ok(Arc::new(Router {
+            cfg,
+            rt: Mutex::new(rt),
+            published: Mutex::new(published),
+            wake: Condvar::new(),
+            db: Mutex::new(db),
+            table: RwLock::new(Arc::new(table)),
+            versions: Mutex::new(HashMap::new()),
+            sources: Mutex::new(sources),
+            peers: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The directory of the RT logs.
+    pub fn rt_dir(&self) -> PathBuf {
+        self.cfg.state.join("rt")
+    }
+
+    /// Makes `(pair, end)` visible to the router process and wakes it.
+    pub fn publish(&self, end: (u64, u64)) {
+        *lock(&self.published) = end;
+        self.wake.notify_all();
+    }
+
+    /// What the router process may read.
+    pub fn published(&self) -> (u64, u64) {
+        *lock(&self.published)
+    }
+
+    /// Waits until something is published after `seen`, or `timeout`.
+    pub fn wait_published(&self, seen: (u64, u64), timeout: Duration) {
+        let g = lock(&self.published);
+        if *g != seen {
+            return;
+        }
+        let _ = self.wake.wait_timeout(g, timeout);
+    }
+
+    /// The current configuration table.
+    pub fn table(&self) -> Arc<RouterTable> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stores every source's state (before a pair of logs that holds it is removed).
+    pub fn persist_sources(&self) -> Result<(), ConfigError> {
+        let sources = lock(&self.sources).clone();
+        let mut db = lock(&self.db);
+        for (site, s) in &sources {
+            db.set_source(site, *s)?;
+        }
+        Ok(())
+    }
+
+    /// Asks source `site` to send `name` whole (if it is connected).
+    pub fn request_copy(&self, site: &str, rule_crc: u32, name: Vec<u8>) {
+        let peer = lock(&self.peers).get(site).cloned();
+        let shown = String::from_utf8_lossy(&name).into_owned();
+        match peer {
+            Some(p) => {
+                let frame = codec::encode_frame(&Msg::Resync { rule_crc, name });
+                let res = frame.map_err(|e| e.to_string()).and_then(|f| {
+                    lock(&p).write_all(&f).map_err(|e| e.to_string())
+                });
+                match res {
+                    Ok(()) => log::info!("asked {site} for a copy of {shown}"),
+                    Err(e) => log::warn!("cannot ask {site} for a copy of {shown}: {e}"),
+                }
+            }
+            None => log::warn!(
+                "{shown} from {site} needs a copy but the site is not connected; run `mirror-ctl sync` there"
+            ),
+        }
+    }
+
+    /// The last position received completely from `site`'s `stream`.
+    pub fn received(&self, site: &str, stream: u64) -> Option<Position> {
+        let mut sources = lock(&self.sources);
+        let s = sources.entry(site.to_string()).or_default();
+        if s.stream != stream {
+            if s.stream != 0 || s.done.is_some() {
+                log::warn!(
+                    "site {site} sends a new journal stream ({stream:#x}, was {:#x}); starting over",
+                    s.stream
+                );
+            }
+            *s = SourceState { stream, done: None };
+            let s = *s;
+            drop(sources);
+            if let Err(e) = lock(&self.db).set_source(site, s) {
+                log::error!("{e}");
+            }
+            return None;
+        }
+        s.done
+    }
+}

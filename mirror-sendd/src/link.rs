@@ -1,0 +1,461 @@
+//! One backup site: connect, say hello, stream the journal entries whose rule names the site
+//! (many in flight), follow acknowledgements, answer configuration and copy requests;
+//! reconnect with a growing pause after any failure.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use mirrorfs::entry::Command;
+use mirrorfs::journal::{JournalError, JournalReader, Position};
+use mirrorfs::notify::DirWatch;
+use mirrorfs::wire::{codec, read_frame, Msg, Part, WireEntry, WireError, PROTOCOL_VERSION};
+
+use crate::copy::CopyJob;
+use crate::shared::Shared;
+
+/// Bytes sent and not yet acknowledged, at most.
+const WINDOW: usize = 32 << 20;
+/// Bytes per entries frame, at most (one entry may exceed it).
+const BATCH_BYTES: usize = 4 << 20;
+/// Entries per frame, at most.
+const BATCH_ENTRIES: usize = 4096;
+/// How long to wait for the router's welcome.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Connection or framing.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// Connecting.
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    /// The router refused.
+    #[error("refused by the router: {0}")]
+    Refused(String),
+    /// The router broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Reading the journal.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+enum Event {
+    Msg(Msg),
+    Closed(WireError),
+    Grew,
+}
+
+/// Serves `site` until `stop` is set or no rule names the site any more.
+pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) && shared.table.load().sites().contains(&site) {
+        let mut connected = false;
+        match session(&shared, &site, &stop, &mut connected) {
+            Ok(()) => break,
+            Err(e) => {
+                if connected {
+                    backoff = Duration::from_millis(100);
+                    failing = false;
+                }
+                if failing {
+                    log::debug!("site {site}: {e}");
+                } else {
+                    log::warn!("site {site}: {e}; retrying");
+                }
+                failing = true;
+            }
+        }
+        let mut slept = Duration::ZERO;
+        while slept < backoff && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            slept += Duration::from_millis(20);
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    shared.flush();
+    log::info!("site {site}: link stopped");
+}
+
+fn connect(site: &str) -> Result<TcpStream, LinkError> {
+    let addrs: Vec<_> = site
+        .to_socket_addrs()
+        .map_err(LinkError::Connect)?
+        .collect();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(LinkError::Connect(last))
+}
+
+fn send(w: &mut TcpStream, msg: &Msg) -> Result<(), LinkError> {
+    let frame = codec::encode_frame(msg)?;
+    w.write_all(&frame).map_err(WireError::Io)?;
+    Ok(())
+}
+
+/// Sent and not yet acknowledged.
+struct InFlight {
+    /// Journal position (START for extra parts).
+    pos: Position,
+    /// Where reading resumes once this is acknowledged (whole entries and last parts).
+    next: Option<Position>,
+    bytes: usize,
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    site: &'a str,
+    w: TcpStream,
+    reader: JournalReader,
+    inflight: VecDeque<InFlight>,
+    inflight_bytes: usize,
+    /// Everything before it is acknowledged or not for this site.
+    acked_next: Position,
+    copy: Option<(CopyJob, Position)>,
+    extras: VecDeque<CopyJob>,
+}
+
+fn session(
+    shared: &Shared,
+    site: &str,
+    stop: &AtomicBool,
+    connected: &mut bool,
+) -> Result<(), LinkError> {
+    let stream = connect(site)?;
+    stream.set_nodelay(true).map_err(WireError::Io)?;
+    let mut w = stream.try_clone().map_err(WireError::Io)?;
+    send(
+        &mut w,
+        &Msg::Hello {
+            protocol: PROTOCOL_VERSION,
+            site: shared.site_id.clone(),
+            stream: shared.stream(),
+        },
+    )?;
+    let mut r = BufReader::with_capacity(64 << 10, stream.try_clone().map_err(WireError::Io)?);
+    stream
+        .set_read_timeout(Some(HELLO_TIMEOUT))
+        .map_err(WireError::Io)?;
+    let received = match read_frame(&mut r)? {
+        Msg::Welcome { protocol, received } => {
+            if protocol != PROTOCOL_VERSION {
+                return Err(LinkError::Protocol(format!(
+                    "router speaks protocol {protocol}, this sender {PROTOCOL_VERSION}"
+                )));
+            }
+            received
+        }
+        Msg::Error { reason } => return Err(LinkError::Refused(reason)),
+        other => {
+            return Err(LinkError::Protocol(format!(
+                "expected welcome, got {}",
+                other.kind()
+            )))
+        }
+    };
+    stream.set_read_timeout(None).map_err(WireError::Io)?;
+    *connected = true;
+    let acked = shared.acked(site);
+    let reader = match JournalReader::open(&shared.journal_dir, acked) {
+        Err(JournalError::Gap { oldest, .. }) => {
+            log::error!(
+                "site {site}: journal entries from {acked} were removed before it acknowledged them; run `mirror-ctl sync` to copy everything again"
+            );
+            JournalReader::open(
+                &shared.journal_dir,
+                Position::new(oldest, mirrorfs::journal::format::SEGMENT_HEADER_LEN),
+            )?
+        }
+        r => r?,
+    };
+    log::info!(
+        "site {site}: connected; resuming at {} (router has up to {})",
+        acked,
+        received.map_or("nothing".into(), |p| p.to_string())
+    );
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let done = Arc::new(AtomicBool::new(false));
+    spawn_reader(r, tx.clone());
+    spawn_watcher(shared, tx, done.clone());
+    let mut s = Session {
+        shared,
+        site,
+        w,
+        reader,
+        inflight: VecDeque::new(),
+        inflight_bytes: 0,
+        acked_next: acked,
+        copy: None,
+        extras: VecDeque::new(),
+    };
+    if let Some(rcv) = received.filter(|&p| p >= acked) {
+        s.skip_through(rcv)?;
+    }
+    let result = s.serve(&rx, stop);
+    done.store(true, Ordering::Relaxed);
+    let _ = stream.shutdown(Shutdown::Both);
+    shared.set_acked(site, s.acked_next, true);
+    result
+}
+
+fn spawn_reader(mut r: BufReader<TcpStream>, tx: Sender<Event>) {
+    let _ = std::thread::Builder::new()
+        .name("link-reader".into())
+        .spawn(move || loop {
+            match read_frame(&mut r) {
+                Ok(m) => {
+                    if tx.send(Event::Msg(m)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::Closed(e));
+                    return;
+                }
+            }
+        });
+}
+
+fn spawn_watcher(shared: &Shared, tx: Sender<Event>, done: Arc<AtomicBool>) {
+    let dir = shared.journal_dir.clone();
+    let _ = std::thread::Builder::new()
+        .name("link-watch".into())
+        .spawn(move || {
+            let watch = match DirWatch::new(&dir) {
+                Ok(w) => w,
+                Err(e) => {
+                    log::warn!("journal {}: cannot watch ({e}); polling", dir.display());
+                    return;
+                }
+            };
+            while !done.load(Ordering::Relaxed) {
+                match watch.wait(Duration::from_millis(100)) {
+                    Ok(true) => {
+                        if tx.send(Event::Grew).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+}
+
+impl Session<'_> {
+    /// The router already holds everything through `pos`: start after it.
+    fn skip_through(&mut self, pos: Position) -> Result<(), LinkError> {
+        self.reader.seek(pos)?;
+        match self.reader.next_entry()? {
+            Some((p, _)) if p == pos => self.acked_next = self.reader.position(),
+            _ => self.reader.seek(self.acked_next)?,
+        }
+        Ok(())
+    }
+
+    fn serve(&mut self, rx: &Receiver<Event>, stop: &AtomicBool) -> Result<(), LinkError> {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            while let Ok(ev) = rx.try_recv() {
+                self.handle(ev)?;
+            }
+            if !self
+                .shared
+                .table
+                .load()
+                .sites()
+                .iter()
+                .any(|s| s == self.site)
+            {
+                return Ok(());
+            }
+            if self.send_batch()? {
+                continue;
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(ev) => self.handle(ev)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(LinkError::Protocol("connection reader stopped".into()))
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<(), LinkError> {
+        match ev {
+            Event::Grew => Ok(()),
+            Event::Closed(e) => Err(e.into()),
+            Event::Msg(Msg::Ack { upto }) => {
+                while let Some(f) = self.inflight.front() {
+                    if f.pos > upto {
+                        break;
+                    }
+                    if let Some(n) = f.next {
+                        self.acked_next = self.acked_next.max(n);
+                    }
+                    self.inflight_bytes -= f.bytes;
+                    self.inflight.pop_front();
+                }
+                self.note_progress();
+                Ok(())
+            }
+            Event::Msg(Msg::SendConfig { have }) => {
+                let table = self.shared.table.load();
+                let rules = table.wire_rules(self.site);
+                log::info!(
+                    "site {}: sending configuration version {} ({} rules; router had {})",
+                    self.site,
+                    table.version,
+                    rules.len(),
+                    have.map_or("none".into(), |v| v.to_string())
+                );
+                send(
+                    &mut self.w,
+                    &Msg::Config {
+                        version: table.version,
+                        rules,
+                    },
+                )?;
+                // The router dropped what followed its request: resend from the last ack.
+                self.reader.seek(self.acked_next)?;
+                self.inflight.clear();
+                self.inflight_bytes = 0;
+                self.copy = None;
+                Ok(())
+            }
+            Event::Msg(Msg::ConfigOk { .. } | Msg::Heartbeat) => Ok(()),
+            Event::Msg(Msg::Resync { rule_crc, name }) => {
+                let table = self.shared.table.load();
+                match table.sends_to(rule_crc, self.site) {
+                    Some(rule) => {
+                        log::info!(
+                            "site {}: sending {} whole, as the router asked",
+                            self.site,
+                            String::from_utf8_lossy(&name)
+                        );
+                        self.extras.push_back(CopyJob::extra(rule.clone(), name));
+                    }
+                    None => log::warn!(
+                        "site {}: copy of {} asked for rule {rule_crc:#010x}, which no longer sends there",
+                        self.site,
+                        String::from_utf8_lossy(&name)
+                    ),
+                }
+                Ok(())
+            }
+            Event::Msg(Msg::Error { reason }) => Err(LinkError::Refused(reason)),
+            Event::Msg(other) => Err(LinkError::Protocol(format!(
+                "unexpected {} from the router",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// With nothing in flight, everything read so far is done for this site.
+    fn note_progress(&mut self) {
+        if self.inflight.is_empty() && self.copy.is_none() && self.extras.is_empty() {
+            self.acked_next = self.acked_next.max(self.reader.position());
+        }
+        self.shared
+            .set_acked(self.site, self.acked_next, self.inflight.is_empty());
+    }
+
+    /// Sends one frame of entries if there is room and anything to send; whether it did.
+    fn send_batch(&mut self) -> Result<bool, LinkError> {
+        let mut table = self.shared.table.load_full();
+        let mut version = table.version;
+        let mut batch: Vec<WireEntry> = Vec::new();
+        let mut bytes = 0usize;
+        while self.inflight_bytes + bytes < WINDOW
+            && bytes < BATCH_BYTES
+            && batch.len() < BATCH_ENTRIES
+        {
+            if self.copy.is_none() {
+                if let Some(x) = self.extras.pop_front() {
+                    self.copy = Some((x, Position::START));
+                }
+            }
+            if let Some((job, next)) = self.copy.as_mut() {
+                match job.next_part() {
+                    Some(e) => {
+                        let next = (e.part == Part::Last).then_some(*next);
+                        bytes += self.track(&e, next);
+                        batch.push(e);
+                    }
+                    None => self.copy = None,
+                }
+                continue;
+            }
+            let Some((pos, e)) = self.reader.next_entry()? else {
+                break;
+            };
+            let next = self.reader.position();
+            if table.get(e.rule_crc).is_none() {
+                // A rule newer than this table, or one removed since: look again.
+                let fresh = self.shared.refresh();
+                if fresh.version != version {
+                    if !batch.is_empty() {
+                        // This frame carries the old version: send it, then this entry.
+                        self.reader.seek(pos)?;
+                        break;
+                    }
+                    table = fresh;
+                    version = table.version;
+                }
+            }
+            let Some(rule) = table.sends_to(e.rule_crc, self.site) else {
+                continue;
+            };
+            if e.command == Command::Copy {
+                self.copy = Some((CopyJob::new(pos, rule.clone(), e.name), next));
+                continue;
+            }
+            let we = WireEntry::whole(pos, e);
+            bytes += self.track(&we, Some(next));
+            batch.push(we);
+        }
+        if batch.is_empty() {
+            self.note_progress();
+            return Ok(false);
+        }
+        send(
+            &mut self.w,
+            &Msg::Entries {
+                config_version: version,
+                entries: batch,
+            },
+        )?;
+        Ok(true)
+    }
+
+    fn track(&mut self, e: &WireEntry, next: Option<Position>) -> usize {
+        let bytes = e.wire_len();
+        self.inflight.push_back(InFlight {
+            pos: e.pos,
+            next,
+            bytes,
+        });
+        self.inflight_bytes += bytes;
+        bytes
+    }
+}

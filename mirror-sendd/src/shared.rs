@@ -1,0 +1,151 @@
+//! What the site links of a running sender share: the send table (swapped when the rules
+//! change), the SFA log (acknowledged positions, written at most every few milliseconds and
+//! whenever a link goes idle), and the site id and journal.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use mirrorfs::journal::Position;
+use mirrorfs::rulesdb::{RulesDb, RulesDbError};
+use mirrorfs::sfa::Sfa;
+
+use crate::table::SendTable;
+
+/// How long an acknowledged position may wait in memory before it is written.
+const SFA_DELAY: Duration = Duration::from_millis(50);
+
+/// Locks `m`, recovering the data if a holder panicked.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct SfaState {
+    sfa: Sfa,
+    dirty: bool,
+    written: Instant,
+}
+
+/// Shared state of the sender.
+pub struct Shared {
+    /// This source's site id.
+    pub site_id: String,
+    /// The journal directory.
+    pub journal_dir: PathBuf,
+    /// The current send table.
+    pub table: ArcSwap<SendTable>,
+    sfa_path: PathBuf,
+    sfa: Mutex<SfaState>,
+    db: Mutex<(RulesDb, i64)>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("site_id", &self.site_id)
+            .finish()
+    }
+}
+
+impl Shared {
+    /// New shared state.
+    pub fn new(
+        site_id: String,
+        journal_dir: PathBuf,
+        db: RulesDb,
+        sfa_path: PathBuf,
+        sfa: Sfa,
+    ) -> Result<Arc<Shared>, RulesDbError> {
+        let seen = db.data_version()?;
+        let (version, rules) = db.snapshot()?;
+        let table = SendTable::new(version, rules);
+        Ok(Arc::new(Shared {
+            site_id,
+            journal_dir,
+            table: ArcSwap::from_pointee(table),
+            sfa_path,
+            sfa: Mutex::new(SfaState {
+                sfa,
+                dirty: false,
+                written: Instant::now(),
+            }),
+            db: Mutex::new((db, seen)),
+        }))
+    }
+
+    /// Reloads the send table if the rules database changed since the last look; the
+    /// current table. Links call it when an entry names a rule they do not know (a rule added
+    /// a moment ago), so no entry is skipped because the table lagged behind the mount's.
+    pub fn refresh(&self) -> Arc<SendTable> {
+        let mut g = lock(&self.db);
+        let (db, seen) = &mut *g;
+        match db.data_version() {
+            Ok(v) if v == *seen => {}
+            Ok(v) => match db.snapshot() {
+                Ok((version, rules)) => {
+                    *seen = v;
+                    let t = SendTable::new(version, rules);
+                    log::info!(
+                        "rules changed: configuration version {}, {} sites",
+                        t.version,
+                        t.sites().len()
+                    );
+                    self.table.store(Arc::new(t));
+                }
+                Err(e) => log::error!("cannot reload the rules, keeping the old ones: {e}"),
+            },
+            Err(e) => log::warn!("rules database: {e}"),
+        }
+        self.table.load_full()
+    }
+
+    /// The journal stream id.
+    pub fn stream(&self) -> u64 {
+        lock(&self.sfa).sfa.stream
+    }
+
+    /// Where `site` resumes: the position after its last acknowledged entry.
+    pub fn acked(&self, site: &str) -> Position {
+        lock(&self.sfa).sfa.get(site)
+    }
+
+    /// Records that `site` acknowledged everything before `next`; writes the log when
+    /// `now` or when the last write is older than a few milliseconds.
+    pub fn set_acked(&self, site: &str, next: Position, now: bool) {
+        let mut s = lock(&self.sfa);
+        let cur = s.sfa.get(site);
+        if next > cur {
+            s.sfa.acked.insert(site.to_string(), next);
+            s.dirty = true;
+        }
+        if s.dirty && (now || s.written.elapsed() >= SFA_DELAY) {
+            self.write(&mut s);
+        }
+    }
+
+    /// Writes pending changes of the log.
+    pub fn flush(&self) {
+        let mut s = lock(&self.sfa);
+        if s.dirty {
+            self.write(&mut s);
+        }
+    }
+
+    fn write(&self, s: &mut SfaState) {
+        match s.sfa.store(&self.sfa_path) {
+            Ok(()) => {
+                s.dirty = false;
+                s.written = Instant::now();
+            }
+            Err(e) => log::error!("{e}"),
+        }
+    }
+
+    /// The oldest position some site of the current rules still needs.
+    pub fn oldest_needed(&self) -> Option<Position> {
+        let sites = self.table.load().sites();
+        let s = lock(&self.sfa);
+        sites.iter().map(|site| s.sfa.get(site)).min()
+    }
+}

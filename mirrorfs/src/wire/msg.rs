@@ -1,0 +1,219 @@
+//! The messages of the wire protocol (see the [module docs](super) for a session).
+
+use serde::{Deserialize, Serialize};
+
+use crate::entry::{Command, Entry};
+use crate::journal::Position;
+
+/// Bumped on any incompatible change to [`Msg`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Which part of a journal entry a [`WireEntry`] is.
+///
+/// A journal entry travels as one [`Part::Whole`], except a copy, which the sender expands into
+/// many entries (writes, a final size, attributes) of which only the last says
+/// [`Part::Last`]. The router counts a journal position as received only with its whole or
+/// last part; [`Part::Extra`] entries answer a resynchronisation request and belong to no
+/// journal position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Part {
+    /// The whole journal entry.
+    Whole,
+    /// One part of an expanded copy; more follow with the same position.
+    More,
+    /// The last part of an expanded copy.
+    Last,
+    /// Not from the journal: the answer to [`Msg::Resync`].
+    Extra,
+}
+
+impl Part {
+    /// Whether this part completes its journal position.
+    pub fn completes(self) -> bool {
+        matches!(self, Part::Whole | Part::Last)
+    }
+    /// A one-byte code for on-disk records.
+    pub fn code(self) -> u8 {
+        match self {
+            Part::Whole => 0,
+            Part::More => 1,
+            Part::Last => 2,
+            Part::Extra => 3,
+        }
+    }
+    /// The inverse of [`Part::code`].
+    pub fn from_code(c: u8) -> Option<Part> {
+        [Part::Whole, Part::More, Part::Last, Part::Extra]
+            .get(c as usize)
+            .copied()
+    }
+}
+
+/// One entry on the wire: a journal entry (or part of an expanded copy) and its position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEntry {
+    /// Position of the journal entry it comes from.
+    pub pos: Position,
+    /// Which part of it.
+    pub part: Part,
+    /// See [`Entry`].
+    pub command: Command,
+    /// CRC of the rule.
+    pub rule_crc: u32,
+    /// Full source name.
+    pub name: Vec<u8>,
+    /// Second name or text.
+    pub aux: Vec<u8>,
+    /// Offset or mode.
+    pub offset: u64,
+    /// Size, length or device.
+    pub size: u64,
+    /// When the change was recorded.
+    pub time_ns: u64,
+    /// Data.
+    pub data: Vec<u8>,
+}
+
+impl WireEntry {
+    /// A whole journal entry.
+    pub fn whole(pos: Position, e: Entry) -> WireEntry {
+        WireEntry::from_entry(pos, Part::Whole, e)
+    }
+
+    /// `e` as part `part` of the entry at `pos`.
+    pub fn from_entry(pos: Position, part: Part, e: Entry) -> WireEntry {
+        WireEntry {
+            pos,
+            part,
+            command: e.command,
+            rule_crc: e.rule_crc,
+            name: e.name,
+            aux: e.aux,
+            offset: e.offset,
+            size: e.size,
+            time_ns: e.time_ns,
+            data: e.data,
+        }
+    }
+
+    /// Approximate bytes on the wire (for windows and batch limits).
+    pub fn wire_len(&self) -> usize {
+        64 + self.name.len() + self.aux.len() + self.data.len()
+    }
+}
+
+/// A rule as the router stores it (seeds/002 Figure 9, without the source site, which the
+/// session names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRule {
+    /// The rule's CRC (entries name their rule by it).
+    pub crc: u32,
+    /// Source pattern, as the user wrote it.
+    pub pattern: String,
+    /// Destination under the router's root.
+    pub dest: String,
+    /// Mirror attributes.
+    pub attrs: bool,
+    /// Delete suffix.
+    pub delete_suffix: Option<String>,
+}
+
+/// A message of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Msg {
+    /// Sender → router, first: who is speaking. `stream` identifies the source's journal, so
+    /// that positions from a recreated journal are not mistaken for old ones.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the sender.
+        protocol: u32,
+        /// The source site id.
+        site: String,
+        /// The source journal's identity.
+        stream: u64,
+    },
+    /// Router → sender: accepted; what the router already holds from this source.
+    Welcome {
+        /// [`PROTOCOL_VERSION`] of the router.
+        protocol: u32,
+        /// The last journal position received completely from this stream, if any.
+        received: Option<Position>,
+    },
+    /// Sender → router: entries, with the sender's configuration version.
+    Entries {
+        /// Configuration version at the sender.
+        config_version: u64,
+        /// The entries, in journal order.
+        entries: Vec<WireEntry>,
+    },
+    /// Router → sender: every entry up to and including `upto` is durable in RT1/RT2.
+    Ack {
+        /// The position.
+        upto: Position,
+    },
+    /// Router → sender: the configuration version differs; send the rules, then resend.
+    SendConfig {
+        /// The version the router has, if any.
+        have: Option<u64>,
+    },
+    /// Sender → router: the rules naming this router, at `version`.
+    Config {
+        /// Configuration version.
+        version: u64,
+        /// The rules.
+        rules: Vec<WireRule>,
+    },
+    /// Router → sender: configuration stored.
+    ConfigOk {
+        /// The version stored.
+        version: u64,
+    },
+    /// Client → router: can `dest` be created and written (a directory when `dir`)?
+    Validate {
+        /// Destination under the root.
+        dest: String,
+        /// Whether the destination is a directory.
+        dir: bool,
+    },
+    /// Router → client: the answer to [`Msg::Validate`].
+    Validated {
+        /// Whether the destination is usable.
+        ok: bool,
+        /// Why not (or what was checked).
+        reason: String,
+    },
+    /// Router → sender: a backup file could not be brought up to date from the entries (its
+    /// earlier content never arrived); send a copy of `name` now.
+    Resync {
+        /// The rule.
+        rule_crc: u32,
+        /// The full source name.
+        name: Vec<u8>,
+    },
+    /// Either way: still alive.
+    Heartbeat,
+    /// Either way: refused, with the reason; the connection closes.
+    Error {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Msg {
+    /// The message's kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "hello",
+            Msg::Welcome { .. } => "welcome",
+            Msg::Entries { .. } => "entries",
+            Msg::Ack { .. } => "ack",
+            Msg::SendConfig { .. } => "send-configuration",
+            Msg::Config { .. } => "configuration",
+            Msg::ConfigOk { .. } => "configuration-ok",
+            Msg::Validate { .. } => "validate",
+            Msg::Validated { .. } => "validated",
+            Msg::Resync { .. } => "resync",
+            Msg::Heartbeat => "heartbeat",
+            Msg::Error { .. } => "error",
+        }
+    }
+}
