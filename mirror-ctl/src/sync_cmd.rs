@@ -226,7 +226,7 @@ fn wait_acked(
         let sfa = Sfa::load(&state.sfa_path())?;
         let pending: Vec<&String> = sites.iter().filter(|s| sfa.get(s) <= last).collect();
         if pending.is_empty() {
-            eprintln!("\rsync: every site acknowledged the copies");
+            eprintln!("\rsync: every site acknowledged the copies          ");
             return Ok(());
         }
         if start.elapsed() > limit {

@@ -146,8 +146,29 @@ fn serve_source(
     r: &mut BufReader<TcpStream>,
 ) -> Result<(), SessionError> {
     let mut awaiting_config = false;
+    // Entries accepted and not yet durable: stored with one fsync when no more frames are
+    // waiting (group commit across frames), or when a batch grows large.
+    let mut pending: Vec<WireEntry> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let commit = |pending: &mut Vec<WireEntry>, bytes: &mut usize| {
+        let upto = store(router, site, std::mem::take(pending))?;
+        *bytes = 0;
+        send(
+            w,
+            &Msg::Ack {
+                upto: upto.unwrap_or(Position::START),
+            },
+        )
+    };
     loop {
-        match read_frame(r)? {
+        if !pending.is_empty() && (pending_bytes >= GROUP_BYTES || !more_waiting(r)) {
+            commit(&mut pending, &mut pending_bytes)?;
+        }
+        let msg = read_frame(r)?;
+        if !pending.is_empty() && !matches!(msg, Msg::Entries { .. }) {
+            commit(&mut pending, &mut pending_bytes)?;
+        }
+        match msg {
             Msg::Entries {
                 config_version,
                 entries,
@@ -164,13 +185,8 @@ fn serve_source(
                     }
                     continue;
                 }
-                let upto = store(router, site, entries)?;
-                send(
-                    w,
-                    &Msg::Ack {
-                        upto: upto.unwrap_or(Position::START),
-                    },
-                )?;
+                pending_bytes += entries.iter().map(WireEntry::wire_len).sum::<usize>();
+                pending.extend(entries);
             }
             Msg::Config { version, rules } => {
                 let mut checked = Vec::with_capacity(rules.len());
@@ -209,6 +225,23 @@ fn serve_source(
             }
         }
     }
+}
+
+/// Bytes of entries stored with one fsync at most.
+const GROUP_BYTES: usize = 16 << 20;
+
+/// Whether another frame has (at least partly) arrived already.
+fn more_waiting(r: &BufReader<TcpStream>) -> bool {
+    if !r.buffer().is_empty() {
+        return true;
+    }
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(r.get_ref()),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: pfd is a valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
 }
 
 /// Appends the new entries of a batch durably; the last position received completely.

@@ -19,7 +19,7 @@ use crate::copy::CopyJob;
 use crate::shared::Shared;
 
 /// Bytes sent and not yet acknowledged, at most.
-const WINDOW: usize = 32 << 20;
+const WINDOW: usize = 64 << 20;
 /// Bytes per entries frame, at most (one entry may exceed it).
 const BATCH_BYTES: usize = 4 << 20;
 /// Entries per frame, at most.

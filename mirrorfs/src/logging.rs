@@ -52,12 +52,15 @@ impl log::Log for Tee {
 /// external `fusermount3 -u` (the normal way to stop mirrorfs) that second unmount fails with
 /// EINVAL and fuser warns, though nothing is wrong.
 fn is_known_noise(record: &log::Record<'_>) -> bool {
-    record.target() == "fuser::session"
+    let text = || record.args().to_string();
+    // fuser's own unmount after an external `fusermount3 -u`: the mount is already gone.
+    (record.target() == "fuser::session"
         && record.level() == log::Level::Warn
-        && record
-            .args()
-            .to_string()
-            .starts_with("Failed to umount filesystem: Invalid argument")
+        && text().starts_with("Failed to umount filesystem: Invalid argument"))
+        // A reply (e.g. to an asynchronous RELEASE) racing with the unmount: the kernel no
+        // longer knows the request (ENOENT); nothing is lost, the operation itself was done.
+        || (record.target() == "fuser::reply"
+            && text().starts_with("Failed to send FUSE reply: No such file or directory"))
 }
 
 /// Installs the logger for `program`, with `default_filter` when `RUST_LOG` is unset, and a
