@@ -48,9 +48,8 @@ impl log::Log for Tee {
     }
 }
 
-/// Records that report no fault. fuser unmounts once more when its session ends; after an
-/// external `fusermount3 -u` (the normal way to stop mirrorfs) that second unmount fails with
-/// EINVAL and fuser warns, though nothing is wrong.
+/// Records from fuser that report no fault (see each case below); they stay out of the error
+/// log so that it lists only real problems.
 fn is_known_noise(record: &log::Record<'_>) -> bool {
     let text = || record.args().to_string();
     // fuser's own unmount after an external `fusermount3 -u`: the mount is already gone.
