@@ -61,7 +61,7 @@ enum Event {
 pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
-    while !stop.load(Ordering::Relaxed) && shared.table.load().sites().contains(&site) {
+    while !stop.load(Ordering::Relaxed) && shared.table.load().has_site(&site) {
         let mut connected = false;
         match session(&shared, &site, &stop, &mut connected) {
             Ok(()) => break,
@@ -278,14 +278,7 @@ impl Session<'_> {
             while let Ok(ev) = rx.try_recv() {
                 self.handle(ev)?;
             }
-            if !self
-                .shared
-                .table
-                .load()
-                .sites()
-                .iter()
-                .any(|s| s == self.site)
-            {
+            if !self.shared.table.load().has_site(self.site) {
                 return Ok(());
             }
             if self.send_batch()? {

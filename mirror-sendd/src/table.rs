@@ -11,30 +11,48 @@ use mirrorfs::wire::WireRule;
 pub struct SendTable {
     /// Configuration version.
     pub version: u64,
-    by_crc: Vec<(u32, Arc<Rule>)>,
+    /// (CRC, rule, its sites as `HOST:PORT` strings), by CRC.
+    by_crc: Vec<(u32, Arc<Rule>, Vec<String>)>,
 }
 
 impl SendTable {
     /// Indexes `rules` of configuration `version`.
     pub fn new(version: u64, rules: Vec<Rule>) -> SendTable {
-        let mut by_crc: Vec<(u32, Arc<Rule>)> =
-            rules.into_iter().map(|r| (r.crc, Arc::new(r))).collect();
-        by_crc.sort_by_key(|(c, _)| *c);
+        let mut by_crc: Vec<(u32, Arc<Rule>, Vec<String>)> = rules
+            .into_iter()
+            .map(|r| {
+                let sites = r.spec.sites.iter().map(|s| s.to_string()).collect();
+                (r.crc, Arc::new(r), sites)
+            })
+            .collect();
+        by_crc.sort_by_key(|(c, _, _)| *c);
         SendTable { version, by_crc }
     }
 
     /// The rule with CRC `crc`.
     pub fn get(&self, crc: u32) -> Option<&Arc<Rule>> {
-        self.by_crc
-            .binary_search_by_key(&crc, |(c, _)| *c)
-            .ok()
-            .map(|i| &self.by_crc[i].1)
+        self.row(crc).map(|(_, r, _)| r)
     }
 
-    /// Whether rule `crc` sends to `site`.
+    fn row(&self, crc: u32) -> Option<&(u32, Arc<Rule>, Vec<String>)> {
+        self.by_crc
+            .binary_search_by_key(&crc, |(c, _, _)| *c)
+            .ok()
+            .map(|i| &self.by_crc[i])
+    }
+
+    /// The rule `crc` if it sends to `site`.
     pub fn sends_to(&self, crc: u32, site: &str) -> Option<&Arc<Rule>> {
-        self.get(crc)
-            .filter(|r| r.spec.sites.iter().any(|s| s.to_string() == site))
+        self.row(crc)
+            .filter(|(_, _, sites)| sites.iter().any(|s| s == site))
+            .map(|(_, r, _)| r)
+    }
+
+    /// Whether some rule sends to `site`.
+    pub fn has_site(&self, site: &str) -> bool {
+        self.by_crc
+            .iter()
+            .any(|(_, _, sites)| sites.iter().any(|s| s == site))
     }
 
     /// Every site some rule names, sorted, without repeats.
@@ -42,7 +60,7 @@ impl SendTable {
         let mut v: Vec<String> = self
             .by_crc
             .iter()
-            .flat_map(|(_, r)| r.spec.sites.iter().map(|s| s.to_string()))
+            .flat_map(|(_, _, sites)| sites.iter().cloned())
             .collect();
         v.sort();
         v.dedup();
@@ -53,8 +71,8 @@ impl SendTable {
     pub fn wire_rules(&self, site: &str) -> Vec<WireRule> {
         self.by_crc
             .iter()
-            .filter(|(_, r)| r.spec.sites.iter().any(|s| s.to_string() == site))
-            .map(|(crc, r)| WireRule {
+            .filter(|(_, _, sites)| sites.iter().any(|s| s == site))
+            .map(|(crc, r, _)| WireRule {
                 crc: *crc,
                 pattern: r.spec.pattern.as_str().to_string(),
                 dest: r.spec.dest.as_str().to_string(),

@@ -238,10 +238,11 @@ impl Matcher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rule::{Dest, Mode, Pattern, RuleSpec, Site};
 
+    /// A rule with one site and destination `d{id}` (shared by the crate's unit tests).
     pub(crate) fn rule(id: i64, pattern: &str) -> Rule {
         let spec = RuleSpec {
             pattern: Pattern::parse(pattern).unwrap(),

@@ -293,20 +293,7 @@ fn classify(r: &Rule, dir: &[u8]) -> Place {
 mod tests {
     use super::*;
     use crate::journal::JournalConfig;
-    use crate::rule::{Dest, Mode, Pattern, RuleSpec, Site};
-
-    fn rule(id: i64, pattern: &str) -> Rule {
-        let spec = RuleSpec {
-            pattern: Pattern::parse(pattern).unwrap(),
-            sites: vec![Site::parse("h:1").unwrap()],
-            dest: Dest::parse(&format!("d{id}")).unwrap(),
-            attrs: false,
-            delete_suffix: None,
-            mode: Mode::Async,
-        };
-        let crc = spec.crc();
-        Rule { id, spec, crc }
-    }
+    use crate::matcher::tests::rule;
 
     fn fixture(rules: Vec<Rule>) -> (tempfile::TempDir, Recorder, Arc<RuleTable>) {
         let dir = tempfile::tempdir().unwrap();
