@@ -248,17 +248,37 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
+    // MIRROR_BENCH_SYSTEMS=mirror (or lsyncd) runs one system only; MIRROR_BENCH_ONLY=big (a
+    // comma list of lag, many, big) runs some workloads only; skipped ones show as 0.
+    let pick = |var: &str, what: &str| {
+        std::env::var(var).map_or(true, |v| v.split(',').any(|x| what.starts_with(x)))
+    };
     let mut rows = Vec::new();
-    for make in [mirror as fn() -> Setup, lsyncd] {
+    for (sys, make) in [("mirror", mirror as fn() -> Setup), ("lsyncd", lsyncd)] {
+        if !pick("MIRROR_BENCH_SYSTEMS", sys) {
+            continue;
+        }
         let s = make();
-        let (p50, p99) = lag(&s, n);
+        let (p50, p99) = if pick("MIRROR_BENCH_ONLY", "lag") {
+            lag(&s, n)
+        } else {
+            (0.0, 0.0)
+        };
         eprintln!("{}: lag p50 {p50:.2} ms, p99 {p99:.2} ms", s.name);
-        let (w1, r1) = many_files(&s);
+        let (w1, r1) = if pick("MIRROR_BENCH_ONLY", "many") {
+            many_files(&s)
+        } else {
+            (1.0, 0.0)
+        };
         eprintln!(
             "{}: 20k files written in {w1:.2} s, replicated in {r1:.2} s",
             s.name
         );
-        let (w2, r2) = big_file(&s);
+        let (w2, r2) = if pick("MIRROR_BENCH_ONLY", "big") {
+            big_file(&s)
+        } else {
+            (1.0, 0.0)
+        };
         eprintln!(
             "{}: 1 GiB written in {w2:.2} s, replicated in {r2:.2} s",
             s.name

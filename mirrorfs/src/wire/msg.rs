@@ -61,8 +61,10 @@ pub struct WireEntry {
     /// CRC of the rule.
     pub rule_crc: u32,
     /// Full source name.
+    #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
     /// Second name or text.
+    #[serde(with = "serde_bytes")]
     pub aux: Vec<u8>,
     /// Offset or mode.
     pub offset: u64,
@@ -71,6 +73,7 @@ pub struct WireEntry {
     /// When the change was recorded.
     pub time_ns: u64,
     /// Data.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -187,6 +190,7 @@ pub enum Msg {
         /// The rule.
         rule_crc: u32,
         /// The full source name.
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     /// Either way: still alive.
