@@ -122,8 +122,7 @@ impl Applier {
         match r.command {
             Command::Write => {
                 let f = self.file(&path).map_err(fail("open", &path))?;
-                f.write_all_at(data, r.offset)
-                    .map_err(fail("write", &path))?;
+                crate::direct::write_at(f, data, r.offset).map_err(fail("write", &path))?;
             }
             Command::Truncate => {
                 let f = self.file(&path).map_err(fail("open", &path))?;
@@ -452,6 +451,7 @@ pub fn run(router: Arc<crate::shared::Router>) {
     let mut pair: Option<crate::rtlog::RtPair> = None;
     let mut cursor = crate::rtlog::HEADER_LEN;
     let mut backoff = Duration::from_millis(100);
+    let mut ahead = crate::direct::ReadAhead::default();
     loop {
         let published = router.published();
         let step = apply_some(
@@ -461,6 +461,7 @@ pub fn run(router: Arc<crate::shared::Router>) {
             &mut pair,
             &mut cursor,
             published,
+            &mut ahead,
         );
         match step {
             Ok(true) => backoff = Duration::from_millis(100),
@@ -482,6 +483,7 @@ fn apply_some(
     pair: &mut Option<crate::rtlog::RtPair>,
     cursor: &mut u64,
     (wpair, wend): (u64, u64),
+    ahead: &mut crate::direct::ReadAhead,
 ) -> Result<bool, String> {
     use crate::rtlog::{list_pairs, RtPair, HEADER_LEN};
     let pairs = list_pairs(dir).map_err(|e| e.to_string())?;
@@ -501,15 +503,17 @@ fn apply_some(
     let mut moved = false;
     if *cursor < end {
         let records = p.records(*cursor, end).map_err(|e| e.to_string())?;
+        // RT2 is read ahead up to the data of these records, never into what is being written.
+        let limit = records
+            .iter()
+            .map(|(_, r)| r.rt2_offset + r.data_len)
+            .max()
+            .unwrap_or(0);
         let table = router.table();
         for (off, r) in records {
             if !r.complete {
-                let data = if r.data_len > 0 {
-                    p.data(&r).map_err(|e| e.to_string())?
-                } else {
-                    Vec::new()
-                };
-                match applier.apply(&table, &r, &data) {
+                let data = p.data(&r, ahead, limit).map_err(|e| e.to_string())?;
+                match applier.apply(&table, &r, data) {
                     Ok(Outcome::Done) => {}
                     Ok(Outcome::Skipped(why)) => log::debug!(
                         "{} {}: skipped: {why}",

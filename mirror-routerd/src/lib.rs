@@ -8,6 +8,8 @@
 //!   and the bounded LRU of open backup files.
 //! * [`apply`]: the router process: applies pending RT1 entries in order, marks them
 //!   complete, removes finished pairs.
+//! * [`direct`]: large aligned transfers around the page cache (`O_DIRECT`), for RT2 and
+//!   backup writes.
 //! * [`receive`]: the receive process: sessions with senders, configuration versions,
 //!   RT1/RT2 group commit, acknowledgements, validation requests.
 
@@ -16,6 +18,7 @@
 pub mod apply;
 pub mod backup;
 pub mod config;
+pub mod direct;
 pub mod receive;
 pub mod rtlog;
 pub mod shared;

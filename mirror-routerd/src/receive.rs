@@ -145,28 +145,87 @@ fn serve_source(
     w: &Mutex<TcpStream>,
     r: &mut BufReader<TcpStream>,
 ) -> Result<(), SessionError> {
+    // The committer stores batches (one fsync each) and acknowledges them while this thread
+    // goes on reading the next frames: the network and the disk work at the same time.
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<WireEntry>>(0);
+    let failed: Mutex<Option<SessionError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        let committer = std::thread::Builder::new()
+            .name(format!("commit {site}"))
+            .spawn_scoped(s, || {
+                for batch in rx.iter().filter(|b| !b.is_empty()) {
+                    let res = store(router, site, batch).and_then(|upto| {
+                        send(
+                            w,
+                            &Msg::Ack {
+                                upto: upto.unwrap_or(Position::START),
+                            },
+                        )
+                    });
+                    if let Err(e) = res {
+                        *lock(&failed) = Some(e);
+                        // Ends the read of the next frame: nothing more is acknowledged.
+                        let _ = lock(w).shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| SessionError::Store(format!("cannot start a commit thread: {e}")))?;
+        let result = receive_frames(router, site, w, r, &tx);
+        drop(tx);
+        let _ = committer.join();
+        match lock(&failed).take() {
+            Some(e) => Err(e),
+            None => result,
+        }
+    })
+}
+
+/// Reads frames until the session ends, handing entries to the committer in batches.
+fn receive_frames(
+    router: &Router,
+    site: &str,
+    w: &Mutex<TcpStream>,
+    r: &mut BufReader<TcpStream>,
+    committer: &crossbeam_channel::Sender<Vec<WireEntry>>,
+) -> Result<(), SessionError> {
     let mut awaiting_config = false;
-    // Entries accepted and not yet durable: stored with one fsync when no more frames are
-    // waiting (group commit across frames), or when a batch grows large.
+    // Entries accepted and not yet handed over: a batch goes to the committer when it is
+    // idle, or (waiting for it) when no more frames are waiting or the batch grew large, so
+    // a busy committer makes the next batch larger (group commit across frames).
     let mut pending: Vec<WireEntry> = Vec::new();
     let mut pending_bytes = 0usize;
-    let commit = |pending: &mut Vec<WireEntry>, bytes: &mut usize| {
-        let upto = store(router, site, std::mem::take(pending))?;
-        *bytes = 0;
-        send(
-            w,
-            &Msg::Ack {
-                upto: upto.unwrap_or(Position::START),
-            },
-        )
-    };
+    let stopped = || SessionError::Store("the commit thread stopped".into());
+    // Waits until everything handed over is stored: the committer takes the next batch (an
+    // empty one) only once it finished the last.
+    let barrier = || committer.send(Vec::new()).map_err(|_| stopped());
     loop {
-        if !pending.is_empty() && (pending_bytes >= GROUP_BYTES || !more_waiting(r)) {
-            commit(&mut pending, &mut pending_bytes)?;
+        if !pending.is_empty() {
+            let full = pending_bytes >= GROUP_BYTES || !more_waiting(r);
+            let batch = std::mem::take(&mut pending);
+            pending = if full {
+                committer.send(batch).map_err(|_| stopped())?;
+                Vec::new()
+            } else {
+                match committer.try_send(batch) {
+                    Ok(()) => Vec::new(),
+                    Err(crossbeam_channel::TrySendError::Full(b)) => b,
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(stopped()),
+                }
+            };
+            if pending.is_empty() {
+                pending_bytes = 0;
+            }
         }
         let msg = read_frame(r)?;
-        if !pending.is_empty() && !matches!(msg, Msg::Entries { .. }) {
-            commit(&mut pending, &mut pending_bytes)?;
+        if !matches!(msg, Msg::Entries { .. }) {
+            if !pending.is_empty() {
+                committer
+                    .send(std::mem::take(&mut pending))
+                    .map_err(|_| stopped())?;
+                pending_bytes = 0;
+            }
+            barrier()?;
         }
         match msg {
             Msg::Entries {
