@@ -39,6 +39,40 @@ Examples:
   mirror-ctl sync ~/proj/src --wait     # one subtree; wait until the sites have it"
     )]
     Sync(SyncArgs),
+    /// Show each site: blocked or not (and why), queued entries and bytes, the oldest
+    /// unacknowledged entry's age, the last error.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try blocked sites again now (all, or SITE), instead of waiting for their heartbeats or
+    /// the periodic unblock. Needs a running mirror-sendd.
+    Unblock {
+        /// `HOST:PORT` of the site.
+        site: Option<String>,
+    },
+    /// On a backup host: the router's blocked files and backlog (--state is the router's).
+    #[command(subcommand)]
+    Router(RouterCommand),
+}
+
+/// `mirror-ctl router …`
+#[derive(Debug, Subcommand)]
+pub enum RouterCommand {
+    /// Show, per source site, the entries not yet applied, and the blocked backup files with
+    /// their reasons.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry blocked backup files now (all, or those at or under PATH, relative to the root).
+    /// Needs a running mirror-routerd.
+    Unblock {
+        /// Backup path relative to the router's root.
+        path: Option<String>,
+    },
 }
 
 /// Arguments of `sync`.

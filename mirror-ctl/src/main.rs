@@ -2,14 +2,16 @@
 //! and, with `router`, for a backup host.
 
 mod cli;
+mod router_cmd;
 mod rules_cmd;
+mod status_cmd;
 mod sync_cmd;
 mod validate;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command, RuleCommand};
+use cli::{Cli, Command, RouterCommand, RuleCommand};
 use mirrorfs::state::StateDir;
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -19,6 +21,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rule(RuleCommand::List { json }) => rules_cmd::list(&state, json),
         Command::Rule(RuleCommand::Rm { id }) => rules_cmd::rm(&state, id),
         Command::Sync(args) => sync_cmd::sync(&state, args),
+        Command::Status { json } => status_cmd::status(&state, json),
+        Command::Unblock { site } => status_cmd::unblock(&state, site),
+        Command::Router(RouterCommand::Status { json }) => router_cmd::status(&state, json),
+        Command::Router(RouterCommand::Unblock { path }) => router_cmd::unblock(&state, path),
     }
 }
 

@@ -43,7 +43,8 @@ impl Found {
     }
 }
 
-fn human(b: u64) -> String {
+/// `b` bytes for people.
+pub fn human(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),

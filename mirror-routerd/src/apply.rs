@@ -9,6 +9,7 @@
 //! writes, truncates, creates, attribute changes are idempotent; deletes, renames and links
 //! whose source is gone are skipped.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -22,7 +23,7 @@ use mirrorfs::entry::{AttrChange, Command};
 
 use crate::backup::{backup_rel, OpenFiles};
 use crate::config::{RouterRule, RouterTable};
-use crate::rtlog::RtRecord;
+use crate::rtlog::{list_pairs, RtPair, RtRecord, HEADER_LEN};
 
 /// What happened to an entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +96,28 @@ impl Applier {
             root: root.to_path_buf(),
             open: OpenFiles::new(max_open),
         }
+    }
+
+    /// The backup files `r` touches, relative to the root: its own and, for a rename or a
+    /// link, the new name (none when no rule maps it).
+    pub fn targets(&self, table: &RouterTable, r: &RtRecord) -> Vec<String> {
+        let Some(rule) = table.get(&r.site, r.rule_crc) else {
+            return Vec::new();
+        };
+        let mut names = vec![&r.name];
+        if matches!(r.command, Command::Rename | Command::Link) {
+            names.push(&r.aux);
+        }
+        names
+            .into_iter()
+            .filter_map(|n| backup_rel(rule, n).ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Closes every open backup file (after a failure, so the next try opens it anew).
+    pub fn forget_open(&mut self) {
+        self.open.clear();
     }
 
     /// Applies `r` (with its RT2 `data`) using `table`.
@@ -443,27 +466,53 @@ fn xattr(path: &Path, name: &[u8], value: Option<&[u8]>) -> io::Result<()> {
 /// The shared rule table the applier reads (replaced when a source sends configuration).
 pub type SharedTable = Arc<std::sync::RwLock<Arc<RouterTable>>>;
 
+/// Where the router process is in one pair of logs.
+struct PairCursor {
+    pair: RtPair,
+    /// RT1 offset of the next record to look at.
+    cursor: u64,
+    /// RT1 offset of the first record held back for a blocked file.
+    held_from: Option<u64>,
+}
+
+/// What the router process carries from one pass to the next.
+struct State {
+    applier: Applier,
+    pairs: BTreeMap<u64, PairCursor>,
+    ahead: crate::direct::ReadAhead,
+}
+
 /// The router process: applies every pending entry of the RT logs, oldest pair first, for
-/// as long as the router runs.
+/// as long as the router runs. Entries of a backup file that cannot be written are held back
+/// (the file is blocked) while every other file keeps flowing; they are retried, in order,
+/// on `mirror-ctl router unblock` and every `unblock_every`.
 pub fn run(router: Arc<crate::shared::Router>) {
     let dir = router.rt_dir();
-    let mut applier = Applier::new(&router.cfg.root, router.cfg.max_open);
-    let mut pair: Option<crate::rtlog::RtPair> = None;
-    let mut cursor = crate::rtlog::HEADER_LEN;
+    let mut st = State {
+        applier: Applier::new(&router.cfg.root, router.cfg.max_open),
+        pairs: BTreeMap::new(),
+        ahead: crate::direct::ReadAhead::default(),
+    };
     let mut backoff = Duration::from_millis(100);
-    let mut ahead = crate::direct::ReadAhead::default();
+    let mut last_unblock = std::time::Instant::now();
     loop {
+        if router.any_blocked() && last_unblock.elapsed() >= router.cfg.unblock_every {
+            log::info!(
+                "periodic unblock (every {:?})",
+                router.cfg.unblock_every
+            );
+            router.unblock_files(None);
+        }
+        if router.take_retry() {
+            last_unblock = std::time::Instant::now();
+            for pc in st.pairs.values_mut() {
+                if let Some(h) = pc.held_from.take() {
+                    pc.cursor = pc.cursor.min(h);
+                }
+            }
+        }
         let published = router.published();
-        let step = apply_some(
-            &router,
-            &dir,
-            &mut applier,
-            &mut pair,
-            &mut cursor,
-            published,
-            &mut ahead,
-        );
-        match step {
+        match apply_some(&router, &dir, &mut st, published) {
             Ok(true) => backoff = Duration::from_millis(100),
             Ok(false) => router.wait_published(published, Duration::from_millis(500)),
             Err(e) => {
@@ -475,75 +524,136 @@ pub fn run(router: Arc<crate::shared::Router>) {
     }
 }
 
-/// One pass over what is readable; whether anything moved.
+/// One pass over every pair, oldest first; whether anything moved.
 fn apply_some(
     router: &crate::shared::Router,
     dir: &Path,
-    applier: &mut Applier,
-    pair: &mut Option<crate::rtlog::RtPair>,
-    cursor: &mut u64,
+    st: &mut State,
     (wpair, wend): (u64, u64),
-    ahead: &mut crate::direct::ReadAhead,
 ) -> Result<bool, String> {
-    use crate::rtlog::{list_pairs, RtPair, HEADER_LEN};
-    let pairs = list_pairs(dir).map_err(|e| e.to_string())?;
-    let Some(&oldest) = pairs.first() else {
-        return Ok(false);
-    };
-    if pair.as_ref().map(|p| p.n) != Some(oldest) {
-        *pair = Some(RtPair::open(dir, oldest).map_err(|e| e.to_string())?);
-        *cursor = HEADER_LEN;
-    }
-    let p = pair.as_ref().expect("opened above");
-    let end = if p.n == wpair {
-        wend
-    } else {
-        p.rt1_len().map_err(|e| e.to_string())?
-    };
+    let on_disk = list_pairs(dir).map_err(|e| e.to_string())?;
+    st.pairs.retain(|n, _| on_disk.contains(n));
     let mut moved = false;
-    if *cursor < end {
-        let records = p.records(*cursor, end).map_err(|e| e.to_string())?;
-        // RT2 is read ahead up to the data of these records, never into what is being written.
-        let limit = records
-            .iter()
-            .map(|(_, r)| r.rt2_offset + r.data_len)
-            .max()
-            .unwrap_or(0);
-        let table = router.table();
-        for (off, r) in records {
-            if !r.complete {
-                let data = p.data(&r, ahead, limit).map_err(|e| e.to_string())?;
-                match applier.apply(&table, &r, data) {
-                    Ok(Outcome::Done) => {}
-                    Ok(Outcome::Skipped(why)) => log::debug!(
-                        "{} {}: skipped: {why}",
-                        r.command,
-                        String::from_utf8_lossy(&r.name)
-                    ),
-                    Ok(Outcome::NeedCopy { rule_crc, name }) => {
-                        router.request_copy(&r.site, rule_crc, name)
-                    }
-                    Err(e) => {
-                        return Err(format!(
-                            "cannot apply {} of {} from {}: {e}",
-                            r.command,
-                            String::from_utf8_lossy(&r.name),
-                            r.site
-                        ))
+    for n in on_disk.into_iter().filter(|&n| n <= wpair) {
+        let pc = match st.pairs.entry(n) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => v.insert(PairCursor {
+                pair: RtPair::open(dir, n).map_err(|e| e.to_string())?,
+                cursor: HEADER_LEN,
+                held_from: None,
+            }),
+        };
+        let end = if n == wpair {
+            wend
+        } else {
+            pc.pair.rt1_len().map_err(|e| e.to_string())?
+        };
+        if pc.cursor < end {
+            let records = pc.pair.records(pc.cursor, end).map_err(|e| e.to_string())?;
+            // RT2 is read ahead up to the data of these records, never into what is being
+            // written.
+            let limit = records
+                .iter()
+                .map(|(_, r)| r.rt2_offset + r.data_len)
+                .max()
+                .unwrap_or(0);
+            let table = router.table();
+            for (off, r) in records {
+                if !r.complete {
+                    let at = (n, off);
+                    if apply_one(router, &mut st.applier, &mut st.ahead, &table, pc, at, &r, limit)? {
+                        pc.held_from = Some(pc.held_from.map_or(off, |h| h.min(off)));
                     }
                 }
-                p.mark_complete(off).map_err(|e| e.to_string())?;
+                pc.cursor = off + r.len() as u64;
+                moved = true;
             }
-            *cursor = off + r.len() as u64;
+        }
+        if n < wpair && pc.cursor >= end && pc.held_from.is_none() {
+            // Finished and no longer written: make what was applied durable, keep what it
+            // says about the sources, remove it.
+            sync_fs(&router.cfg.root).map_err(|e| {
+                format!("cannot flush the backup files under {}: {e}", router.cfg.root.display())
+            })?;
+            router.persist_sources().map_err(|e| e.to_string())?;
+            if let Some(done) = st.pairs.remove(&n) {
+                done.pair.remove(dir).map_err(|e| e.to_string())?;
+            }
             moved = true;
         }
     }
-    if p.n < wpair && *cursor >= end {
-        // Finished and no longer written: keep what it says about the sources, remove it.
-        router.persist_sources().map_err(|e| e.to_string())?;
-        let done = pair.take().expect("opened above");
-        done.remove(dir).map_err(|e| e.to_string())?;
+    Ok(moved)
+}
+
+/// Applies record `r` at `(pair, offset)` and marks it complete, or holds it back when one of
+/// its backup files is (or now becomes) blocked; whether it was held.
+#[allow(clippy::too_many_arguments)]
+fn apply_one(
+    router: &crate::shared::Router,
+    applier: &mut Applier,
+    ahead: &mut crate::direct::ReadAhead,
+    table: &RouterTable,
+    pc: &PairCursor,
+    (pair, off): (u64, u64),
+    r: &RtRecord,
+    limit: u64,
+) -> Result<bool, String> {
+    let targets = applier.targets(table, r);
+    let block = |rel: &str, reason: String| {
+        let b = mirrorfs::blocked::BlockedFile {
+            path: rel.to_string(),
+            site: r.site.clone(),
+            rule_crc: r.rule_crc,
+            pattern: table
+                .get(&r.site, r.rule_crc)
+                .map(|x| x.pattern.as_str().to_string())
+                .unwrap_or_default(),
+            pair,
+            offset: off,
+            since: mirrorfs::blocked::now_secs(),
+            reason: reason.clone(),
+        };
+        if router.block_file(b) {
+            log::error!(
+                "backup file {rel} is blocked: {reason}; its entries are held back from router log pair {pair} offset {off} while other files flow (`mirror-ctl router unblock` retries)"
+            );
+        }
+    };
+    if let Some(b) = targets.iter().find_map(|t| router.blocked_file(t)) {
+        // Entries that involve a blocked file wait, and so do the other files they touch.
+        for t in targets.iter().filter(|t| **t != b.path) {
+            block(t, format!("an entry also involves {}, which is blocked", b.path));
+        }
         return Ok(true);
     }
-    Ok(moved)
+    let data = pc.pair.data(r, ahead, limit).map_err(|e| e.to_string())?;
+    match applier.apply(table, r, data) {
+        Ok(Outcome::Done) => {}
+        Ok(Outcome::Skipped(why)) => log::debug!(
+            "{} {}: skipped: {why}",
+            r.command,
+            String::from_utf8_lossy(&r.name)
+        ),
+        Ok(Outcome::NeedCopy { rule_crc, name }) => router.request_copy(&r.site, rule_crc, name),
+        Err(e) => {
+            applier.forget_open();
+            let reason = format!("{} of {} from {}: {e}", r.command, String::from_utf8_lossy(&r.name), r.site);
+            for t in &targets {
+                block(t, reason.clone());
+            }
+            return Ok(true);
+        }
+    }
+    pc.pair.mark_complete(off).map_err(|e| e.to_string())?;
+    Ok(false)
+}
+
+/// Flushes the file system holding `root` (before the router logs of what was applied go).
+fn sync_fs(root: &Path) -> io::Result<()> {
+    let f = File::open(root)?;
+    // SAFETY: syncfs on a descriptor owned by `f`.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

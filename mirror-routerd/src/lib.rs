@@ -7,9 +7,10 @@
 //! * [`backup`]: where an entry's backup file is under `--root` (names checked before use),
 //!   and the bounded LRU of open backup files.
 //! * [`apply`]: the router process: applies pending RT1 entries in order, marks them
-//!   complete, removes finished pairs.
+//!   complete, removes finished pairs; holds back the entries of blocked backup files.
 //! * [`direct`]: large aligned transfers around the page cache (`O_DIRECT`), for RT2 and
 //!   backup writes.
+//! * [`heartbeat`]: UDP heartbeats with the sources; closes the session of a silent one.
 //! * [`receive`]: the receive process: sessions with senders, configuration versions,
 //!   RT1/RT2 group commit, acknowledgements, validation requests.
 
@@ -19,6 +20,7 @@ pub mod apply;
 pub mod backup;
 pub mod config;
 pub mod direct;
+pub mod heartbeat;
 pub mod receive;
 pub mod rtlog;
 pub mod shared;

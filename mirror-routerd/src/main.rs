@@ -14,7 +14,12 @@ use mirror_routerd::shared::{Router, RouterConfig};
 #[command(
     name = "mirror-routerd",
     version,
-    after_help = "Example:
+    after_help = "Sources connect over TCP to ADDR:PORT; heartbeats are UDP datagrams on the same port
+number, both ways. A backup file that cannot be written is blocked: its entries wait in the
+router logs while other files keep flowing; `mirror-ctl router unblock` (or --unblock-every)
+retries it.
+
+Example:
   mirror-routerd --listen 0.0.0.0:7070 --root /srv/backup --state /var/lib/mirror-router"
 )]
 struct Cli {
@@ -39,6 +44,18 @@ struct Cli {
     /// Backup files kept open at once (least recently used closed first).
     #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Tuning")]
     max_open: usize,
+    /// Interval between heartbeats to each source (e.g. 1s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Outage options",
+          value_parser = mirrorfs::units::parse_duration)]
+    heartbeat_interval: std::time::Duration,
+    /// A source whose heartbeats are silent for longer than this has its session closed.
+    #[arg(long, value_name = "DURATION", default_value = "3s", help_heading = "Outage options",
+          value_parser = mirrorfs::units::parse_duration)]
+    heartbeat_timeout: std::time::Duration,
+    /// Blocked backup files are retried this often.
+    #[arg(long, value_name = "DURATION", default_value = "5m", help_heading = "Outage options",
+          value_parser = mirrorfs::units::parse_duration)]
+    unblock_every: std::time::Duration,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -50,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         state: state.root().to_path_buf(),
         rt_size: cli.rt_size_mib.max(1) << 20,
         max_open: cli.max_open,
+        unblock_every: cli.unblock_every,
     })
     .with_context(|| format!("cannot start the router for root {}", cli.root.display()))?;
     let listener = TcpListener::bind(&cli.listen)
@@ -60,12 +78,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         router.cfg.root.display(),
         state.root().display()
     );
+    let timing = mirrorfs::wire::heartbeat::Timing {
+        interval: cli.heartbeat_interval,
+        threshold: cli.heartbeat_timeout,
+        ..Default::default()
+    };
+    if let Err(e) = mirror_routerd::heartbeat::start(router.clone(), addr, timing) {
+        log::error!("no heartbeats on UDP {addr}: {e}; sources notice outages by TCP errors only");
+    }
+    serve_control(state.socket_path("mirror-routerd"), router.clone())?;
     let r = router.clone();
     std::thread::Builder::new()
         .name("router".into())
         .spawn(move || mirror_routerd::apply::run(r))
         .context("cannot start the router process")?;
     mirror_routerd::receive::serve(router, listener);
+    Ok(())
+}
+
+/// Answers `mirror-ctl router unblock`.
+fn serve_control(path: PathBuf, router: std::sync::Arc<Router>) -> anyhow::Result<()> {
+    use mirrorfs::control::{self, RouterRequest, RouterResponse};
+    let handler: control::Handler<RouterRequest, RouterResponse> =
+        std::sync::Arc::new(move |req| match req {
+            RouterRequest::Unblock { path } => {
+                let paths = router.unblock_files(path.as_deref());
+                if paths.is_empty() {
+                    RouterResponse::Error {
+                        reason: match path {
+                            Some(p) => format!("no blocked backup file at or under {p}"),
+                            None => "no backup file is blocked".into(),
+                        },
+                    }
+                } else {
+                    RouterResponse::Unblocking { paths }
+                }
+            }
+        });
+    control::serve(&path, handler)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
     Ok(())
 }
 

@@ -147,17 +147,18 @@ fn serve_source(
 ) -> Result<(), SessionError> {
     // The committer stores batches (one fsync each) and acknowledges them while this thread
     // goes on reading the next frames: the network and the disk work at the same time.
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<WireEntry>>(0);
+    let (tx, rx) = crossbeam_channel::bounded::<Batch>(0);
     let failed: Mutex<Option<SessionError>> = Mutex::new(None);
     std::thread::scope(|s| {
         let committer = std::thread::Builder::new()
             .name(format!("commit {site}"))
             .spawn_scoped(s, || {
-                for batch in rx.iter().filter(|b| !b.is_empty()) {
+                for (batch, frames) in rx.iter().filter(|(b, _)| !b.is_empty()) {
                     let res = store(router, site, batch).and_then(|upto| {
                         send(
                             w,
                             &Msg::Ack {
+                                frames,
                                 upto: upto.unwrap_or(Position::START),
                             },
                         )
@@ -181,13 +182,16 @@ fn serve_source(
     })
 }
 
+/// Entries for the committer, and the number of the session's last entries frame among them.
+type Batch = (Vec<WireEntry>, u64);
+
 /// Reads frames until the session ends, handing entries to the committer in batches.
 fn receive_frames(
     router: &Router,
     site: &str,
     w: &Mutex<TcpStream>,
     r: &mut BufReader<TcpStream>,
-    committer: &crossbeam_channel::Sender<Vec<WireEntry>>,
+    committer: &crossbeam_channel::Sender<Batch>,
 ) -> Result<(), SessionError> {
     let mut awaiting_config = false;
     // Entries accepted and not yet handed over: a batch goes to the committer when it is
@@ -195,21 +199,23 @@ fn receive_frames(
     // a busy committer makes the next batch larger (group commit across frames).
     let mut pending: Vec<WireEntry> = Vec::new();
     let mut pending_bytes = 0usize;
+    // Entries frames received in this session (the sender numbers them the same way).
+    let mut frames = 0u64;
     let stopped = || SessionError::Store("the commit thread stopped".into());
     // Waits until everything handed over is stored: the committer takes the next batch (an
     // empty one) only once it finished the last.
-    let barrier = || committer.send(Vec::new()).map_err(|_| stopped());
+    let barrier = || committer.send((Vec::new(), 0)).map_err(|_| stopped());
     loop {
         if !pending.is_empty() {
             let full = pending_bytes >= GROUP_BYTES || !more_waiting(r);
-            let batch = std::mem::take(&mut pending);
+            let batch = (std::mem::take(&mut pending), frames);
             pending = if full {
                 committer.send(batch).map_err(|_| stopped())?;
                 Vec::new()
             } else {
                 match committer.try_send(batch) {
                     Ok(()) => Vec::new(),
-                    Err(crossbeam_channel::TrySendError::Full(b)) => b,
+                    Err(crossbeam_channel::TrySendError::Full((b, _))) => b,
                     Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(stopped()),
                 }
             };
@@ -221,7 +227,7 @@ fn receive_frames(
         if !matches!(msg, Msg::Entries { .. }) {
             if !pending.is_empty() {
                 committer
-                    .send(std::mem::take(&mut pending))
+                    .send((std::mem::take(&mut pending), frames))
                     .map_err(|_| stopped())?;
                 pending_bytes = 0;
             }
@@ -232,6 +238,7 @@ fn receive_frames(
                 config_version,
                 entries,
             } => {
+                frames += 1;
                 let known = lock(&router.versions).get(site).copied();
                 if known != Some(config_version) {
                     if !awaiting_config {

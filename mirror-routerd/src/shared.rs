@@ -1,14 +1,16 @@
 //! The state a running router shares between its receive sessions and its router process:
 //! the RT writer and what it has published, the configuration table and version table, what
-//! each source has sent, and the live sessions (to ask a source for a copy).
+//! each source has sent, the live sessions (to ask a source for a copy, or close one whose
+//! heartbeats stopped), and the blocked-file log (seeds/002 [0069]-[0070]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use mirrorfs::blocked::{self, BlockedFile};
 use mirrorfs::journal::Position;
 use mirrorfs::wire::{codec, Msg};
 
@@ -26,6 +28,8 @@ pub struct RouterConfig {
     pub rt_size: u64,
     /// Open backup files kept (LRU).
     pub max_open: usize,
+    /// How often blocked backup files are retried.
+    pub unblock_every: Duration,
 }
 
 /// Errors starting a router.
@@ -37,6 +41,9 @@ pub enum StartError {
     /// Configuration database.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The blocked-file log.
+    #[error(transparent)]
+    Blocked(#[from] blocked::BlockedError),
     /// The root.
     #[error("backup root {path}: {err}")]
     Root {
@@ -71,6 +78,9 @@ pub struct Router {
     pub sources: Mutex<HashMap<String, SourceState>>,
     /// Live sessions, by source site, for requests to the sender.
     pub peers: Mutex<HashMap<String, Arc<Mutex<TcpStream>>>>,
+    /// Blocked backup files by path (relative to the root), and whether the router process
+    /// should look again at the entries it held back.
+    blocked: Mutex<(BTreeMap<String, BlockedFile>, bool)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -117,6 +127,19 @@ impl Router {
             rt.end().0
         );
         let published = rt.end();
+        let held: BTreeMap<String, BlockedFile> =
+            blocked::load_list::<BlockedFile>(&cfg.state.join("blocked"))?
+                .into_iter()
+                .map(|b| (b.path.clone(), b))
+                .collect();
+        for b in held.values() {
+            log::warn!(
+                "backup file {} is blocked since {}: {}",
+                b.path,
+                b.since,
+                b.reason
+            );
+        }
         Ok(Arc::new(Router {
             cfg,
             rt: Mutex::new(rt),
@@ -127,7 +150,80 @@ impl Router {
             versions: Mutex::new(HashMap::new()),
             sources: Mutex::new(sources),
             peers: Mutex::new(HashMap::new()),
+            blocked: Mutex::new((held, false)),
         }))
+    }
+
+    /// The blocked-file log.
+    pub fn blocked_path(&self) -> PathBuf {
+        self.cfg.state.join("blocked")
+    }
+
+    /// The blocked entry of backup file `rel`, if it is blocked.
+    pub fn blocked_file(&self, rel: &str) -> Option<BlockedFile> {
+        lock(&self.blocked).0.get(rel).cloned()
+    }
+
+    /// Whether any backup file is blocked.
+    pub fn any_blocked(&self) -> bool {
+        !lock(&self.blocked).0.is_empty()
+    }
+
+    /// Blocks backup file `b.path` (durably); whether it was not blocked before.
+    pub fn block_file(&self, b: BlockedFile) -> bool {
+        let mut g = lock(&self.blocked);
+        if g.0.contains_key(&b.path) {
+            return false;
+        }
+        g.0.insert(b.path.clone(), b);
+        if let Err(e) = blocked::store_list(&self.blocked_path(), g.0.values()) {
+            log::error!("cannot record the blocked files: {e}");
+        }
+        true
+    }
+
+    /// Unblocks the blocked files (all, or those at or under `path`) and asks the router
+    /// process to retry their entries; the paths unblocked.
+    pub fn unblock_files(&self, path: Option<&str>) -> Vec<String> {
+        let under = |p: &str| {
+            path.is_none_or(|x| {
+                let x = x.trim_end_matches('/');
+                p == x || p.strip_prefix(x).is_some_and(|r| r.starts_with('/'))
+            })
+        };
+        let mut g = lock(&self.blocked);
+        let paths: Vec<String> = g.0.keys().filter(|p| under(p)).cloned().collect();
+        if paths.is_empty() {
+            return paths;
+        }
+        for p in &paths {
+            g.0.remove(p);
+        }
+        g.1 = true;
+        if let Err(e) = blocked::store_list(&self.blocked_path(), g.0.values()) {
+            log::error!("cannot record the blocked files: {e}");
+        }
+        drop(g);
+        log::info!("retrying blocked backup files: {}", paths.join(", "));
+        self.wake.notify_all();
+        paths
+    }
+
+    /// Takes the request to look again at held entries.
+    pub fn take_retry(&self) -> bool {
+        std::mem::take(&mut lock(&self.blocked).1)
+    }
+
+    /// Closes the session of source `site` (its heartbeats stopped); whether it had one.
+    pub fn close_session(&self, site: &str) -> bool {
+        let peer = lock(&self.peers).remove(site);
+        match peer {
+            Some(p) => {
+                let _ = lock(&p).shutdown(std::net::Shutdown::Both);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The directory of the RT logs.

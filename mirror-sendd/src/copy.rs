@@ -91,6 +91,16 @@ impl CopyJob {
         }
     }
 
+    /// Not a copy: the deletion of `name` on the backup (a dirty file that no longer exists
+    /// at the source), not from the journal.
+    pub fn deletion(rule: Arc<Rule>, name: Vec<u8>) -> CopyJob {
+        let e = entry(Command::Delete, &rule, &name);
+        CopyJob {
+            tasks: vec![Task::Emit(e)],
+            ..CopyJob::extra(rule, name)
+        }
+    }
+
     /// The next part, `None` when the copy is complete. A source that vanished sends nothing
     /// (its deletion follows in the journal).
     pub fn next_part(&mut self) -> Option<WireEntry> {

@@ -1,22 +1,31 @@
 //! One backup site: connect, say hello, stream the journal entries whose rule names the site
-//! (many in flight), follow acknowledgements, answer configuration and copy requests;
-//! reconnect with a growing pause after any failure.
+//! (many in flight), follow acknowledgements, answer configuration and copy requests.
+//!
+//! A failed session is retried at once a few times; when the site still cannot be reached, or
+//! its heartbeats stop for longer than the threshold, the site is blocked (seeds/002 [0067])
+//! and the link waits for a reason to try again: heartbeats steady for the probationary
+//! interval, the periodic unblock, or `mirror-ctl unblock` ([0068]). It then resumes from the
+//! oldest unacknowledged entry, after sending the site's dirty set whole if it has one.
 
 use std::collections::VecDeque;
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use mirrorfs::blocked::DirtySet;
 use mirrorfs::entry::Command;
 use mirrorfs::journal::{JournalError, JournalReader, Position};
 use mirrorfs::notify::DirWatch;
+use mirrorfs::wire::heartbeat::Monitor;
 use mirrorfs::wire::{codec, read_frame, Msg, Part, WireEntry, WireError, PROTOCOL_VERSION};
 
+use std::os::unix::ffi::OsStrExt;
+
 use crate::copy::CopyJob;
-use crate::shared::Shared;
+use crate::shared::{lock, Shared};
 
 /// Bytes sent and not yet acknowledged, at most.
 const WINDOW: usize = 64 << 20;
@@ -28,8 +37,10 @@ const BATCH_ENTRIES: usize = 4096;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Failed attempts in a row after which the site is blocked.
+const RETRIES: u32 = 3;
+/// The shortest time a write to the router may stall before the session is given up.
+const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +60,9 @@ pub enum LinkError {
     /// Reading the journal.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The router's heartbeats stopped.
+    #[error("no heartbeat from the router for {0:.1?}")]
+    Heartbeat(Duration),
 }
 
 enum Event {
@@ -59,34 +73,87 @@ enum Event {
 
 /// Serves `site` until `stop` is set or no rule names the site any more.
 pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
-    let mut backoff = Duration::from_millis(100);
-    let mut failing = false;
+    let sites = &shared.sites;
+    let monitor = sites.heartbeat(&site);
+    let beating = Arc::new(AtomicBool::new(false));
+    crate::heartbeat::spawn(
+        site.clone(),
+        shared.site_id.clone(),
+        sites.policy.timing,
+        monitor.clone(),
+        beating.clone(),
+    );
+    let mut failures = 0u32;
+    let mut last_try = Instant::now();
     while !stop.load(Ordering::Relaxed) && shared.table.load().has_site(&site) {
-        let mut connected = false;
-        match session(&shared, &site, &stop, &mut connected) {
-            Ok(()) => break,
-            Err(e) => {
-                if connected {
-                    backoff = Duration::from_millis(100);
-                    failing = false;
-                }
-                if failing {
-                    log::debug!("site {site}: {e}");
-                } else {
-                    log::warn!("site {site}: {e}; retrying");
-                }
-                failing = true;
+        if sites.is_blocked(&site) {
+            match wait_for_unblock(&shared, &site, &stop, &monitor, last_try) {
+                Some(why) => log::info!("site {site}: trying again ({why})"),
+                None => break,
             }
         }
-        let mut slept = Duration::ZERO;
-        while slept < backoff && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
-            slept += Duration::from_millis(20);
+        last_try = Instant::now();
+        let mut connected = false;
+        match session(&shared, &site, &stop, &mut connected, &monitor) {
+            Ok(()) => break,
+            Err(e) => {
+                let msg = e.to_string();
+                sites.set_connected(&site, false, Some(msg.clone()));
+                failures = if connected { 1 } else { failures + 1 };
+                if matches!(e, LinkError::Heartbeat(_))
+                    || failures >= RETRIES
+                    || sites.is_blocked(&site)
+                {
+                    sites.block(&site, &msg);
+                    failures = 0;
+                    continue;
+                }
+                log::warn!("site {site}: {e}; retrying");
+                pause(&stop, Duration::from_millis(100 << failures));
+            }
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+    beating.store(true, Ordering::Relaxed);
     shared.flush();
     log::info!("site {site}: link stopped");
+}
+
+/// Sleeps `d` in small steps, returning early when `stop` is set.
+fn pause(stop: &AtomicBool, d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits while `site` is blocked for a reason to try it again (heartbeats steady for the
+/// probationary interval, the periodic unblock, or a request); `None` when the link stops.
+fn wait_for_unblock(
+    shared: &Shared,
+    site: &str,
+    stop: &AtomicBool,
+    monitor: &Mutex<Monitor>,
+    last_try: Instant,
+) -> Option<String> {
+    let policy = &shared.sites.policy;
+    loop {
+        if stop.load(Ordering::Relaxed) || !shared.table.load().has_site(site) {
+            return None;
+        }
+        if shared.sites.take_unblock_request(site) {
+            return Some("asked by mirror-ctl unblock".into());
+        }
+        let now = Instant::now();
+        if now.duration_since(last_try) >= policy.unblock_every {
+            return Some(format!("periodic unblock, every {:?}", policy.unblock_every));
+        }
+        let steady = lock(monitor).steady_for(now, policy.timing.threshold);
+        if steady >= policy.timing.probation && now.duration_since(last_try) >= policy.timing.probation
+        {
+            return Some(format!("heartbeats steady for {steady:.1?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn connect(site: &str) -> Result<TcpStream, LinkError> {
@@ -112,8 +179,8 @@ fn send(w: &mut TcpStream, msg: &Msg) -> Result<(), LinkError> {
 
 /// Sent and not yet acknowledged.
 struct InFlight {
-    /// Journal position (START for extra parts).
-    pos: Position,
+    /// The entries frame it went in (numbered from 1 in each session).
+    frame: u64,
     /// Where reading resumes once this is acknowledged (whole entries and last parts).
     next: Option<Position>,
     bytes: usize,
@@ -130,6 +197,13 @@ struct Session<'a> {
     acked_next: Position,
     copy: Option<(CopyJob, Position)>,
     extras: VecDeque<CopyJob>,
+    /// Entries frames sent in this session, and how many of them the router stored.
+    frames: u64,
+    acked_frames: u64,
+    /// The site's dirty set being sent: its file, and the frame that carried its last part
+    /// once that is sent.
+    dirty: Option<(std::path::PathBuf, Option<u64>)>,
+    monitor: &'a Mutex<Monitor>,
 }
 
 fn session(
@@ -137,9 +211,16 @@ fn session(
     site: &str,
     stop: &AtomicBool,
     connected: &mut bool,
+    monitor: &Mutex<Monitor>,
 ) -> Result<(), LinkError> {
     let stream = connect(site)?;
     stream.set_nodelay(true).map_err(WireError::Io)?;
+    // A router that stops reading must not hold this link forever.
+    stream
+        .set_write_timeout(Some(
+            shared.sites.policy.timing.threshold.max(MIN_WRITE_TIMEOUT),
+        ))
+        .map_err(WireError::Io)?;
     let mut w = stream.try_clone().map_err(WireError::Io)?;
     send(
         &mut w,
@@ -172,7 +253,14 @@ fn session(
     };
     stream.set_read_timeout(None).map_err(WireError::Io)?;
     *connected = true;
+    shared.sites.set_connected(site, true, None);
+    shared.sites.unblock(site);
+    // The dirty set and the position it ends at are read together (see `dirty`).
+    let dirty_guard = lock(&shared.dirty_lock);
     let acked = shared.acked(site);
+    let dirty_file = crate::dirty::path(shared, site);
+    let dirty = DirtySet::load(&dirty_file).map_err(|e| LinkError::Protocol(e.to_string()))?;
+    drop(dirty_guard);
     let reader = match JournalReader::open(&shared.journal_dir, acked) {
         Err(JournalError::Gap { oldest, .. }) => {
             log::error!(
@@ -204,7 +292,14 @@ fn session(
         acked_next: acked,
         copy: None,
         extras: VecDeque::new(),
+        frames: 0,
+        acked_frames: 0,
+        dirty: None,
+        monitor,
     };
+    if let Some(set) = dirty {
+        s.queue_dirty(set, dirty_file);
+    }
     if let Some(rcv) = received.filter(|&p| p >= acked) {
         s.skip_through(rcv)?;
     }
@@ -260,6 +355,46 @@ fn spawn_watcher(shared: &Shared, tx: Sender<Event>, done: Arc<AtomicBool>) {
 }
 
 impl Session<'_> {
+    /// Sends every file of the site's dirty set whole (or its deletion, when it is gone)
+    /// before the journal; the set is removed once the router has stored all of it.
+    fn queue_dirty(&mut self, set: DirtySet, file: std::path::PathBuf) {
+        let table = self.shared.table.load();
+        let mut n = 0;
+        for (crc, name) in set.names {
+            let Some(rule) = table.sends_to(crc, self.site) else {
+                continue;
+            };
+            let gone = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&name)).is_err();
+            self.extras.push_back(if gone {
+                CopyJob::deletion(rule.clone(), name)
+            } else {
+                CopyJob::extra(rule.clone(), name)
+            });
+            n += 1;
+        }
+        log::warn!(
+            "site {}: sending the {n} files that changed while it was blocked whole",
+            self.site
+        );
+        self.dirty = Some((file, None));
+    }
+
+    /// The dirty set is stored at the router once the frame with its last part is.
+    fn finish_dirty(&mut self, stored_frames: u64) {
+        if let Some((file, Some(last))) = &self.dirty {
+            if stored_frames >= *last {
+                match std::fs::remove_file(file) {
+                    Ok(()) => log::info!(
+                        "site {}: the files changed while it was blocked are at the router",
+                        self.site
+                    ),
+                    Err(e) => log::error!("cannot remove {}: {e}", file.display()),
+                }
+                self.dirty = None;
+            }
+        }
+    }
+
     /// The router already holds everything through `pos`: start after it.
     fn skip_through(&mut self, pos: Position) -> Result<(), LinkError> {
         self.reader.seek(pos)?;
@@ -274,6 +409,10 @@ impl Session<'_> {
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
+            }
+            let threshold = self.shared.sites.policy.timing.threshold;
+            if let Some(silent) = lock(self.monitor).interrupted(Instant::now(), threshold) {
+                return Err(LinkError::Heartbeat(silent));
             }
             while let Ok(ev) = rx.try_recv() {
                 self.handle(ev)?;
@@ -298,9 +437,10 @@ impl Session<'_> {
         match ev {
             Event::Grew => Ok(()),
             Event::Closed(e) => Err(e.into()),
-            Event::Msg(Msg::Ack { upto }) => {
+            Event::Msg(Msg::Ack { frames, .. }) => {
+                self.acked_frames = self.acked_frames.max(frames);
                 while let Some(f) = self.inflight.front() {
-                    if f.pos > upto {
+                    if f.frame > frames {
                         break;
                     }
                     if let Some(n) = f.next {
@@ -309,6 +449,7 @@ impl Session<'_> {
                     self.inflight_bytes -= f.bytes;
                     self.inflight.pop_front();
                 }
+                self.finish_dirty(frames);
                 self.note_progress();
                 Ok(())
             }
@@ -334,6 +475,14 @@ impl Session<'_> {
                 self.inflight.clear();
                 self.inflight_bytes = 0;
                 self.copy = None;
+                if let Some((file, _)) = self.dirty.take() {
+                    // What was sent of the dirty set was dropped too: send it again.
+                    match DirtySet::load(&file) {
+                        Ok(Some(set)) => self.queue_dirty(set, file),
+                        Ok(None) => {}
+                        Err(e) => return Err(LinkError::Protocol(e.to_string())),
+                    }
+                }
                 Ok(())
             }
             Event::Msg(Msg::ConfigOk { .. } | Msg::Heartbeat) => Ok(()),
@@ -427,9 +576,21 @@ impl Session<'_> {
             bytes += self.track(&we, Some(next));
             batch.push(we);
         }
+        let frame = self.frames + u64::from(!batch.is_empty());
+        if let Some((_, last @ None)) = &mut self.dirty {
+            if self.extras.is_empty() && self.copy.is_none() {
+                // The dirty set's last part is in this frame (or was in an earlier one).
+                *last = Some(frame);
+                self.finish_dirty(self.acked_frames);
+            }
+        }
         if batch.is_empty() {
             self.note_progress();
             return Ok(false);
+        }
+        self.frames = frame;
+        for f in self.inflight.iter_mut().rev().take(batch.len()) {
+            f.frame = frame;
         }
         send(
             &mut self.w,
@@ -444,7 +605,7 @@ impl Session<'_> {
     fn track(&mut self, e: &WireEntry, next: Option<Position>) -> usize {
         let bytes = e.wire_len();
         self.inflight.push_back(InFlight {
-            pos: e.pos,
+            frame: 0,
             next,
             bytes,
         });

@@ -2,12 +2,17 @@
 //! system and forwards each entry to every site its rule names, one link per site; records
 //! what each site acknowledged (the SFA log) and removes journal segments every site passed.
 //!
-//! Modules: `table` (the send table, by rule CRC), `link` (one site's session), `copy`
-//! (expansion of copy entries), `shared` (what the links share: table, SFA log).
+//! Modules: `table` (the send table, by rule CRC), `link` (one site's session, blocking and
+//! unblocking), `copy` (expansion of copy entries), `shared` (what the links share: table,
+//! SFA log), `sites` (blocked sites, heartbeat monitors, errors), `heartbeat` (UDP beats with
+//! a site), `dirty` (the bounded queue of a blocked site).
 
 mod copy;
+mod dirty;
+mod heartbeat;
 mod link;
 mod shared;
+mod sites;
 mod table;
 
 use std::collections::HashMap;
@@ -24,7 +29,11 @@ use mirrorfs::rulesdb::RulesDb;
 use mirrorfs::sfa::Sfa;
 use mirrorfs::state::StateDir;
 
+use crate::dirty::QueueLimit;
 use crate::shared::Shared;
+use crate::sites::{Policy, Sites};
+
+const OUTAGES: &str = "Outage options";
 
 /// Forward the journal of a mirror local system to its backup sites.
 #[derive(Debug, Parser)]
@@ -34,14 +43,44 @@ use crate::shared::Shared;
     after_help = "Runs in the foreground; stop it with Ctrl-C or SIGTERM.
 It resumes where each site stopped acknowledging, so it may be killed and restarted at any time.
 
+A site that cannot be reached (or whose heartbeats stop) is blocked: changes wait in the journal
+and `mirror-ctl status` says so. It is tried again when its heartbeats have been steady for the
+probation, every --unblock-every, and on `mirror-ctl unblock`. Heartbeats are UDP datagrams to
+and from the router's port number (the same number as its TCP port).
+
 Example:
-  mirror-sendd --state ~/.local/state/mirror"
+  mirror-sendd --state ~/.local/state/mirror --on-block 'notify-send \"mirror: $MIRROR_SITE is down\"'"
 )]
 struct Cli {
     /// State directory of the local system [default: $MIRROR_STATE, else
     /// $XDG_STATE_HOME/mirror, else ~/.local/state/mirror]
     #[arg(long, value_name = "DIR", help_heading = "State options")]
     state: Option<PathBuf>,
+    /// Interval between heartbeats (e.g. 1s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = OUTAGES,
+          value_parser = mirrorfs::units::parse_duration)]
+    heartbeat_interval: Duration,
+    /// Heartbeats silent for longer than this block the site.
+    #[arg(long, value_name = "DURATION", default_value = "3s", help_heading = OUTAGES,
+          value_parser = mirrorfs::units::parse_duration)]
+    heartbeat_timeout: Duration,
+    /// A blocked site is tried again once its heartbeats were steady this long.
+    #[arg(long, value_name = "DURATION", default_value = "5s", help_heading = OUTAGES,
+          value_parser = mirrorfs::units::parse_duration)]
+    probation: Duration,
+    /// A blocked site is tried again this often whatever its heartbeats say.
+    #[arg(long, value_name = "DURATION", default_value = "5m", help_heading = OUTAGES,
+          value_parser = mirrorfs::units::parse_duration)]
+    unblock_every: Duration,
+    /// Backlog a blocked site may hold in the journal (a size such as 2G, or a share of the
+    /// free disk such as 25%); past it, only which files changed is kept, and those files are
+    /// sent whole when the site is back.
+    #[arg(long, value_name = "SIZE|PCT%", default_value = "25%", help_heading = OUTAGES,
+          value_parser = QueueLimit::parse)]
+    queue_limit: QueueLimit,
+    /// Shell command run when a site is blocked (MIRROR_SITE and MIRROR_REASON are set).
+    #[arg(long, value_name = "CMD", help_heading = OUTAGES)]
+    on_block: Option<String>,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -55,13 +94,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     sfa.store(&state.sfa_path())?;
     let site_id = mirrorfs::state::site_id(&state)
         .with_context(|| format!("site id in {}", state.site_id_path().display()))?;
-    let shared = Shared::new(
-        site_id.clone(),
-        state.journal_dir(),
-        db,
-        state.sfa_path(),
-        sfa,
+    let sites = Sites::load(
+        state.blocked_path(),
+        Policy {
+            timing: mirrorfs::wire::heartbeat::Timing {
+                interval: cli.heartbeat_interval,
+                threshold: cli.heartbeat_timeout,
+                probation: cli.probation,
+            },
+            unblock_every: cli.unblock_every,
+            on_block: cli.on_block.clone(),
+        },
     )?;
+    let shared = Shared::new(site_id.clone(), &state, db, sfa, sites)?;
+    serve_control(&state, &shared)?;
     log::info!(
         "source site {site_id}: configuration version {version}, {} sites, journal {}",
         shared.table.load().sites().len(),
@@ -88,6 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         shared.refresh();
         if last_clean.elapsed() >= Duration::from_secs(1) {
             last_clean = Instant::now();
+            dirty::track(&shared, cli.queue_limit);
             if let Some(p) = shared.oldest_needed() {
                 if p.segment > 1 {
                     match mirrorfs::journal::remove_segments_below(&state.journal_dir(), p.segment)
@@ -100,6 +147,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Answers `mirror-ctl status` and `mirror-ctl unblock` on `<state>/mirror-sendd.sock`.
+fn serve_control(state: &StateDir, shared: &Arc<Shared>) -> anyhow::Result<()> {
+    use mirrorfs::control::{self, SenderRequest, SenderResponse};
+    let sh = shared.clone();
+    let handler: control::Handler<SenderRequest, SenderResponse> =
+        Arc::new(move |req| match req {
+            SenderRequest::Status => {
+                let mut names = sh.table.load().sites();
+                for b in sh.sites.all_blocked() {
+                    if !names.contains(&b.site) {
+                        names.push(b.site);
+                    }
+                }
+                SenderResponse::Status {
+                    sites: names
+                        .iter()
+                        .map(|s| sh.sites.state(s, sh.acked(s)))
+                        .collect(),
+                }
+            }
+            SenderRequest::Unblock { site } => {
+                let sites = sh.sites.request_unblock(site.as_deref());
+                if sites.is_empty() {
+                    SenderResponse::Error {
+                        reason: match site {
+                            Some(s) => format!("site {s} is not blocked"),
+                            None => "no site is blocked".into(),
+                        },
+                    }
+                } else {
+                    log::info!("unblock asked for {}", sites.join(", "));
+                    SenderResponse::Unblocking { sites }
+                }
+            }
+        });
+    let path = state.socket_path("mirror-sendd");
+    control::serve(&path, handler)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -1,6 +1,6 @@
 //! What the site links of a running sender share: the send table (swapped when the rules
 //! change), the SFA log (acknowledged positions, written at most every few milliseconds and
-//! whenever a link goes idle), and the site id and journal.
+//! whenever a link goes idle), the sites' states (blocked or not), and the site id and journal.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,6 +11,7 @@ use mirrorfs::journal::Position;
 use mirrorfs::rulesdb::{RulesDb, RulesDbError};
 use mirrorfs::sfa::Sfa;
 
+use crate::sites::Sites;
 use crate::table::SendTable;
 
 /// How long an acknowledged position may wait in memory before it is written.
@@ -33,6 +34,12 @@ pub struct Shared {
     pub site_id: String,
     /// The journal directory.
     pub journal_dir: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Every site's state: blocked or not, heartbeats, errors.
+    pub sites: Sites,
+    /// Held while a site's dirty set and acknowledged position change together.
+    pub dirty_lock: Mutex<()>,
     /// The current send table.
     pub table: ArcSwap<SendTable>,
     sfa_path: PathBuf,
@@ -52,19 +59,22 @@ impl Shared {
     /// New shared state.
     pub fn new(
         site_id: String,
-        journal_dir: PathBuf,
+        state: &mirrorfs::state::StateDir,
         db: RulesDb,
-        sfa_path: PathBuf,
         sfa: Sfa,
+        sites: Sites,
     ) -> Result<Arc<Shared>, RulesDbError> {
         let seen = db.data_version()?;
         let (version, rules) = db.snapshot()?;
         let table = SendTable::new(version, rules);
         Ok(Arc::new(Shared {
             site_id,
-            journal_dir,
+            journal_dir: state.journal_dir(),
+            state_dir: state.root().to_path_buf(),
+            sites,
+            dirty_lock: Mutex::new(()),
             table: ArcSwap::from_pointee(table),
-            sfa_path,
+            sfa_path: state.sfa_path(),
             sfa: Mutex::new(SfaState {
                 sfa,
                 dirty: false,

@@ -1,8 +1,11 @@
-//! The control socket of a running mirrorfs (`<state>/mirrorfs.sock`): other tools ask the
-//! journal's single writer to append entries for them (today: the copies `mirror-ctl sync`
-//! queues, so they are ordered with the application's writes).
+//! Control sockets of the running daemons: one JSON request per line, one JSON response per
+//! line, over a Unix socket in the state directory ([`serve`], [`request`]).
 //!
-//! One JSON request per line, one JSON response per line.
+//! * `<state>/mirrorfs.sock` ([`Request`]): other tools ask the journal's single writer to
+//!   append entries for them (the copies `mirror-ctl sync` queues, so they are ordered with
+//!   the application's writes).
+//! * `<state>/mirror-sendd.sock` ([`SenderRequest`]): status of the sites, unblock.
+//! * `<router state>/mirror-routerd.sock` ([`RouterRequest`]): unblock backup files.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -10,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::journal::Position;
@@ -39,11 +43,111 @@ pub enum Response {
     },
 }
 
-/// What serves requests.
-pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
+/// A request to mirror-sendd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SenderRequest {
+    /// The state of every site.
+    Status,
+    /// Try blocked sites now (all, or the one named).
+    Unblock {
+        /// `HOST:PORT`, or every blocked site.
+        site: Option<String>,
+    },
+}
+
+/// One site as mirror-sendd sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteState {
+    /// `HOST:PORT`.
+    pub site: String,
+    /// Whether a session with the router is up now.
+    pub connected: bool,
+    /// Why and since when it is blocked, if it is.
+    pub blocked: Option<crate::blocked::BlockedSite>,
+    /// The last error on its link.
+    pub last_error: Option<String>,
+    /// Where it resumes (everything before is acknowledged).
+    pub acked: Position,
+    /// Whether the router's heartbeats arrive.
+    pub heartbeat: bool,
+}
+
+/// mirror-sendd's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SenderResponse {
+    /// Every site of the rules.
+    Status {
+        /// The sites.
+        sites: Vec<SiteState>,
+    },
+    /// The sites it is trying now.
+    Unblocking {
+        /// Sites.
+        sites: Vec<String>,
+    },
+    /// Refused.
+    Error {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A request to mirror-routerd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RouterRequest {
+    /// Retry blocked backup files now (all, or those whose backup path starts with `path`).
+    Unblock {
+        /// A backup path relative to the root, or every blocked file.
+        path: Option<String>,
+    },
+}
+
+/// mirror-routerd's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RouterResponse {
+    /// The backup files (relative to the root) being retried.
+    Unblocking {
+        /// Backup paths.
+        paths: Vec<String>,
+    },
+    /// Refused.
+    Error {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Answers refusing a malformed request.
+pub trait Refusal {
+    /// The answer to a request that does not parse.
+    fn refusal(reason: String) -> Self;
+}
+
+impl Refusal for Response {
+    fn refusal(reason: String) -> Self {
+        Response::Error { reason }
+    }
+}
+impl Refusal for SenderResponse {
+    fn refusal(reason: String) -> Self {
+        SenderResponse::Error { reason }
+    }
+}
+impl Refusal for RouterResponse {
+    fn refusal(reason: String) -> Self {
+        RouterResponse::Error { reason }
+    }
+}
+
+/// What serves requests of type `Q` with answers of type `A`.
+pub type Handler<Q = Request, A = Response> = Arc<dyn Fn(Q) -> A + Send + Sync>;
 
 /// Listens on `path` (replacing a stale socket file) and serves each connection on a thread.
-pub fn serve(path: &Path, handler: Handler) -> io::Result<PathBuf> {
+pub fn serve<Q, A>(path: &Path, handler: Handler<Q, A>) -> io::Result<PathBuf>
+where
+    Q: DeserializeOwned + 'static,
+    A: Serialize + Refusal + 'static,
+{
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -76,16 +180,17 @@ pub fn serve(path: &Path, handler: Handler) -> io::Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-fn serve_one(c: UnixStream, handler: Handler) -> io::Result<()> {
+fn serve_one<Q: DeserializeOwned, A: Serialize + Refusal>(
+    c: UnixStream,
+    handler: Handler<Q, A>,
+) -> io::Result<()> {
     let mut w = c.try_clone()?;
     let r = BufReader::new(c);
     for line in r.lines() {
         let line = line?;
-        let resp = match serde_json::from_str::<Request>(&line) {
+        let resp = match serde_json::from_str::<Q>(&line) {
             Ok(req) => handler(req),
-            Err(e) => Response::Error {
-                reason: format!("malformed request: {e}"),
-            },
+            Err(e) => A::refusal(format!("malformed request: {e}")),
         };
         let mut out = serde_json::to_vec(&resp).map_err(io::Error::other)?;
         out.push(b'\n');
@@ -95,7 +200,7 @@ fn serve_one(c: UnixStream, handler: Handler) -> io::Result<()> {
 }
 
 /// Sends `req` to the socket at `path` and returns the answer.
-pub fn request(path: &Path, req: &Request) -> io::Result<Response> {
+pub fn request<Q: Serialize, A: DeserializeOwned>(path: &Path, req: &Q) -> io::Result<A> {
     let mut c = UnixStream::connect(path)?;
     let mut out = serde_json::to_vec(req).map_err(io::Error::other)?;
     out.push(b'\n');

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blocked;
 pub mod control;
 pub mod entry;
 pub mod fs;
@@ -19,6 +20,7 @@ pub mod rule;
 pub mod rulesdb;
 pub mod sfa;
 pub mod state;
+pub mod units;
 pub mod wire;
 
 /// Nanoseconds since the Unix epoch, now.

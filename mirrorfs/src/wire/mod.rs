@@ -5,6 +5,7 @@
 //! * [`msg`]: the messages: hello/welcome, entries with their journal positions and the
 //!   configuration version, acknowledgements, configuration requests and answers, validation,
 //!   resynchronisation requests and heartbeats.
+//! * [`heartbeat`]: the UDP heartbeats both ways and the monitor of their interruptions.
 //!
 //! A session: the sender connects and sends [`Msg::Hello`]; the router answers
 //! [`Msg::Welcome`] with what it already holds from that source. Then the sender streams
@@ -13,6 +14,7 @@
 //! sender then sends [`Msg::Config`] and resends everything not acknowledged.
 
 pub mod codec;
+pub mod heartbeat;
 pub mod msg;
 
 pub use codec::{read_frame, write_frame, WireError, MAX_FRAME};

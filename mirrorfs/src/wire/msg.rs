@@ -6,7 +6,7 @@ use crate::entry::{Command, Entry};
 use crate::journal::Position;
 
 /// Bumped on any incompatible change to [`Msg`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Which part of a journal entry a [`WireEntry`] is.
 ///
@@ -148,8 +148,12 @@ pub enum Msg {
         /// The entries, in journal order.
         entries: Vec<WireEntry>,
     },
-    /// Router → sender: every entry up to and including `upto` is durable in RT1/RT2.
+    /// Router → sender: the first `frames` entries frames of this session are durable in
+    /// RT1/RT2 (entries dropped as duplicates included); `upto` is the last journal position
+    /// received completely from this source.
     Ack {
+        /// Entries frames of this session, counted from 1, stored so far.
+        frames: u64,
         /// The position.
         upto: Position,
     },

@@ -1,0 +1,196 @@
+//! `mirror-ctl status [--json]` and `mirror-ctl unblock [SITE]`: the state of each backup
+//! site as the running mirror-sendd sees it (or, when it is not running, as its durable files
+//! say), with the queue counted from the journal.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use mirrorfs::blocked::{self, DirtySet};
+use mirrorfs::control::{self, SenderRequest, SenderResponse, SiteState};
+use mirrorfs::journal::{JournalError, JournalReader, Position};
+use mirrorfs::rulesdb::RulesDb;
+use mirrorfs::sfa::Sfa;
+use mirrorfs::state::StateDir;
+use serde::Serialize;
+
+use crate::sync_cmd::human;
+
+/// One row of the status.
+#[derive(Debug, Serialize)]
+struct Row {
+    #[serde(flatten)]
+    state: SiteState,
+    /// Entries waiting for this site.
+    queued_entries: u64,
+    /// Their data bytes.
+    queued_bytes: u64,
+    /// Age in seconds of the oldest of them.
+    oldest_age_secs: Option<u64>,
+    /// Files to send whole (the backlog went over the queue limit while blocked).
+    dirty_files: usize,
+    /// Whether mirror-sendd answered (else the row comes from its files).
+    sender_running: bool,
+}
+
+/// Asks mirror-sendd; `None` when it does not run.
+fn ask(state: &StateDir, req: &SenderRequest) -> Option<SenderResponse> {
+    control::request(&state.socket_path("mirror-sendd"), req).ok()
+}
+
+/// The sites' states from the durable files (mirror-sendd is not running).
+fn from_files(state: &StateDir) -> Result<Vec<SiteState>> {
+    let db = RulesDb::open(&state.rules_db())?;
+    let (_, rules) = db.snapshot()?;
+    let sfa = Sfa::load(&state.sfa_path())?;
+    let mut blocked = blocked::load_sites(&state.blocked_path())?;
+    let mut sites: Vec<String> = rules
+        .iter()
+        .flat_map(|r| r.spec.sites.iter().map(|s| s.to_string()))
+        .collect();
+    sites.sort();
+    sites.dedup();
+    Ok(sites
+        .into_iter()
+        .map(|site| SiteState {
+            acked: sfa.get(&site),
+            blocked: blocked.remove(&site),
+            site,
+            ..SiteState::default()
+        })
+        .collect())
+}
+
+/// Entries, bytes and the oldest time of what waits for `site` after `from`.
+fn queue(state: &StateDir, site: &str, from: Position, rules: &BTreeMap<u32, Vec<String>>) -> Result<(u64, u64, Option<u64>)> {
+    let dir = state.journal_dir();
+    let mut r = match JournalReader::open(&dir, from) {
+        Ok(r) => r,
+        Err(JournalError::Gap { oldest, .. }) => JournalReader::open(
+            &dir,
+            Position::new(oldest, mirrorfs::journal::format::SEGMENT_HEADER_LEN),
+        )?,
+        Err(e) if !dir.exists() => {
+            log::debug!("{e}");
+            return Ok((0, 0, None));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (mut n, mut bytes, mut oldest) = (0u64, 0u64, None);
+    while let Some((_, e)) = r.next_entry()? {
+        if rules.get(&e.rule_crc).is_some_and(|s| s.iter().any(|x| x == site)) {
+            n += 1;
+            bytes += e.data.len() as u64;
+            oldest.get_or_insert(e.time_ns);
+        }
+    }
+    let age = oldest.map(|t| mirrorfs::now_ns().saturating_sub(t) / 1_000_000_000);
+    Ok((n, bytes, age))
+}
+
+/// `mirror-ctl status`.
+pub fn status(state: &StateDir, json: bool) -> Result<()> {
+    let (states, running) = match ask(state, &SenderRequest::Status) {
+        Some(SenderResponse::Status { sites }) => (sites, true),
+        Some(SenderResponse::Error { reason }) => bail!("mirror-sendd: {reason}"),
+        Some(other) => bail!("mirror-sendd answered {other:?}"),
+        None => (from_files(state)?, false),
+    };
+    let (_, rules) = RulesDb::open(&state.rules_db())?.snapshot()?;
+    let by_crc: BTreeMap<u32, Vec<String>> = rules
+        .iter()
+        .map(|r| (r.crc, r.spec.sites.iter().map(|s| s.to_string()).collect()))
+        .collect();
+    let mut rows = Vec::new();
+    for s in states {
+        let (queued_entries, queued_bytes, oldest_age_secs) =
+            queue(state, &s.site, s.acked, &by_crc)
+                .with_context(|| format!("counting the queue of site {}", s.site))?;
+        let dirty_files = DirtySet::load(&blocked::dirty_path(state.root(), &s.site))?
+            .map_or(0, |d| d.names.len());
+        rows.push(Row {
+            state: s,
+            queued_entries,
+            queued_bytes,
+            oldest_age_secs,
+            dirty_files,
+            sender_running: running,
+        });
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if !running {
+        println!("mirror-sendd is not running (from its files)");
+    }
+    if rows.is_empty() {
+        println!("no sites: add a rule with `mirror-ctl rule add`");
+    }
+    for r in &rows {
+        let s = &r.state;
+        let state_text = match &s.blocked {
+            Some(b) => format!(
+                "BLOCKED for {} ({}){}",
+                age(blocked::now_secs().saturating_sub(b.since)),
+                b.reason,
+                if b.dirty { ", tracking changed files" } else { "" }
+            ),
+            None if s.connected => "ok, connected".into(),
+            None if running => "not connected".into(),
+            None => "-".into(),
+        };
+        println!("{}: {state_text}", s.site);
+        println!(
+            "  queued: {} entries, {}{}",
+            r.queued_entries,
+            human(r.queued_bytes),
+            r.oldest_age_secs
+                .map_or(String::new(), |a| format!(", oldest {} old", age(a)))
+        );
+        if r.dirty_files > 0 {
+            println!("  files to send whole: {}", r.dirty_files);
+        }
+        if running {
+            println!(
+                "  heartbeats: {}",
+                if s.heartbeat { "arriving" } else { "not arriving" }
+            );
+        }
+        if let Some(e) = &s.last_error {
+            println!("  last error: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn age(secs: u64) -> String {
+    let d = Duration::from_secs(secs);
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}s", d.as_secs()),
+    }
+}
+
+/// `mirror-ctl unblock [SITE]`.
+pub fn unblock(state: &StateDir, site: Option<String>) -> Result<()> {
+    let req = SenderRequest::Unblock { site };
+    let sock = state.socket_path("mirror-sendd");
+    let resp: SenderResponse = control::request(&sock, &req).with_context(|| {
+        format!(
+            "mirror-sendd does not answer on {} (is it running with this --state?)",
+            sock.display()
+        )
+    })?;
+    match resp {
+        SenderResponse::Unblocking { sites } => {
+            for s in sites {
+                println!("trying {s} again");
+            }
+            Ok(())
+        }
+        SenderResponse::Error { reason } => bail!("{reason}"),
+        other => bail!("mirror-sendd answered {other:?}"),
+    }
+}

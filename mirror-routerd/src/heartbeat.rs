@@ -1,0 +1,98 @@
+//! The router's heartbeats (seeds/003 claims 12-18): a UDP socket on the listening port
+//! receives the sources' beats and sends the router's own to every source heard recently, at
+//! the same interval. A source whose beats stop for longer than the threshold has its session
+//! closed (its sender blocks the router on its side and comes back after the probation).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mirrorfs::wire::heartbeat::{self, Beat, Monitor, Timing};
+
+use crate::shared::{lock, Router};
+
+/// A source's heartbeats: where they come from and how steady they are.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    addr: SocketAddr,
+    monitor: Monitor,
+    last: Instant,
+}
+
+/// Sources heard, by site id.
+type Sources = Arc<Mutex<HashMap<String, Source>>>;
+
+/// Starts the heartbeat threads on `addr` (the TCP listening address).
+pub fn start(router: Arc<Router>, addr: SocketAddr, timing: Timing) -> std::io::Result<()> {
+    let sock = UdpSocket::bind(addr)?;
+    sock.set_read_timeout(Some(timing.interval.min(Duration::from_millis(200))))?;
+    let sources: Sources = Arc::default();
+    let (rx_sock, rx_sources) = (sock.try_clone()?, sources.clone());
+    std::thread::Builder::new()
+        .name("heartbeat-in".into())
+        .spawn(move || receive(&rx_sock, &rx_sources, timing))?;
+    std::thread::Builder::new()
+        .name("heartbeat-out".into())
+        .spawn(move || beat(&sock, &router, &sources, timing))?;
+    Ok(())
+}
+
+fn receive(sock: &UdpSocket, sources: &Mutex<HashMap<String, Source>>, timing: Timing) {
+    let mut buf = [0u8; 512];
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let Some((Beat::Source, site)) = heartbeat::decode(&buf[..n]) else {
+                    log::debug!("ignored a datagram of {n} bytes from {from}");
+                    continue;
+                };
+                let now = Instant::now();
+                let mut s = lock(sources);
+                let e = s.entry(site).or_insert(Source {
+                    addr: from,
+                    monitor: Monitor::default(),
+                    last: now,
+                });
+                e.addr = from;
+                e.last = now;
+                e.monitor.beat(now, timing.threshold);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                log::debug!("heartbeat socket: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn beat(sock: &UdpSocket, router: &Router, sources: &Mutex<HashMap<String, Source>>, t: Timing) {
+    let msg = heartbeat::encode(Beat::Router, "");
+    // Sources silent this long are forgotten (no more beats sent to them).
+    let forget = t.threshold * 20;
+    loop {
+        let now = Instant::now();
+        let mut silent = Vec::new();
+        {
+            let mut s = lock(sources);
+            s.retain(|_, x| now.duration_since(x.last) < forget);
+            for (site, x) in s.iter() {
+                let _ = sock.send_to(&msg, x.addr);
+                if let Some(d) = x.monitor.interrupted(now, t.threshold) {
+                    silent.push((site.clone(), d));
+                }
+            }
+        }
+        for (site, d) in silent {
+            if router.close_session(&site) {
+                log::warn!("source {site}: no heartbeat for {d:.1?}; closed its session");
+            }
+        }
+        std::thread::sleep(t.interval);
+    }
+}

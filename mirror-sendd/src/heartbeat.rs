@@ -1,0 +1,85 @@
+//! The sender's heartbeats with one site (seeds/003): a UDP socket to the router's port sends
+//! a beat every interval; the router's beats that come back update the site's monitor, which
+//! the link reads to block the site on an interruption and to end the outage after the
+//! probationary interval.
+
+use std::net::{ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mirrorfs::wire::heartbeat::{self, Beat, Monitor, Timing};
+
+use crate::shared::lock;
+
+/// Beats with `site` as source `id` until `done` is set.
+pub fn spawn(
+    site: String,
+    id: String,
+    timing: Timing,
+    monitor: Arc<Mutex<Monitor>>,
+    done: Arc<AtomicBool>,
+) {
+    let name = format!("heartbeat {site}");
+    let spawned = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || run(&site, &id, timing, &monitor, &done));
+    if let Err(e) = spawned {
+        log::error!("cannot start a heartbeat thread: {e}");
+    }
+}
+
+fn socket(site: &str, timing: Timing) -> std::io::Result<UdpSocket> {
+    let addr = site
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let local = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = UdpSocket::bind(local)?;
+    s.connect(addr)?;
+    s.set_read_timeout(Some(timing.interval.min(Duration::from_millis(200))))?;
+    Ok(s)
+}
+
+fn run(site: &str, id: &str, timing: Timing, monitor: &Mutex<Monitor>, done: &AtomicBool) {
+    let beat = heartbeat::encode(Beat::Source, id);
+    let mut sock: Option<UdpSocket> = None;
+    let mut next = Instant::now();
+    let mut buf = [0u8; 512];
+    let mut warned = false;
+    while !done.load(Ordering::Relaxed) {
+        if sock.is_none() {
+            match socket(site, timing) {
+                Ok(s) => sock = Some(s),
+                Err(e) => {
+                    if !warned {
+                        log::warn!("site {site}: no heartbeat socket ({e}); retrying");
+                        warned = true;
+                    }
+                    std::thread::sleep(timing.interval.min(Duration::from_millis(200)));
+                    continue;
+                }
+            }
+        }
+        let Some(s) = sock.as_ref() else { continue };
+        if Instant::now() >= next {
+            // Refused (no one listens yet) or unreachable: the silence tells the monitor.
+            let _ = s.send(&beat);
+            next = Instant::now() + timing.interval;
+        }
+        match s.recv(&mut buf) {
+            Ok(n) => {
+                if let Some((Beat::Router, _)) = heartbeat::decode(&buf[..n]) {
+                    lock(monitor).beat(Instant::now(), timing.threshold);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            // An ICMP error from an earlier beat; the next recv waits normally.
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

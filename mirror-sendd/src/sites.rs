@@ -1,0 +1,223 @@
+//! What the sender knows of each site (seeds/002 [0067]-[0068], seeds/003): whether it is
+//! blocked (the durable blocked-site list), whether its router's heartbeats arrive, its last
+//! error, and requests to try it again. Blocking tells the user: a log line (the error log
+//! too) and the `--on-block` command.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mirrorfs::blocked::{self, BlockedSite};
+use mirrorfs::wire::heartbeat::{Monitor, Timing};
+
+use crate::shared::lock;
+
+/// Settings of blocking and unblocking.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Heartbeat timing.
+    pub timing: Timing,
+    /// How often a blocked site is tried regardless of heartbeats.
+    pub unblock_every: std::time::Duration,
+    /// Shell command run (with `MIRROR_SITE` and `MIRROR_REASON` set) when a site is blocked.
+    pub on_block: Option<String>,
+}
+
+/// Runtime state of one site.
+#[derive(Debug, Default)]
+struct Live {
+    connected: bool,
+    last_error: Option<String>,
+    unblock_requested: bool,
+    heartbeat: Arc<Mutex<Monitor>>,
+}
+
+/// Every site's state.
+#[derive(Debug)]
+pub struct Sites {
+    /// Blocking settings.
+    pub policy: Policy,
+    path: PathBuf,
+    blocked: Mutex<BTreeMap<String, BlockedSite>>,
+    live: Mutex<HashMap<String, Live>>,
+}
+
+impl Sites {
+    /// Loads the blocked-site list at `path`.
+    pub fn load(path: PathBuf, policy: Policy) -> Result<Sites, blocked::BlockedError> {
+        let blocked = blocked::load_sites(&path)?;
+        for b in blocked.values() {
+            log::warn!(
+                "site {} is blocked since {} ({}); it is tried again when its heartbeats are steady, every {:?}, or on `mirror-ctl unblock`",
+                b.site,
+                b.since,
+                b.reason,
+                policy.unblock_every
+            );
+        }
+        Ok(Sites {
+            policy,
+            path,
+            blocked: Mutex::new(blocked),
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn store(&self, blocked: &BTreeMap<String, BlockedSite>) {
+        if let Err(e) = blocked::store_list(&self.path, blocked.values()) {
+            log::error!("cannot record the blocked sites: {e}");
+        }
+    }
+
+    /// The heartbeat monitor of `site`.
+    pub fn heartbeat(&self, site: &str) -> Arc<Mutex<Monitor>> {
+        lock(&self.live)
+            .entry(site.to_string())
+            .or_default()
+            .heartbeat
+            .clone()
+    }
+
+    /// Whether `site` is blocked.
+    pub fn is_blocked(&self, site: &str) -> bool {
+        lock(&self.blocked).contains_key(site)
+    }
+
+    /// The blocked entry of `site`.
+    pub fn blocked(&self, site: &str) -> Option<BlockedSite> {
+        lock(&self.blocked).get(site).cloned()
+    }
+
+    /// Every blocked site.
+    pub fn all_blocked(&self) -> Vec<BlockedSite> {
+        lock(&self.blocked).values().cloned().collect()
+    }
+
+    /// Blocks `site` for `reason` (durably) and tells the user.
+    pub fn block(&self, site: &str, reason: &str) {
+        let mut b = lock(&self.blocked);
+        if let Some(old) = b.get_mut(site) {
+            if old.reason != reason {
+                log::info!("site {site} is still blocked: {reason}");
+                old.reason = reason.to_string();
+                self.store(&b);
+            }
+            return;
+        }
+        b.insert(
+            site.to_string(),
+            BlockedSite {
+                site: site.to_string(),
+                since: blocked::now_secs(),
+                reason: reason.to_string(),
+                dirty: false,
+            },
+        );
+        self.store(&b);
+        drop(b);
+        log::error!(
+            "site {site} is blocked: {reason}; changes are kept in the journal until it is back"
+        );
+        if let Some(cmd) = &self.policy.on_block {
+            run_hook(cmd, site, reason);
+        }
+    }
+
+    /// Marks `site`'s backlog as tracked by a dirty set.
+    pub fn set_dirty(&self, site: &str) {
+        let mut b = lock(&self.blocked);
+        if let Some(x) = b.get_mut(site) {
+            if !x.dirty {
+                x.dirty = true;
+                self.store(&b);
+            }
+        }
+    }
+
+    /// `site` answers again.
+    pub fn unblock(&self, site: &str) {
+        let mut b = lock(&self.blocked);
+        if let Some(x) = b.remove(site) {
+            self.store(&b);
+            log::warn!(
+                "site {site} is unblocked (blocked {} s: {})",
+                blocked::now_secs().saturating_sub(x.since),
+                x.reason
+            );
+        }
+    }
+
+    /// Records whether a session with `site` is up, and its last error.
+    pub fn set_connected(&self, site: &str, connected: bool, error: Option<String>) {
+        let mut l = lock(&self.live);
+        let e = l.entry(site.to_string()).or_default();
+        e.connected = connected;
+        if error.is_some() {
+            e.last_error = error;
+        }
+    }
+
+    /// Asks the links of the blocked sites (all, or `site`) to try now; the sites asked.
+    pub fn request_unblock(&self, site: Option<&str>) -> Vec<String> {
+        let sites: Vec<String> = lock(&self.blocked)
+            .keys()
+            .filter(|s| site.is_none_or(|x| x == s.as_str()))
+            .cloned()
+            .collect();
+        let mut l = lock(&self.live);
+        for s in &sites {
+            l.entry(s.clone()).or_default().unblock_requested = true;
+        }
+        sites
+    }
+
+    /// Takes a pending unblock request of `site`.
+    pub fn take_unblock_request(&self, site: &str) -> bool {
+        lock(&self.live)
+            .get_mut(site)
+            .is_some_and(|l| std::mem::take(&mut l.unblock_requested))
+    }
+
+    /// The state of `site` for `mirror-ctl status`.
+    pub fn state(&self, site: &str, acked: mirrorfs::journal::Position) -> mirrorfs::control::SiteState {
+        let blocked = self.blocked(site);
+        let l = lock(&self.live);
+        let live = l.get(site);
+        let threshold = self.policy.timing.threshold;
+        mirrorfs::control::SiteState {
+            site: site.to_string(),
+            connected: live.is_some_and(|x| x.connected),
+            blocked,
+            last_error: live.and_then(|x| x.last_error.clone()),
+            acked,
+            heartbeat: live.is_some_and(|x| {
+                let m = lock(&x.heartbeat);
+                m.ever() && m.interrupted(Instant::now(), threshold).is_none()
+            }),
+        }
+    }
+}
+
+/// Runs the user's `--on-block` command without waiting for it.
+fn run_hook(cmd: &str, site: &str, reason: &str) {
+    let child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("MIRROR_SITE", site)
+        .env("MIRROR_REASON", reason)
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    match child {
+        Ok(mut c) => {
+            let _ = std::thread::Builder::new()
+                .name("on-block".into())
+                .spawn(move || match c.wait() {
+                    Ok(s) if !s.success() => log::warn!("--on-block command exited with {s}"),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("--on-block command: {e}"),
+                });
+        }
+        Err(e) => log::error!("cannot run the --on-block command {cmd:?}: {e}"),
+    }
+}
