@@ -62,7 +62,12 @@ fn from_files(state: &StateDir) -> Result<Vec<SiteState>> {
 }
 
 /// Entries, bytes and the oldest time of what waits for `site` after `from`.
-fn queue(state: &StateDir, site: &str, from: Position, rules: &BTreeMap<u32, Vec<String>>) -> Result<(u64, u64, Option<u64>)> {
+fn queue(
+    state: &StateDir,
+    site: &str,
+    from: Position,
+    rules: &BTreeMap<u32, Vec<String>>,
+) -> Result<(u64, u64, Option<u64>)> {
     let dir = state.journal_dir();
     let mut r = match JournalReader::open(&dir, from) {
         Ok(r) => r,
@@ -78,7 +83,10 @@ fn queue(state: &StateDir, site: &str, from: Position, rules: &BTreeMap<u32, Vec
     };
     let (mut n, mut bytes, mut oldest) = (0u64, 0u64, None);
     while let Some((_, e)) = r.next_entry()? {
-        if rules.get(&e.rule_crc).is_some_and(|s| s.iter().any(|x| x == site)) {
+        if rules
+            .get(&e.rule_crc)
+            .is_some_and(|s| s.iter().any(|x| x == site))
+        {
             n += 1;
             bytes += e.data.len() as u64;
             oldest.get_or_insert(e.time_ns);
@@ -134,7 +142,11 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
                 "BLOCKED for {} ({}){}",
                 age(blocked::now_secs().saturating_sub(b.since)),
                 b.reason,
-                if b.dirty { ", tracking changed files" } else { "" }
+                if b.dirty {
+                    ", tracking changed files"
+                } else {
+                    ""
+                }
             ),
             None if s.connected => "ok, connected".into(),
             None if running => "not connected".into(),
@@ -154,7 +166,11 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
         if running {
             println!(
                 "  heartbeats: {}",
-                if s.heartbeat { "arriving" } else { "not arriving" }
+                if s.heartbeat {
+                    "arriving"
+                } else {
+                    "not arriving"
+                }
             );
         }
         if let Some(e) = &s.last_error {

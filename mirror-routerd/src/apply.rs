@@ -497,10 +497,7 @@ pub fn run(router: Arc<crate::shared::Router>) {
     let mut last_unblock = std::time::Instant::now();
     loop {
         if router.any_blocked() && last_unblock.elapsed() >= router.cfg.unblock_every {
-            log::info!(
-                "periodic unblock (every {:?})",
-                router.cfg.unblock_every
-            );
+            log::info!("periodic unblock (every {:?})", router.cfg.unblock_every);
             router.unblock_files(None);
         }
         if router.take_retry() {
@@ -561,7 +558,16 @@ fn apply_some(
             for (off, r) in records {
                 if !r.complete {
                     let at = (n, off);
-                    if apply_one(router, &mut st.applier, &mut st.ahead, &table, pc, at, &r, limit)? {
+                    if apply_one(
+                        router,
+                        &mut st.applier,
+                        &mut st.ahead,
+                        &table,
+                        pc,
+                        at,
+                        &r,
+                        limit,
+                    )? {
                         pc.held_from = Some(pc.held_from.map_or(off, |h| h.min(off)));
                     }
                 }
@@ -573,7 +579,10 @@ fn apply_some(
             // Finished and no longer written: make what was applied durable, keep what it
             // says about the sources, remove it.
             sync_fs(&router.cfg.root).map_err(|e| {
-                format!("cannot flush the backup files under {}: {e}", router.cfg.root.display())
+                format!(
+                    "cannot flush the backup files under {}: {e}",
+                    router.cfg.root.display()
+                )
             })?;
             router.persist_sources().map_err(|e| e.to_string())?;
             if let Some(done) = st.pairs.remove(&n) {
@@ -622,7 +631,10 @@ fn apply_one(
     if let Some(b) = targets.iter().find_map(|t| router.blocked_file(t)) {
         // Entries that involve a blocked file wait, and so do the other files they touch.
         for t in targets.iter().filter(|t| **t != b.path) {
-            block(t, format!("an entry also involves {}, which is blocked", b.path));
+            block(
+                t,
+                format!("an entry also involves {}, which is blocked", b.path),
+            );
         }
         return Ok(true);
     }
@@ -637,7 +649,12 @@ fn apply_one(
         Ok(Outcome::NeedCopy { rule_crc, name }) => router.request_copy(&r.site, rule_crc, name),
         Err(e) => {
             applier.forget_open();
-            let reason = format!("{} of {} from {}: {e}", r.command, String::from_utf8_lossy(&r.name), r.site);
+            let reason = format!(
+                "{} of {} from {}: {e}",
+                r.command,
+                String::from_utf8_lossy(&r.name),
+                r.site
+            );
             for t in &targets {
                 block(t, reason.clone());
             }

@@ -49,11 +49,14 @@ fn receive(sock: &UdpSocket, sources: &Mutex<HashMap<String, Source>>, timing: T
                 };
                 let now = Instant::now();
                 let mut s = lock(sources);
-                let e = s.entry(site).or_insert(Source {
+                let e = s.entry(site.clone()).or_insert(Source {
                     addr: from,
                     monitor: Monitor::default(),
                     last: now,
                 });
+                if e.monitor.steady_for(now, timing.threshold).is_zero() {
+                    log::info!("source {site}: heartbeats arrive from {from}");
+                }
                 e.addr = from;
                 e.last = now;
                 e.monitor.beat(now, timing.threshold);

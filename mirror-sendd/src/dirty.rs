@@ -91,7 +91,9 @@ fn track_site(shared: &Shared, site: &str, dirty: bool, limit: QueueLimit) -> Re
         return Ok(());
     }
     let p = path(shared, site);
-    let mut set = DirtySet::load(&p).map_err(|e| e.to_string())?.unwrap_or_default();
+    let mut set = DirtySet::load(&p)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
     let from = set.upto.max(acked);
     let mut reader = match JournalReader::open(&shared.journal_dir, from) {
         Err(journal::JournalError::Gap { oldest, .. }) => JournalReader::open(

@@ -34,7 +34,11 @@ fn socket(site: &str, timing: Timing) -> std::io::Result<UdpSocket> {
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
-    let local = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let local = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let s = UdpSocket::bind(local)?;
     s.connect(addr)?;
     s.set_read_timeout(Some(timing.interval.min(Duration::from_millis(200))))?;
@@ -70,7 +74,12 @@ fn run(site: &str, id: &str, timing: Timing, monitor: &Mutex<Monitor>, done: &At
         match s.recv(&mut buf) {
             Ok(n) => {
                 if let Some((Beat::Router, _)) = heartbeat::decode(&buf[..n]) {
-                    lock(monitor).beat(Instant::now(), timing.threshold);
+                    let now = Instant::now();
+                    let mut m = lock(monitor);
+                    if m.steady_for(now, timing.threshold).is_zero() {
+                        log::info!("site {site}: heartbeats arrive");
+                    }
+                    m.beat(now, timing.threshold);
                 }
             }
             Err(e)

@@ -153,37 +153,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve_control(state: &StateDir, shared: &Arc<Shared>) -> anyhow::Result<()> {
     use mirrorfs::control::{self, SenderRequest, SenderResponse};
     let sh = shared.clone();
-    let handler: control::Handler<SenderRequest, SenderResponse> =
-        Arc::new(move |req| match req {
-            SenderRequest::Status => {
-                let mut names = sh.table.load().sites();
-                for b in sh.sites.all_blocked() {
-                    if !names.contains(&b.site) {
-                        names.push(b.site);
-                    }
-                }
-                SenderResponse::Status {
-                    sites: names
-                        .iter()
-                        .map(|s| sh.sites.state(s, sh.acked(s)))
-                        .collect(),
+    let handler: control::Handler<SenderRequest, SenderResponse> = Arc::new(move |req| match req {
+        SenderRequest::Status => {
+            let mut names = sh.table.load().sites();
+            for b in sh.sites.all_blocked() {
+                if !names.contains(&b.site) {
+                    names.push(b.site);
                 }
             }
-            SenderRequest::Unblock { site } => {
-                let sites = sh.sites.request_unblock(site.as_deref());
-                if sites.is_empty() {
-                    SenderResponse::Error {
-                        reason: match site {
-                            Some(s) => format!("site {s} is not blocked"),
-                            None => "no site is blocked".into(),
-                        },
-                    }
-                } else {
-                    log::info!("unblock asked for {}", sites.join(", "));
-                    SenderResponse::Unblocking { sites }
-                }
+            SenderResponse::Status {
+                sites: names
+                    .iter()
+                    .map(|s| sh.sites.state(s, sh.acked(s)))
+                    .collect(),
             }
-        });
+        }
+        SenderRequest::Unblock { site } => {
+            let sites = sh.sites.request_unblock(site.as_deref());
+            if sites.is_empty() {
+                SenderResponse::Error {
+                    reason: match site {
+                        Some(s) => format!("site {s} is not blocked"),
+                        None => "no site is blocked".into(),
+                    },
+                }
+            } else {
+                log::info!("unblock asked for {}", sites.join(", "));
+                SenderResponse::Unblocking { sites }
+            }
+        }
+    });
     let path = state.socket_path("mirror-sendd");
     control::serve(&path, handler)
         .with_context(|| format!("cannot listen on {}", path.display()))?;

@@ -180,7 +180,11 @@ impl Sites {
     }
 
     /// The state of `site` for `mirror-ctl status`.
-    pub fn state(&self, site: &str, acked: mirrorfs::journal::Position) -> mirrorfs::control::SiteState {
+    pub fn state(
+        &self,
+        site: &str,
+        acked: mirrorfs::journal::Position,
+    ) -> mirrorfs::control::SiteState {
         let blocked = self.blocked(site);
         let l = lock(&self.live);
         let live = l.get(site);

@@ -149,7 +149,13 @@ pub struct DirtySet {
 pub fn dirty_path(state: &Path, site: &str) -> PathBuf {
     let safe: String = site
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     state.join("dirty").join(safe)
 }
@@ -185,9 +191,9 @@ impl DirtySet {
                 set.upto = p.parse().map_err(|e| bad(i + 1, e))?;
                 continue;
             }
-            let parsed = line.split_once(' ').and_then(|(c, n)| {
-                Some((u32::from_str_radix(c, 16).ok()?, unhex(n)?))
-            });
+            let parsed = line
+                .split_once(' ')
+                .and_then(|(c, n)| Some((u32::from_str_radix(c, 16).ok()?, unhex(n)?)));
             match parsed {
                 Some(x) => {
                     set.names.insert(x);

@@ -378,13 +378,33 @@ impl Drop for Daemon {
 }
 
 impl Local {
-    /// Starts `mirror-sendd` for this local system.
+    /// Starts `mirror-sendd` for this local system, with the test heartbeat timing
+    /// ([`SENDER_TIMING`]).
     pub fn sender(&self) -> Daemon {
+        self.sender_with(&[])
+    }
+
+    /// Starts `mirror-sendd` with `extra` arguments after the test heartbeat timing.
+    pub fn sender_with(&self, extra: &[&str]) -> Daemon {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.state.join(format!("sendd-{n}.log"));
         let state = self.state.to_string_lossy().into_owned();
-        Daemon::spawn("mirror-sendd", &["--state", &state], log)
+        let mut args = vec!["--state", &state];
+        args.extend_from_slice(SENDER_TIMING);
+        args.extend_from_slice(extra);
+        Daemon::spawn("mirror-sendd", &args, log)
+    }
+
+    /// `mirror-ctl status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "mirror-ctl status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 
     /// Gives this local system its own source-site id (several in one test).
@@ -392,6 +412,20 @@ impl Local {
         std::fs::write(self.state.join("site-id"), format!("{id}\n")).expect("write site-id");
     }
 }
+
+/// Heartbeat timing of the senders tests start: fast, so that outages are noticed and ended
+/// in about a second (the defaults are 1 s, 3 s and 5 s).
+pub const SENDER_TIMING: &[&str] = &[
+    "--heartbeat-interval",
+    "200ms",
+    "--heartbeat-timeout",
+    "1s",
+    "--probation",
+    "1s",
+];
+
+/// Heartbeat timing of the routers tests start.
+pub const ROUTER_TIMING: &[&str] = &["--heartbeat-interval", "200ms", "--heartbeat-timeout", "1s"];
 
 /// A backup host: `mirror-routerd` on a loopback port with its own root and state.
 pub struct Router {
@@ -411,13 +445,19 @@ pub struct Router {
 impl Router {
     /// Starts a router on a free loopback port.
     pub fn start() -> Router {
+        Router::start_with(None)
+    }
+
+    /// Starts a router on a free loopback port, with its backup root at `root` (e.g. a small
+    /// file system the test mounted) instead of in its own temporary directory.
+    pub fn start_with(root: Option<&Path>) -> Router {
         let tmp = tempfile::Builder::new()
             .prefix("mirror-router-")
             .disable_cleanup(keep_temp())
             .tempdir()
             .expect("tempdir");
         let base = tmp.path().canonicalize().expect("canonicalize");
-        let root = base.join("root");
+        let root = root.map_or_else(|| base.join("root"), Path::to_path_buf);
         let state = base.join("state");
         let (daemon, port) = Router::launch(&root, &state, 0, 0);
         Router {
@@ -434,18 +474,16 @@ impl Router {
         std::fs::create_dir_all(state).expect("mkdir router state");
         let log = state.join(format!("routerd-{n}.log"));
         let listen = format!("127.0.0.1:{port}");
-        let mut d = Daemon::spawn(
-            "mirror-routerd",
-            &[
-                "--listen".as_ref(),
-                listen.as_ref(),
-                "--root".as_ref(),
-                root.as_os_str(),
-                "--state".as_ref(),
-                state.as_os_str(),
-            ],
-            log,
-        );
+        let mut args: Vec<&OsStr> = vec![
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--root".as_ref(),
+            root.as_os_str(),
+            "--state".as_ref(),
+            state.as_os_str(),
+        ];
+        args.extend(ROUTER_TIMING.iter().map(OsStr::new));
+        let mut d = Daemon::spawn("mirror-routerd", &args, log);
         let text = d.wait_log("listening on 127.0.0.1:", Duration::from_secs(20));
         let port = text
             .split("listening on 127.0.0.1:")
@@ -472,6 +510,28 @@ impl Router {
         let (d, _) = Router::launch(&self.root, &self.state, self.port, self.starts);
         self.starts += 1;
         self.daemon = d;
+    }
+
+    /// Runs `mirror-ctl --state ROUTER_STATE router args…`.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("mirror-ctl"))
+            .arg("--state")
+            .arg(&self.state)
+            .arg("router")
+            .args(args)
+            .output()
+            .expect("run mirror-ctl")
+    }
+
+    /// `mirror-ctl router status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.ctl(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "mirror-ctl router status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("router status is JSON")
     }
 
     /// The router's error log.

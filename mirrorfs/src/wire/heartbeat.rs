@@ -127,7 +127,10 @@ mod tests {
     fn round_trip_and_damage() {
         let b = encode(Beat::Source, "host-a");
         assert_eq!(decode(&b), Some((Beat::Source, "host-a".to_string())));
-        assert_eq!(decode(&encode(Beat::Router, "")), Some((Beat::Router, String::new())));
+        assert_eq!(
+            decode(&encode(Beat::Router, "")),
+            Some((Beat::Router, String::new()))
+        );
         for i in 0..b.len() {
             let mut c = b.clone();
             c[i] ^= 0x20;
@@ -143,7 +146,11 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut m = Monitor::default();
-        assert_eq!(m.interrupted(at(100), t), None, "never heard: no interruption");
+        assert_eq!(
+            m.interrupted(at(100), t),
+            None,
+            "never heard: no interruption"
+        );
         m.beat(at(0), t);
         m.beat(at(1), t);
         assert_eq!(m.steady_for(at(2), t), Duration::from_secs(2));

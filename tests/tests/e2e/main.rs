@@ -17,3 +17,6 @@ mod mirror_ops;
 mod mirror_workload;
 // forwarding: several sources, several routers, rules added live, sync.
 mod mirror_topology;
+// outages: kill -9 at random, a cut network, full and unwritable backups, the queue limit,
+// a torn journal tail.
+mod outage_faults;

@@ -1,0 +1,373 @@
+//! Outages (issue 5), each on a real mount with real daemons and a random workload, ending
+//! with the backup equal to the source file by file and a report line
+//! `faults N, operations N, files compared N, differences 0`:
+//! kill -9 of the sender, the router and both at random moments; the network path cut (nft)
+//! longer than the heartbeat threshold; a full backup disk and an immutable backup file
+//! (blocked files, `mirror-ctl router unblock`); the queue limit exceeded during an outage
+//! (dirty set, resync); a torn journal tail after kill -9 of mirrorfs.
+//!
+//! `MIRROR_FAULT_ROUNDS` (default 12) sets the rounds of the kill -9 case.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use mirror_tests::{wait_converged, wait_until, Local, Router};
+
+use crate::mirror_ops::mirrored;
+use crate::mirror_workload::{Rng, Workload};
+
+const CONVERGE: Duration = Duration::from_secs(180);
+const NOTICE: Duration = Duration::from_secs(30);
+
+fn report(faults: usize, w: &Workload, n: usize) {
+    eprintln!(
+        "faults {faults}, operations {}, files compared {n}, differences 0",
+        w.ops
+    );
+}
+
+/// The site's entry in `mirror-ctl status --json`.
+fn site_status(l: &Local, site: &str) -> serde_json::Value {
+    let all = l.status();
+    all.as_array()
+        .and_then(|a| a.iter().find(|s| s["site"] == site))
+        .cloned()
+        .unwrap_or_else(|| panic!("site {site} not in the status: {all}"))
+}
+
+fn blocked(l: &Local, site: &str) -> bool {
+    !site_status(l, site)["blocked"].is_null()
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} (install it: .ci/run does): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kill9_of_sender_router_and_both_at_random_moments() {
+    let rounds: usize = std::env::var("MIRROR_FAULT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let mut r = Router::start();
+    let (l, m, mut s) = mirrored(&r, "w", &[]);
+    let mut w = Workload::new(&l.dir, 0x5eed_0101, 40);
+    let mut rng = Rng::new(0x0fa0_1701);
+    let steps = |w: &mut Workload, rng: &mut Rng| {
+        for _ in 0..(20 + rng.below(200)) {
+            w.step();
+        }
+    };
+    let mut kinds = [0usize; 3];
+    for _ in 0..rounds {
+        steps(&mut w, &mut rng);
+        let kind = rng.below(3) as usize;
+        kinds[kind] += 1;
+        match kind {
+            0 => {
+                s.kill9();
+                steps(&mut w, &mut rng);
+                s = l.sender();
+            }
+            1 => {
+                r.kill9();
+                steps(&mut w, &mut rng);
+                r.restart();
+            }
+            _ => {
+                s.kill9();
+                r.kill9();
+                steps(&mut w, &mut rng);
+                r.restart();
+                s = l.sender();
+            }
+        }
+    }
+    let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    eprintln!(
+        "kill -9 of the sender {}, of the router {}, of both {}",
+        kinds[0], kinds[1], kinds[2]
+    );
+    report(rounds, &w, n);
+    assert!(n >= 40);
+    drop(m);
+}
+
+/// Drops every packet to and from a port on the loopback interface while it lives.
+struct Cut {
+    table: String,
+}
+
+impl Cut {
+    fn new(port: u16) -> Cut {
+        let table = format!("mirror_cut_{port}");
+        let rules: String = ["tcp dport", "tcp sport", "udp dport", "udp sport"]
+            .iter()
+            .map(|r| format!("    iif lo {r} {port} drop\n"))
+            .collect();
+        let script = format!(
+            "table inet {table} {{\n  chain c {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        fs::write(file.path(), script).unwrap();
+        run("nft", &["-f", file.path().to_str().unwrap()]);
+        Cut { table }
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+#[test]
+fn a_cut_network_blocks_the_site_and_steady_heartbeats_unblock_it() {
+    let r = Router::start();
+    let site = r.site();
+    let (l, m, s) = mirrored(&r, "w", &[]);
+    let mut w = Workload::new(&l.dir, 0x5eed_0102, 40);
+    for _ in 0..200 {
+        w.step();
+    }
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    wait_until(NOTICE, "the router's heartbeats", || {
+        site_status(&l, &site)["heartbeat"] == true
+    });
+    let cut = Cut::new(r.port);
+    // Writes go on while the path is cut; the site blocks once the heartbeats are silent
+    // for longer than the threshold.
+    let mut during = 0;
+    wait_until(NOTICE, "the site to be blocked", || {
+        w.step();
+        during += 1;
+        blocked(&l, &site)
+    });
+    let st = site_status(&l, &site);
+    assert_eq!(st["connected"], false, "{st}");
+    for _ in 0..300 {
+        w.step();
+    }
+    let queued = site_status(&l, &site)["queued_entries"].as_u64().unwrap();
+    assert!(queued > 0, "changes wait in the journal: {st}");
+    drop(cut);
+    // Heartbeats resume; after the probation the site is unblocked by itself.
+    wait_until(NOTICE, "the site to be unblocked", || !blocked(&l, &site));
+    let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    let log = s.log_text();
+    assert!(log.contains("heartbeats steady"), "{log}");
+    assert!(l.error_log().contains(&format!("site {site} is blocked")));
+    eprintln!("{during} operations before the block was noticed, {queued} entries queued");
+    report(1, &w, n);
+    drop(m);
+}
+
+/// A small tmpfs mounted while it lives.
+struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    fn new(dir: &Path, size: &str) -> SmallFs {
+        fs::create_dir_all(dir).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir.to_str().unwrap(),
+            ],
+        );
+        SmallFs {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// The blocked files in `mirror-ctl router status --json`.
+fn blocked_files(r: &Router) -> Vec<serde_json::Value> {
+    r.status()["blocked"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_full_backup_disk_blocks_the_file_until_unblocked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let _small = SmallFs::new(&root, "1m");
+    let r = Router::start_with(Some(&root));
+    let (l, m, _s) = mirrored(&r, "w", &[]);
+    fs::write(l.path("small.txt"), b"small").unwrap();
+    fs::write(l.path("keep.txt"), b"keep").unwrap();
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    let big: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+    fs::write(l.path("big.bin"), &big).unwrap();
+    wait_until(NOTICE, "big.bin to be blocked", || {
+        blocked_files(&r).iter().any(|b| b["path"] == "w/big.bin")
+    });
+    let b = blocked_files(&r);
+    assert!(
+        b[0]["reason"].as_str().unwrap().contains("No space left"),
+        "{b:?}"
+    );
+    // Entries that need no space keep flowing.
+    fs::remove_file(l.path("small.txt")).unwrap();
+    wait_until(NOTICE, "small.txt to be deleted on the backup", || {
+        !r.path("w/small.txt").exists()
+    });
+    fs::write(l.path("big.bin"), b"now small").unwrap();
+    run("mount", &["-o", "remount,size=64m", root.to_str().unwrap()]);
+    let out = r.ctl(&["unblock"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("w/big.bin"));
+    let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    assert!(blocked_files(&r).is_empty());
+    assert!(r.error_log().contains("backup file w/big.bin is blocked"));
+    eprintln!("faults 1, operations 5, files compared {n}, differences 0");
+    drop(m);
+}
+
+#[test]
+fn an_unwritable_backup_file_blocks_while_others_flow() {
+    let r = Router::start();
+    let (l, m, _s) = mirrored(&r, "w", &[]);
+    let mut w = Workload::new(&l.dir, 0x5eed_0103, 40);
+    fs::write(l.path("locked.txt"), b"one").unwrap();
+    fs::write(l.path("free.txt"), b"one").unwrap();
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    let backup = r.path("w/locked.txt");
+    run("chattr", &["+i", backup.to_str().unwrap()]);
+    fs::write(l.path("locked.txt"), b"two, longer").unwrap();
+    wait_until(NOTICE, "locked.txt to be blocked", || {
+        blocked_files(&r)
+            .iter()
+            .any(|b| b["path"] == "w/locked.txt")
+    });
+    // Other files keep flowing while it is blocked; its own later entries wait in order.
+    for _ in 0..300 {
+        w.step();
+    }
+    fs::write(l.path("free.txt"), b"two").unwrap();
+    fs::write(l.path("locked.txt"), b"three").unwrap();
+    wait_until(NOTICE, "free.txt to reach the backup", || {
+        fs::read(r.path("w/free.txt")).is_ok_and(|d| d == b"two")
+    });
+    assert_eq!(fs::read(&backup).unwrap(), b"one");
+    let st = r.status();
+    assert!(
+        st["blocked"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Operation not permitted"),
+        "{st}"
+    );
+    run("chattr", &["-i", backup.to_str().unwrap()]);
+    let out = r.ctl(&["unblock", "w/locked.txt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    assert!(blocked_files(&r).is_empty());
+    let again = r.ctl(&["unblock"]);
+    assert!(!again.status.success(), "nothing left to unblock");
+    report(1, &w, n);
+    drop(m);
+}
+
+#[test]
+fn over_the_queue_limit_a_blocked_site_keeps_a_dirty_set_and_resyncs() {
+    let mut r = Router::start();
+    let site = r.site();
+    let l = Local::new();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &site, "w", &[]);
+    let m = l.mount(&[]);
+    let s = l.sender_with(&["--queue-limit", "64K"]);
+    let mut w = Workload::new(&l.dir, 0x5eed_0104, 40);
+    for _ in 0..100 {
+        w.step();
+    }
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    r.kill9();
+    wait_until(NOTICE, "the site to be blocked", || {
+        w.step();
+        blocked(&l, &site)
+    });
+    for _ in 0..400 {
+        w.step();
+    }
+    fs::write(l.path("d0/bulk.bin"), vec![7u8; 256 << 10]).unwrap();
+    wait_until(NOTICE, "the backlog to become a dirty set", || {
+        let st = site_status(&l, &site);
+        st["blocked"]["dirty"] == true && st["dirty_files"].as_u64().unwrap_or(0) > 0
+    });
+    // Changes made after the switch are tracked too.
+    for _ in 0..200 {
+        w.step();
+    }
+    let dirty = mirrorfs::blocked::dirty_path(&l.state, &site);
+    assert!(dirty.exists());
+    r.restart();
+    let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    wait_until(NOTICE, "the dirty set to be retired", || !dirty.exists());
+    assert!(!blocked(&l, &site));
+    assert!(s.log_text().contains("whole"), "{}", s.log_text());
+    report(1, &w, n);
+    drop(m);
+}
+
+#[test]
+fn a_torn_journal_tail_after_kill9_of_mirrorfs_is_cut_on_remount() {
+    let r = Router::start();
+    let (l, mut m, _s) = mirrored(&r, "w", &[]);
+    let mut w = Workload::new(&l.dir, 0x5eed_0105, 40);
+    for _ in 0..300 {
+        w.step();
+    }
+    m.kill9();
+    // A record cut short by the crash: a header's worth of bytes after the last record.
+    let jdir = l.state.join("journal");
+    let newest = mirrorfs::journal::list_segments(&jdir).unwrap();
+    let seg = mirrorfs::journal::segment_path(&jdir, *newest.last().unwrap());
+    let mut f = fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, &[0x5a; 37]).unwrap();
+    drop(f);
+    drop(m);
+    let m = l.mount(&[]);
+    assert!(m.log_text().contains("torn tail"), "{}", m.log_text());
+    for _ in 0..300 {
+        w.step();
+    }
+    let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    report(1, &w, n);
+    drop(m);
+}
