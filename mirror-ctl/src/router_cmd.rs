@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use mirror_routerd::rtlog::{list_pairs, RtPair, HEADER_LEN};
 use mirrorfs::blocked::{self, BlockedFile};
-use mirrorfs::control::{self, RouterRequest, RouterResponse};
+use mirrorfs::control::{RouterRequest, RouterResponse};
 use mirrorfs::state::StateDir;
 use serde::Serialize;
 
@@ -89,15 +89,8 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
 
 /// `mirror-ctl router unblock`.
 pub fn unblock(state: &StateDir, path: Option<String>) -> Result<()> {
-    let sock = state.socket_path("mirror-routerd");
-    let resp: RouterResponse = control::request(&sock, &RouterRequest::Unblock { path })
-        .with_context(|| {
-            format!(
-                "mirror-routerd does not answer on {} (is it running with this --state?)",
-                sock.display()
-            )
-        })?;
-    match resp {
+    let req = RouterRequest::Unblock { path };
+    match crate::status_cmd::ask_daemon(state, "mirror-routerd", &req)? {
         RouterResponse::Unblocking { paths } => {
             for p in paths {
                 println!("retrying {p}");

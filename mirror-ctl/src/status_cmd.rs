@@ -189,17 +189,25 @@ fn age(secs: u64) -> String {
     }
 }
 
+/// Sends `req` to the running daemon `who` of `state`, naming its socket if it does not answer.
+pub fn ask_daemon<Q: Serialize, A: serde::de::DeserializeOwned>(
+    state: &StateDir,
+    who: &str,
+    req: &Q,
+) -> Result<A> {
+    let sock = state.socket_path(who);
+    control::request(&sock, req).with_context(|| {
+        format!(
+            "{who} does not answer on {} (is it running with this --state?)",
+            sock.display()
+        )
+    })
+}
+
 /// `mirror-ctl unblock [SITE]`.
 pub fn unblock(state: &StateDir, site: Option<String>) -> Result<()> {
     let req = SenderRequest::Unblock { site };
-    let sock = state.socket_path("mirror-sendd");
-    let resp: SenderResponse = control::request(&sock, &req).with_context(|| {
-        format!(
-            "mirror-sendd does not answer on {} (is it running with this --state?)",
-            sock.display()
-        )
-    })?;
-    match resp {
+    match ask_daemon(state, "mirror-sendd", &req)? {
         SenderResponse::Unblocking { sites } => {
             for s in sites {
                 println!("trying {s} again");

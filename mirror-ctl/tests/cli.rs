@@ -286,3 +286,36 @@ fn state_dir_from_environment() {
     assert!(e.state.join("rules.db").exists());
     assert_eq!(rule_count(&e.state), 1);
 }
+
+#[test]
+fn status_and_unblock_without_daemons() {
+    let e = env();
+    // No rule yet: status says how to start.
+    let out = ok(&ctl(&e.state, &["status"]));
+    assert!(out.contains("no sites"), "{out}");
+    let pattern = format!("{}/", e.src.display());
+    ok(&ctl(
+        &e.state,
+        &["rule", "add", &pattern, "--site", "127.0.0.1:9", "--dest", "d"],
+    ));
+    // From the files when mirror-sendd is not running.
+    let out = ok(&ctl(&e.state, &["status"]));
+    assert!(out.contains("mirror-sendd is not running"), "{out}");
+    assert!(out.contains("127.0.0.1:9"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&e.state, &["status", "--json"]))).unwrap();
+    assert_eq!(json[0]["site"], "127.0.0.1:9");
+    assert_eq!(json[0]["queued_entries"], 0);
+    assert_eq!(json[0]["sender_running"], false);
+    // Unblock needs the running sender, and says which socket it tried.
+    fails_with(&ctl(&e.state, &["unblock"]), "mirror-sendd does not answer on");
+    // Router commands on a directory without router logs, or without a router.
+    fails_with(
+        &ctl(&e.state, &["router", "status"]),
+        "pass the router's state directory",
+    );
+    fails_with(
+        &ctl(&e.state, &["router", "unblock"]),
+        "mirror-routerd does not answer on",
+    );
+}

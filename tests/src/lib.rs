@@ -384,14 +384,19 @@ impl Local {
         self.sender_with(&[])
     }
 
-    /// Starts `mirror-sendd` with `extra` arguments after the test heartbeat timing.
+    /// Starts `mirror-sendd` with `extra` arguments and the test heartbeat timing (where
+    /// `extra` does not set the same option).
     pub fn sender_with(&self, extra: &[&str]) -> Daemon {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.state.join(format!("sendd-{n}.log"));
         let state = self.state.to_string_lossy().into_owned();
         let mut args = vec!["--state", &state];
-        args.extend_from_slice(SENDER_TIMING);
+        for pair in SENDER_TIMING.chunks(2) {
+            if !extra.contains(&pair[0]) {
+                args.extend_from_slice(pair);
+            }
+        }
         args.extend_from_slice(extra);
         Daemon::spawn("mirror-sendd", &args, log)
     }

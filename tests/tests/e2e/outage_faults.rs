@@ -371,3 +371,39 @@ fn a_torn_journal_tail_after_kill9_of_mirrorfs_is_cut_on_remount() {
     report(1, &w, n);
     drop(m);
 }
+
+#[test]
+fn mirror_ctl_unblock_tries_a_blocked_site_at_once_and_on_block_tells_the_user() {
+    let mut r = Router::start();
+    let site = r.site();
+    let l = Local::new();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &site, "w", &[]);
+    let m = l.mount(&[]);
+    let told = l.tmp.path().join("told");
+    let hook = format!("echo \"$MIRROR_SITE: $MIRROR_REASON\" > {}", told.display());
+    // A probation so long that only the request can end this outage.
+    let _s = l.sender_with(&["--probation", "1h", "--on-block", &hook]);
+    fs::write(l.path("a.txt"), b"one").unwrap();
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    r.kill9();
+    fs::write(l.path("a.txt"), b"two").unwrap();
+    wait_until(NOTICE, "the site to be blocked", || blocked(&l, &site));
+    wait_until(NOTICE, "the --on-block command", || {
+        fs::read_to_string(&told).is_ok_and(|t| t.starts_with(&format!("{site}: ")))
+    });
+    r.restart();
+    fs::write(l.path("b.txt"), b"three").unwrap();
+    wait_until(NOTICE, "the router's heartbeats", || {
+        site_status(&l, &site)["heartbeat"] == true
+    });
+    assert!(blocked(&l, &site), "still blocked: the probation is an hour");
+    let out = l.ctl(&["unblock", &site]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&site));
+    let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    assert!(!blocked(&l, &site));
+    let again = l.ctl(&["unblock"]);
+    assert!(!again.status.success(), "no site is blocked any more");
+    drop(m);
+    eprintln!("faults 1, operations 3, files compared {n}, differences 0");
+}
