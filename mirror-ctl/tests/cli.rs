@@ -296,7 +296,15 @@ fn status_and_unblock_without_daemons() {
     let pattern = format!("{}/", e.src.display());
     ok(&ctl(
         &e.state,
-        &["rule", "add", &pattern, "--site", "127.0.0.1:9", "--dest", "d"],
+        &[
+            "rule",
+            "add",
+            &pattern,
+            "--site",
+            "127.0.0.1:9",
+            "--dest",
+            "d",
+        ],
     ));
     // From the files when mirror-sendd is not running.
     let out = ok(&ctl(&e.state, &["status"]));
@@ -308,7 +316,10 @@ fn status_and_unblock_without_daemons() {
     assert_eq!(json[0]["queued_entries"], 0);
     assert_eq!(json[0]["sender_running"], false);
     // Unblock needs the running sender, and says which socket it tried.
-    fails_with(&ctl(&e.state, &["unblock"]), "mirror-sendd does not answer on");
+    fails_with(
+        &ctl(&e.state, &["unblock"]),
+        "mirror-sendd does not answer on",
+    );
     // Router commands on a directory without router logs, or without a router.
     fails_with(
         &ctl(&e.state, &["router", "status"]),

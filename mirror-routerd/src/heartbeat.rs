@@ -18,6 +18,9 @@ struct Source {
     addr: SocketAddr,
     monitor: Monitor,
     last: Instant,
+    /// Its session was closed for this silence (a session opened without heartbeats, where
+    /// they no longer get through, is left alone).
+    closed: bool,
 }
 
 /// Sources heard, by site id.
@@ -53,12 +56,14 @@ fn receive(sock: &UdpSocket, sources: &Mutex<HashMap<String, Source>>, timing: T
                     addr: from,
                     monitor: Monitor::default(),
                     last: now,
+                    closed: false,
                 });
                 if e.monitor.steady_for(now, timing.threshold).is_zero() {
                     log::info!("source {site}: heartbeats arrive from {from}");
                 }
                 e.addr = from;
                 e.last = now;
+                e.closed = false;
                 e.monitor.beat(now, timing.threshold);
             }
             Err(e)
@@ -84,10 +89,13 @@ fn beat(sock: &UdpSocket, router: &Router, sources: &Mutex<HashMap<String, Sourc
         {
             let mut s = lock(sources);
             s.retain(|_, x| now.duration_since(x.last) < forget);
-            for (site, x) in s.iter() {
+            for (site, x) in s.iter_mut() {
                 let _ = sock.send_to(&msg, x.addr);
                 if let Some(d) = x.monitor.interrupted(now, t.threshold) {
-                    silent.push((site.clone(), d));
+                    if !x.closed {
+                        x.closed = true;
+                        silent.push((site.clone(), d));
+                    }
                 }
             }
         }

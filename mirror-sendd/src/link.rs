@@ -91,6 +91,9 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
                 Some(why) => log::info!("site {site}: trying again ({why})"),
                 None => break,
             }
+            // Old silence must not end the new session at once (where heartbeats no longer
+            // get through at all): the monitor arms again with the next beat.
+            *lock(&monitor) = Monitor::default();
         }
         last_try = Instant::now();
         let mut connected = false;

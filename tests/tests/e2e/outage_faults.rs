@@ -396,9 +396,16 @@ fn mirror_ctl_unblock_tries_a_blocked_site_at_once_and_on_block_tells_the_user()
     wait_until(NOTICE, "the router's heartbeats", || {
         site_status(&l, &site)["heartbeat"] == true
     });
-    assert!(blocked(&l, &site), "still blocked: the probation is an hour");
+    assert!(
+        blocked(&l, &site),
+        "still blocked: the probation is an hour"
+    );
     let out = l.ctl(&["unblock", &site]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&site));
     let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
     assert!(!blocked(&l, &site));
