@@ -17,10 +17,20 @@ pub fn mirrored(
     dest: &str,
     extra: &[&str],
 ) -> (Local, mirror_tests::Mount, mirror_tests::Daemon) {
+    mirrored_with(r, dest, extra, &[])
+}
+
+/// [`mirrored`], with `sender` arguments for mirror-sendd.
+pub fn mirrored_with(
+    r: &Router,
+    dest: &str,
+    extra: &[&str],
+    sender: &[&str],
+) -> (Local, mirror_tests::Mount, mirror_tests::Daemon) {
     let l = Local::new();
     l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), dest, extra);
     let m = l.mount(&[]);
-    let s = l.sender();
+    let s = l.sender_with(sender);
     (l, m, s)
 }
 

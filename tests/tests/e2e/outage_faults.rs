@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use mirror_tests::{wait_converged, wait_until, Local, Router};
 
-use crate::mirror_ops::mirrored;
+use crate::mirror_ops::{mirrored, mirrored_with};
 use crate::mirror_workload::{Rng, Workload};
 
 const CONVERGE: Duration = Duration::from_secs(180);
@@ -308,10 +308,7 @@ fn an_unwritable_backup_file_blocks_while_others_flow() {
 fn over_the_queue_limit_a_blocked_site_keeps_a_dirty_set_and_resyncs() {
     let mut r = Router::start();
     let site = r.site();
-    let l = Local::new();
-    l.add_rule_validated(&format!("{}/", l.dir.display()), &site, "w", &[]);
-    let m = l.mount(&[]);
-    let s = l.sender_with(&["--queue-limit", "64K"]);
+    let (l, m, s) = mirrored_with(&r, "w", &[], &["--queue-limit", "64K"]);
     let mut w = Workload::new(&l.dir, 0x5eed_0104, 40);
     for _ in 0..100 {
         w.step();
@@ -376,13 +373,11 @@ fn a_torn_journal_tail_after_kill9_of_mirrorfs_is_cut_on_remount() {
 fn mirror_ctl_unblock_tries_a_blocked_site_at_once_and_on_block_tells_the_user() {
     let mut r = Router::start();
     let site = r.site();
-    let l = Local::new();
-    l.add_rule_validated(&format!("{}/", l.dir.display()), &site, "w", &[]);
-    let m = l.mount(&[]);
-    let told = l.tmp.path().join("told");
+    let hook_dir = tempfile::tempdir().unwrap();
+    let told = hook_dir.path().join("told");
     let hook = format!("echo \"$MIRROR_SITE: $MIRROR_REASON\" > {}", told.display());
     // A probation so long that only the request can end this outage.
-    let _s = l.sender_with(&["--probation", "1h", "--on-block", &hook]);
+    let (l, m, _s) = mirrored_with(&r, "w", &[], &["--probation", "1h", "--on-block", &hook]);
     fs::write(l.path("a.txt"), b"one").unwrap();
     wait_converged(&l.dir, &r.path("w"), CONVERGE);
     r.kill9();
