@@ -556,20 +556,19 @@ fn apply_some(
                 .unwrap_or(0);
             let table = router.table();
             for (off, r) in records {
-                if !r.complete {
-                    let at = (n, off);
-                    if apply_one(
+                let held = !r.complete
+                    && apply_one(
                         router,
                         &mut st.applier,
                         &mut st.ahead,
                         &table,
-                        pc,
-                        at,
+                        &pc.pair,
+                        off,
                         &r,
                         limit,
-                    )? {
-                        pc.held_from = Some(pc.held_from.map_or(off, |h| h.min(off)));
-                    }
+                    )?;
+                if held {
+                    pc.held_from = Some(pc.held_from.map_or(off, |h| h.min(off)));
                 }
                 pc.cursor = off + r.len() as u64;
                 moved = true;
@@ -602,12 +601,12 @@ fn apply_one(
     applier: &mut Applier,
     ahead: &mut crate::direct::ReadAhead,
     table: &RouterTable,
-    pc: &PairCursor,
-    (pair, off): (u64, u64),
+    p: &RtPair,
+    off: u64,
     r: &RtRecord,
     limit: u64,
 ) -> Result<bool, String> {
-    let targets = applier.targets(table, r);
+    let pair = p.n;
     let block = |rel: &str, reason: String| {
         let b = mirrorfs::blocked::BlockedFile {
             path: rel.to_string(),
@@ -628,17 +627,21 @@ fn apply_one(
             );
         }
     };
-    if let Some(b) = targets.iter().find_map(|t| router.blocked_file(t)) {
-        // Entries that involve a blocked file wait, and so do the other files they touch.
-        for t in targets.iter().filter(|t| **t != b.path) {
-            block(
-                t,
-                format!("an entry also involves {}, which is blocked", b.path),
-            );
+    // The backup files it touches matter only while some file is blocked, or once it failed.
+    if router.any_blocked() {
+        let targets = applier.targets(table, r);
+        if let Some(b) = targets.iter().find_map(|t| router.blocked_file(t)) {
+            // Entries that involve a blocked file wait, and so do the other files they touch.
+            for t in targets.iter().filter(|t| **t != b.path) {
+                block(
+                    t,
+                    format!("an entry also involves {}, which is blocked", b.path),
+                );
+            }
+            return Ok(true);
         }
-        return Ok(true);
     }
-    let data = pc.pair.data(r, ahead, limit).map_err(|e| e.to_string())?;
+    let data = p.data(r, ahead, limit).map_err(|e| e.to_string())?;
     match applier.apply(table, r, data) {
         Ok(Outcome::Done) => {}
         Ok(Outcome::Skipped(why)) => log::debug!(
@@ -655,13 +658,13 @@ fn apply_one(
                 String::from_utf8_lossy(&r.name),
                 r.site
             );
-            for t in &targets {
+            for t in &applier.targets(table, r) {
                 block(t, reason.clone());
             }
             return Ok(true);
         }
     }
-    pc.pair.mark_complete(off).map_err(|e| e.to_string())?;
+    p.mark_complete(off).map_err(|e| e.to_string())?;
     Ok(false)
 }
 
