@@ -17,6 +17,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", help_heading = STATE)]
     pub state: Option<PathBuf>,
 
+    /// Key file [default: <state>/keys]: the routers' keys on a source, the source sites'
+    /// keys with `router`.
+    #[arg(long, global = true, value_name = "FILE", help_heading = STATE)]
+    pub key_file: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -52,9 +57,63 @@ Examples:
         /// `HOST:PORT` of the site.
         site: Option<String>,
     },
-    /// On a backup host: the router's blocked files and backlog (--state is the router's).
+    /// The keys this source proves itself with to its sites (mirror-sendd and `rule add`
+    /// read them).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// On a backup host: the router's keys, blocked files and backlog (--state is the
+    /// router's).
     #[command(subcommand)]
     Router(RouterCommand),
+}
+
+/// `mirror-ctl key …` (on a source).
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Store the key a router gave this source (`mirror-ctl router key add` there prints it).
+    #[command(
+        after_help = "Example (KEY as printed by the router; `-` reads it from stdin):
+  mirror-ctl key add backup.lan:7070 3f1c…e9
+  mirror-ctl key add '*' -            # one key for every site"
+    )]
+    Add {
+        /// The router's `HOST:PORT`, as in the rules, or `*` for every site without its own.
+        site: String,
+        /// The key: 64 hexadecimal digits, or `-` to read it from stdin.
+        key: String,
+    },
+    /// List the sites that have a key (not the keys).
+    List,
+    /// Remove the key of SITE.
+    Rm {
+        /// `HOST:PORT` or `*`.
+        site: String,
+    },
+}
+
+/// `mirror-ctl router key …` (on a backup host).
+#[derive(Debug, Subcommand)]
+pub enum RouterKeyCommand {
+    /// Make (or replace) the key of source site SITE and print it; the router accepts SITE
+    /// with it at once (no restart).
+    #[command(
+        after_help = "SITE is the source's site id (`cat <state>/site-id` there; the host name by
+default). Give the printed key to the source: `mirror-ctl key add ROUTER:PORT KEY`."
+    )]
+    Add {
+        /// The source's site id.
+        site: String,
+        /// Use this key (64 hexadecimal digits) instead of a new random one.
+        #[arg(long, value_name = "HEX")]
+        key: Option<String>,
+    },
+    /// List the source sites that have a key (not the keys).
+    List,
+    /// Remove the key of source site SITE: its next connection is refused.
+    Rm {
+        /// The source's site id.
+        site: String,
+    },
 }
 
 /// `mirror-ctl router …`
@@ -73,6 +132,9 @@ pub enum RouterCommand {
         /// Backup path relative to the router's root.
         path: Option<String>,
     },
+    /// The keys of the source sites this router accepts.
+    #[command(subcommand)]
+    Key(RouterKeyCommand),
 }
 
 /// Arguments of `sync`.

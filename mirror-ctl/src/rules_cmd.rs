@@ -15,7 +15,7 @@ fn open_db(state: &StateDir) -> Result<RulesDb> {
 }
 
 /// `rule add`: validates, then stores the rule.
-pub fn add(state: &StateDir, args: AddArgs) -> Result<()> {
+pub fn add(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, args: AddArgs) -> Result<()> {
     let dir = args.pattern.source_dir();
     let meta = fs::metadata(dir).with_context(|| {
         format!(
@@ -40,7 +40,13 @@ pub fn add(state: &StateDir, args: AddArgs) -> Result<()> {
     })?;
     if !args.no_validate {
         for site in &args.sites {
-            crate::validate::check(site, &args.dest, args.pattern.kind().dest_is_dir())?;
+            crate::validate::check(
+                state,
+                keys,
+                site,
+                &args.dest,
+                args.pattern.kind().dest_is_dir(),
+            )?;
         }
     }
     let spec = RuleSpec {

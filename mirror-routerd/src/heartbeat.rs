@@ -34,22 +34,37 @@ pub fn start(router: Arc<Router>, addr: SocketAddr, timing: Timing) -> std::io::
     let (rx_sock, rx_sources) = (sock.try_clone()?, sources.clone());
     std::thread::Builder::new()
         .name("heartbeat-in".into())
-        .spawn(move || receive(&rx_sock, &rx_sources, timing))?;
+        .spawn({
+            let router = router.clone();
+            move || receive(&rx_sock, &router, &rx_sources, timing)
+        })?;
     std::thread::Builder::new()
         .name("heartbeat-out".into())
         .spawn(move || beat(&sock, &router, &sources, timing))?;
     Ok(())
 }
 
-fn receive(sock: &UdpSocket, sources: &Mutex<HashMap<String, Source>>, timing: Timing) {
+fn receive(
+    sock: &UdpSocket,
+    router: &Router,
+    sources: &Mutex<HashMap<String, Source>>,
+    timing: Timing,
+) {
     let mut buf = [0u8; 512];
     loop {
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => {
-                let Some((Beat::Source, site)) = heartbeat::decode(&buf[..n]) else {
+                // Only beats tagged with the key of the source they name count.
+                let key_of = |who, site: &str| {
+                    (who == Beat::Source)
+                        .then(|| router.keys.get_exact(site).ok().flatten())
+                        .flatten()
+                };
+                let Some(h) = heartbeat::decode(&buf[..n], key_of) else {
                     log::debug!("ignored a datagram of {n} bytes from {from}");
                     continue;
                 };
+                let site = h.id.clone();
                 let now = Instant::now();
                 let mut s = lock(sources);
                 let e = s.entry(site.clone()).or_insert(Source {
@@ -58,13 +73,17 @@ fn receive(sock: &UdpSocket, sources: &Mutex<HashMap<String, Source>>, timing: T
                     last: now,
                     closed: false,
                 });
-                if e.monitor.steady_for(now, timing.threshold).is_zero() {
+                let was_steady = !e.monitor.steady_for(now, timing.threshold).is_zero();
+                if !e.monitor.heard(&h, now, timing.threshold) {
+                    log::debug!("ignored a replayed heartbeat of {site} from {from}");
+                    continue;
+                }
+                if !was_steady {
                     log::info!("source {site}: heartbeats arrive from {from}");
                 }
                 e.addr = from;
                 e.last = now;
                 e.closed = false;
-                e.monitor.beat(now, timing.threshold);
             }
             Err(e)
                 if matches!(
@@ -80,7 +99,6 @@ fn receive(sock: &UdpSocket, sources: &Mutex<HashMap<String, Source>>, timing: T
 }
 
 fn beat(sock: &UdpSocket, router: &Router, sources: &Mutex<HashMap<String, Source>>, t: Timing) {
-    let msg = heartbeat::encode(Beat::Router, "");
     // Sources silent this long are forgotten (no more beats sent to them).
     let forget = t.threshold * 20;
     loop {
@@ -90,7 +108,10 @@ fn beat(sock: &UdpSocket, router: &Router, sources: &Mutex<HashMap<String, Sourc
             let mut s = lock(sources);
             s.retain(|_, x| now.duration_since(x.last) < forget);
             for (site, x) in s.iter_mut() {
-                let _ = sock.send_to(&msg, x.addr);
+                if let Ok(Some(key)) = router.keys.get_exact(site) {
+                    let msg = heartbeat::encode(Beat::Router, "", heartbeat::next_counter(), &key);
+                    let _ = sock.send_to(&msg, x.addr);
+                }
                 if let Some(d) = x.monitor.interrupted(now, t.threshold) {
                     if !x.closed {
                         x.closed = true;

@@ -7,14 +7,17 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use mirror_routerd::shared::{Router, RouterConfig};
+use mirror_routerd::shared::{Limits, Router, RouterConfig};
 
 /// Receive mirrored changes on a backup host and apply them under --root.
 #[derive(Debug, Parser)]
 #[command(
     name = "mirror-routerd",
     version,
-    after_help = "Sources connect over TCP to ADDR:PORT; heartbeats are UDP datagrams on the same port
+    after_help = "Sources connect over TCP to ADDR:PORT and must prove they hold their site's key (--key-file)
+before anything is accepted; frames are authenticated, not encrypted (see docs/SECURITY.md for
+a tunnel). Backup files are written only beneath --root, and no symbolic link is ever followed.
+Heartbeats are UDP datagrams on the same port
 number, both ways. A backup file that cannot be written is blocked: its entries wait in the
 router logs while other files keep flowing; `mirror-ctl router unblock` (or --unblock-every)
 retries it.
@@ -33,6 +36,11 @@ struct Cli {
     /// $MIRROR_STATE, else $XDG_STATE_HOME/mirror, else ~/.local/state/mirror]
     #[arg(long, value_name = "DIR", help_heading = "State options")]
     state: Option<PathBuf>,
+    /// Keys of the source sites, lines `SITE KEY`; read again when it changes, so keys can be
+    /// added while the router runs [default: <state>/keys]. `mirror-ctl router key add SITE`
+    /// writes it.
+    #[arg(long, value_name = "FILE", help_heading = "State options")]
+    key_file: Option<PathBuf>,
     /// Size at which a new pair of router logs is started.
     #[arg(
         long,
@@ -56,6 +64,14 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "5m", help_heading = "Outage options",
           value_parser = mirrorfs::units::parse_duration)]
     unblock_every: std::time::Duration,
+    /// Sessions at once per source site; more are refused.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().sessions_per_site,
+          help_heading = "Limits")]
+    max_sessions_per_site: usize,
+    /// Connections authenticating at once, from anyone; more are refused.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().handshakes,
+          help_heading = "Limits")]
+    max_handshakes: usize,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -68,8 +84,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         rt_size: cli.rt_size_mib.max(1) << 20,
         max_open: cli.max_open,
         unblock_every: cli.unblock_every,
+        key_file: cli.key_file.unwrap_or_else(|| state.keys_path()),
+        limits: Limits {
+            sessions_per_site: cli.max_sessions_per_site.max(1),
+            handshakes: cli.max_handshakes.max(1),
+            ..Limits::default()
+        },
     })
     .with_context(|| format!("cannot start the router for root {}", cli.root.display()))?;
+    match router.keys.load() {
+        Ok(k) if k.names().next().is_none() => log::warn!(
+            "no source site has a key in {} yet: every source is refused until one is added with `mirror-ctl router key add SITE`",
+            router.keys.path().display()
+        ),
+        Ok(_) => {}
+        Err(e) => return Err(e).context("cannot read the key file"),
+    }
     let listener = TcpListener::bind(&cli.listen)
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let addr = listener.local_addr().context("listening address")?;

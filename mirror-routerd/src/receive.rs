@@ -1,13 +1,17 @@
 //! The receive process (seeds/002 [0059]-[0061]): one session per connected source.
 //!
-//! A session starts with [`Msg::Hello`] (or is a one-shot [`Msg::Validate`] from
-//! `mirror-ctl`). Entries are accepted only under the configuration version the router last
+//! A session starts with the authenticated hello ([`mirrorfs::wire::auth`]): a peer without
+//! the key of the site it names is refused before anything else is read. A session of role
+//! [`Role::Validate`] answers one [`Msg::Validate`] from `mirror-ctl` and ends. Every frame
+//! after the hello carries the session's MAC. Connections still authenticating, and sessions
+//! per site, are limited ([`crate::shared::Limits`]); a peer over a limit of the protocol
+//! ([`Msg::check_limits`], the frame size) is disconnected with the reason in the log. Entries are accepted only under the configuration version the router last
 //! stored for that source; otherwise the router answers [`Msg::SendConfig`] and drops entries
 //! until the configuration arrives. Accepted entries are appended to RT1/RT2 and made durable
 //! (one fsync per batch) before [`Msg::Ack`]. Entries at or below the last position received
 //! completely are dropped as duplicates (a sender resending after a restart).
 
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,10 +19,11 @@ use std::time::Duration;
 
 use mirrorfs::journal::Position;
 use mirrorfs::rule::Dest;
-use mirrorfs::wire::{codec, read_frame, Msg, WireEntry, WireError, PROTOCOL_VERSION};
+use mirrorfs::wire::auth::{self, FrameMac, HandshakeError, Key};
+use mirrorfs::wire::{read_sealed, Msg, Role, WireEntry, WireError, PROTOCOL_VERSION};
 
 use crate::config::RouterRule;
-use crate::shared::{lock, Router};
+use crate::shared::{lock, PeerOut, Router, Seat};
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +34,9 @@ pub enum SessionError {
     /// The peer broke the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The peer was refused (no key, wrong key, a limit); it was told why.
+    #[error("refused: {0}")]
+    Refused(String),
     /// Storing failed (the entries were not acknowledged).
     #[error("{0}")]
     Store(String),
@@ -44,13 +52,21 @@ pub fn serve(router: Arc<Router>, listener: TcpListener) {
                     .peer_addr()
                     .map(|a| a.to_string())
                     .unwrap_or_else(|_| "?".into());
+                let max = router.cfg.limits.handshakes;
+                let Some(seat) = router.take_seat("", max) else {
+                    log::warn!(
+                        "refused {peer}: {max} connections are already authenticating (limit)"
+                    );
+                    continue;
+                };
                 let spawned = std::thread::Builder::new()
                     .name(format!("session {peer}"))
-                    .spawn(move || match session(&r, s) {
+                    .spawn(move || match session(&r, s, seat) {
                         Ok(()) => log::info!("session with {peer} ended"),
                         Err(SessionError::Wire(WireError::Closed)) => {
                             log::info!("{peer} closed the connection")
                         }
+                        Err(SessionError::Refused(why)) => log::warn!("refused {peer}: {why}"),
                         Err(e) => log::warn!("session with {peer}: {e}"),
                     });
                 if let Err(e) = spawned {
@@ -65,21 +81,37 @@ pub fn serve(router: Arc<Router>, listener: TcpListener) {
     }
 }
 
-fn send(w: &Mutex<TcpStream>, msg: &Msg) -> Result<(), SessionError> {
-    let frame = codec::encode_frame(msg)?;
-    lock(w).write_all(&frame).map_err(WireError::Io)?;
+fn send(w: &Mutex<PeerOut>, msg: &Msg) -> Result<(), SessionError> {
+    lock(w).send(msg)?;
     Ok(())
 }
 
 /// Refuses with a reason: tells the peer, then ends the session.
-fn refuse(w: &Mutex<TcpStream>, reason: String) -> SessionError {
+fn refuse(w: &Mutex<PeerOut>, reason: String) -> SessionError {
     let _ = send(
         w,
         &Msg::Error {
             reason: reason.clone(),
         },
     );
-    SessionError::Protocol(reason)
+    SessionError::Refused(reason)
+}
+
+/// The key of source `site`, or why it has none.
+fn key_of(router: &Router, site: &str) -> Result<Key, String> {
+    if !valid_site_id(site) {
+        return Err(format!("invalid site id {site:?}"));
+    }
+    match router.keys.get_exact(site) {
+        Ok(Some(k)) => Ok(k),
+        Ok(None) => Err(format!(
+            "site {site} has no key on this router (add one there with `mirror-ctl router key add {site}`)"
+        )),
+        Err(e) => {
+            log::error!("{e}");
+            Err("the router cannot read its key file".into())
+        }
+    }
 }
 
 fn valid_site_id(s: &str) -> bool {
@@ -88,34 +120,49 @@ fn valid_site_id(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_graphic() && c != '/')
 }
 
-fn session(router: &Router, stream: TcpStream) -> Result<(), SessionError> {
+/// A session: the connection holds one of the handshake seats until it is authenticated,
+/// then one of its site's.
+fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(), SessionError> {
     stream.set_nodelay(true).map_err(WireError::Io)?;
-    let w = Arc::new(Mutex::new(stream.try_clone().map_err(WireError::Io)?));
+    let limits = router.cfg.limits;
+    stream
+        .set_read_timeout(Some(limits.handshake_timeout))
+        .map_err(WireError::Io)?;
+    let mut out = stream.try_clone().map_err(WireError::Io)?;
     let mut r = BufReader::with_capacity(1 << 20, stream);
-    let (site, stream_id) = match read_frame(&mut r)? {
-        Msg::Validate { dest, dir } => {
-            let (ok, reason) = validate(&router.cfg.root, &dest, dir);
-            send(&w, &Msg::Validated { ok, reason })?;
-            return Ok(());
-        }
-        Msg::Hello {
-            protocol,
-            site,
-            stream,
-        } => {
-            if protocol != PROTOCOL_VERSION {
-                return Err(refuse(
-                    &w,
-                    format!("protocol {protocol} is not supported (this router speaks {PROTOCOL_VERSION})"),
-                ));
-            }
-            if !valid_site_id(&site) {
-                return Err(refuse(&w, format!("invalid site id {site:?}")));
-            }
-            (site, stream)
-        }
-        other => return Err(refuse(&w, format!("expected hello, got {}", other.kind()))),
+    let accepted = auth::server(&mut r, &mut out, |site| key_of(router, site));
+    drop(authenticating);
+    let accepted = accepted.map_err(|e| match e {
+        HandshakeError::Wire(w) => SessionError::Wire(w),
+        HandshakeError::Rejected(reason) => SessionError::Refused(reason),
+        other => SessionError::Protocol(other.to_string()),
+    })?;
+    r.get_ref().set_read_timeout(None).map_err(WireError::Io)?;
+    let site = accepted.site;
+    let stream_id = accepted.stream;
+    let mut recv = accepted.session.recv;
+    let w = Arc::new(Mutex::new(PeerOut::new(out, accepted.session.send)));
+    let Some(_seat) = router.take_seat(&site, limits.sessions_per_site) else {
+        return Err(refuse(
+            &w,
+            format!(
+                "site {site} already has {} sessions open (limit)",
+                limits.sessions_per_site
+            ),
+        ));
     };
+    if accepted.role == Role::Validate {
+        return match read_sealed(&mut r, &mut recv)? {
+            Msg::Validate { dest, dir } => {
+                let (ok, reason) = validate(&router.cfg.root, &dest, dir);
+                send(&w, &Msg::Validated { ok, reason })
+            }
+            other => Err(refuse(
+                &w,
+                format!("expected validate, got {}", other.kind()),
+            )),
+        };
+    }
     let received = router.received(&site, stream_id);
     send(
         &w,
@@ -129,7 +176,7 @@ fn session(router: &Router, stream: TcpStream) -> Result<(), SessionError> {
         received.map_or("nothing".into(), |p| p.to_string())
     );
     lock(&router.peers).insert(site.clone(), w.clone());
-    let result = serve_source(router, &site, &w, &mut r);
+    let result = serve_source(router, &site, &w, &mut r, &mut recv);
     {
         let mut peers = lock(&router.peers);
         if peers.get(&site).is_some_and(|p| Arc::ptr_eq(p, &w)) {
@@ -142,8 +189,9 @@ fn session(router: &Router, stream: TcpStream) -> Result<(), SessionError> {
 fn serve_source(
     router: &Router,
     site: &str,
-    w: &Mutex<TcpStream>,
+    w: &Mutex<PeerOut>,
     r: &mut BufReader<TcpStream>,
+    mac: &mut FrameMac,
 ) -> Result<(), SessionError> {
     // The committer stores batches (one fsync each) and acknowledges them while this thread
     // goes on reading the next frames: the network and the disk work at the same time.
@@ -166,13 +214,13 @@ fn serve_source(
                     if let Err(e) = res {
                         *lock(&failed) = Some(e);
                         // Ends the read of the next frame: nothing more is acknowledged.
-                        let _ = lock(w).shutdown(std::net::Shutdown::Both);
+                        lock(w).shutdown();
                         return;
                     }
                 }
             })
             .map_err(|e| SessionError::Store(format!("cannot start a commit thread: {e}")))?;
-        let result = receive_frames(router, site, w, r, &tx);
+        let result = receive_frames(router, site, w, r, mac, &tx);
         drop(tx);
         let _ = committer.join();
         match lock(&failed).take() {
@@ -189,8 +237,9 @@ type Batch = (Vec<WireEntry>, u64);
 fn receive_frames(
     router: &Router,
     site: &str,
-    w: &Mutex<TcpStream>,
+    w: &Mutex<PeerOut>,
     r: &mut BufReader<TcpStream>,
+    mac: &mut FrameMac,
     committer: &crossbeam_channel::Sender<Batch>,
 ) -> Result<(), SessionError> {
     let mut awaiting_config = false;
@@ -223,7 +272,7 @@ fn receive_frames(
                 pending_bytes = 0;
             }
         }
-        let msg = read_frame(r)?;
+        let msg = read_sealed(r, mac)?;
         if !matches!(msg, Msg::Entries { .. }) {
             if !pending.is_empty() {
                 committer

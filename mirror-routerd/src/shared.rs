@@ -30,6 +30,77 @@ pub struct RouterConfig {
     pub max_open: usize,
     /// How often blocked backup files are retried.
     pub unblock_every: Duration,
+    /// The source sites' keys.
+    pub key_file: PathBuf,
+    /// Limits on connections.
+    pub limits: Limits,
+}
+
+/// Limits on what peers may hold open.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Authenticated sessions at once per source site (a sender needs one, `mirror-ctl rule
+    /// add` one more for a moment).
+    pub sessions_per_site: usize,
+    /// Connections still in their handshake at once, from anyone.
+    pub handshakes: usize,
+    /// How long a connection may take to authenticate.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sessions_per_site: 4,
+            handshakes: 64,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The sending half of a session: frames tagged with the session's MAC.
+#[derive(Debug)]
+pub struct PeerOut {
+    stream: TcpStream,
+    mac: mirrorfs::wire::auth::FrameMac,
+}
+
+impl PeerOut {
+    /// The half of `stream` that sends with `mac`.
+    pub fn new(stream: TcpStream, mac: mirrorfs::wire::auth::FrameMac) -> PeerOut {
+        PeerOut { stream, mac }
+    }
+
+    /// Sends one frame.
+    pub fn send(&mut self, msg: &Msg) -> Result<(), mirrorfs::wire::WireError> {
+        let frame = codec::encode_sealed(msg, &mut self.mac)?;
+        self.stream.write_all(&frame)?;
+        Ok(())
+    }
+
+    /// Ends the connection both ways.
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A place taken in a count, given back on drop.
+#[derive(Debug)]
+pub struct Seat {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut c = lock(&self.counts);
+        if let Some(n) = c.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Errors starting a router.
@@ -77,7 +148,11 @@ pub struct Router {
     /// Per source site: stream and last journal position received completely.
     pub sources: Mutex<HashMap<String, SourceState>>,
     /// Live sessions, by source site, for requests to the sender.
-    pub peers: Mutex<HashMap<String, Arc<Mutex<TcpStream>>>>,
+    pub peers: Mutex<HashMap<String, Arc<Mutex<PeerOut>>>>,
+    /// The source sites' keys.
+    pub keys: mirrorfs::wire::auth::KeyRing,
+    /// Connections by source site (and "" for those still in their handshake).
+    seats: Arc<Mutex<HashMap<String, usize>>>,
     /// Blocked backup files by path (relative to the root), and whether the router process
     /// should look again at the entries it held back.
     blocked: Mutex<(BTreeMap<String, BlockedFile>, bool)>,
@@ -141,7 +216,6 @@ impl Router {
             );
         }
         Ok(Arc::new(Router {
-            cfg,
             rt: Mutex::new(rt),
             published: Mutex::new(published),
             wake: Condvar::new(),
@@ -150,8 +224,26 @@ impl Router {
             versions: Mutex::new(HashMap::new()),
             sources: Mutex::new(sources),
             peers: Mutex::new(HashMap::new()),
+            keys: mirrorfs::wire::auth::KeyRing::new(cfg.key_file.clone()),
+            seats: Arc::default(),
+            cfg,
             blocked: Mutex::new((held, false)),
         }))
+    }
+
+    /// A place for one more connection of `site` ("" for a connection still authenticating),
+    /// unless it already has `max`.
+    pub fn take_seat(&self, site: &str, max: usize) -> Option<Seat> {
+        let mut c = lock(&self.seats);
+        let n = c.entry(site.to_string()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Seat {
+            counts: self.seats.clone(),
+            key: site.to_string(),
+        })
     }
 
     /// The blocked-file log.
@@ -219,7 +311,7 @@ impl Router {
         let peer = lock(&self.peers).remove(site);
         match peer {
             Some(p) => {
-                let _ = lock(&p).shutdown(std::net::Shutdown::Both);
+                lock(&p).shutdown();
                 true
             }
             None => false,
@@ -272,11 +364,7 @@ impl Router {
         let shown = String::from_utf8_lossy(&name).into_owned();
         match peer {
             Some(p) => {
-                let frame = codec::encode_frame(&Msg::Resync { rule_crc, name });
-                let res = frame.map_err(|e| e.to_string()).and_then(|f| {
-                    lock(&p).write_all(&f).map_err(|e| e.to_string())
-                });
-                match res {
+                match lock(&p).send(&Msg::Resync { rule_crc, name }) {
                     Ok(()) => log::info!("asked {site} for a copy of {shown}"),
                     Err(e) => log::warn!("cannot ask {site} for a copy of {shown}: {e}"),
                 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mirrorfs::wire::auth::KeyRing;
 use mirrorfs::wire::heartbeat::{self, Beat, Monitor, Timing};
 
 use crate::shared::lock;
@@ -16,6 +17,7 @@ use crate::shared::lock;
 pub fn spawn(
     site: String,
     id: String,
+    keys: Arc<KeyRing>,
     timing: Timing,
     monitor: Arc<Mutex<Monitor>>,
     done: Arc<AtomicBool>,
@@ -23,7 +25,7 @@ pub fn spawn(
     let name = format!("heartbeat {site}");
     let spawned = std::thread::Builder::new()
         .name(name)
-        .spawn(move || run(&site, &id, timing, &monitor, &done));
+        .spawn(move || run(&site, &id, &keys, timing, &monitor, &done));
     if let Err(e) = spawned {
         log::error!("cannot start a heartbeat thread: {e}");
     }
@@ -45,8 +47,14 @@ fn socket(site: &str, timing: Timing) -> std::io::Result<UdpSocket> {
     Ok(s)
 }
 
-fn run(site: &str, id: &str, timing: Timing, monitor: &Mutex<Monitor>, done: &AtomicBool) {
-    let beat = heartbeat::encode(Beat::Source, id);
+fn run(
+    site: &str,
+    id: &str,
+    keys: &KeyRing,
+    timing: Timing,
+    monitor: &Mutex<Monitor>,
+    done: &AtomicBool,
+) {
     let mut sock: Option<UdpSocket> = None;
     let mut next = Instant::now();
     let mut buf = [0u8; 512];
@@ -66,20 +74,26 @@ fn run(site: &str, id: &str, timing: Timing, monitor: &Mutex<Monitor>, done: &At
             }
         }
         let Some(s) = sock.as_ref() else { continue };
+        // Without a key there are no beats (the link reports the missing key).
+        let key = keys.get(site).ok().flatten();
         if Instant::now() >= next {
-            // Refused (no one listens yet) or unreachable: the silence tells the monitor.
-            let _ = s.send(&beat);
+            if let Some(k) = &key {
+                // Refused (no one listens yet) or unreachable: the silence tells the monitor.
+                let beat = heartbeat::encode(Beat::Source, id, heartbeat::next_counter(), k);
+                let _ = s.send(&beat);
+            }
             next = Instant::now() + timing.interval;
         }
         match s.recv(&mut buf) {
             Ok(n) => {
-                if let Some((Beat::Router, _)) = heartbeat::decode(&buf[..n]) {
+                let heard = heartbeat::decode(&buf[..n], |_, _| key.clone());
+                if let Some(h) = heard.filter(|h| h.who == Beat::Router) {
                     let now = Instant::now();
                     let mut m = lock(monitor);
-                    if m.steady_for(now, timing.threshold).is_zero() {
+                    let was_steady = !m.steady_for(now, timing.threshold).is_zero();
+                    if m.heard(&h, now, timing.threshold) && !was_steady {
                         log::info!("site {site}: heartbeats arrive");
                     }
-                    m.beat(now, timing.threshold);
                 }
             }
             Err(e)

@@ -19,8 +19,10 @@ use mirrorfs::blocked::DirtySet;
 use mirrorfs::entry::Command;
 use mirrorfs::journal::{JournalError, JournalReader, Position};
 use mirrorfs::notify::DirWatch;
+use mirrorfs::wire::auth::{self, FrameMac, HandshakeError};
 use mirrorfs::wire::heartbeat::Monitor;
-use mirrorfs::wire::{codec, read_frame, Msg, Part, WireEntry, WireError, PROTOCOL_VERSION};
+use mirrorfs::wire::msg::MAX_ENTRIES_PER_FRAME;
+use mirrorfs::wire::{codec, read_sealed, Msg, Part, Role, WireEntry, WireError, PROTOCOL_VERSION};
 
 use std::os::unix::ffi::OsStrExt;
 
@@ -32,8 +34,8 @@ const WINDOW: usize = 64 << 20;
 /// Bytes per entries frame, at most (one entry may exceed it).
 const BATCH_BYTES: usize = 4 << 20;
 /// Entries per frame, at most.
-const BATCH_ENTRIES: usize = 4096;
-/// How long to wait for the router's welcome.
+const BATCH_ENTRIES: usize = MAX_ENTRIES_PER_FRAME;
+/// How long to wait for the router's challenge and welcome.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +56,9 @@ pub enum LinkError {
     /// The router refused.
     #[error("refused by the router: {0}")]
     Refused(String),
+    /// No key for the site, or the router failed to prove it holds it.
+    #[error("authentication: {0}")]
+    Auth(String),
     /// The router broke the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -79,6 +84,7 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
     crate::heartbeat::spawn(
         site.clone(),
         shared.site_id.clone(),
+        shared.keys.clone(),
         sites.policy.timing,
         monitor.clone(),
         beating.clone(),
@@ -209,10 +215,43 @@ fn connect(site: &str) -> Result<TcpStream, LinkError> {
     Err(LinkError::Connect(last))
 }
 
-fn send(w: &mut TcpStream, msg: &Msg) -> Result<(), LinkError> {
-    let frame = codec::encode_frame(msg)?;
-    w.write_all(&frame).map_err(WireError::Io)?;
-    Ok(())
+/// The sending half of a session: every frame tagged with the session's MAC.
+struct Out {
+    w: TcpStream,
+    mac: FrameMac,
+}
+
+impl Out {
+    fn send(&mut self, msg: &Msg) -> Result<(), LinkError> {
+        let frame = codec::encode_sealed(msg, &mut self.mac)?;
+        self.w.write_all(&frame).map_err(WireError::Io)?;
+        Ok(())
+    }
+}
+
+/// Authenticates to the router of `site` with its key ([`auth::client`]).
+fn handshake(
+    shared: &Shared,
+    site: &str,
+    r: &mut BufReader<TcpStream>,
+    w: &mut TcpStream,
+) -> Result<auth::Session, LinkError> {
+    let key = shared
+        .keys
+        .get(site)
+        .map_err(|e| LinkError::Auth(e.to_string()))?
+        .ok_or_else(|| {
+            LinkError::Auth(format!(
+                "no key for site {site} in {}; on the router run `mirror-ctl router key add {}`, then here `mirror-ctl key add {site} KEY`",
+                shared.keys.path().display(),
+                shared.site_id
+            ))
+        })?;
+    auth::client(r, w, &shared.site_id, shared.stream(), Role::Source, &key).map_err(|e| match e {
+        HandshakeError::Wire(w) => LinkError::Wire(w),
+        HandshakeError::Refused(reason) => LinkError::Refused(reason),
+        other => LinkError::Auth(other.to_string()),
+    })
 }
 
 /// Sent and not yet acknowledged.
@@ -227,7 +266,7 @@ struct InFlight {
 struct Session<'a> {
     shared: &'a Shared,
     site: &'a str,
-    w: TcpStream,
+    w: Out,
     reader: JournalReader,
     inflight: VecDeque<InFlight>,
     inflight_bytes: usize,
@@ -261,19 +300,13 @@ fn session(
         ))
         .map_err(WireError::Io)?;
     let mut w = stream.try_clone().map_err(WireError::Io)?;
-    send(
-        &mut w,
-        &Msg::Hello {
-            protocol: PROTOCOL_VERSION,
-            site: shared.site_id.clone(),
-            stream: shared.stream(),
-        },
-    )?;
     let mut r = BufReader::with_capacity(64 << 10, stream.try_clone().map_err(WireError::Io)?);
     stream
         .set_read_timeout(Some(HELLO_TIMEOUT))
         .map_err(WireError::Io)?;
-    let received = match read_frame(&mut r)? {
+    let auth::Session { send, mut recv } = handshake(shared, site, &mut r, &mut w)?;
+    let w = Out { w, mac: send };
+    let received = match read_sealed(&mut r, &mut recv)? {
         Msg::Welcome { protocol, received } => {
             if protocol != PROTOCOL_VERSION {
                 return Err(LinkError::Protocol(format!(
@@ -319,7 +352,7 @@ fn session(
     );
     let (tx, rx) = crossbeam_channel::unbounded();
     let done = Arc::new(AtomicBool::new(false));
-    spawn_reader(r, tx.clone());
+    spawn_reader(r, recv, tx.clone());
     spawn_watcher(shared, tx, done.clone());
     let mut s = Session {
         shared,
@@ -349,11 +382,11 @@ fn session(
     result
 }
 
-fn spawn_reader(mut r: BufReader<TcpStream>, tx: Sender<Event>) {
+fn spawn_reader(mut r: BufReader<TcpStream>, mut mac: FrameMac, tx: Sender<Event>) {
     let _ = std::thread::Builder::new()
         .name("link-reader".into())
         .spawn(move || loop {
-            match read_frame(&mut r) {
+            match read_sealed(&mut r, &mut mac) {
                 Ok(m) => {
                     if tx.send(Event::Msg(m)).is_err() {
                         return;
@@ -502,13 +535,10 @@ impl Session<'_> {
                     rules.len(),
                     have.map_or("none".into(), |v| v.to_string())
                 );
-                send(
-                    &mut self.w,
-                    &Msg::Config {
-                        version: table.version,
-                        rules,
-                    },
-                )?;
+                self.w.send(&Msg::Config {
+                    version: table.version,
+                    rules,
+                })?;
                 // The router dropped what followed its request: resend from the last ack.
                 self.reader.seek(self.acked_next)?;
                 self.inflight.clear();
@@ -631,13 +661,10 @@ impl Session<'_> {
         for f in self.inflight.iter_mut().rev().take(batch.len()) {
             f.frame = frame;
         }
-        send(
-            &mut self.w,
-            &Msg::Entries {
-                config_version: version,
-                entries: batch,
-            },
-        )?;
+        self.w.send(&Msg::Entries {
+            config_version: version,
+            entries: batch,
+        })?;
         Ok(true)
     }
 

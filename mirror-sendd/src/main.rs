@@ -56,6 +56,10 @@ struct Cli {
     /// $XDG_STATE_HOME/mirror, else ~/.local/state/mirror]
     #[arg(long, value_name = "DIR", help_heading = "State options")]
     state: Option<PathBuf>,
+    /// Keys of the routers, lines `HOST:PORT KEY` (or `* KEY` for every site); read again
+    /// when it changes [default: <state>/keys]. `mirror-ctl key add` writes it.
+    #[arg(long, value_name = "FILE", help_heading = "State options")]
+    key_file: Option<PathBuf>,
     /// Interval between heartbeats (e.g. 1s, 500ms).
     #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = OUTAGES,
           value_parser = mirrorfs::units::parse_duration)]
@@ -106,7 +110,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             on_block: cli.on_block.clone(),
         },
     )?;
-    let shared = Shared::new(site_id.clone(), &state, db, sfa, sites)?;
+    let keys =
+        mirrorfs::wire::auth::KeyRing::new(cli.key_file.unwrap_or_else(|| state.keys_path()));
+    keys.load()
+        .with_context(|| format!("cannot read the key file {}", keys.path().display()))?;
+    let shared = Shared::new(site_id.clone(), &state, db, sfa, sites, keys)?;
     serve_control(&state, &shared)?;
     log::info!(
         "source site {site_id}: configuration version {version}, {} sites, journal {}",

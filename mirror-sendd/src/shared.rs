@@ -42,6 +42,8 @@ pub struct Shared {
     pub dirty_lock: Mutex<()>,
     /// The current send table.
     pub table: ArcSwap<SendTable>,
+    /// The routers' keys.
+    pub keys: Arc<mirrorfs::wire::auth::KeyRing>,
     sfa_path: PathBuf,
     sfa: Mutex<SfaState>,
     db: Mutex<(RulesDb, i64)>,
@@ -63,6 +65,7 @@ impl Shared {
         db: RulesDb,
         sfa: Sfa,
         sites: Sites,
+        keys: mirrorfs::wire::auth::KeyRing,
     ) -> Result<Arc<Shared>, RulesDbError> {
         let seen = db.data_version()?;
         let (version, rules) = db.snapshot()?;
@@ -74,6 +77,7 @@ impl Shared {
             sites,
             dirty_lock: Mutex::new(()),
             table: ArcSwap::from_pointee(table),
+            keys: Arc::new(keys),
             sfa_path: state.sfa_path(),
             sfa: Mutex::new(SfaState {
                 sfa,

@@ -128,7 +128,12 @@ impl StateDir {
     pub fn blocked_path(&self) -> PathBuf {
         self.root.join("blocked")
     }
-    /// This system's source-site id.
+    /// The default key file: on a source, the keys of its routers by site (`HOST:PORT` or
+    /// `*`); on a router, the keys of its source sites.
+    pub fn keys_path(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    /// The file holding this source's site id (a host name by default).
     pub fn site_id_path(&self) -> PathBuf {
         self.root.join("site-id")
     }

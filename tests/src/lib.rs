@@ -78,6 +78,9 @@ impl Local {
         let state = root.join("state");
         std::fs::create_dir_all(&dir).expect("mkdir proj");
         std::fs::create_dir_all(&state).expect("mkdir state");
+        // Every router a test starts knows this key ([`Router::trust`]).
+        mirrorfs::wire::auth::KeyFile::store(&state.join("keys"), "*", &test_key())
+            .expect("write the source's key file");
         Local { tmp, dir, state }
     }
 
@@ -418,6 +421,14 @@ impl Local {
     }
 }
 
+/// The key the test sources and routers share.
+pub const TEST_KEY: &str = "6d6972726f722d746573742d6b65792d6d6972726f722d746573742d6b657921";
+
+/// [`TEST_KEY`] as a key.
+pub fn test_key() -> mirrorfs::wire::auth::Key {
+    mirrorfs::wire::auth::Key::from_hex(TEST_KEY).expect("TEST_KEY is a key")
+}
+
 /// Heartbeat timing of the senders tests start: fast, so that outages are noticed and ended
 /// in about a second (the defaults are 1 s, 3 s and 5 s).
 pub const SENDER_TIMING: &[&str] = &[
@@ -477,6 +488,10 @@ impl Router {
 
     fn launch(root: &Path, state: &Path, port: u16, n: usize) -> (Daemon, u16) {
         std::fs::create_dir_all(state).expect("mkdir router state");
+        // Sources keep the default site id (the host name) unless a test sets one and trusts it.
+        let id = mirrorfs::state::hostname().unwrap_or_else(|| "localhost".into());
+        mirrorfs::wire::auth::KeyFile::store(&state.join("keys"), &id, &test_key())
+            .expect("write the router's key file");
         let log = state.join(format!("routerd-{n}.log"));
         let listen = format!("127.0.0.1:{port}");
         let mut args: Vec<&OsStr> = vec![
@@ -515,6 +530,16 @@ impl Router {
         let (d, _) = Router::launch(&self.root, &self.state, self.port, self.starts);
         self.starts += 1;
         self.daemon = d;
+    }
+
+    /// Accepts source site `id` with [`TEST_KEY`] (`mirror-ctl router key add ID --key …`).
+    pub fn trust(&self, id: &str) {
+        let out = self.ctl(&["key", "add", id, "--key", TEST_KEY]);
+        assert!(
+            out.status.success(),
+            "router key add {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs `mirror-ctl --state ROUTER_STATE router args…`.

@@ -1,13 +1,19 @@
 //! Framing and encoding: every message crosses the wire as `len u32 LE | crc32 u32 LE |
-//! payload`. The payload is the bincode 2 encoding of a [`Msg`]; no other module calls bincode,
-//! so the encoding can change here alone.
+//! payload`, followed, once the session is authenticated, by the payload's 32-byte tag (see
+//! [`super::auth`]). The payload is the bincode 2 encoding of a [`Msg`]; no other module calls
+//! bincode, so the encoding can change here alone. Every decoded message is checked against
+//! the protocol's limits ([`Msg::check_limits`]) before anyone uses it.
 
 use std::io::{self, Read, Write};
 
+use super::auth::{FrameMac, TAG_LEN};
 use super::msg::Msg;
 
 /// The largest payload accepted or sent (entries are at most a few MiB per frame).
 pub const MAX_FRAME: usize = 64 << 20;
+
+/// The largest payload accepted before the peer is authenticated (hello, challenge, auth).
+pub const MAX_HANDSHAKE_FRAME: usize = 4 << 10;
 
 /// Errors reading or writing frames.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,15 @@ pub enum WireError {
     /// The payload does not decode as a message.
     #[error("malformed frame: {0}")]
     Decode(String),
+    /// The message decodes but breaks a limit of the protocol.
+    #[error("frame over a limit: {0}")]
+    Limit(String),
+    /// The frame's tag is not the session's (forged, replayed or out of order).
+    #[error("frame {seq} of the session fails authentication")]
+    BadMac {
+        /// The frame's sequence number in its direction.
+        seq: u64,
+    },
     /// The message could not be encoded (a bug, or a value over the limits).
     #[error("cannot encode message: {0}")]
     Encode(String),
@@ -48,8 +63,17 @@ fn config() -> impl bincode::config::Config {
         .with_limit::<MAX_FRAME>()
 }
 
-/// Encodes `msg` as one frame (header and payload).
+/// Encodes `msg` as one frame (header and payload), for the handshake.
 pub fn encode_frame(msg: &Msg) -> Result<Vec<u8>, WireError> {
+    encode(msg, None)
+}
+
+/// Encodes `msg` as one frame of an authenticated session: header, payload, tag.
+pub fn encode_sealed(msg: &Msg, mac: &mut FrameMac) -> Result<Vec<u8>, WireError> {
+    encode(msg, Some(mac))
+}
+
+fn encode(msg: &Msg, mac: Option<&mut FrameMac>) -> Result<Vec<u8>, WireError> {
     let mut out = vec![0u8; 8];
     bincode::serde::encode_into_std_write(msg, &mut out, config())
         .map_err(|e| WireError::Encode(e.to_string()))?;
@@ -63,6 +87,10 @@ pub fn encode_frame(msg: &Msg) -> Result<Vec<u8>, WireError> {
     let crc = crc32fast::hash(&out[8..]);
     out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     out[4..8].copy_from_slice(&crc.to_le_bytes());
+    if let Some(mac) = mac {
+        let tag = mac.seal(&out[8..]);
+        out.extend_from_slice(&tag);
+    }
     Ok(out)
 }
 
@@ -76,18 +104,29 @@ pub fn decode_payload(payload: &[u8]) -> Result<Msg, WireError> {
             payload.len() - used
         )));
     }
+    msg.check_limits().map_err(WireError::Limit)?;
     Ok(msg)
 }
 
-/// Writes `msg` as one frame.
-pub fn write_frame(w: &mut impl Write, msg: &Msg) -> Result<(), WireError> {
+/// Writes `msg` as one frame (handshake).
+pub fn write_frame(w: &mut (impl Write + ?Sized), msg: &Msg) -> Result<(), WireError> {
     let frame = encode_frame(msg)?;
     w.write_all(&frame)?;
     Ok(())
 }
 
-/// Reads one frame; [`WireError::Closed`] when the stream ends cleanly before a frame.
+/// Reads one frame (handshake); [`WireError::Closed`] when the stream ends cleanly before a
+/// frame.
 pub fn read_frame(r: &mut impl Read) -> Result<Msg, WireError> {
+    read(r, None, MAX_HANDSHAKE_FRAME)
+}
+
+/// Reads one frame of an authenticated session and checks its tag.
+pub fn read_sealed(r: &mut impl Read, mac: &mut FrameMac) -> Result<Msg, WireError> {
+    read(r, Some(mac), MAX_FRAME)
+}
+
+fn read(r: &mut impl Read, mac: Option<&mut FrameMac>, max: usize) -> Result<Msg, WireError> {
     let mut head = [0u8; 8];
     let mut got = 0;
     while got < head.len() {
@@ -101,17 +140,19 @@ pub fn read_frame(r: &mut impl Read) -> Result<Msg, WireError> {
     }
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let expected = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge {
-            len,
-            max: MAX_FRAME,
-        });
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
     let actual = crc32fast::hash(&payload);
     if actual != expected {
         return Err(WireError::BadCrc { expected, actual });
+    }
+    if let Some(mac) = mac {
+        let mut tag = [0u8; TAG_LEN];
+        r.read_exact(&mut tag)?;
+        mac.open(&payload, &tag)?;
     }
     decode_payload(&payload)
 }

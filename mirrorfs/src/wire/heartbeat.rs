@@ -2,12 +2,20 @@
 //! directions between a source and a router, on the router's port number (UDP and TCP share
 //! it), and the monitor that tells an interruption from a steady beat.
 //!
-//! A datagram: magic `MIRHB1`, `kind u8` (1 from a source, 2 from a router), `len u8`, the
-//! sender's id (the source site id, or empty), `crc32 u32 LE` of everything before it.
+//! A datagram: magic `MIRHB2`, `kind u8` (1 from a source, 2 from a router), `len u8`, the
+//! sender's id (the source site id, or empty), `counter u64 LE` (grows with every beat), and
+//! the first 16 bytes of the HMAC-SHA256 of everything before it under the source site's key
+//! ([`super::auth`]). A receiver drops a beat whose tag is wrong or whose counter is not above
+//! the last one it took from that peer, so beats can be neither forged nor replayed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const MAGIC: &[u8; 6] = b"MIRHB1";
+use super::auth::{check, Key};
+
+const MAGIC: &[u8; 6] = b"MIRHB2";
+/// Bytes of the tag kept in a datagram.
+const TAG: usize = 16;
 
 /// Who sent a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +26,24 @@ pub enum Beat {
     Router,
 }
 
-/// Encodes a heartbeat from `who` with id `id` (at most 255 bytes are kept).
-pub fn encode(who: Beat, id: &str) -> Vec<u8> {
+/// A beat's counter: the time in nanoseconds, and always above the last one of this process.
+pub fn next_counter() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let prev = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| {
+            Some(now.max(l + 1))
+        })
+        .unwrap_or(0);
+    now.max(prev + 1)
+}
+
+/// Encodes a heartbeat from `who` with id `id` (at most 255 bytes are kept), tagged with `key`.
+pub fn encode(who: Beat, id: &str, counter: u64, key: &Key) -> Vec<u8> {
     let id = &id.as_bytes()[..id.len().min(255)];
-    let mut out = Vec::with_capacity(MAGIC.len() + 6 + id.len());
+    let mut out = Vec::with_capacity(MAGIC.len() + 2 + id.len() + 8 + TAG);
     out.extend_from_slice(MAGIC);
     out.push(match who {
         Beat::Source => 1,
@@ -29,32 +51,54 @@ pub fn encode(who: Beat, id: &str) -> Vec<u8> {
     });
     out.push(id.len() as u8);
     out.extend_from_slice(id);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&counter.to_le_bytes());
+    let tag = key.tag(&[b"mirror-heartbeat\0", &out]);
+    out.extend_from_slice(&tag[..TAG]);
     out
 }
 
-/// Decodes a datagram; `None` for anything that is not a whole, intact heartbeat.
-pub fn decode(b: &[u8]) -> Option<(Beat, String)> {
+/// A heartbeat whose tag was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heard {
+    /// Who sent it.
+    pub who: Beat,
+    /// Its id.
+    pub id: String,
+    /// Its counter.
+    pub counter: u64,
+}
+
+/// Decodes a datagram and checks its tag with the key `key_of` gives for its sender; `None`
+/// for anything that is not a whole heartbeat tagged with that key.
+pub fn decode(b: &[u8], key_of: impl FnOnce(Beat, &str) -> Option<Key>) -> Option<Heard> {
     let head = MAGIC.len() + 2;
-    if b.len() < head + 4 || &b[..MAGIC.len()] != MAGIC {
+    if b.len() < head + 8 + TAG || &b[..MAGIC.len()] != MAGIC {
         return None;
     }
     let len = b[MAGIC.len() + 1] as usize;
-    if b.len() != head + len + 4 {
+    if b.len() != head + len + 8 + TAG {
         return None;
     }
-    let (body, crc) = b.split_at(head + len);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return None;
-    }
+    let (body, tag) = b.split_at(head + len + 8);
     let who = match b[MAGIC.len()] {
         1 => Beat::Source,
         2 => Beat::Router,
         _ => return None,
     };
-    let id = std::str::from_utf8(&body[head..]).ok()?.to_string();
-    Some((who, id))
+    let id = std::str::from_utf8(&body[head..head + len])
+        .ok()?
+        .to_string();
+    let key = key_of(who, &id)?;
+    if !check(&key.tag(&[b"mirror-heartbeat\0", body])[..TAG], tag) {
+        return None;
+    }
+    let mut c = [0u8; 8];
+    c.copy_from_slice(&body[head + len..]);
+    Some(Heard {
+        who,
+        id,
+        counter: u64::from_le_bytes(c),
+    })
 }
 
 /// Heartbeat timing: how often to beat, how long a silence is an interruption, and how long
@@ -86,9 +130,22 @@ pub struct Monitor {
     last: Option<Instant>,
     /// Since when beats arrived without an interruption.
     steady_since: Option<Instant>,
+    /// The counter of the last beat taken.
+    counter: u64,
 }
 
 impl Monitor {
+    /// Takes beat `h` at `now` if its counter is above the last one taken; whether it did
+    /// (a replayed or reordered beat is dropped).
+    pub fn heard(&mut self, h: &Heard, now: Instant, threshold: Duration) -> bool {
+        if h.counter <= self.counter {
+            return false;
+        }
+        self.counter = h.counter;
+        self.beat(now, threshold);
+        true
+    }
+
     /// A beat arrived at `now`.
     pub fn beat(&mut self, now: Instant, threshold: Duration) {
         let resumed = self.last.is_none_or(|l| now.duration_since(l) > threshold);
@@ -124,20 +181,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_damage() {
-        let b = encode(Beat::Source, "host-a");
-        assert_eq!(decode(&b), Some((Beat::Source, "host-a".to_string())));
+    fn round_trip_damage_wrong_key_and_replay() {
+        let k = Key::generate().unwrap();
+        let key = |_: Beat, _: &str| Some(k.clone());
+        let b = encode(Beat::Source, "host-a", 7, &k);
+        let heard = decode(&b, key).unwrap();
         assert_eq!(
-            decode(&encode(Beat::Router, "")),
-            Some((Beat::Router, String::new()))
+            (heard.who, heard.id.as_str(), heard.counter),
+            (Beat::Source, "host-a", 7)
+        );
+        assert_eq!(
+            decode(&encode(Beat::Router, "", 8, &k), key).map(|h| h.who),
+            Some(Beat::Router)
         );
         for i in 0..b.len() {
             let mut c = b.clone();
             c[i] ^= 0x20;
-            assert_eq!(decode(&c), None, "byte {i}");
+            assert_eq!(decode(&c, key), None, "byte {i}");
         }
-        assert_eq!(decode(&b[..b.len() - 1]), None);
-        assert_eq!(decode(b"garbage"), None);
+        assert_eq!(decode(&b[..b.len() - 1], key), None);
+        assert_eq!(decode(b"garbage", key), None);
+        let other = Key::generate().unwrap();
+        assert_eq!(decode(&b, |_, _| Some(other.clone())), None);
+        assert_eq!(decode(&b, |_, _| None), None);
+        let mut m = Monitor::default();
+        let t = Duration::from_secs(3);
+        assert!(m.heard(&heard, Instant::now(), t));
+        assert!(
+            !m.heard(&heard, Instant::now(), t),
+            "a replayed beat is dropped"
+        );
+        assert!(next_counter() < next_counter());
     }
 
     #[test]

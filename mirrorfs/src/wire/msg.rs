@@ -6,7 +6,28 @@ use crate::entry::{Command, Entry};
 use crate::journal::Position;
 
 /// Bumped on any incompatible change to [`Msg`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The most entries in one [`Msg::Entries`] frame.
+pub const MAX_ENTRIES_PER_FRAME: usize = 4096;
+/// The longest name (and second name or text) of an entry, in bytes.
+pub const MAX_NAME_LEN: usize = 8192;
+/// The longest site id.
+pub const MAX_SITE_LEN: usize = 255;
+/// The most rules in one [`Msg::Config`].
+pub const MAX_RULES: usize = 100_000;
+/// The longest reason or other text in a message.
+pub const MAX_TEXT_LEN: usize = 64 << 10;
+
+/// What a session is for, as its hello says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Role {
+    /// mirror-sendd: entries, configuration, acknowledgements.
+    Source = 1,
+    /// `mirror-ctl rule add`: one [`Msg::Validate`], then the session ends.
+    Validate = 2,
+}
 
 /// Which part of a journal entry a [`WireEntry`] is.
 ///
@@ -133,6 +154,26 @@ pub enum Msg {
         site: String,
         /// The source journal's identity.
         stream: u64,
+        /// What the session is for.
+        role: Role,
+        /// The source's fresh random nonce ([`super::auth`]).
+        #[serde(with = "serde_bytes")]
+        nonce: Vec<u8>,
+    },
+    /// Router → sender: the router's nonce and its proof that it holds the site's key.
+    Challenge {
+        /// The router's fresh random nonce.
+        #[serde(with = "serde_bytes")]
+        nonce: Vec<u8>,
+        /// HMAC of the transcript with the site's key.
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+    },
+    /// Sender → router: the source's proof that it holds the key.
+    Auth {
+        /// HMAC of the transcript with the site's key.
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
     },
     /// Router → sender: accepted; what the router already holds from this source.
     Welcome {
@@ -211,6 +252,8 @@ impl Msg {
     pub fn kind(&self) -> &'static str {
         match self {
             Msg::Hello { .. } => "hello",
+            Msg::Challenge { .. } => "challenge",
+            Msg::Auth { .. } => "authentication",
             Msg::Welcome { .. } => "welcome",
             Msg::Entries { .. } => "entries",
             Msg::Ack { .. } => "ack",
@@ -222,6 +265,43 @@ impl Msg {
             Msg::Resync { .. } => "resync",
             Msg::Heartbeat => "heartbeat",
             Msg::Error { .. } => "error",
+        }
+    }
+
+    /// Checks the protocol's limits on counts and lengths (the frame size is checked before
+    /// decoding); the reason when one is broken.
+    pub fn check_limits(&self) -> Result<(), String> {
+        let over = |what: &str, len: usize, max: usize| {
+            if len > max {
+                Err(format!("{what} of {len} exceeds the limit of {max}"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Msg::Hello { site, .. } => over("site id length", site.len(), MAX_SITE_LEN),
+            Msg::Entries { entries, .. } => {
+                over("entries in a frame", entries.len(), MAX_ENTRIES_PER_FRAME)?;
+                for e in entries {
+                    over("entry name length", e.name.len(), MAX_NAME_LEN)?;
+                    over("entry second name length", e.aux.len(), MAX_NAME_LEN)?;
+                }
+                Ok(())
+            }
+            Msg::Config { rules, .. } => {
+                over("rules in a configuration", rules.len(), MAX_RULES)?;
+                for r in rules {
+                    over("rule pattern length", r.pattern.len(), MAX_NAME_LEN)?;
+                    over("rule destination length", r.dest.len(), MAX_NAME_LEN)?;
+                }
+                Ok(())
+            }
+            Msg::Validate { dest, .. } => over("destination length", dest.len(), MAX_NAME_LEN),
+            Msg::Resync { name, .. } => over("name length", name.len(), MAX_NAME_LEN),
+            Msg::Validated { reason, .. } | Msg::Error { reason } => {
+                over("reason length", reason.len(), MAX_TEXT_LEN)
+            }
+            _ => Ok(()),
         }
     }
 }

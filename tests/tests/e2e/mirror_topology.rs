@@ -17,6 +17,8 @@ fn two_sources_into_one_router() {
     let b = Local::new();
     a.set_site_id("source-a");
     b.set_site_id("source-b");
+    r.trust("source-a");
+    r.trust("source-b");
     a.add_rule_validated(&format!("{}/", a.dir.display()), &r.site(), "from-a", &[]);
     b.add_rule_validated(&format!("{}/", b.dir.display()), &r.site(), "from-b", &[]);
     let (_ma, _mb) = (a.mount(&[]), b.mount(&[]));

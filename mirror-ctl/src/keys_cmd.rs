@@ -1,0 +1,94 @@
+//! `mirror-ctl key …` on a source and `mirror-ctl router key …` on a backup host: the
+//! pre-shared keys that sessions authenticate with (`mirrorfs::wire::auth`).
+
+use std::io::Read;
+
+use anyhow::{bail, Context, Result};
+use mirrorfs::wire::auth::{Key, KeyFile, KeyRing};
+
+use crate::cli::{KeyCommand, RouterKeyCommand};
+
+fn parse_key(text: &str) -> Result<Key> {
+    let text = if text == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the key from stdin")?;
+        s
+    } else {
+        text.to_string()
+    };
+    Key::from_hex(&text).context("invalid key")
+}
+
+fn list(keys: &KeyRing, what: &str) -> Result<()> {
+    let f = keys.load()?;
+    let names: Vec<&str> = f.names().collect();
+    if names.is_empty() {
+        println!("no {what} has a key in {}", keys.path().display());
+    }
+    for n in names {
+        println!("{n}");
+    }
+    Ok(())
+}
+
+fn rm(keys: &KeyRing, name: &str, what: &str) -> Result<()> {
+    if !KeyFile::remove(keys.path(), name)? {
+        bail!("{what} {name} has no key in {}", keys.path().display());
+    }
+    println!(
+        "removed the key of {what} {name} from {}",
+        keys.path().display()
+    );
+    Ok(())
+}
+
+/// `mirror-ctl key …`: the routers' keys on this source.
+pub fn source(keys: &KeyRing, cmd: KeyCommand) -> Result<()> {
+    match cmd {
+        KeyCommand::Add { site, key } => {
+            if site != "*" {
+                mirrorfs::rule::Site::parse(&site)?;
+            }
+            let key = parse_key(&key)?;
+            KeyFile::store(keys.path(), &site, &key)?;
+            println!(
+                "stored the key for site {site} in {} (mirror-sendd uses it from its next connection)",
+                keys.path().display()
+            );
+            Ok(())
+        }
+        KeyCommand::List => list(keys, "site"),
+        KeyCommand::Rm { site } => rm(keys, &site, "site"),
+    }
+}
+
+/// `mirror-ctl router key …`: the source sites' keys on this router.
+pub fn router(keys: &KeyRing, cmd: RouterKeyCommand) -> Result<()> {
+    match cmd {
+        RouterKeyCommand::Add { site, key } => {
+            if site.is_empty()
+                || site.len() > mirrorfs::wire::msg::MAX_SITE_LEN
+                || !site.chars().all(|c| c.is_ascii_graphic() && c != '/')
+                || site == "*"
+            {
+                bail!("invalid source site id {site:?}: printable ASCII without '/' or spaces");
+            }
+            let key = match key {
+                Some(k) => parse_key(&k)?,
+                None => Key::generate()?,
+            };
+            KeyFile::store(keys.path(), &site, &key)?;
+            eprintln!(
+                "stored the key of source site {site} in {}; on that source run:\n  mirror-ctl key add ROUTER_HOST:PORT {}",
+                keys.path().display(),
+                key.to_hex()
+            );
+            println!("{}", key.to_hex());
+            Ok(())
+        }
+        RouterKeyCommand::List => list(keys, "source site"),
+        RouterKeyCommand::Rm { site } => rm(keys, &site, "source site"),
+    }
+}
