@@ -47,6 +47,11 @@ rm -rf "$demo"
 mkdir -p "$demo/project/src" "$demo/state" "$demo/backup" "$demo/router-state"
 echo 'fn main() { println!("hello"); }' > "$demo/project/src/main.rs"
 
+# The router accepts only sources that hold their key: make one for this source, give it to it.
+echo quickstart > "$demo/state/site-id"
+key=$("$bin/mirror-ctl" --state "$demo/router-state" router key add quickstart 2>/dev/null)
+"$bin/mirror-ctl" --state "$demo/state" key add "127.0.0.1:$port" "$key" >/dev/null
+
 "$bin/mirror-routerd" --listen "127.0.0.1:$port" --root "$demo/backup" --state "$demo/router-state" \
   >"$demo/routerd.log" 2>&1 &
 echo $! > "$demo/routerd.pid"

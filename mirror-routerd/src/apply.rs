@@ -8,6 +8,10 @@
 //! Re-applying the last entry after a crash (applied, flag not yet written) is harmless:
 //! writes, truncates, creates, attribute changes are idempotent; deletes, renames and links
 //! whose source is gone are skipped.
+//!
+//! Every backup path is reached through [`crate::beneath`]: beneath the root, through no
+//! symbolic link. An entry whose name would leave the root or pass through a symlink is
+//! refused (logged, marked complete, never retried); the rest keep flowing.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -22,6 +26,7 @@ use std::time::Duration;
 use mirrorfs::entry::{AttrChange, Command};
 
 use crate::backup::{backup_rel, OpenFiles};
+use crate::beneath::{is_confinement, Place, Root};
 use crate::config::{RouterRule, RouterTable};
 use crate::rtlog::{list_pairs, RtPair, RtRecord, HEADER_LEN};
 
@@ -32,6 +37,8 @@ pub enum Outcome {
     Done,
     /// Nothing to do (no rule any more, attributes not mirrored, source already gone).
     Skipped(String),
+    /// Refused: the entry names a path outside its rule's destination or the root.
+    Refused(String),
     /// The backup lacks the file the entry builds on: the source must send `name` whole.
     NeedCopy {
         /// Rule CRC.
@@ -56,7 +63,7 @@ pub struct ApplyError {
 /// Applies entries under a root.
 #[derive(Debug)]
 pub struct Applier {
-    root: PathBuf,
+    root: Root,
     open: OpenFiles,
 }
 
@@ -82,19 +89,22 @@ fn remove_any(p: &Path) -> io::Result<()> {
     }
 }
 
-fn make_parent(p: &Path) -> io::Result<()> {
-    match p.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => fs::create_dir_all(parent),
-        _ => Ok(()),
-    }
-}
-
 impl Applier {
     /// An applier writing under `root`, keeping at most `max_open` backup files open.
-    pub fn new(root: &Path, max_open: usize) -> Applier {
-        Applier {
-            root: root.to_path_buf(),
+    pub fn new(root: &Path, max_open: usize) -> io::Result<Applier> {
+        Ok(Applier {
+            root: Root::open(root)?,
             open: OpenFiles::new(max_open),
+        })
+    }
+
+    /// `rel` beneath the root (its parents created when `create`); `None` when a parent
+    /// directory does not exist and `create` is false.
+    fn at(&self, rel: &Path, create: bool) -> io::Result<Option<Place>> {
+        match self.root.place(rel, create) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if !create && not_found(&e) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -135,119 +145,136 @@ impl Applier {
         };
         let rel = match backup_rel(rule, &r.name) {
             Ok(p) => p,
-            Err(e) => return Ok(Outcome::Skipped(format!("refused: {e}"))),
+            Err(e) => return Ok(Outcome::Refused(e.to_string())),
         };
-        let path = self.root.join(rel);
+        let shown = self.root.path().join(&rel);
         let fail = |op: &'static str, p: &Path| {
             let p = p.to_path_buf();
             move |err| ApplyError { op, path: p, err }
         };
         match r.command {
             Command::Write => {
-                let f = self.file(&path).map_err(fail("open", &path))?;
-                crate::direct::write_at(f, data, r.offset).map_err(fail("write", &path))?;
+                let f = self.file(&rel).map_err(fail("open", &shown))?;
+                crate::direct::write_at(f, data, r.offset).map_err(fail("write", &shown))?;
+                return Ok(Outcome::Done);
             }
             Command::Truncate => {
-                let f = self.file(&path).map_err(fail("open", &path))?;
-                f.set_len(r.size).map_err(fail("truncate", &path))?;
+                let f = self.file(&rel).map_err(fail("open", &shown))?;
+                f.set_len(r.size).map_err(fail("truncate", &shown))?;
+                return Ok(Outcome::Done);
             }
             Command::Zero => {
-                let f = self.file(&path).map_err(fail("open", &path))?;
-                zero_range(f, r.offset, r.size).map_err(fail("zero", &path))?;
+                let f = self.file(&rel).map_err(fail("open", &shown))?;
+                zero_range(f, r.offset, r.size).map_err(fail("zero", &shown))?;
+                return Ok(Outcome::Done);
             }
+            _ => {}
+        }
+        self.open.clear();
+        // Removals and attribute changes need no parent directories; the rest create them.
+        let create = !matches!(
+            r.command,
+            Command::Delete
+                | Command::Rmdir
+                | Command::SetAttr
+                | Command::SetXattr
+                | Command::RemoveXattr
+                | Command::Rename
+                | Command::Link
+        );
+        let Some(at) = self.at(&rel, create).map_err(fail("open", &shown))? else {
+            return Ok(Outcome::Skipped(format!("{}: gone", shown.display())));
+        };
+        let path = at.path();
+        let shown = at.shown().to_path_buf();
+        match r.command {
+            Command::Write | Command::Truncate | Command::Zero => {}
             Command::Create => {
-                self.open.clear();
                 let mode = if rule.attrs {
                     r.offset as u32 & 0o7777
                 } else {
                     0o644
                 };
-                create_file(&path, mode).map_err(fail("create", &path))?;
+                create_file(&path, mode).map_err(fail("create", &shown))?;
             }
-            Command::Delete => {
-                self.open.clear();
-                match &rule.delete_suffix {
-                    Some(suf) => {
-                        let mut to = path.clone().into_os_string();
-                        to.push(suf);
-                        let to = PathBuf::from(to);
-                        match fs::symlink_metadata(&path) {
-                            Ok(_) => {
-                                remove_any(&to).map_err(fail("delete", &to))?;
-                                fs::rename(&path, &to).map_err(fail("rename", &path))?;
-                            }
-                            Err(e) if not_found(&e) => {}
-                            Err(e) => return Err(fail("delete", &path)(e)),
+            Command::Delete => match &rule.delete_suffix {
+                Some(suf) => {
+                    let to = at.with_suffix(suf).map_err(fail("delete", &shown))?;
+                    match fs::symlink_metadata(&path) {
+                        Ok(_) => {
+                            remove_any(&to.path()).map_err(fail("delete", to.shown()))?;
+                            at.rename_to(&to, 0).map_err(fail("rename", &shown))?;
                         }
+                        Err(e) if not_found(&e) => {}
+                        Err(e) => return Err(fail("delete", &shown)(e)),
                     }
-                    None => remove_any(&path).map_err(fail("delete", &path))?,
                 }
-            }
+                None => remove_any(&path).map_err(fail("delete", &shown))?,
+            },
             Command::Rename | Command::Link => {
-                self.open.clear();
-                let to = self.root.join(match backup_rel(rule, &r.aux) {
+                let to_rel = match backup_rel(rule, &r.aux) {
                     Ok(p) => p,
-                    Err(e) => return Ok(Outcome::Skipped(format!("refused: {e}"))),
-                });
+                    Err(e) => return Ok(Outcome::Refused(e.to_string())),
+                };
+                let to_shown = self.root.path().join(&to_rel);
+                let to = self
+                    .root
+                    .place(&to_rel, true)
+                    .map_err(fail("rename", &to_shown))?;
                 let link = r.command == Command::Link;
-                return self.rename_or_link(rule, r, &path, &to, link);
+                return rename_or_link(rule, r, &at, &to, link);
             }
             Command::Mkdir => {
-                self.open.clear();
                 if let Ok(m) = fs::symlink_metadata(&path) {
                     if !m.is_dir() {
-                        fs::remove_file(&path).map_err(fail("mkdir", &path))?;
+                        fs::remove_file(&path).map_err(fail("mkdir", &shown))?;
                     }
                 }
-                fs::create_dir_all(&path).map_err(fail("mkdir", &path))?;
+                match at.mkdir(0o755) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(fail("mkdir", &shown)(e))
+                    }
+                    _ => {}
+                }
                 if rule.attrs {
-                    fs::set_permissions(
-                        &path,
-                        fs::Permissions::from_mode(r.offset as u32 & 0o7777),
-                    )
-                    .map_err(fail("chmod", &path))?;
+                    at.chmod(r.offset as u32 & 0o7777)
+                        .map_err(fail("chmod", &shown))?;
                 }
             }
-            Command::Rmdir => {
-                self.open.clear();
-                match fs::remove_dir(&path) {
-                    Ok(()) => {}
-                    Err(e) if not_found(&e) => {}
-                    Err(e) if errno_is(&e, libc::ENOTEMPTY) => {
-                        if rule.delete_suffix.is_some() {
-                            return Ok(Outcome::Skipped(format!(
-                                "{} keeps deleted files; left in place",
-                                path.display()
-                            )));
-                        }
-                        fs::remove_dir_all(&path).map_err(fail("rmdir", &path))?;
+            Command::Rmdir => match fs::remove_dir(&path) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) if errno_is(&e, libc::ENOTEMPTY) => {
+                    if rule.delete_suffix.is_some() {
+                        return Ok(Outcome::Skipped(format!(
+                            "{} keeps deleted files; left in place",
+                            shown.display()
+                        )));
                     }
-                    Err(e) => return Err(fail("rmdir", &path)(e)),
+                    fs::remove_dir_all(&path).map_err(fail("rmdir", &shown))?;
                 }
-            }
+                Err(e) => return Err(fail("rmdir", &shown)(e)),
+            },
             Command::Symlink => {
-                self.open.clear();
-                remove_any(&path).map_err(fail("symlink", &path))?;
-                make_parent(&path).map_err(fail("mkdir", &path))?;
+                // Made as a link, never followed: every later use of the name sees ELOOP.
+                remove_any(&path).map_err(fail("symlink", &shown))?;
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&r.aux), &path)
-                    .map_err(fail("symlink", &path))?;
+                    .map_err(fail("symlink", &shown))?;
             }
             Command::Mknod => {
-                self.open.clear();
                 let mode = r.offset as u32;
                 if mode & libc::S_IFMT != libc::S_IFIFO {
                     return Ok(Outcome::Skipped(format!(
                         "{}: only fifos are mirrored",
-                        path.display()
+                        shown.display()
                     )));
                 }
-                remove_any(&path).map_err(fail("mknod", &path))?;
-                make_parent(&path).map_err(fail("mkdir", &path))?;
-                let c = cpath(&path).map_err(fail("mknod", &path))?;
+                remove_any(&path).map_err(fail("mknod", &shown))?;
+                let c = cpath(&path).map_err(fail("mknod", &shown))?;
                 let perm = if rule.attrs { mode & 0o7777 } else { 0o644 };
                 // SAFETY: c is a valid NUL-terminated path.
                 if unsafe { libc::mkfifo(c.as_ptr(), perm) } != 0 {
-                    return Err(fail("mkfifo", &path)(io::Error::last_os_error()));
+                    return Err(fail("mkfifo", &shown)(io::Error::last_os_error()));
                 }
             }
             Command::SetAttr => {
@@ -257,10 +284,10 @@ impl Applier {
                 let Some(change) = AttrChange::decode(data) else {
                     return Ok(Outcome::Skipped("malformed attribute change".into()));
                 };
-                match set_attrs(&path, &change) {
+                match set_attrs(&at, &change) {
                     Ok(()) => {}
                     Err(e) if not_found(&e) => return Ok(Outcome::Skipped("gone".into())),
-                    Err(e) => return Err(fail("setattr", &path)(e)),
+                    Err(e) => return Err(fail("setattr", &shown)(e)),
                 }
             }
             Command::SetXattr | Command::RemoveXattr => {
@@ -274,7 +301,7 @@ impl Applier {
                 ) {
                     Ok(()) => {}
                     Err(e) if not_found(&e) || errno_is(&e, libc::ENODATA) => {}
-                    Err(e) => return Err(fail("xattr", &path)(e)),
+                    Err(e) => return Err(fail("xattr", &shown)(e)),
                 }
             }
             Command::Copy => {
@@ -286,82 +313,66 @@ impl Applier {
         Ok(Outcome::Done)
     }
 
-    fn rename_or_link(
-        &mut self,
-        rule: &RouterRule,
-        r: &RtRecord,
-        from: &Path,
-        to: &Path,
-        link: bool,
-    ) -> Result<Outcome, ApplyError> {
-        let fail = |op: &'static str, p: &Path| {
-            let p = p.to_path_buf();
-            move |err| ApplyError { op, path: p, err }
-        };
-        if fs::symlink_metadata(from).is_err() {
-            // The backup never got the source: ask for the result instead.
-            return Ok(Outcome::NeedCopy {
-                rule_crc: rule.crc,
-                name: r.aux.clone(),
-            });
-        }
-        make_parent(to).map_err(fail("mkdir", to))?;
-        if link {
-            remove_any(to).map_err(fail("link", to))?;
-            fs::hard_link(from, to).map_err(fail("link", to))?;
-            return Ok(Outcome::Done);
-        }
-        let flags = r.offset as u32;
-        let (a, b) = (
-            cpath(from).map_err(fail("rename", from))?,
-            cpath(to).map_err(fail("rename", to))?,
-        );
-        let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if exchange && fs::symlink_metadata(to).is_err() {
-            return Ok(Outcome::NeedCopy {
-                rule_crc: rule.crc,
-                name: r.name.clone(),
-            });
-        }
-        let f = if exchange { libc::RENAME_EXCHANGE } else { 0 };
-        // SAFETY: both are valid NUL-terminated paths; AT_FDCWD with absolute paths.
-        let rc =
-            unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), f) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if errno_is(&e, libc::ENOTEMPTY) || errno_is(&e, libc::EISDIR) {
-                // A stale tree at the target (the source had none there): replace it.
-                remove_any(to).map_err(fail("rename", to))?;
-                fs::rename(from, to).map_err(fail("rename", from))?;
-            } else {
-                return Err(fail("rename", from)(e));
-            }
-        }
-        Ok(Outcome::Done)
-    }
-
-    fn file(&mut self, path: &Path) -> io::Result<&File> {
-        self.open.get(path, || open_for_write(path))
+    fn file(&mut self, rel: &Path) -> io::Result<&File> {
+        let root = &self.root;
+        self.open
+            .get(rel, || open_for_write(&root.place(rel, true)?.path()))
     }
 }
 
-fn open_for_write(path: &Path) -> io::Result<File> {
-    let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
+/// Renames (or hard-links) `from` to `to`, both beneath the root; asks for a copy when the
+/// backup never got the source.
+fn rename_or_link(
+    rule: &RouterRule,
+    r: &RtRecord,
+    from: &Place,
+    to: &Place,
+    link: bool,
+) -> Result<Outcome, ApplyError> {
+    let fail = |op: &'static str, p: &Place| {
+        let p = p.shown().to_path_buf();
+        move |err| ApplyError { op, path: p, err }
     };
-    match open() {
-        Err(e) if not_found(&e) => {
-            make_parent(path)?;
-            open()
-        }
-        r => r,
+    if fs::symlink_metadata(from.path()).is_err() {
+        // The backup never got the source: ask for the result instead.
+        return Ok(Outcome::NeedCopy {
+            rule_crc: rule.crc,
+            name: r.aux.clone(),
+        });
     }
+    if link {
+        remove_any(&to.path()).map_err(fail("link", to))?;
+        from.link_to(to).map_err(fail("link", to))?;
+        return Ok(Outcome::Done);
+    }
+    let exchange = r.offset as u32 & libc::RENAME_EXCHANGE != 0;
+    if exchange && fs::symlink_metadata(to.path()).is_err() {
+        return Ok(Outcome::NeedCopy {
+            rule_crc: rule.crc,
+            name: r.name.clone(),
+        });
+    }
+    let flags = if exchange { libc::RENAME_EXCHANGE } else { 0 };
+    match from.rename_to(to, flags) {
+        Ok(()) => {}
+        Err(e) if errno_is(&e, libc::ENOTEMPTY) || errno_is(&e, libc::EISDIR) => {
+            // A stale tree at the target (the source had none there): replace it.
+            remove_any(&to.path()).map_err(fail("rename", to))?;
+            from.rename_to(to, 0).map_err(fail("rename", from))?;
+        }
+        Err(e) => return Err(fail("rename", from)(e)),
+    }
+    Ok(Outcome::Done)
+}
+
+fn open_for_write(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 fn create_file(path: &Path, mode: u32) -> io::Result<()> {
@@ -370,7 +381,6 @@ fn create_file(path: &Path, mode: u32) -> io::Result<()> {
             remove_any(path)?;
         }
     }
-    make_parent(path)?;
     let f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -399,24 +409,18 @@ fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-fn set_attrs(path: &Path, a: &AttrChange) -> io::Result<()> {
-    let c = cpath(path)?;
-    let meta = fs::symlink_metadata(path)?;
+fn set_attrs(at: &Place, a: &AttrChange) -> io::Result<()> {
     if let Some(mode) = a.mode {
-        if !meta.file_type().is_symlink() {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
-        }
+        at.chmod(mode & 0o7777)?;
     }
     if a.uid.is_some() || a.gid.is_some() {
         let uid = a.uid.unwrap_or(u32::MAX);
         let gid = a.gid.unwrap_or(u32::MAX);
-        // SAFETY: c is a valid NUL-terminated path.
-        if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = at.lchown(uid, gid) {
             if !errno_is(&e, libc::EPERM) {
                 return Err(e);
             }
-            log::debug!("{}: ownership not permitted", path.display());
+            log::debug!("{}: ownership not permitted", at.shown().display());
         }
     }
     if a.atime.is_some() || a.mtime.is_some() {
@@ -430,19 +434,7 @@ fn set_attrs(path: &Path, a: &AttrChange) -> io::Result<()> {
                 tv_nsec: libc::UTIME_OMIT,
             },
         };
-        let times = [ts(a.atime), ts(a.mtime)];
-        // SAFETY: c is valid; times points at two timespecs.
-        let rc = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        at.set_times(&[ts(a.atime), ts(a.mtime)])?;
     }
     Ok(())
 }
@@ -488,8 +480,20 @@ struct State {
 /// on `mirror-ctl router unblock` and every `unblock_every`.
 pub fn run(router: Arc<crate::shared::Router>) {
     let dir = router.rt_dir();
+    let applier = loop {
+        match Applier::new(&router.cfg.root, router.cfg.max_open) {
+            Ok(a) => break a,
+            Err(e) => {
+                log::error!(
+                    "cannot open the backup root {}: {e}; retrying in 5s",
+                    router.cfg.root.display()
+                );
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+    };
     let mut st = State {
-        applier: Applier::new(&router.cfg.root, router.cfg.max_open),
+        applier,
         pairs: BTreeMap::new(),
         ahead: crate::direct::ReadAhead::default(),
     };
@@ -650,6 +654,15 @@ fn apply_one(
             String::from_utf8_lossy(&r.name)
         ),
         Ok(Outcome::NeedCopy { rule_crc, name }) => router.request_copy(&r.site, rule_crc, name),
+        Ok(Outcome::Refused(why)) => refused(r, &why),
+        Err(e) if is_confinement(&e.err) => refused(
+            r,
+            &format!(
+                "{} {}: the path passes through a symbolic link or leaves the root",
+                e.op,
+                e.path.display()
+            ),
+        ),
         Err(e) => {
             applier.forget_open();
             let reason = format!(
@@ -666,6 +679,16 @@ fn apply_one(
     }
     p.mark_complete(off).map_err(|e| e.to_string())?;
     Ok(false)
+}
+
+/// Logs an entry the router will not apply (it is marked complete and never retried).
+fn refused(r: &RtRecord, why: &str) {
+    log::warn!(
+        "refused {} of {} from {}: {why}",
+        r.command,
+        String::from_utf8_lossy(&r.name),
+        r.site
+    );
 }
 
 /// Flushes the file system holding `root` (before the router logs of what was applied go).

@@ -6,6 +6,8 @@
 //!   and the in-memory table the router process looks rules up in.
 //! * [`backup`]: where an entry's backup file is under `--root` (names checked before use),
 //!   and the bounded LRU of open backup files.
+//! * [`beneath`]: confinement: backup paths opened beneath the root through no symlink
+//!   (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
 //! * [`apply`]: the router process: applies pending RT1 entries in order, marks them
 //!   complete, removes finished pairs; holds back the entries of blocked backup files.
 //! * [`direct`]: large aligned transfers around the page cache (`O_DIRECT`), for RT2 and
@@ -18,6 +20,7 @@
 
 pub mod apply;
 pub mod backup;
+pub mod beneath;
 pub mod config;
 pub mod direct;
 pub mod heartbeat;

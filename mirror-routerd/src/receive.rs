@@ -22,6 +22,7 @@ use mirrorfs::rule::Dest;
 use mirrorfs::wire::auth::{self, FrameMac, HandshakeError, Key};
 use mirrorfs::wire::{read_sealed, Msg, Role, WireEntry, WireError, PROTOCOL_VERSION};
 
+use crate::beneath::{is_confinement, Root};
 use crate::config::RouterRule;
 use crate::shared::{lock, PeerOut, Router, Seat};
 
@@ -394,88 +395,106 @@ fn store(
     Ok(s.done)
 }
 
-/// Whether `dest` (a directory when `dir`) can be created or written under `root`.
+/// Whether `dest` (a directory when `dir`) can be created or written under `root`, looked at
+/// beneath the root through no symlink.
 pub fn validate(root: &Path, dest: &str, dir: bool) -> (bool, String) {
     let d = match Dest::parse(dest) {
         Ok(d) => d,
         Err(e) => return (false, e.to_string()),
     };
-    let path = root.join(d.as_str());
-    let writable = |p: &Path| {
-        let c = match std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
-            Ok(c) => c,
-            Err(_) => return false,
-        };
-        // SAFETY: c is a valid NUL-terminated path.
-        unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    let rel = Path::new(d.as_str());
+    let shown = root.join(rel);
+    let root = match Root::open(root) {
+        Ok(r) => r,
+        Err(e) => return (false, format!("the backup root {}: {e}", root.display())),
     };
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_symlink() => (
-            false,
-            format!(
-                "{} is a symbolic link; refusing to follow it",
-                path.display()
-            ),
-        ),
-        Ok(m) if dir && !m.is_dir() => (
-            false,
-            format!("{} exists and is not a directory", path.display()),
-        ),
-        Ok(m) if !dir && m.is_dir() => (
-            false,
-            format!("{} is a directory, not a file", path.display()),
-        ),
-        Ok(m) => {
-            let ok = if m.is_dir() {
-                writable(&path)
-            } else {
-                let c =
-                    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap_or_default();
-                // SAFETY: c is a valid NUL-terminated path.
-                unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
-            };
-            if ok {
-                (true, format!("{} exists and is writable", path.display()))
-            } else {
-                (
-                    false,
-                    format!("{} is not writable by the router", path.display()),
-                )
+    let writable = |p: &Path, what: i32| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            // SAFETY: c is a valid NUL-terminated path.
+            .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), what) } == 0)
+    };
+    let dir_ok = libc::W_OK | libc::X_OK;
+    // The destination itself, else its nearest existing ancestor beneath the root.
+    for (i, anc) in rel.ancestors().enumerate() {
+        // Held while its path (through the directory's descriptor) is in use.
+        let place;
+        let at = if anc.as_os_str().is_empty() {
+            root.path().to_path_buf()
+        } else {
+            match root.place(anc, false) {
+                Ok(p) => {
+                    place = p;
+                    place.path()
+                }
+                Err(e) if is_confinement(&e) => {
+                    return (
+                        false,
+                        format!(
+                            "{} passes through a symbolic link; refusing to follow it",
+                            shown.display()
+                        ),
+                    )
+                }
+                // Missing, or under a file: an ancestor says which.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    continue
+                }
+                Err(e) => return (false, format!("{}: {e}", shown.display())),
             }
-        }
-        Err(_) => {
-            let mut p = path.as_path();
-            while let Some(parent) = p.parent() {
-                p = parent;
-                match std::fs::symlink_metadata(p) {
-                    Ok(m) if m.is_dir() => {
-                        return if writable(p) {
-                            (true, format!("{} can be created", path.display()))
-                        } else {
-                            (
-                                false,
-                                format!(
-                                    "{} cannot be created: {} is not writable by the router",
-                                    path.display(),
-                                    p.display()
-                                ),
-                            )
-                        };
-                    }
-                    Ok(_) => {
-                        return (
-                            false,
-                            format!(
-                                "{} cannot be created: {} is not a directory",
-                                path.display(),
-                                p.display()
-                            ),
-                        )
-                    }
-                    Err(_) => continue,
+        };
+        let m = match std::fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        let here = root.path().join(anc);
+        return match (i, m.file_type()) {
+            (_, t) if t.is_symlink() => (
+                false,
+                format!(
+                    "{} is a symbolic link; refusing to follow it",
+                    here.display()
+                ),
+            ),
+            (0, _) if dir && !m.is_dir() => (
+                false,
+                format!("{} exists and is not a directory", shown.display()),
+            ),
+            (0, _) if !dir && m.is_dir() => (
+                false,
+                format!("{} is a directory, not a file", shown.display()),
+            ),
+            (0, _) => {
+                let ok = writable(&at, if m.is_dir() { dir_ok } else { libc::W_OK });
+                if ok {
+                    (true, format!("{} exists and is writable", shown.display()))
+                } else {
+                    (
+                        false,
+                        format!("{} is not writable by the router", shown.display()),
+                    )
                 }
             }
-            (false, format!("{} cannot be created", path.display()))
-        }
+            _ if !m.is_dir() => (
+                false,
+                format!(
+                    "{} cannot be created: {} is not a directory",
+                    shown.display(),
+                    here.display()
+                ),
+            ),
+            _ if writable(&at, dir_ok) => (true, format!("{} can be created", shown.display())),
+            _ => (
+                false,
+                format!(
+                    "{} cannot be created: {} is not writable by the router",
+                    shown.display(),
+                    here.display()
+                ),
+            ),
+        };
     }
+    (false, format!("{} cannot be created", shown.display()))
 }

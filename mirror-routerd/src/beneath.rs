@@ -1,0 +1,369 @@
+//! Confinement: every backup path is resolved beneath the backup root without following a
+//! symbolic link anywhere on the way (DESIGN.md invariant 5).
+//!
+//! A [`Root`] holds a descriptor of the root. [`Root::place`] opens the parent directory of a
+//! relative path with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (or, on kernels
+//! without `openat2`, a walk of `openat(O_NOFOLLOW)` one component at a time), creating
+//! missing directories on the way when asked. The [`Place`] it returns names the last
+//! component inside that open directory; the operations on it (`*at` calls, or paths through
+//! `/proc/self/fd/N/NAME`, which resolve the directory by its descriptor) never follow a
+//! symbolic link in the last component either. So a symlink planted by an earlier entry, or by
+//! anyone else, cannot lead a write, rename or delete out of the root: the call fails with
+//! `ELOOP` or `EXDEV` ([`is_confinement`]).
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Whether `e` is the refusal of a path that leaves the root or passes through a symlink.
+pub fn is_confinement(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV))
+}
+
+fn cstr(b: &[u8]) -> io::Result<CString> {
+    CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// The backup root, held open.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// A name inside a directory opened beneath the root.
+#[derive(Debug)]
+pub struct Place {
+    dir: OwnedFd,
+    name: CString,
+    shown: PathBuf,
+}
+
+/// Opens `name` in `dir` as a directory to walk through, never through a symlink.
+fn open_dir_at(dir: libc::c_int, name: &CString) -> io::Result<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: name is NUL-terminated; the descriptor returned is owned by the OwnedFd.
+    let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags) })?;
+    // SAFETY: fd was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Root {
+    /// Opens the root directory `path`.
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let c = cstr(path.as_os_str().as_bytes())?;
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        // SAFETY: c is NUL-terminated; the descriptor is owned by the OwnedFd.
+        let fd = check(unsafe { libc::open(c.as_ptr(), flags) })?;
+        Ok(Root {
+            // SAFETY: fd was just opened and is owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The root's path (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last component of `rel` (relative, normal components only) in its parent directory
+    /// opened beneath the root; missing parent directories are created when `create`.
+    pub fn place(&self, rel: &Path, create: bool) -> io::Result<Place> {
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(p) => parts.push(p),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{} is not a plain relative path", rel.display()),
+                    ))
+                }
+            }
+        }
+        let Some((last, parents)) = parts.split_last() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an empty path names the root itself",
+            ));
+        };
+        let parent: PathBuf = parents.iter().collect();
+        let dir = match self.open_beneath(&parent) {
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => self.walk(parents, true)?,
+            r => r?,
+        };
+        Ok(Place {
+            dir,
+            name: cstr(last.as_bytes())?,
+            shown: self.path.join(rel),
+        })
+    }
+
+    /// Opens directory `rel` beneath the root with one `openat2`, falling back to a walk.
+    fn open_beneath(&self, rel: &Path) -> io::Result<OwnedFd> {
+        let target = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let c = cstr(target.as_os_str().as_bytes())?;
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+        // SAFETY: c is NUL-terminated and how is a valid open_how of the size passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if rc >= 0 {
+            // SAFETY: rc is a descriptor just opened and owned by nobody else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(rc as libc::c_int) });
+        }
+        let e = io::Error::last_os_error();
+        if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
+            // No openat2 here (or a seccomp filter forbids it): the same, one step at a time.
+            let parts: Vec<&OsStr> = rel.iter().collect();
+            return self.walk(&parts, false);
+        }
+        Err(e)
+    }
+
+    /// Opens the directories `parts` one below the other from the root, never through a
+    /// symlink, creating the missing ones when `create`.
+    fn walk(&self, parts: &[&OsStr], create: bool) -> io::Result<OwnedFd> {
+        let mut cur = open_dir_at(self.fd.as_raw_fd(), &cstr(b".")?)?;
+        for p in parts {
+            let name = cstr(p.as_bytes())?;
+            if create {
+                // SAFETY: name is NUL-terminated; cur is an open directory.
+                let rc = unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) };
+                if rc != 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(e);
+                    }
+                }
+            }
+            cur = open_dir_at(cur.as_raw_fd(), &name).map_err(|e| {
+                // O_NOFOLLOW|O_PATH|O_DIRECTORY on a symlink says ENOTDIR: call it a loop.
+                if e.raw_os_error() == Some(libc::ENOTDIR) && is_symlink_at(&cur, &name) {
+                    io::Error::from_raw_os_error(libc::ELOOP)
+                } else {
+                    e
+                }
+            })?;
+        }
+        Ok(cur)
+    }
+}
+
+fn is_symlink_at(dir: &OwnedFd, name: &CString) -> bool {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: name is NUL-terminated; st is a valid stat buffer.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+}
+
+impl Place {
+    /// A path to this place through the directory's descriptor, for calls that do not follow
+    /// a symlink in the last component (`lstat`, `unlink`, `rmdir`, `open(O_NOFOLLOW)`, …).
+    pub fn path(&self) -> PathBuf {
+        let mut p = PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
+        p.push(OsStr::from_bytes(self.name.as_bytes()));
+        p
+    }
+
+    /// The same place with `suffix` appended to its name.
+    pub fn with_suffix(&self, suffix: &str) -> io::Result<Place> {
+        let mut n = self.name.as_bytes().to_vec();
+        n.extend_from_slice(suffix.as_bytes());
+        let mut shown = self.shown.clone().into_os_string();
+        shown.push(suffix);
+        Ok(Place {
+            dir: self.dir.try_clone()?,
+            name: cstr(&n)?,
+            shown: PathBuf::from(shown),
+        })
+    }
+
+    /// The path under the root, for messages.
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+
+    /// `renameat2(self → to, flags)`.
+    pub fn rename_to(&self, to: &Place, flags: libc::c_uint) -> io::Result<()> {
+        // SAFETY: both names are NUL-terminated; both directories are open.
+        check(unsafe {
+            libc::renameat2(
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+                to.dir.as_raw_fd(),
+                to.name.as_ptr(),
+                flags,
+            )
+        })
+        .map(drop)
+    }
+
+    /// A hard link `to` of this place (a symlink is linked itself, never followed).
+    pub fn link_to(&self, to: &Place) -> io::Result<()> {
+        // SAFETY: both names are NUL-terminated; both directories are open.
+        check(unsafe {
+            libc::linkat(
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+                to.dir.as_raw_fd(),
+                to.name.as_ptr(),
+                0,
+            )
+        })
+        .map(drop)
+    }
+
+    /// Creates a directory here.
+    pub fn mkdir(&self, mode: u32) -> io::Result<()> {
+        // SAFETY: name is NUL-terminated; dir is open.
+        check(unsafe { libc::mkdirat(self.dir.as_raw_fd(), self.name.as_ptr(), mode) }).map(drop)
+    }
+
+    /// Sets the permission bits of what is here, unless it is a symlink (which has none).
+    pub fn chmod(&self, mode: u32) -> io::Result<()> {
+        let flags = libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: name is NUL-terminated; the descriptor is owned by the OwnedFd.
+        let fd = check(unsafe { libc::openat(self.dir.as_raw_fd(), self.name.as_ptr(), flags) })?;
+        // SAFETY: fd was just opened and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is open; st is a valid stat buffer.
+        check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Ok(());
+        }
+        // The descriptor names this very inode: chmod through it follows nothing else.
+        let c = cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
+        // SAFETY: c is NUL-terminated.
+        check(unsafe { libc::chmod(c.as_ptr(), mode) }).map(drop)
+    }
+
+    /// `fchownat(AT_SYMLINK_NOFOLLOW)`; `u32::MAX` leaves an id as it is.
+    pub fn lchown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        // SAFETY: name is NUL-terminated; dir is open.
+        check(unsafe {
+            libc::fchownat(
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+                uid,
+                gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop)
+    }
+
+    /// `utimensat(AT_SYMLINK_NOFOLLOW)` with access and modification times.
+    pub fn set_times(&self, times: &[libc::timespec; 2]) -> io::Result<()> {
+        // SAFETY: name is NUL-terminated; times points at two timespecs.
+        check(unsafe {
+            libc::utimensat(
+                self.dir.as_raw_fd(),
+                self.name.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn setup() -> (tempfile::TempDir, Root, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        let r = Root::open(&root).unwrap();
+        (t, r, outside)
+    }
+
+    #[test]
+    fn creates_parents_and_names_the_last_component() {
+        let (_t, r, _) = setup();
+        let p = r.place(Path::new("a/b/c.txt"), true).unwrap();
+        fs::write(p.path(), b"x").unwrap();
+        assert_eq!(fs::read(r.path().join("a/b/c.txt")).unwrap(), b"x");
+        assert_eq!(p.shown(), r.path().join("a/b/c.txt"));
+        assert!(r.place(Path::new("../x"), true).is_err());
+        assert!(r.place(Path::new("/etc/x"), true).is_err());
+        assert!(r.place(Path::new(""), true).is_err());
+    }
+
+    #[test]
+    fn symlinked_directories_are_never_followed() {
+        let (_t, r, outside) = setup();
+        std::os::unix::fs::symlink(&outside, r.path().join("out")).unwrap();
+        std::os::unix::fs::symlink("..", r.path().join("up")).unwrap();
+        for rel in ["out/x", "up/x", "out/deep/x"] {
+            for create in [false, true] {
+                let e = r.place(Path::new(rel), create).unwrap_err();
+                assert!(is_confinement(&e), "{rel} create={create}: {e}");
+            }
+        }
+        // The walk (kernels without openat2) refuses the same.
+        let parts = [OsStr::new("out")];
+        assert!(is_confinement(&r.walk(&parts, true).unwrap_err()));
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_symlink_as_last_component_is_not_followed() {
+        let (_t, r, outside) = setup();
+        let victim = outside.join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, r.path().join("link")).unwrap();
+        let p = r.place(Path::new("link"), false).unwrap();
+        let open = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p.path());
+        assert!(is_confinement(&open.unwrap_err()));
+        p.chmod(0o600).unwrap();
+        fs::remove_file(p.path()).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        use std::os::unix::fs::PermissionsExt;
+        assert_ne!(
+            fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    use std::os::unix::fs::OpenOptionsExt;
+}
