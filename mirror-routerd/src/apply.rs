@@ -220,7 +220,7 @@ impl Applier {
                 let to = self
                     .root
                     .place(&to_rel, true)
-                    .map_err(fail("rename", &to_shown))?;
+                    .map_err(fail(r.command.name(), &to_shown))?;
                 let link = r.command == Command::Link;
                 return rename_or_link(rule, r, &at, &to, link);
             }

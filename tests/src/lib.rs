@@ -456,6 +456,7 @@ pub struct Router {
     /// The process.
     pub daemon: Daemon,
     starts: usize,
+    extra: Vec<String>,
 }
 
 impl Router {
@@ -467,6 +468,11 @@ impl Router {
     /// Starts a router on a free loopback port, with its backup root at `root` (e.g. a small
     /// file system the test mounted) instead of in its own temporary directory.
     pub fn start_with(root: Option<&Path>) -> Router {
+        Router::start_args(root, &[])
+    }
+
+    /// Starts a router like [`Router::start_with`], with `extra` arguments.
+    pub fn start_args(root: Option<&Path>, extra: &[&str]) -> Router {
         let tmp = tempfile::Builder::new()
             .prefix("mirror-router-")
             .disable_cleanup(keep_temp())
@@ -475,7 +481,8 @@ impl Router {
         let base = tmp.path().canonicalize().expect("canonicalize");
         let root = root.map_or_else(|| base.join("root"), Path::to_path_buf);
         let state = base.join("state");
-        let (daemon, port) = Router::launch(&root, &state, 0, 0);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (daemon, port) = Router::launch(&root, &state, 0, 0, &extra);
         Router {
             tmp,
             root,
@@ -483,10 +490,11 @@ impl Router {
             port,
             daemon,
             starts: 1,
+            extra,
         }
     }
 
-    fn launch(root: &Path, state: &Path, port: u16, n: usize) -> (Daemon, u16) {
+    fn launch(root: &Path, state: &Path, port: u16, n: usize, extra: &[String]) -> (Daemon, u16) {
         std::fs::create_dir_all(state).expect("mkdir router state");
         // Sources keep the default site id (the host name) unless a test sets one and trusts it.
         let id = mirrorfs::state::hostname().unwrap_or_else(|| "localhost".into());
@@ -503,6 +511,7 @@ impl Router {
             state.as_os_str(),
         ];
         args.extend(ROUTER_TIMING.iter().map(OsStr::new));
+        args.extend(extra.iter().map(OsStr::new));
         let mut d = Daemon::spawn("mirror-routerd", &args, log);
         let text = d.wait_log("listening on 127.0.0.1:", Duration::from_secs(20));
         let port = text
@@ -527,7 +536,13 @@ impl Router {
     /// Starts it again (same port, root and state) after [`Router::kill9`].
     pub fn restart(&mut self) {
         self.daemon.kill9();
-        let (d, _) = Router::launch(&self.root, &self.state, self.port, self.starts);
+        let (d, _) = Router::launch(
+            &self.root,
+            &self.state,
+            self.port,
+            self.starts,
+            &self.extra,
+        );
         self.starts += 1;
         self.daemon = d;
     }

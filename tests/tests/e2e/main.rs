@@ -20,3 +20,5 @@ mod mirror_topology;
 // outages: kill -9 at random, a cut network, full and unwritable backups, the queue limit,
 // a torn journal tail.
 mod outage_faults;
+// security: a hostile peer speaking the protocol: authentication, confinement, limits.
+mod security_hostile;

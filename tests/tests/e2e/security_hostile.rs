@@ -1,0 +1,405 @@
+//! A hostile peer that speaks the protocol itself: no hello, garbage, a huge length prefix, an
+//! unknown site, a wrong key, a replayed hello, a replayed frame, rules and names that try to
+//! leave the root, a symlink planted by one entry and written through by the next, a rename
+//! out of the root, frames over the limits, too many connections. Afterwards nothing outside
+//! the backup root exists or changed, each refusal is in the router's log, and a legitimate
+//! sender is still served.
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mirror_tests::{test_key, tree, wait_converged, wait_until, Local, Router};
+use mirrorfs::entry::{AttrChange, Command};
+use mirrorfs::journal::Position;
+use mirrorfs::wire::auth::{self, Key, Session};
+use mirrorfs::wire::{codec, read_sealed, Msg, Part, Role, WireEntry, WireRule, PROTOCOL_VERSION};
+
+const SITE: &str = "hostile";
+const RULE: u32 = 77;
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn connect(r: &Router) -> TcpStream {
+    let s = TcpStream::connect(r.site()).expect("connect to the router");
+    s.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    s
+}
+
+/// Reads until the router answers with an error (returned) or closes the connection.
+fn refusal(s: &mut impl Read, mac: Option<&mut auth::FrameMac>) -> Option<String> {
+    let got = match mac {
+        Some(m) => read_sealed(s, m),
+        None => codec::read_frame(s),
+    };
+    match got {
+        Ok(Msg::Error { reason }) => Some(reason),
+        Ok(other) => panic!("expected a refusal, got {}", other.kind()),
+        Err(_) => None,
+    }
+}
+
+/// An authenticated session as `site` with `key` (a hostile peer that holds a key).
+struct Peer {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    s: Session,
+}
+
+impl Peer {
+    fn open(r: &Router, site: &str, role: Role, key: &Key) -> Peer {
+        let w = connect(r);
+        let mut rd = BufReader::new(w.try_clone().expect("clone"));
+        let mut w2 = w.try_clone().expect("clone");
+        let s = auth::client(&mut rd, &mut w2, site, 1, role, key).expect("handshake");
+        let mut p = Peer { r: rd, w, s };
+        if role == Role::Source {
+            match p.recv() {
+                Ok(Msg::Welcome { .. }) => {}
+                other => panic!("expected welcome, got {other:?}"),
+            }
+        }
+        p
+    }
+
+    fn frame(&mut self, m: &Msg) -> Vec<u8> {
+        codec::encode_sealed(m, &mut self.s.send).expect("encode")
+    }
+
+    fn send(&mut self, m: &Msg) {
+        let f = self.frame(m);
+        self.w.write_all(&f).expect("send");
+    }
+
+    fn recv(&mut self) -> Result<Msg, mirrorfs::wire::WireError> {
+        read_sealed(&mut self.r, &mut self.s.recv)
+    }
+
+    /// Sends the configuration, then entries; waits for the router to store them.
+    fn entries(&mut self, entries: Vec<WireEntry>) {
+        self.send(&Msg::Config {
+            version: 1,
+            rules: vec![rule("d")],
+        });
+        match self.recv() {
+            Ok(Msg::ConfigOk { version: 1 }) => {}
+            other => panic!("expected configuration-ok, got {other:?}"),
+        }
+        self.send(&Msg::Entries {
+            config_version: 1,
+            entries,
+        });
+        match self.recv() {
+            Ok(Msg::Ack { frames: 1, .. }) => {}
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+}
+
+fn rule(dest: &str) -> WireRule {
+    WireRule {
+        crc: RULE,
+        pattern: "/p/".into(),
+        dest: dest.into(),
+        attrs: true,
+        delete_suffix: None,
+    }
+}
+
+fn entry(n: u64, command: Command, name: &str, aux: &str, data: &[u8]) -> WireEntry {
+    WireEntry {
+        pos: Position::new(1, 4096 + n * 64),
+        part: Part::Whole,
+        command,
+        rule_crc: RULE,
+        name: name.as_bytes().to_vec(),
+        aux: aux.as_bytes().to_vec(),
+        offset: 0,
+        size: data.len() as u64,
+        time_ns: 0,
+        data: data.to_vec(),
+    }
+}
+
+/// Waits until the router's error log holds every one of `needles`.
+fn wait_logged(r: &Router, needles: &[&str]) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let log = r.error_log();
+        let missing: Vec<_> = needles.iter().filter(|n| !log.contains(**n)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router did not log {missing:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn outside_state(r: &Router) -> std::collections::BTreeMap<String, String> {
+    let mut t = tree(r.tmp.path());
+    t.retain(|k, _| !k.starts_with("root") && !k.starts_with("state"));
+    let victim = r.tmp.path().join("outside/victim");
+    let mode = std::fs::metadata(&victim).map_or(0, |m| m.permissions().mode());
+    t.insert("victim mode".into(), format!("{mode:o}"));
+    t
+}
+
+#[test]
+fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
+    let r = Router::start_args(
+        None,
+        &["--max-sessions-per-site", "2", "--max-handshakes", "3"],
+    );
+    r.trust(SITE);
+    let key = test_key();
+    let outside = r.tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"keep me").unwrap();
+    std::fs::set_permissions(outside.join("victim"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+    let before = outside_state(&r);
+    let pwned = format!("pwned-{}", std::process::id());
+
+    // No hello: entries first.
+    let mut s = connect(&r);
+    s.write_all(
+        &codec::encode_frame(&Msg::Entries {
+            config_version: 1,
+            entries: vec![entry(0, Command::Write, "/p/x", "", b"x")],
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let why = refusal(&mut s, None);
+    assert!(why.as_deref().is_some_and(|w| w.contains("expected hello")), "{why:?}");
+
+    // Garbage, and a huge length prefix: the connection is closed, nothing is allocated.
+    let mut s = connect(&r);
+    s.write_all(&[0x5a; 64]).unwrap();
+    assert_eq!(refusal(&mut s, None), None);
+    let mut s = connect(&r);
+    s.write_all(&[0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]).unwrap();
+    assert_eq!(refusal(&mut s, None), None);
+
+    // An unknown site, and a known site with the wrong key.
+    let hello = |site: &str| Msg::Hello {
+        protocol: PROTOCOL_VERSION,
+        site: site.into(),
+        stream: 1,
+        role: Role::Source,
+        nonce: vec![7; 32],
+    };
+    let mut s = connect(&r);
+    s.write_all(&codec::encode_frame(&hello("nobody")).unwrap())
+        .unwrap();
+    let why = refusal(&mut s, None).unwrap_or_default();
+    assert!(why.contains("site nobody has no key"), "{why}");
+    let mut s = connect(&r);
+    s.write_all(&codec::encode_frame(&hello(SITE)).unwrap())
+        .unwrap();
+    assert!(matches!(
+        codec::read_frame(&mut s),
+        Ok(Msg::Challenge { .. })
+    ));
+    s.write_all(&codec::encode_frame(&Msg::Auth { proof: vec![1; 32] }).unwrap())
+        .unwrap();
+    let why = refusal(&mut s, None).unwrap_or_default();
+    assert!(why.contains("wrong key"), "{why}");
+    // Our own client refuses a router that does not hold the key.
+    let s = connect(&r);
+    let other = Key::generate().unwrap();
+    let res = auth::client(
+        &mut BufReader::new(s.try_clone().unwrap()),
+        &mut s.try_clone().unwrap(),
+        SITE,
+        1,
+        Role::Source,
+        &other,
+    );
+    assert!(res.is_err());
+
+    // A replayed hello: the bytes of a legitimate handshake, sent again.
+    let recorded = {
+        struct Tee(TcpStream, Vec<u8>);
+        impl Write for Tee {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.1.extend_from_slice(b);
+                self.0.write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.0.flush()
+            }
+        }
+        let s = connect(&r);
+        let mut tee = Tee(s.try_clone().unwrap(), Vec::new());
+        auth::client(
+            &mut BufReader::new(s),
+            &mut tee,
+            SITE,
+            1,
+            Role::Source,
+            &key,
+        )
+        .expect("a legitimate handshake");
+        tee.1
+    };
+    let mut s = connect(&r);
+    s.write_all(&recorded).unwrap();
+    assert!(matches!(
+        codec::read_frame(&mut s),
+        Ok(Msg::Challenge { .. })
+    ));
+    let why = refusal(&mut s, None).unwrap_or_default();
+    assert!(why.contains("wrong key"), "replayed hello: {why}");
+
+    // Rules that name a destination outside the root.
+    for dest in ["../escape", "/etc"] {
+        let mut p = Peer::open(&r, SITE, Role::Source, &key);
+        p.send(&Msg::Config {
+            version: 1,
+            rules: vec![rule(dest)],
+        });
+        let why = refusal(&mut p.r, Some(&mut p.s.recv)).unwrap_or_default();
+        assert!(why.contains(dest), "{dest}: {why}");
+    }
+
+    // Names that try to leave the root, and a symlink planted and then written through.
+    let mut p = Peer::open(&r, SITE, Role::Source, &key);
+    let outside_s = outside.to_str().unwrap();
+    let victim_s = format!("{outside_s}/victim");
+    let chmod = AttrChange {
+        mode: Some(0o777),
+        ..Default::default()
+    }
+    .encode();
+    let up = format!("/p/../../{pwned}");
+    let abs = format!("/etc/{pwned}");
+    let up2 = format!("/p/a/../../{pwned}");
+    let through = format!("/p/out/{pwned}");
+    let hostile = vec![
+        entry(1, Command::Write, &up, "", b"evil"),
+        entry(2, Command::Write, &abs, "", b"evil"),
+        entry(3, Command::Write, &up2, "", b"evil"),
+        entry(4, Command::Symlink, "/p/out", outside_s, b""),
+        entry(5, Command::Write, &through, "", b"evil"),
+        entry(6, Command::Symlink, "/p/victim", &victim_s, b""),
+        entry(7, Command::Write, "/p/victim", "", b"evil"),
+        entry(8, Command::Truncate, "/p/victim", "", b""),
+        entry(9, Command::SetAttr, "/p/victim", "", &chmod),
+        entry(10, Command::Rename, "/p/victim", &abs, b""),
+        entry(11, Command::Write, "/p/ok.txt", "", b"fine"),
+        entry(12, Command::Rename, "/p/ok.txt", "/p/out/moved", b""),
+        entry(13, Command::Delete, "/p/out/victim", "", b""),
+        entry(14, Command::Mkdir, "/p/out/newdir", "", b""),
+        entry(15, Command::Link, "/p/ok.txt", "/p/out/hard", b""),
+        entry(16, Command::Delete, "/p/out", "", b""),
+    ];
+    p.entries(hostile);
+    wait_logged(
+        &r,
+        &[
+            &format!("refused write of {up} from {SITE}"),
+            &format!("refused write of {abs} from {SITE}"),
+            &format!("refused write of {up2} from {SITE}"),
+            &format!("refused write of {through} from {SITE}"),
+            &format!("refused write of /p/victim from {SITE}"),
+            &format!("refused truncate of /p/victim from {SITE}"),
+            &format!("refused rename of /p/victim from {SITE}"),
+            &format!("refused rename of /p/ok.txt from {SITE}"),
+            &format!("refused delete of /p/out/victim from {SITE}"),
+            &format!("refused mkdir of /p/out/newdir from {SITE}"),
+            &format!("refused link of /p/ok.txt from {SITE}"),
+        ],
+    );
+    // What is legitimate went through: the file, and the removal of the planted link.
+    wait_until(LIMIT, "ok.txt applied and the link removed", || {
+        std::fs::read(r.path("d/ok.txt")).is_ok_and(|d| d == b"fine")
+            && std::fs::symlink_metadata(r.path("d/out")).is_err()
+    });
+    // A replayed frame inside the session: refused, the session ends.
+    let f = p.frame(&Msg::Heartbeat);
+    p.w.write_all(&f).unwrap();
+    p.w.write_all(&f).unwrap();
+    wait_logged(&r, &["fails authentication"]);
+
+    // Frames over the limits.
+    let mut p = Peer::open(&r, SITE, Role::Source, &key);
+    let many: Vec<WireEntry> = (0..5000)
+        .map(|i| entry(100 + i, Command::Truncate, "/p/t", "", b""))
+        .collect();
+    p.send(&Msg::Entries {
+        config_version: 1,
+        entries: many,
+    });
+    let mut p = Peer::open(&r, SITE, Role::Source, &key);
+    let long = format!("/p/{}", "n".repeat(9000));
+    p.send(&Msg::Entries {
+        config_version: 1,
+        entries: vec![entry(200, Command::Write, &long, "", b"x")],
+    });
+    wait_logged(
+        &r,
+        &[
+            "entries in a frame of 5000 exceeds the limit of 4096",
+            "entry name length of 9003 exceeds the limit of 8192",
+        ],
+    );
+
+    // Sessions per site (2 here) and connections still authenticating (3 here).
+    let held: Vec<Peer> = (0..2)
+        .map(|_| Peer::open(&r, SITE, Role::Validate, &key))
+        .collect();
+    let s = connect(&r);
+    let res = auth::client(
+        &mut BufReader::new(s.try_clone().unwrap()),
+        &mut s.try_clone().unwrap(),
+        SITE,
+        1,
+        Role::Validate,
+        &key,
+    );
+    let mut third = res.expect("the handshake itself succeeds");
+    let why = refusal(&mut BufReader::new(s), Some(&mut third.recv)).unwrap_or_default();
+    assert!(why.contains("already has 2 sessions open"), "{why}");
+    drop(held);
+    let idle: Vec<TcpStream> = (0..3).map(|_| connect(&r)).collect();
+    wait_until(LIMIT, "a connection over the handshake limit closed", || {
+        let mut s = connect(&r);
+        let mut b = [0u8; 1];
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        matches!(s.read(&mut b), Ok(0))
+    });
+    drop(idle);
+    wait_logged(
+        &r,
+        &[
+            "refused 127.0.0.1:",
+            "3 connections are already authenticating",
+            "site nobody has no key",
+            "authentication failed for site hostile: wrong key",
+            "expected hello, got entries",
+            "exceeds the maximum of 4096 bytes",
+            "contains '..'",
+            "is absolute",
+        ],
+    );
+
+    // Nothing outside the root changed; nothing named pwned appeared anywhere we can look.
+    assert_eq!(outside_state(&r), before);
+    for dir in [Path::new("/etc"), Path::new("/tmp"), Path::new("/")] {
+        assert!(!dir.join(&pwned).exists(), "{}", dir.join(&pwned).display());
+    }
+    assert!(!r.tmp.path().join(&pwned).exists());
+
+    // And a legitimate source is still served.
+    let l = Local::new();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "legit", &[]);
+    let _m = l.mount(&[]);
+    let _s = l.sender();
+    std::fs::write(l.path("hello.txt"), b"still served").unwrap();
+    wait_converged(&l.dir, &r.path("legit"), LIMIT);
+}
