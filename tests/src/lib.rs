@@ -536,13 +536,7 @@ impl Router {
     /// Starts it again (same port, root and state) after [`Router::kill9`].
     pub fn restart(&mut self) {
         self.daemon.kill9();
-        let (d, _) = Router::launch(
-            &self.root,
-            &self.state,
-            self.port,
-            self.starts,
-            &self.extra,
-        );
+        let (d, _) = Router::launch(&self.root, &self.state, self.port, self.starts, &self.extra);
         self.starts += 1;
         self.daemon = d;
     }

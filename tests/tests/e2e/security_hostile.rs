@@ -159,8 +159,11 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     let outside = r.tmp.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("victim"), b"keep me").unwrap();
-    std::fs::set_permissions(outside.join("victim"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        outside.join("victim"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let before = outside_state(&r);
     let pwned = format!("pwned-{}", std::process::id());
 
@@ -175,7 +178,10 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     )
     .unwrap();
     let why = refusal(&mut s, None);
-    assert!(why.as_deref().is_some_and(|w| w.contains("expected hello")), "{why:?}");
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("expected hello")),
+        "{why:?}"
+    );
 
     // Garbage, and a huge length prefix: the connection is closed, nothing is allocated.
     let mut s = connect(&r);
@@ -367,12 +373,17 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     assert!(why.contains("already has 2 sessions open"), "{why}");
     drop(held);
     let idle: Vec<TcpStream> = (0..3).map(|_| connect(&r)).collect();
-    wait_until(LIMIT, "a connection over the handshake limit closed", || {
-        let mut s = connect(&r);
-        let mut b = [0u8; 1];
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        matches!(s.read(&mut b), Ok(0))
-    });
+    wait_until(
+        LIMIT,
+        "a connection over the handshake limit closed",
+        || {
+            let mut s = connect(&r);
+            let mut b = [0u8; 1];
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            matches!(s.read(&mut b), Ok(0))
+        },
+    );
     drop(idle);
     wait_logged(
         &r,
