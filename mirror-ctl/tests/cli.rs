@@ -330,3 +330,74 @@ fn status_and_unblock_without_daemons() {
         "mirror-routerd does not answer on",
     );
 }
+
+#[test]
+fn keys_on_a_router_and_on_a_source() {
+    let e = env();
+    let router = e.state.with_file_name("router-state");
+    // The router makes a key for a source site and prints it; only its name is listed.
+    let out = ctl(&router, &["router", "key", "add", "laptop"]);
+    let key = ok(&out).trim().to_string();
+    assert_eq!(key.len(), 64, "{key}");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+    let hint = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        hint.contains("mirror-ctl key add ROUTER_HOST:PORT"),
+        "{hint}"
+    );
+    let listed = ok(&ctl(&router, &["router", "key", "list"]));
+    assert_eq!(listed.trim(), "laptop");
+    assert!(!listed.contains(&key));
+    let file = std::fs::read_to_string(router.join("keys")).unwrap();
+    assert!(file.contains(&format!("laptop {key}")), "{file}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(router.join("keys"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    fails_with(
+        &ctl(&router, &["router", "key", "add", "bad/id"]),
+        "invalid source site id",
+    );
+    fails_with(
+        &ctl(&router, &["router", "key", "rm", "nobody"]),
+        "nobody has no key",
+    );
+    ok(&ctl(&router, &["router", "key", "rm", "laptop"]));
+    assert!(ok(&ctl(&router, &["router", "key", "list"])).contains("no source site has a key"));
+
+    // The source stores it by router site; a bad key or site is refused, nothing written.
+    fails_with(
+        &ctl(&e.state, &["key", "add", "backup.lan:7070", "abc"]),
+        "64 hexadecimal digits",
+    );
+    fails_with(&ctl(&e.state, &["key", "add", "no-port", &key]), "no-port");
+    assert!(!e.state.join("keys").exists());
+    ok(&ctl(&e.state, &["key", "add", "backup.lan:7070", &key]));
+    assert_eq!(
+        ok(&ctl(&e.state, &["key", "list"])).trim(),
+        "backup.lan:7070"
+    );
+
+    // Validating a rule for a site without a key says what to do, and adds nothing.
+    std::fs::write(e.state.join("site-id"), "laptop\n").unwrap();
+    let pattern = format!("{}/", e.src.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_mirror-ctl"))
+        .arg("--state")
+        .arg(&e.state)
+        .args([
+            "rule",
+            "add",
+            &pattern,
+            "--site",
+            "127.0.0.1:9",
+            "--dest",
+            "d",
+        ])
+        .output()
+        .unwrap();
+    fails_with(&out, "no key for site 127.0.0.1:9");
+    fails_with(&out, "mirror-ctl router key add laptop");
+    assert_eq!(rule_count(&e.state), 0);
+}

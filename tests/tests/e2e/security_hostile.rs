@@ -414,3 +414,39 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     std::fs::write(l.path("hello.txt"), b"still served").unwrap();
     wait_converged(&l.dir, &r.path("legit"), LIMIT);
 }
+
+#[test]
+fn a_source_the_router_has_no_key_for_is_blocked_with_the_reason_until_the_key_is_added() {
+    let r = Router::start();
+    let l = Local::new();
+    l.set_site_id("stranger");
+    l.add_rule(&format!("{}/", l.dir.display()), &r.site(), "s", &[]);
+    let _m = l.mount(&[]);
+    let _s = l.sender();
+    std::fs::write(l.path("a.txt"), b"waits for the key").unwrap();
+    let site = r.site();
+    let state = |l: &Local| {
+        l.status()
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["site"] == site.as_str()).cloned())
+            .unwrap_or_default()
+    };
+    wait_until(LIMIT, "the site to be blocked for the missing key", || {
+        let st = state(&l);
+        !st["blocked"].is_null()
+            && st["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("site stranger has no key on this router"))
+    });
+    assert!(!r.path("s/a.txt").exists());
+    assert!(r.error_log().contains("site stranger has no key"));
+    // The router takes a new key without a restart; the source is tried again on request.
+    r.trust("stranger");
+    let out = l.ctl(&["unblock"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_converged(&l.dir, &r.path("s"), LIMIT);
+}
