@@ -13,10 +13,12 @@
 //! where `T` is the transcript (site, stream, role, both nonces). Each side checks the other's
 //! proof, so a peer without the key can neither write to a router nor pose as one (and take
 //! entries it would acknowledge without storing). Fresh nonces on both sides make a recorded
-//! hello useless. Every later frame carries `HMAC(k_dir, seq | payload)` with a key per
-//! direction derived from `K` and `T` and a sequence number per direction, so frames cannot be
-//! forged, replayed, reordered or moved to another session. Nothing is encrypted: see
-//! `docs/SECURITY.md` for running over a tunnel.
+//! hello useless. Every later frame carries `BLAKE3-keyed(k_dir, seq | payload)` with a key
+//! per direction derived as `HMAC(K, "to-…" | T)` and a sequence number per direction, so
+//! frames cannot be forged, replayed, reordered or moved to another session. The frame MAC is
+//! BLAKE3 in keyed mode rather than HMAC-SHA256 because it runs over every byte mirrored: 6 GB/s
+//! against 1.8 GB/s (with SHA-NI) on the machines measured, a third of a second per GiB on each
+//! side. Nothing is encrypted: see `docs/SECURITY.md` for running over a tunnel.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -300,11 +302,11 @@ impl KeyRing {
     }
 }
 
-/// The MAC of one direction of a session: every frame's tag covers its sequence number and
-/// payload.
+/// The MAC of one direction of a session: every frame's tag is the keyed BLAKE3 hash of its
+/// sequence number and payload.
 #[derive(Clone)]
 pub struct FrameMac {
-    mac: HmacSha256,
+    key: [u8; TAG_LEN],
     seq: u64,
 }
 
@@ -315,32 +317,32 @@ impl fmt::Debug for FrameMac {
 }
 
 impl FrameMac {
-    fn new(key: &[u8]) -> FrameMac {
-        FrameMac {
-            mac: HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length"),
-            seq: 0,
-        }
+    fn new(key: [u8; TAG_LEN]) -> FrameMac {
+        FrameMac { key, seq: 0 }
     }
 
-    fn keyed(&self, payload: &[u8]) -> HmacSha256 {
-        let mut m = self.mac.clone();
-        m.update(&self.seq.to_le_bytes());
-        m.update(payload);
-        m
+    fn tag(&self, payload: &[u8]) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(&self.seq.to_le_bytes());
+        h.update(payload);
+        h.finalize()
     }
 
     /// The tag of the next frame sent.
     pub fn seal(&mut self, payload: &[u8]) -> [u8; TAG_LEN] {
-        let tag = self.keyed(payload).finalize().into_bytes().into();
+        let tag = *self.tag(payload).as_bytes();
         self.seq += 1;
         tag
     }
 
-    /// Checks the tag of the next frame received.
+    /// Checks the tag of the next frame received (in constant time).
     pub fn open(&mut self, payload: &[u8], tag: &[u8]) -> Result<(), WireError> {
-        self.keyed(payload)
-            .verify_slice(tag)
+        let tag: [u8; TAG_LEN] = tag
+            .try_into()
             .map_err(|_| WireError::BadMac { seq: self.seq })?;
+        if self.tag(payload) != blake3::Hash::from(tag) {
+            return Err(WireError::BadMac { seq: self.seq });
+        }
         self.seq += 1;
         Ok(())
     }
@@ -372,8 +374,8 @@ impl Transcript<'_> {
     /// The MACs of the session: (source → router, router → source).
     fn session(&self, key: &Key) -> (FrameMac, FrameMac) {
         (
-            FrameMac::new(&self.tag(key, b"to-router")),
-            FrameMac::new(&self.tag(key, b"to-source")),
+            FrameMac::new(self.tag(key, b"to-router")),
+            FrameMac::new(self.tag(key, b"to-source")),
         )
     }
 }
