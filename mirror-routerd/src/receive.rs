@@ -125,6 +125,10 @@ fn valid_site_id(s: &str) -> bool {
 /// then one of its site's.
 fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(), SessionError> {
     stream.set_nodelay(true).map_err(WireError::Io)?;
+    // A peer that stops reading cannot hold a session (and its commit thread) forever.
+    stream
+        .set_write_timeout(Some(WRITE_TIMEOUT))
+        .map_err(WireError::Io)?;
     let limits = router.cfg.limits;
     stream
         .set_read_timeout(Some(limits.handshake_timeout))
@@ -342,6 +346,9 @@ fn receive_frames(
         }
     }
 }
+
+/// How long a write to a peer may stall before its session ends.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Bytes of entries stored with one fsync at most.
 const GROUP_BYTES: usize = 16 << 20;

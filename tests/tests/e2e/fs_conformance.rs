@@ -102,7 +102,7 @@ fn pjdfstest_passes_on_mirrorfs_whatever_passes_on_the_plain_directory() {
     let m = l.mount(&[]);
     let mut ours = run(&l.dir);
     for (name, why) in RACY {
-        for attempt in 1..=3 {
+        for attempt in 1..=10 {
             if ours.get(*name).is_none_or(|o| o == "ok") {
                 break;
             }
