@@ -23,16 +23,19 @@ fn env() -> Env {
 
 /// Runs mirror-ctl; `rule add` without asking a router (no router runs in these tests).
 fn ctl(state: &Path, args: &[&str]) -> Output {
-    let offline: &[&str] = if args.starts_with(&["rule", "add"]) {
-        &["--no-validate"]
+    if args.starts_with(&["rule", "add"]) {
+        ctl_as_is(state, &[args, &["--no-validate"]].concat())
     } else {
-        &[]
-    };
+        ctl_as_is(state, args)
+    }
+}
+
+/// Runs mirror-ctl with exactly `args`.
+fn ctl_as_is(state: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mirror-ctl"))
         .arg("--state")
         .arg(state)
         .args(args)
-        .args(offline)
         .env_remove("RUST_LOG")
         .output()
         .unwrap()
@@ -383,10 +386,9 @@ fn keys_on_a_router_and_on_a_source() {
     // Validating a rule for a site without a key says what to do, and adds nothing.
     std::fs::write(e.state.join("site-id"), "laptop\n").unwrap();
     let pattern = format!("{}/", e.src.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_mirror-ctl"))
-        .arg("--state")
-        .arg(&e.state)
-        .args([
+    let out = ctl_as_is(
+        &e.state,
+        &[
             "rule",
             "add",
             &pattern,
@@ -394,9 +396,8 @@ fn keys_on_a_router_and_on_a_source() {
             "127.0.0.1:9",
             "--dest",
             "d",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     fails_with(&out, "no key for site 127.0.0.1:9");
     fails_with(&out, "mirror-ctl router key add laptop");
     assert_eq!(rule_count(&e.state), 0);

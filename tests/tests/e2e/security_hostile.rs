@@ -40,6 +40,24 @@ fn refusal(s: &mut impl Read, mac: Option<&mut auth::FrameMac>) -> Option<String
     }
 }
 
+/// A handshake as [`SITE`] on a new connection: the connection and what the client made of it.
+fn handshake(
+    r: &Router,
+    role: Role,
+    key: &Key,
+) -> (TcpStream, Result<Session, auth::HandshakeError>) {
+    let s = connect(r);
+    let res = auth::client(
+        &mut BufReader::new(s.try_clone().unwrap()),
+        &mut s.try_clone().unwrap(),
+        SITE,
+        1,
+        role,
+        key,
+    );
+    (s, res)
+}
+
 /// An authenticated session as `site` with `key` (a hostile peer that holds a key).
 struct Peer {
     r: BufReader<TcpStream>,
@@ -216,16 +234,7 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     let why = refusal(&mut s, None).unwrap_or_default();
     assert!(why.contains("wrong key"), "{why}");
     // Our own client refuses a router that does not hold the key.
-    let s = connect(&r);
-    let other = Key::generate().unwrap();
-    let res = auth::client(
-        &mut BufReader::new(s.try_clone().unwrap()),
-        &mut s.try_clone().unwrap(),
-        SITE,
-        1,
-        Role::Source,
-        &other,
-    );
+    let (_, res) = handshake(&r, Role::Source, &Key::generate().unwrap());
     assert!(res.is_err());
 
     // A replayed hello: the bytes of a legitimate handshake, sent again.
@@ -359,15 +368,7 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     let held: Vec<Peer> = (0..2)
         .map(|_| Peer::open(&r, SITE, Role::Validate, &key))
         .collect();
-    let s = connect(&r);
-    let res = auth::client(
-        &mut BufReader::new(s.try_clone().unwrap()),
-        &mut s.try_clone().unwrap(),
-        SITE,
-        1,
-        Role::Validate,
-        &key,
-    );
+    let (s, res) = handshake(&r, Role::Validate, &key);
     let mut third = res.expect("the handshake itself succeeds");
     let why = refusal(&mut BufReader::new(s), Some(&mut third.recv)).unwrap_or_default();
     assert!(why.contains("already has 2 sessions open"), "{why}");
