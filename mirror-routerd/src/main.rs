@@ -14,13 +14,13 @@ use mirror_routerd::shared::{Limits, Router, RouterConfig};
 #[command(
     name = "mirror-routerd",
     version,
-    after_help = "Sources connect over TCP to ADDR:PORT and must prove they hold their site's key (--key-file)
-before anything is accepted; frames are authenticated, not encrypted (see docs/SECURITY.md for
-a tunnel). Backup files are written only beneath --root, and no symbolic link is ever followed.
-Heartbeats are UDP datagrams on the same port
-number, both ways. A backup file that cannot be written is blocked: its entries wait in the
-router logs while other files keep flowing; `mirror-ctl router unblock` (or --unblock-every)
-retries it.
+    after_help = "Sources connect over TCP to ADDR:PORT and must prove they hold their site's key
+(--key-file; `mirror-ctl router key add SITE` makes one) before anything is accepted; frames
+are authenticated, not encrypted (see docs/SECURITY.md for a tunnel). Backup files are written
+only beneath --root, and no symbolic link is ever followed. Heartbeats are UDP datagrams on
+the same port number, both ways. A backup file that cannot be written is blocked: its entries
+wait in the router logs while other files keep flowing; `mirror-ctl router unblock` (or
+--unblock-every) retries it.
 
 Example:
   mirror-routerd --listen 0.0.0.0:7070 --root /srv/backup --state /var/lib/mirror-router"

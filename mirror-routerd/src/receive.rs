@@ -5,9 +5,11 @@
 //! [`Role::Validate`] answers one [`Msg::Validate`] from `mirror-ctl` and ends. Every frame
 //! after the hello carries the session's MAC. Connections still authenticating, and sessions
 //! per site, are limited ([`crate::shared::Limits`]); a peer over a limit of the protocol
-//! ([`Msg::check_limits`], the frame size) is disconnected with the reason in the log. Entries are accepted only under the configuration version the router last
-//! stored for that source; otherwise the router answers [`Msg::SendConfig`] and drops entries
-//! until the configuration arrives. Accepted entries are appended to RT1/RT2 and made durable
+//! ([`Msg::check_limits`], the frame size) is disconnected with the reason in the log.
+//!
+//! Entries are accepted only under the configuration version the router last stored for that
+//! source; otherwise the router answers [`Msg::SendConfig`] and drops entries until the
+//! configuration arrives. Accepted entries are appended to RT1/RT2 and made durable
 //! (one fsync per batch) before [`Msg::Ack`]. Entries at or below the last position received
 //! completely are dropped as duplicates (a sender resending after a restart).
 

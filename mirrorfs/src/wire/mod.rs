@@ -10,10 +10,11 @@
 //!
 //! A session: the sender connects and sends [`Msg::Hello`]; the router answers
 //! [`Msg::Challenge`], the sender [`Msg::Auth`] ([`auth`]); from then on every frame carries a
-//! MAC. The router answers [`Msg::Welcome`] with what it already holds from that source. Then the sender streams
-//! [`Msg::Entries`] (many in flight) and the router answers [`Msg::Ack`] once they are durable in
-//! RT1/RT2, or [`Msg::SendConfig`] when the configuration version is not the one it knows; the
-//! sender then sends [`Msg::Config`] and resends everything not acknowledged.
+//! MAC. The router answers [`Msg::Welcome`] with what it already holds from that source. Then
+//! the sender streams [`Msg::Entries`] (many in flight) and the router answers [`Msg::Ack`]
+//! once they are durable in RT1/RT2, or [`Msg::SendConfig`] when the configuration version is
+//! not the one it knows; the sender then sends [`Msg::Config`] and resends everything not
+//! acknowledged.
 
 pub mod auth;
 pub mod codec;
