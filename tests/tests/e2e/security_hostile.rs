@@ -414,6 +414,17 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     let _s = l.sender();
     std::fs::write(l.path("hello.txt"), b"still served").unwrap();
     wait_converged(&l.dir, &r.path("legit"), LIMIT);
+    l.assert_no_errors();
+    // Every line of the router's error log is one of the refusals above.
+    let log = r.error_log();
+    let unexpected: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains(": refused ") && !l.contains(": session with 127.0.0.1:"))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected error-log lines: {unexpected:#?}"
+    );
 }
 
 #[test]
