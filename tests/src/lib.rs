@@ -643,6 +643,20 @@ pub fn tree_diff(
     out
 }
 
+/// Fails the test if a line of the error log `log` (of `who`) contains none of `expected`:
+/// a fault test names what its faults may log, and anything else is a finding.
+pub fn assert_log_only(who: &str, log: &str, expected: &[&str]) {
+    let unexpected: Vec<&str> = log
+        .lines()
+        .filter(|l| !expected.iter().any(|e| l.contains(e)))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected lines in the error log of {who}:\n{}",
+        unexpected.join("\n")
+    );
+}
+
 /// Waits until `backup` has the same tree as `source`; panics with the differences after
 /// `limit`. Returns the number of entries compared.
 pub fn wait_converged(source: &Path, backup: &Path, limit: Duration) -> usize {

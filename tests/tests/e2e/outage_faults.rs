@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use mirror_tests::{wait_converged, wait_until, Local, Router};
+use mirror_tests::{assert_log_only, wait_converged, wait_until, Local, Router};
 
 use crate::mirror_ops::{mirrored, mirrored_with};
 use crate::mirror_workload::{Rng, Workload};
@@ -102,7 +102,21 @@ fn kill9_of_sender_router_and_both_at_random_moments() {
     report(rounds, &w, n);
     assert!(n >= 40);
     drop(m);
+    assert_log_only("the source", &l.error_log(), SENDER_OUTAGE);
+    assert_log_only("the router", &r.error_log(), ROUTER_RESTART);
 }
+
+/// What a sender logs when its site goes away and comes back.
+const SENDER_OUTAGE: &[&str] = &[
+    "; retrying",
+    " is blocked: ",
+    " is unblocked (",
+    " exceeds the queue limit ",
+    " that changed while it was blocked whole",
+];
+
+/// What a router logs when its sources or it are killed.
+const ROUTER_RESTART: &[&str] = &["torn tail", "session with 127.0.0.1:", "closed its session"];
 
 /// Drops every packet to and from a port on the loopback interface while it lives.
 struct Cut {
@@ -173,6 +187,8 @@ fn a_cut_network_blocks_the_site_and_steady_heartbeats_unblock_it() {
     eprintln!("{during} operations before the block was noticed, {queued} entries queued");
     report(1, &w, n);
     drop(m);
+    assert_log_only("the source", &l.error_log(), SENDER_OUTAGE);
+    assert_log_only("the router", &r.error_log(), ROUTER_RESTART);
 }
 
 /// A small tmpfs mounted while it lives.
@@ -253,6 +269,12 @@ fn a_full_backup_disk_blocks_the_file_until_unblocked() {
     assert!(r.error_log().contains("backup file w/big.bin is blocked"));
     eprintln!("faults 1, operations 5, files compared {n}, differences 0");
     drop(m);
+    l.assert_no_errors();
+    assert_log_only(
+        "the router",
+        &r.error_log(),
+        &["backup file w/big.bin is blocked: write of "],
+    );
 }
 
 #[test]
@@ -302,6 +324,12 @@ fn an_unwritable_backup_file_blocks_while_others_flow() {
     assert!(!again.status.success(), "nothing left to unblock");
     report(1, &w, n);
     drop(m);
+    l.assert_no_errors();
+    assert_log_only(
+        "the router",
+        &r.error_log(),
+        &["backup file w/locked.txt is blocked: "],
+    );
 }
 
 #[test]
@@ -340,6 +368,8 @@ fn over_the_queue_limit_a_blocked_site_keeps_a_dirty_set_and_resyncs() {
     assert!(s.log_text().contains("whole"), "{}", s.log_text());
     report(1, &w, n);
     drop(m);
+    assert_log_only("the source", &l.error_log(), SENDER_OUTAGE);
+    assert_log_only("the router", &r.error_log(), ROUTER_RESTART);
 }
 
 #[test]
@@ -367,6 +397,8 @@ fn a_torn_journal_tail_after_kill9_of_mirrorfs_is_cut_on_remount() {
     let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
     report(1, &w, n);
     drop(m);
+    assert_log_only("the source", &l.error_log(), &["torn tail at offset "]);
+    assert_log_only("the router", &r.error_log(), ROUTER_RESTART);
 }
 
 #[test]
@@ -408,4 +440,6 @@ fn mirror_ctl_unblock_tries_a_blocked_site_at_once_and_on_block_tells_the_user()
     assert!(!again.status.success(), "no site is blocked any more");
     drop(m);
     eprintln!("faults 1, operations 3, files compared {n}, differences 0");
+    assert_log_only("the source", &l.error_log(), SENDER_OUTAGE);
+    assert_log_only("the router", &r.error_log(), ROUTER_RESTART);
 }
