@@ -36,11 +36,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     mirrorfs::logging::init("mirror-ctl", "warn", None);
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mirror-ctl: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mirrorfs::logging::exit_code("mirror-ctl", run(cli))
 }

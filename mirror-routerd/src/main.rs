@@ -152,12 +152,5 @@ fn serve_control(path: PathBuf, router: std::sync::Arc<Router>) -> anyhow::Resul
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e:#}");
-            eprintln!("mirror-routerd: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mirrorfs::logging::exit_code("mirror-routerd", run(cli))
 }

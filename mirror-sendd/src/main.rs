@@ -199,12 +199,5 @@ fn serve_control(state: &StateDir, shared: &Arc<Shared>) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e:#}");
-            eprintln!("mirror-sendd: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    mirrorfs::logging::exit_code("mirror-sendd", run(cli))
 }

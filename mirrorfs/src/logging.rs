@@ -5,7 +5,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+
+/// Whether [`init`] opened an error log (daemons) or not (`mirror-ctl`).
+static HAS_ERROR_LOG: AtomicBool = AtomicBool::new(false);
 
 struct Tee {
     inner: env_logger::Logger,
@@ -79,6 +83,7 @@ pub fn init(program: &'static str, default_filter: &str, error_log: Option<&Path
                 }
             },
         );
+    HAS_ERROR_LOG.store(error_log.is_some(), Ordering::Relaxed);
     let max = inner.filter().max(log::LevelFilter::Warn);
     let tee = Tee {
         inner,
@@ -87,6 +92,21 @@ pub fn init(program: &'static str, default_filter: &str, error_log: Option<&Path
     };
     if log::set_boxed_logger(Box::new(tee)).is_ok() {
         log::set_max_level(max);
+    }
+}
+
+/// The end of a binary's `main`: on error, logs it (for a daemon with an error log) and
+/// prints `PROGRAM: error: …` with its causes on stderr; the exit code.
+pub fn exit_code(program: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if HAS_ERROR_LOG.load(Ordering::Relaxed) {
+                log::error!("{e:#}");
+            }
+            eprintln!("{program}: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
