@@ -391,8 +391,15 @@ fn create_file(path: &Path, mode: u32) -> io::Result<()> {
     f.set_permissions(fs::Permissions::from_mode(mode))
 }
 
+/// Zeroes `len` bytes at `offset`, within the file's size (a zero entry never extends a file,
+/// and a length from the wire cannot make the router write more than the file holds).
 fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    let end = offset.saturating_add(len).min(f.metadata()?.len());
+    if end <= offset {
+        return Ok(());
+    }
+    let len = end - offset;
     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // SAFETY: plain syscall on an open descriptor.
     let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) };

@@ -312,6 +312,13 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
         entry(14, Command::Mkdir, "/p/out/newdir", "", b""),
         entry(15, Command::Link, "/p/ok.txt", "/p/out/hard", b""),
         entry(16, Command::Delete, "/p/out", "", b""),
+        entry(17, Command::Write, "/p/z.txt", "", b"zzzz"),
+        // A zero range of 2^64 bytes stays within the file.
+        WireEntry {
+            offset: 2,
+            size: u64::MAX,
+            ..entry(18, Command::Zero, "/p/z.txt", "", b"")
+        },
     ];
     p.entries(hostile);
     wait_logged(
@@ -334,6 +341,7 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     wait_until(LIMIT, "ok.txt applied and the link removed", || {
         std::fs::read(r.path("d/ok.txt")).is_ok_and(|d| d == b"fine")
             && std::fs::symlink_metadata(r.path("d/out")).is_err()
+            && std::fs::read(r.path("d/z.txt")).is_ok_and(|d| d == b"zz\0\0")
     });
     // A replayed frame inside the session: refused, the session ends.
     let f = p.frame(&Msg::Heartbeat);
