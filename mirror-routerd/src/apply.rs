@@ -152,6 +152,19 @@ impl Applier {
             let p = p.to_path_buf();
             move |err| ApplyError { op, path: p, err }
         };
+        // Offsets and sizes beyond what a file can hold come from no real file.
+        let span = match r.command {
+            Command::Write => r.offset.checked_add(data.len() as u64),
+            Command::Truncate => Some(r.size),
+            Command::Zero => Some(r.offset),
+            _ => Some(0),
+        };
+        if span.is_none_or(|e| e > i64::MAX as u64) {
+            return Ok(Outcome::Refused(format!(
+                "offset {} or size {} is beyond any file",
+                r.offset, r.size
+            )));
+        }
         match r.command {
             Command::Write => {
                 let f = self.file(&rel).map_err(fail("open", &shown))?;

@@ -319,6 +319,14 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
             size: u64::MAX,
             ..entry(18, Command::Zero, "/p/z.txt", "", b"")
         },
+        WireEntry {
+            offset: u64::MAX - 1,
+            ..entry(19, Command::Write, "/p/far.txt", "", b"far")
+        },
+        WireEntry {
+            size: u64::MAX,
+            ..entry(20, Command::Truncate, "/p/z.txt", "", b"")
+        },
     ];
     p.entries(hostile);
     wait_logged(
@@ -335,6 +343,10 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
             &format!("refused delete of /p/out/victim from {SITE}"),
             &format!("refused mkdir of /p/out/newdir from {SITE}"),
             &format!("refused link of /p/ok.txt from {SITE}"),
+            &format!("refused write of /p/far.txt from {SITE}: offset 18446744073709551614"),
+            &format!(
+                "refused truncate of /p/z.txt from {SITE}: offset 0 or size 18446744073709551615"
+            ),
         ],
     );
     // What is legitimate went through: the file, and the removal of the planted link.
@@ -373,8 +385,9 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     );
 
     // Sessions per site (2 here) and connections still authenticating (3 here).
+    // (Source sessions: their welcome says the router has counted them.)
     let held: Vec<Peer> = (0..2)
-        .map(|_| Peer::open(&r, SITE, Role::Validate, &key))
+        .map(|_| Peer::open(&r, SITE, Role::Source, &key))
         .collect();
     let (s, res) = handshake(&r, Role::Validate, &key);
     let mut third = res.expect("the handshake itself succeeds");
