@@ -317,7 +317,7 @@ impl fmt::Debug for FrameMac {
 }
 
 impl FrameMac {
-    fn new(key: [u8; TAG_LEN]) -> FrameMac {
+    pub(crate) fn new(key: [u8; TAG_LEN]) -> FrameMac {
         FrameMac { key, seq: 0 }
     }
 

@@ -210,6 +210,39 @@ mod tests {
     }
 
     #[test]
+    fn sealed_frames_are_checked_in_order_and_refused_when_changed() {
+        let (mut tx, mut rx) = (FrameMac::new([9; 32]), FrameMac::new([9; 32]));
+        let a = encode_sealed(&sample(), &mut tx).unwrap();
+        let b = encode_sealed(&Msg::Heartbeat, &mut tx).unwrap();
+        // Out of order: the second frame first.
+        assert!(matches!(
+            read_sealed(&mut &b[..], &mut rx.clone()),
+            Err(WireError::BadMac { seq: 0 })
+        ));
+        for i in 8..a.len() {
+            let mut c = a.clone();
+            c[i] ^= 1;
+            assert!(
+                read_sealed(&mut &c[..], &mut rx.clone()).is_err(),
+                "byte {i}"
+            );
+        }
+        assert_eq!(read_sealed(&mut &a[..], &mut rx).unwrap(), sample());
+        assert_eq!(read_sealed(&mut &b[..], &mut rx).unwrap(), Msg::Heartbeat);
+        // Replayed: refused.
+        assert!(read_sealed(&mut &a[..], &mut rx).is_err());
+        // A handshake reader takes no large frame.
+        let big = encode_frame(&Msg::Error {
+            reason: "x".repeat(MAX_HANDSHAKE_FRAME),
+        })
+        .unwrap();
+        assert!(matches!(
+            read_frame(&mut &big[..]),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
     fn clean_close_and_truncation() {
         assert!(matches!(read_frame(&mut &[][..]), Err(WireError::Closed)));
         let f = encode_frame(&sample()).unwrap();
