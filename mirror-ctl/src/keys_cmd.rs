@@ -54,7 +54,7 @@ pub fn source(keys: &KeyRing, cmd: KeyCommand) -> Result<()> {
             let key = parse_key(&key)?;
             KeyFile::store(keys.path(), &site, &key)?;
             println!(
-                "stored the key for site {site} in {} (mirror-sendd uses it from its next connection)",
+                "stored the key for site {site} in {} (mirror-sendd uses it from its next connection; `mirror-ctl unblock` tries a blocked site at once)",
                 keys.path().display()
             );
             Ok(())
