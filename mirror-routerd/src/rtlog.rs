@@ -2,8 +2,9 @@
 //! `<router state>/rt/`.
 //!
 //! RT1 holds one record per received entry; RT2 holds the entries' data. Both start with a
-//! 24-byte header: magic (`MIRRT1\0\0` or `MIRRT2\0\0`), format version `u32`, reserved `u32`,
-//! pair number `u64`. An RT1 record (little-endian):
+//! 32-byte header: magic (`MIRRT1\0\0` or `MIRRT2\0\0`), format version `u32`, reserved `u32`,
+//! pair number `u64`, and in RT1 the committed end `u64`: every record before it was made
+//! durable and acknowledged (RT2: zero). An RT1 record (little-endian):
 //!
 //! | offset | field |
 //! | --- | --- |
@@ -20,8 +21,12 @@
 //! | 84 | source site id, full source name, aux |
 //!
 //! The receive process appends a batch to both files and makes them durable with one
-//! `fdatasync` each before acknowledging it (group commit). On open, a torn tail of the newest
-//! pair (a record cut short, or one whose data is missing from RT2) is cut away.
+//! `fdatasync` each before acknowledging it (group commit); the same `fdatasync` carries the
+//! committed end, set to where the batch starts (the previous batch is durable by then). On
+//! open, a torn tail of the newest pair (a record cut short, or one whose data is missing from
+//! RT2) is cut away, but only past the committed end: damage before it is in records that were
+//! acknowledged, so the router refuses to start and names the file and offset instead of
+//! silently dropping them.
 //!
 //! RT2 holds each batch's data in order, starting at a multiple of [`RT2_ALIGN`] and padded
 //! with zeros to the next one (the header block too; data of [`RT2_ALIGN`] bytes or more
@@ -43,9 +48,11 @@ use crate::direct::{self, aligned, round_up};
 
 const RT1_MAGIC: &[u8; 8] = b"MIRRT1\0\0";
 const RT2_MAGIC: &[u8; 8] = b"MIRRT2\0\0";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// Length of both file headers.
-pub const HEADER_LEN: u64 = 24;
+pub const HEADER_LEN: u64 = 32;
+/// Where the committed end is in the RT1 header (the fixed part of the header ends there).
+const COMMITTED_OFFSET: u64 = 24;
 /// Length of the fixed part of an RT1 record.
 pub const RECORD_FIXED: usize = 84;
 /// Offset of the complete flag inside a record.
@@ -276,20 +283,27 @@ fn header(magic: &[u8; 8], n: u64) -> [u8; HEADER_LEN as usize] {
     h[..8].copy_from_slice(magic);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&n.to_le_bytes());
+    if magic == RT1_MAGIC {
+        h[24..32].copy_from_slice(&HEADER_LEN.to_le_bytes());
+    }
     h
 }
 
-fn check_header(path: &Path, f: &File, magic: &[u8; 8], n: u64) -> Result<(), RtError> {
+/// Checks the fixed part of a header; the committed end it holds (RT1).
+fn check_header(path: &Path, f: &File, magic: &[u8; 8], n: u64) -> Result<u64, RtError> {
     let mut h = [0u8; HEADER_LEN as usize];
     f.read_exact_at(&mut h, 0).map_err(io_err(path))?;
-    if h != header(magic, n) {
+    let fixed = COMMITTED_OFFSET as usize;
+    if h[..fixed] != header(magic, n)[..fixed] {
         return Err(RtError::Corrupt {
             path: path.to_path_buf(),
             offset: 0,
             reason: format!("bad header (expected pair {n}, format {FORMAT_VERSION})"),
         });
     }
-    Ok(())
+    let mut c = [0u8; 8];
+    c.copy_from_slice(&h[fixed..]);
+    Ok(u64::from_le_bytes(c))
 }
 
 /// Reads the records of an RT1 file from `from` up to `end`, calling `f(offset, record)`.
@@ -373,7 +387,7 @@ impl RtWriter {
         let p2 = rt2_path(dir, last);
         let rt1 = open_rw(&p1, false)?;
         let rt2 = open_rw(&p2, true)?;
-        check_header(&p1, &rt1, RT1_MAGIC, last)?;
+        let committed = check_header(&p1, &rt1, RT1_MAGIC, last)?;
         let rt2_size = rt2.metadata().map_err(io_err(&p2))?.len();
         if rt2_size < HEADER_LEN {
             rt2.write_all_at(&header(RT2_MAGIC, last), 0)
@@ -393,6 +407,17 @@ impl RtWriter {
             }
         })
         .map_err(io_err(&p1))?;
+        if valid_end < committed {
+            // Acknowledged records are damaged (or their data is gone): not a torn tail.
+            return Err(RtError::Corrupt {
+                path: p1,
+                offset: valid_end,
+                reason: format!(
+                    "{}, before the committed end {committed}: the records after it were acknowledged, so they are not cut as a torn tail (move the pair aside and run `mirror-ctl sync` on the sources to copy everything again)",
+                    reason.unwrap_or_else(|| format!("data missing from RT2 after offset {stop}"))
+                ),
+            });
+        }
         if valid_end < rt1_size {
             log::warn!(
                 "router log {}: cutting a torn tail at offset {valid_end} ({} bytes; {})",
@@ -498,6 +523,11 @@ impl RtWriter {
         }
         self.rt1
             .write_all_at(&meta, self.rt1_len)
+            .map_err(io_err(&p1))?;
+        // Everything before this batch is durable (and acknowledged): say so, in the same
+        // fdatasync.
+        self.rt1
+            .write_all_at(&self.rt1_len.to_le_bytes(), COMMITTED_OFFSET)
             .map_err(io_err(&p1))?;
         self.rt1.sync_data().map_err(io_err(&p1))?;
         self.rt1_len += meta.len() as u64;
@@ -657,6 +687,37 @@ mod tests {
             let w = RtWriter::open(dir.path(), 1 << 20).unwrap();
             assert_eq!(w.end(), (1, good), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn damage_before_the_committed_end_is_not_cut_as_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = RtWriter::open(dir.path(), 1 << 20).unwrap();
+        let (_, first) = w.append("s", &[entry(0, b"aaaa")]).unwrap();
+        w.append("s", &[entry(1, b"bbbb")]).unwrap();
+        w.append("s", &[entry(2, b"cccc")]).unwrap();
+        drop(w);
+        let p1 = rt1_path(dir.path(), 1);
+        let full = std::fs::read(&p1).unwrap();
+        // A flipped bit in the first (acknowledged) record: refused, nothing cut.
+        let mut b = full.clone();
+        b[HEADER_LEN as usize + 40] ^= 4;
+        std::fs::write(&p1, &b).unwrap();
+        let e = RtWriter::open(dir.path(), 1 << 20).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("corrupt at offset {HEADER_LEN}")),
+            "{msg}"
+        );
+        assert!(msg.contains("acknowledged"), "{msg}");
+        assert_eq!(std::fs::read(&p1).unwrap(), b);
+        // The same damage in the last batch (not yet committed) is a torn tail.
+        let mut b = full.clone();
+        let last = b.len() - 10;
+        b[last] ^= 4;
+        std::fs::write(&p1, &b).unwrap();
+        let w = RtWriter::open(dir.path(), 1 << 20).unwrap();
+        assert!(w.end().1 > first && w.end().1 < full.len() as u64);
     }
 
     #[test]
