@@ -196,6 +196,13 @@ impl Applier {
                 | Command::Link
         );
         let Some(at) = self.at(&rel, create).map_err(fail("open", &shown))? else {
+            if matches!(r.command, Command::Rename | Command::Link) {
+                // The backup never got the source (nor its directory): ask for the result.
+                return Ok(Outcome::NeedCopy {
+                    rule_crc: rule.crc,
+                    name: r.aux.clone(),
+                });
+            }
             return Ok(Outcome::Skipped(format!("{}: gone", shown.display())));
         };
         let path = at.path();
@@ -719,4 +726,71 @@ fn sync_fs(root: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirrorfs::journal::Position;
+    use mirrorfs::rule::{Dest, Pattern};
+    use mirrorfs::wire::Part;
+
+    fn record(command: Command, name: &str, aux: &str) -> RtRecord {
+        RtRecord {
+            complete: false,
+            command,
+            part: Part::Whole,
+            rule_crc: 5,
+            pos: Position::new(1, 64),
+            offset: 0,
+            size: 0,
+            rt2_offset: 0,
+            data_len: 0,
+            time_ns: 0,
+            site: "s".into(),
+            name: name.as_bytes().to_vec(),
+            aux: aux.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_rename_whose_source_never_arrived_asks_for_a_copy_of_the_result() {
+        let root = tempfile::tempdir().unwrap();
+        let table = RouterTable::with_rules([(
+            "s".to_string(),
+            RouterRule {
+                crc: 5,
+                pattern: Pattern::parse("/p/").unwrap(),
+                dest: Dest::parse("d").unwrap(),
+                attrs: false,
+                delete_suffix: None,
+            },
+        )]);
+        let mut a = Applier::new(root.path(), 4).unwrap();
+        // Neither the file nor its directory is on the backup.
+        for from in ["/p/gone/x", "/p/x"] {
+            let out = a
+                .apply(&table, &record(Command::Rename, from, "/p/y"), &[])
+                .unwrap();
+            assert_eq!(
+                out,
+                Outcome::NeedCopy {
+                    rule_crc: 5,
+                    name: b"/p/y".to_vec()
+                },
+                "{from}"
+            );
+            std::fs::create_dir_all(root.path().join("d")).unwrap();
+        }
+        // A delete of what is not there is done with nothing to do.
+        let out = a
+            .apply(&table, &record(Command::Delete, "/p/gone/z", ""), &[])
+            .unwrap();
+        assert!(matches!(out, Outcome::Skipped(_)), "{out:?}");
+        // And a name that leaves the rule's destination is refused.
+        let out = a
+            .apply(&table, &record(Command::Write, "/p/../z", ""), &[])
+            .unwrap();
+        assert!(matches!(out, Outcome::Refused(_)), "{out:?}");
+    }
 }

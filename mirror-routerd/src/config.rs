@@ -87,6 +87,16 @@ pub struct RouterTable {
 }
 
 impl RouterTable {
+    /// A table of `rules`, each with its source site.
+    pub fn with_rules(rules: impl IntoIterator<Item = (String, RouterRule)>) -> RouterTable {
+        RouterTable {
+            rules: rules
+                .into_iter()
+                .map(|(site, r)| ((site, r.crc), Arc::new(r)))
+                .collect(),
+        }
+    }
+
     /// The rule `crc` of `site`.
     pub fn get(&self, site: &str, crc: u32) -> Option<&Arc<RouterRule>> {
         self.rules.get(&(site.to_string(), crc))
