@@ -41,6 +41,19 @@ fn ctl_as_is(state: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `rule add PATTERN --site 127.0.0.1:9 --dest d`: a site where no router listens.
+fn add_to_a_closed_port(pattern: &str) -> [&str; 7] {
+    [
+        "rule",
+        "add",
+        pattern,
+        "--site",
+        "127.0.0.1:9",
+        "--dest",
+        "d",
+    ]
+}
+
 fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
@@ -297,18 +310,7 @@ fn status_and_unblock_without_daemons() {
     let out = ok(&ctl(&e.state, &["status"]));
     assert!(out.contains("no sites"), "{out}");
     let pattern = format!("{}/", e.src.display());
-    ok(&ctl(
-        &e.state,
-        &[
-            "rule",
-            "add",
-            &pattern,
-            "--site",
-            "127.0.0.1:9",
-            "--dest",
-            "d",
-        ],
-    ));
+    ok(&ctl(&e.state, &add_to_a_closed_port(&pattern)));
     // From the files when mirror-sendd is not running.
     let out = ok(&ctl(&e.state, &["status"]));
     assert!(out.contains("mirror-sendd is not running"), "{out}");
@@ -386,18 +388,7 @@ fn keys_on_a_router_and_on_a_source() {
     // Validating a rule for a site without a key says what to do, and adds nothing.
     std::fs::write(e.state.join("site-id"), "laptop\n").unwrap();
     let pattern = format!("{}/", e.src.display());
-    let out = ctl_as_is(
-        &e.state,
-        &[
-            "rule",
-            "add",
-            &pattern,
-            "--site",
-            "127.0.0.1:9",
-            "--dest",
-            "d",
-        ],
-    );
+    let out = ctl_as_is(&e.state, &add_to_a_closed_port(&pattern));
     fails_with(&out, "no key for site 127.0.0.1:9");
     fails_with(&out, "mirror-ctl router key add laptop");
     assert_eq!(rule_count(&e.state), 0);
