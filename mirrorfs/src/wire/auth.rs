@@ -107,11 +107,21 @@ impl Key {
 
     /// HMAC-SHA256 of the concatenation of `parts` under this key.
     pub fn tag(&self, parts: &[&[u8]]) -> [u8; TAG_LEN] {
+        self.mac_of(parts).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the first `tag.len()` bytes of [`Key::tag`] of `parts` (checked in
+    /// constant time; the caller's format fixes the length).
+    pub fn verify_truncated(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        self.mac_of(parts).verify_truncated_left(tag).is_ok()
+    }
+
+    fn mac_of(&self, parts: &[&[u8]]) -> HmacSha256 {
         let mut m = self.mac();
         for p in parts {
             m.update(p);
         }
-        m.finalize().into_bytes().into()
+        m
     }
 
     fn mac(&self) -> HmacSha256 {
@@ -359,6 +369,15 @@ struct Transcript<'a> {
 
 impl Transcript<'_> {
     fn tag(&self, key: &Key, label: &[u8]) -> [u8; TAG_LEN] {
+        self.mac(key, label).finalize().into_bytes().into()
+    }
+
+    /// Whether `proof` is exactly [`Transcript::tag`] (checked in constant time).
+    fn verify(&self, key: &Key, label: &[u8], proof: &[u8]) -> bool {
+        self.mac(key, label).verify_slice(proof).is_ok()
+    }
+
+    fn mac(&self, key: &Key, label: &[u8]) -> HmacSha256 {
         let mut m = key.mac();
         m.update(b"mirror-auth-v1\0");
         m.update(label);
@@ -368,7 +387,7 @@ impl Transcript<'_> {
         m.update(&[self.role as u8]);
         m.update(self.source_nonce);
         m.update(self.router_nonce);
-        m.finalize().into_bytes().into()
+        m
     }
 
     /// The MACs of the session: (source → router, router → source).
@@ -378,17 +397,6 @@ impl Transcript<'_> {
             FrameMac::new(self.tag(key, b"to-source")),
         )
     }
-}
-
-/// Compares a tag with the expected one in constant time.
-pub fn check(expected: &[u8], got: &[u8]) -> bool {
-    // Constant time: the HMAC of both with a throwaway key compared by `verify_slice`.
-    let mut m = HmacSha256::new_from_slice(b"compare").expect("any key length");
-    m.update(expected);
-    let reference = m.finalize().into_bytes();
-    let mut m = HmacSha256::new_from_slice(b"compare").expect("any key length");
-    m.update(got);
-    m.verify_slice(&reference).is_ok()
 }
 
 /// Why a handshake failed.
@@ -455,7 +463,7 @@ pub fn client(
         source_nonce: &nonce,
         router_nonce: &router_nonce,
     };
-    if router_nonce.len() != NONCE_LEN || !check(&t.tag(key, b"router"), &proof) {
+    if router_nonce.len() != NONCE_LEN || !t.verify(key, b"router", &proof) {
         return Err(HandshakeError::Rejected(
             "the router could not prove it holds this site's key (wrong key?)".into(),
         ));
@@ -542,7 +550,7 @@ pub fn server(
         },
     )?;
     match codec::read_frame(r)? {
-        Msg::Auth { proof } if check(&t.tag(&key, b"source"), &proof) => {}
+        Msg::Auth { proof } if t.verify(&key, b"source", &proof) => {}
         Msg::Auth { .. } => {
             return Err(refuse(
                 w,
