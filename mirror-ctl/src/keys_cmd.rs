@@ -68,11 +68,7 @@ pub fn source(keys: &KeyRing, cmd: KeyCommand) -> Result<()> {
 pub fn router(keys: &KeyRing, cmd: RouterKeyCommand) -> Result<()> {
     match cmd {
         RouterKeyCommand::Add { site, key } => {
-            if site.is_empty()
-                || site.len() > mirrorfs::wire::msg::MAX_SITE_LEN
-                || !site.chars().all(|c| c.is_ascii_graphic() && c != '/')
-                || site == "*"
-            {
+            if !mirrorfs::wire::msg::valid_site_id(&site) || site == "*" {
                 bail!("invalid source site id {site:?}: printable ASCII without '/' or spaces");
             }
             let key = match key {

@@ -102,7 +102,7 @@ fn refuse(w: &Mutex<PeerOut>, reason: String) -> SessionError {
 
 /// The key of source `site`, or why it has none.
 fn key_of(router: &Router, site: &str) -> Result<Key, String> {
-    if !valid_site_id(site) {
+    if !mirrorfs::wire::msg::valid_site_id(site) {
         return Err(format!("invalid site id {site:?}"));
     }
     match router.keys.get_exact(site) {
@@ -115,12 +115,6 @@ fn key_of(router: &Router, site: &str) -> Result<Key, String> {
             Err("the router cannot read its key file".into())
         }
     }
-}
-
-fn valid_site_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= crate::rtlog::MAX_SITE
-        && s.chars().all(|c| c.is_ascii_graphic() && c != '/')
 }
 
 /// A session: the connection holds one of the handshake seats until it is authenticated,

@@ -60,7 +60,7 @@ pub const FLAG_OFFSET: u64 = 8;
 /// RT2 batches start at multiples of this (the `O_DIRECT` alignment).
 pub const RT2_ALIGN: u64 = direct::ALIGN;
 /// Longest source site id accepted.
-pub const MAX_SITE: usize = 255;
+pub const MAX_SITE: usize = mirrorfs::wire::msg::MAX_SITE_LEN;
 /// Longest name or aux accepted.
 pub const MAX_NAME: usize = 64 << 10;
 

@@ -14,6 +14,12 @@ pub const MAX_ENTRIES_PER_FRAME: usize = 4096;
 pub const MAX_NAME_LEN: usize = 8192;
 /// The longest site id.
 pub const MAX_SITE_LEN: usize = 255;
+
+/// Whether `s` can be a source site id: 1 to [`MAX_SITE_LEN`] bytes of printable ASCII
+/// without `/` (no spaces: key files and logs separate words with them).
+pub fn valid_site_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_SITE_LEN && s.chars().all(|c| c.is_ascii_graphic() && c != '/')
+}
 /// The most rules in one [`Msg::Config`].
 pub const MAX_RULES: usize = 100_000;
 /// The longest reason or other text in a message.
