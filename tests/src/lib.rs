@@ -406,13 +406,7 @@ impl Local {
 
     /// `mirror-ctl status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
-        let out = self.ctl(&["status", "--json"]);
-        assert!(
-            out.status.success(),
-            "mirror-ctl status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("status is JSON")
+        json_of(&self.ctl(&["status", "--json"]), "mirror-ctl status")
     }
 
     /// Gives this local system its own source-site id (several in one test).
@@ -564,13 +558,7 @@ impl Router {
 
     /// `mirror-ctl router status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
-        let out = self.ctl(&["status", "--json"]);
-        assert!(
-            out.status.success(),
-            "mirror-ctl router status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("router status is JSON")
+        json_of(&self.ctl(&["status", "--json"]), "mirror-ctl router status")
     }
 
     /// The router's error log.
@@ -582,6 +570,16 @@ impl Router {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
+}
+
+/// The JSON that command `what` printed; panics with its stderr if it failed.
+fn json_of(out: &Output, what: &str) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what} printed no JSON: {e}"))
 }
 
 /// A summary of a tree: relative path → kind, size and content CRC (or link target).
