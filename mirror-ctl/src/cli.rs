@@ -98,7 +98,12 @@ pub enum RouterKeyCommand {
     /// with it at once (no restart).
     #[command(
         after_help = "SITE is the source's site id (`cat <state>/site-id` there; the host name by
-default). Give the printed key to the source: `mirror-ctl key add ROUTER:PORT KEY`."
+default). Give the printed key to the source: `mirror-ctl key add ROUTER:PORT KEY`.
+
+The key grants SITE its namespace: the source writes only beneath <root>/NAMESPACE, and its
+rules' --dest are relative to it. The default namespace is SITE itself (<root>/SITE/); `.`
+grants the whole root (a two-way peer needs it). Two sites share a namespace only when they
+are given the same one. The directory is made when the source first writes to it."
     )]
     Add {
         /// The source's site id.
@@ -106,8 +111,12 @@ default). Give the printed key to the source: `mirror-ctl key add ROUTER:PORT KE
         /// Use this key (64 hexadecimal digits) instead of a new random one.
         #[arg(long, value_name = "HEX")]
         key: Option<String>,
+        /// The part of the root the key grants, relative to the root (`.`: all of it)
+        /// [default: SITE].
+        #[arg(long, value_name = "PATH")]
+        namespace: Option<String>,
     },
-    /// List the source sites that have a key (not the keys).
+    /// List the source sites that have a key, with their namespaces (not the keys).
     List,
     /// Remove the key of source site SITE: its next connection is refused.
     Rm {
@@ -135,6 +144,18 @@ pub enum RouterCommand {
     /// The keys of the source sites this router accepts.
     #[command(subcommand)]
     Key(RouterKeyCommand),
+    /// Change the part of the root that source site SITE may write (its key stays as it is);
+    /// the router uses it from the next entry on, without a restart.
+    #[command(
+        after_help = "PATH is relative to the router's root; `.` grants all of it. What the site
+wrote under its old namespace stays where it is (move it by hand if needed)."
+    )]
+    Namespace {
+        /// The source's site id.
+        site: String,
+        /// The namespace, relative to the root, or `.` for the whole root.
+        path: String,
+    },
 }
 
 /// Arguments of `sync`.
@@ -190,7 +211,9 @@ pub struct AddArgs {
           value_parser = |s: &str| Site::parse(s).map_err(|e| e.to_string()))]
     pub sites: Vec<Site>,
 
-    /// Backup file or directory, relative to the router's --root.
+    /// Backup file or directory, relative to this site's namespace on the router
+    /// (<root>/<site-id>/ unless the router's operator granted another). Two rules of one
+    /// site never share a backup file.
     #[arg(long, value_name = "PATH", help_heading = RULE,
           value_parser = |s: &str| Dest::parse(s).map_err(|e| e.to_string()))]
     pub dest: Dest,

@@ -4,7 +4,7 @@
 use std::io::Read;
 
 use anyhow::{bail, Context, Result};
-use mirrorfs::wire::auth::{Key, KeyFile, KeyRing};
+use mirrorfs::wire::auth::{Key, KeyFile, KeyRing, Namespace};
 
 use crate::cli::{KeyCommand, RouterKeyCommand};
 
@@ -67,24 +67,72 @@ pub fn source(keys: &KeyRing, cmd: KeyCommand) -> Result<()> {
 /// `mirror-ctl router key …`: the source sites' keys on this router.
 pub fn router(keys: &KeyRing, cmd: RouterKeyCommand) -> Result<()> {
     match cmd {
-        RouterKeyCommand::Add { site, key } => {
-            if !mirrorfs::wire::msg::valid_site_id(&site) || site == "*" {
-                bail!("invalid source site id {site:?}: printable ASCII without '/' or spaces");
-            }
+        RouterKeyCommand::Add {
+            site,
+            key,
+            namespace,
+        } => {
+            check_site_id(&site)?;
+            let ns = Namespace::parse(namespace.as_deref().unwrap_or(&site))
+                .map_err(anyhow::Error::msg)?;
             let key = match key {
                 Some(k) => parse_key(&k)?,
                 None => Key::generate()?,
             };
-            KeyFile::store(keys.path(), &site, &key)?;
+            KeyFile::store_granting(keys.path(), &site, &key, Some(ns.clone()))?;
             eprintln!(
-                "stored the key of source site {site} in {}; on that source run:\n  mirror-ctl key add ROUTER_HOST:PORT {}",
+                "stored the key of source site {site} in {}, granting <root>/{} (namespace {ns}); on that source run:\n  mirror-ctl key add ROUTER_HOST:PORT {}",
                 keys.path().display(),
+                ns.path().display(),
                 key.to_hex()
             );
             println!("{}", key.to_hex());
             Ok(())
         }
-        RouterKeyCommand::List => list(keys, "source site"),
+        RouterKeyCommand::List => {
+            let f = keys.load()?;
+            let names: Vec<&str> = f.names().collect();
+            if names.is_empty() {
+                println!("no source site has a key in {}", keys.path().display());
+            }
+            for n in names {
+                match f.namespace(n) {
+                    Some(Namespace::Unconfined) => println!(
+                        "{n}  UNCONFINED (the whole root; a key made before namespaces: run `mirror-ctl router namespace {n} PATH`)"
+                    ),
+                    Some(ns) => println!("{n}  namespace {ns}"),
+                    None => println!("{n}"),
+                }
+            }
+            Ok(())
+        }
         RouterKeyCommand::Rm { site } => rm(keys, &site, "source site"),
     }
+}
+
+fn check_site_id(site: &str) -> Result<()> {
+    if !mirrorfs::wire::msg::valid_site_id(site) {
+        bail!(
+            "invalid source site id {site:?}: {}",
+            mirrorfs::wire::msg::SITE_ID_RULE
+        );
+    }
+    Ok(())
+}
+
+/// `mirror-ctl router namespace SITE PATH`.
+pub fn namespace(keys: &KeyRing, site: &str, path: &str) -> Result<()> {
+    check_site_id(site)?;
+    let ns = Namespace::parse(path).map_err(anyhow::Error::msg)?;
+    if !KeyFile::set_namespace(keys.path(), site, ns.clone())? {
+        bail!(
+            "source site {site} has no key in {} (add one with `mirror-ctl router key add {site}`)",
+            keys.path().display()
+        );
+    }
+    println!(
+        "source site {site} now writes beneath <root>/{} (namespace {ns})",
+        ns.path().display()
+    );
+    Ok(())
 }

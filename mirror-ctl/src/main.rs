@@ -26,10 +26,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(args) => sync_cmd::sync(&state, args),
         Command::Status { json } => status_cmd::status(&state, json),
         Command::Unblock { site } => status_cmd::unblock(&state, site),
-        Command::Router(RouterCommand::Status { json }) => router_cmd::status(&state, json),
+        Command::Router(RouterCommand::Status { json }) => router_cmd::status(&state, &keys, json),
         Command::Router(RouterCommand::Unblock { path }) => router_cmd::unblock(&state, path),
         Command::Key(c) => keys_cmd::source(&keys, c),
         Command::Router(RouterCommand::Key(c)) => keys_cmd::router(&keys, c),
+        Command::Router(RouterCommand::Namespace { site, path }) => {
+            keys_cmd::namespace(&keys, &site, &path)
+        }
     }
 }
 

@@ -22,8 +22,21 @@ struct Backlog {
     bytes: u64,
 }
 
+/// A source site with a key, and what the key grants.
+#[derive(Debug, Serialize)]
+struct Grant {
+    /// Source site id.
+    site: String,
+    /// The namespace relative to the root (`.`: all of it); `null` when unconfined.
+    namespace: Option<String>,
+    /// A key made before namespaces: it may write anywhere under the root.
+    unconfined: bool,
+}
+
 #[derive(Debug, Serialize)]
 struct RouterStatus {
+    /// The source sites with a key, and their namespaces.
+    keys: Vec<Grant>,
     /// Pairs of router logs present.
     log_pairs: usize,
     /// Per source site.
@@ -33,7 +46,7 @@ struct RouterStatus {
 }
 
 /// `mirror-ctl router status`.
-pub fn status(state: &StateDir, json: bool) -> Result<()> {
+pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool) -> Result<()> {
     let rt = state.root().join("rt");
     if !rt.is_dir() {
         bail!(
@@ -55,7 +68,20 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             b.bytes += r.data_len;
         }
     }
+    let key_file = keys.load()?;
+    let keys: Vec<Grant> = key_file
+        .names()
+        .map(|site| {
+            let ns = key_file.namespace(site);
+            Grant {
+                site: site.to_string(),
+                namespace: ns.as_ref().and_then(|n| n.text()),
+                unconfined: ns == Some(mirrorfs::wire::auth::Namespace::Unconfined),
+            }
+        })
+        .collect();
     let st = RouterStatus {
+        keys,
         log_pairs: pairs.len(),
         sources,
         blocked: blocked::load_list(&state.root().join("blocked"))?,
@@ -63,6 +89,12 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
+    }
+    for k in st.keys.iter().filter(|k| k.unconfined) {
+        println!(
+            "UNCONFINED key of source {}: it may write anywhere under the root (made before namespaces); confine it with `mirror-ctl router namespace {} PATH`",
+            k.site, k.site
+        );
     }
     println!("router logs: {} pairs", st.log_pairs);
     if st.sources.is_empty() {

@@ -351,10 +351,10 @@ fn keys_on_a_router_and_on_a_source() {
         "{hint}"
     );
     let listed = ok(&ctl(&router, &["router", "key", "list"]));
-    assert_eq!(listed.trim(), "laptop");
+    assert_eq!(listed.trim(), "laptop  namespace laptop");
     assert!(!listed.contains(&key));
     let file = std::fs::read_to_string(router.join("keys")).unwrap();
-    assert!(file.contains(&format!("laptop {key}")), "{file}");
+    assert!(file.contains(&format!("laptop {key} laptop")), "{file}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(router.join("keys"))
         .unwrap()

@@ -681,8 +681,9 @@ fn apply_one(
             String::from_utf8_lossy(&r.name)
         ),
         Ok(Outcome::NeedCopy { rule_crc, name }) => router.request_copy(&r.site, rule_crc, name),
-        Ok(Outcome::Refused(why)) => refused(r, &why),
+        Ok(Outcome::Refused(why)) => refused(router, r, &why),
         Err(e) if is_confinement(&e.err) => refused(
+            router,
             r,
             &format!(
                 "{} {}: the path passes through a symbolic link or leaves the root",
@@ -708,14 +709,17 @@ fn apply_one(
     Ok(false)
 }
 
-/// Logs an entry the router will not apply (it is marked complete and never retried).
-fn refused(r: &RtRecord, why: &str) {
-    log::warn!(
+/// Logs an entry the router will not apply (it is marked complete and never retried), and
+/// tells its source.
+fn refused(router: &crate::shared::Router, r: &RtRecord, why: &str) {
+    let text = format!(
         "refused {} of {} from {}: {why}",
         r.command,
         String::from_utf8_lossy(&r.name),
         r.site
     );
+    log::warn!("{text}");
+    router.notify(&r.site, text);
 }
 
 /// Flushes the file system holding `root` (before the router logs of what was applied go).
@@ -764,6 +768,7 @@ mod tests {
                 dest: Dest::parse("d").unwrap(),
                 attrs: false,
                 delete_suffix: None,
+                namespace: Some(PathBuf::new()),
             },
         )]);
         let mut a = Applier::new(root.path(), 4).unwrap();

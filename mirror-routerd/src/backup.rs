@@ -1,9 +1,12 @@
 //! Backup names: where under `--root` an entry's file is, and the LRU of open backup files.
 //!
 //! A source name is the rule's fixed prefix followed by the matched remainder; the backup is
-//! `dest` for a fixed-file rule and `dest/remainder` otherwise (DESIGN.md). A name that names
-//! the rule's base directory itself (one byte shorter than the prefix) is `dest`. Every
-//! remainder is checked before use: relative, no empty, `.` or `..` component, no NUL.
+//! `NAMESPACE/dest` for a fixed-file rule and `NAMESPACE/dest/remainder` otherwise (DESIGN.md),
+//! where NAMESPACE is the part of the root the source's key grants (`<root>/<site-id>/` by
+//! default). A name that names the rule's base directory itself (one byte shorter than the
+//! prefix) is `NAMESPACE/dest`. Every remainder is checked before use: relative, no empty, `.`
+//! or `..` component, no NUL; destinations and namespaces are normalised relative paths, so
+//! nothing maps outside the namespace.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -26,6 +29,12 @@ pub enum NameError {
         /// The rule's pattern.
         pattern: String,
     },
+    /// The rule's source has no key on this router (removed since): it is granted nothing.
+    #[error("source site of rule {pattern} has no key on this router any more; nothing of it is written")]
+    NoKey {
+        /// The rule's pattern.
+        pattern: String,
+    },
     /// A component would leave the destination.
     #[error("{name} has an unsafe component {component:?}")]
     Unsafe {
@@ -44,20 +53,22 @@ pub fn backup_rel(rule: &RouterRule, name: &[u8]) -> Result<PathBuf, NameError> 
         pattern: rule.pattern.as_str().to_string(),
     };
     let prefix = rule.pattern.prefix();
-    let dest = Path::new(rule.dest.as_str());
+    let dest = rule.dest_rel().ok_or_else(|| NameError::NoKey {
+        pattern: rule.pattern.as_str().to_string(),
+    })?;
     if rule.pattern.kind() == PatternKind::File {
         return if name == prefix {
-            Ok(dest.to_path_buf())
+            Ok(dest)
         } else {
             Err(not_under())
         };
     }
     let base = &prefix[..prefix.len().saturating_sub(1)];
     if name == base || name == prefix {
-        return Ok(dest.to_path_buf());
+        return Ok(dest);
     }
     let rest = name.strip_prefix(prefix).ok_or_else(not_under)?;
-    let mut out = dest.to_path_buf();
+    let mut out = dest;
     for c in rest.split(|&b| b == b'/') {
         if c.is_empty() || c == b"." || c == b".." || c.contains(&0) {
             return Err(NameError::Unsafe {
@@ -137,7 +148,32 @@ mod tests {
             dest: Dest::parse(d).unwrap(),
             attrs: false,
             delete_suffix: None,
+            namespace: Some(PathBuf::new()),
         }
+    }
+
+    #[test]
+    fn names_map_beneath_the_namespace_and_nowhere_without_a_key() {
+        let mut s = rule("/p/a/", "proj");
+        s.namespace = Some(PathBuf::from("laptop"));
+        assert_eq!(
+            backup_rel(&s, b"/p/a/s/t.rs").unwrap(),
+            Path::new("laptop/proj/s/t.rs")
+        );
+        assert_eq!(backup_rel(&s, b"/p/a").unwrap(), Path::new("laptop/proj"));
+        s.namespace = None;
+        assert!(matches!(
+            backup_rel(&s, b"/p/a/x"),
+            Err(NameError::NoKey { .. })
+        ));
+    }
+
+    #[test]
+    fn overlapping_destinations_of_one_source() {
+        let rules = [rule("/p/", "proj"), rule("/p/f1.txt", "proj/f2.txt")];
+        let (a, b) = crate::config::overlapping(&rules).expect("overlap");
+        assert_eq!((a.dest.as_str(), b.dest.as_str()), ("proj", "proj/f2.txt"));
+        assert!(crate::config::overlapping(&[rule("/p/", "proj"), rule("/q/", "proj2")]).is_none());
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct RouterRule {
     pub attrs: bool,
     /// Delete suffix.
     pub delete_suffix: Option<String>,
+    /// The part of the root the source's key grants (relative to the root; empty: all of it),
+    /// as the key file said when the table was last matched with it ([`RouterTable::granted`]);
+    /// `None` when the source has no key, so nothing of it is written.
+    pub namespace: Option<PathBuf>,
 }
 
 impl RouterRule {
@@ -76,8 +80,28 @@ impl RouterRule {
             dest: Dest::parse(&w.dest).map_err(bad)?,
             attrs: w.attrs,
             delete_suffix,
+            namespace: None,
         })
     }
+
+    /// The destination as a path relative to the root (beneath its namespace), if the source
+    /// has a key.
+    pub fn dest_rel(&self) -> Option<PathBuf> {
+        self.namespace
+            .as_ref()
+            .map(|ns| ns.join(self.dest.as_str()))
+    }
+}
+
+/// The first pair of `rules` (of one source) whose destinations share backup files, if any:
+/// two rules of one source never write the same backup file.
+pub fn overlapping(rules: &[RouterRule]) -> Option<(&RouterRule, &RouterRule)> {
+    rules.iter().enumerate().find_map(|(i, a)| {
+        rules[i + 1..]
+            .iter()
+            .find(|b| a.dest.overlaps(&b.dest))
+            .map(|b| (a, b))
+    })
 }
 
 /// The router configuration table: (source site, rule CRC) → rule.
@@ -93,6 +117,25 @@ impl RouterTable {
             rules: rules
                 .into_iter()
                 .map(|(site, r)| ((site, r.crc), Arc::new(r)))
+                .collect(),
+        }
+    }
+
+    /// The same rules, each with the namespace its source's key grants in `keys` (none for a
+    /// source without a key).
+    pub fn granted(&self, keys: &mirrorfs::wire::auth::KeyFile) -> RouterTable {
+        RouterTable {
+            rules: self
+                .rules
+                .iter()
+                .map(|((site, crc), r)| {
+                    let namespace = keys.namespace(site).map(|n| n.path().to_path_buf());
+                    let rule = RouterRule {
+                        namespace,
+                        ..RouterRule::clone(r)
+                    };
+                    ((site.clone(), *crc), Arc::new(rule))
+                })
                 .collect(),
         }
     }

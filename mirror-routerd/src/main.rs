@@ -97,7 +97,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "no source site has a key in {} yet: every source is refused until one is added with `mirror-ctl router key add SITE`",
             router.keys.path().display()
         ),
-        Ok(_) => {}
+        Ok(k) => {
+            for site in k.names() {
+                if k.namespace(site) == Some(mirrorfs::wire::auth::Namespace::Unconfined) {
+                    log::warn!(
+                        "the key of source site {site} is unconfined (made before namespaces): it may write anywhere under the root; confine it with `mirror-ctl router namespace {site} {site}` (or `.` to grant the whole root on purpose)"
+                    );
+                }
+            }
+        }
         Err(e) => return Err(e).context("cannot read the key file"),
     }
     let listener = TcpListener::bind(&cli.listen)

@@ -155,7 +155,7 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
     if accepted.role == Role::Validate {
         return match read_sealed(&mut r, &mut recv)? {
             Msg::Validate { dest, dir } => {
-                let (ok, reason) = validate(&router.cfg.root, &dest, dir);
+                let (ok, reason) = validate_for(router, &site, &dest, dir);
                 send(&w, &Msg::Validated { ok, reason })
             }
             other => Err(refuse(
@@ -312,6 +312,15 @@ fn receive_frames(
                         Err(e) => return Err(refuse(w, e.to_string())),
                     }
                 }
+                if let Some((a, b)) = crate::config::overlapping(&checked) {
+                    return Err(refuse(
+                        w,
+                        format!(
+                            "configuration of site {site} refused: rules {} (destination {}) and {} (destination {}) would write the same backup files",
+                            a.pattern, a.dest, b.pattern, b.dest
+                        ),
+                    ));
+                }
                 let res = lock(&router.db).replace_rules(site, version, &rules);
                 if let Err(e) = res {
                     return Err(refuse(w, format!("cannot store the configuration: {e}")));
@@ -319,7 +328,7 @@ fn receive_frames(
                 let table = lock(&router.db)
                     .table()
                     .map_err(|e| SessionError::Store(e.to_string()))?;
-                *router.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+                router.set_table(table);
                 lock(&router.versions).insert(site.to_string(), version);
                 log::info!(
                     "source {site}: configuration version {version} stored ({} rules)",
@@ -330,7 +339,7 @@ fn receive_frames(
             }
             Msg::Heartbeat => {}
             Msg::Validate { dest, dir } => {
-                let (ok, reason) = validate(&router.cfg.root, &dest, dir);
+                let (ok, reason) = validate_for(router, site, &dest, dir);
                 send(w, &Msg::Validated { ok, reason })?;
             }
             other => {
@@ -398,14 +407,22 @@ fn store(
     Ok(s.done)
 }
 
-/// Whether `dest` (a directory when `dir`) can be created or written under `root`, looked at
-/// beneath the root through no symlink.
-pub fn validate(root: &Path, dest: &str, dir: bool) -> (bool, String) {
+/// Whether source `site` may write destination `dest` (a directory when `dir`): beneath the
+/// namespace its key grants, and creatable or writable there ([`validate`]).
+fn validate_for(router: &Router, site: &str, dest: &str, dir: bool) -> (bool, String) {
     let d = match Dest::parse(dest) {
         Ok(d) => d,
         Err(e) => return (false, e.to_string()),
     };
-    let rel = Path::new(d.as_str());
+    let Some(ns) = router.namespace(site) else {
+        return (false, format!("site {site} has no key on this router"));
+    };
+    validate(&router.cfg.root, &ns.path().join(d.as_str()), dir)
+}
+
+/// Whether `rel` (a directory when `dir`), a normalised path relative to `root`, can be
+/// created or written under `root`, looked at beneath the root through no symlink.
+pub fn validate(root: &Path, rel: &Path, dir: bool) -> (bool, String) {
     let shown = root.join(rel);
     let root = match Root::open(root) {
         Ok(r) => r,

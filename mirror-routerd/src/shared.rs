@@ -125,6 +125,15 @@ pub enum StartError {
     },
 }
 
+/// The configuration table as the database holds it, and with each rule's namespace from the
+/// key file (rebuilt when the key file changes, so `router namespace` needs no restart).
+#[derive(Debug, Default)]
+struct Tables {
+    stored: Arc<RouterTable>,
+    granted: Arc<RouterTable>,
+    keys: Option<Arc<mirrorfs::wire::auth::KeyFile>>,
+}
+
 /// Locks `m`, recovering the data if a holder panicked.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -141,8 +150,8 @@ pub struct Router {
     wake: Condvar,
     /// The configuration database.
     pub db: Mutex<RouterDb>,
-    /// The configuration table.
-    pub table: RwLock<Arc<RouterTable>>,
+    /// The configuration table, as stored and as granted by the keys it was last matched with.
+    table: RwLock<Tables>,
     /// Configuration version per source site (memory only, seeds/002 [0059]).
     pub versions: Mutex<HashMap<String, u64>>,
     /// Per source site: stream and last journal position received completely.
@@ -220,7 +229,10 @@ impl Router {
             published: Mutex::new(published),
             wake: Condvar::new(),
             db: Mutex::new(db),
-            table: RwLock::new(Arc::new(table)),
+            table: RwLock::new(Tables {
+                stored: Arc::new(table),
+                ..Tables::default()
+            }),
             versions: Mutex::new(HashMap::new()),
             sources: Mutex::new(sources),
             peers: Mutex::new(HashMap::new()),
@@ -343,9 +355,52 @@ impl Router {
         let _ = self.wake.wait_timeout(g, timeout);
     }
 
-    /// The current configuration table.
+    /// The current configuration table, each rule with the namespace its source's key grants
+    /// now.
     pub fn table(&self) -> Arc<RouterTable> {
-        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+        let keys = match self.keys.load() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                log::error!("{e}; keeping the namespaces read before");
+                None
+            }
+        };
+        {
+            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+            let fresh = match (&keys, &t.keys) {
+                (Some(k), Some(seen)) => Arc::ptr_eq(k, seen),
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if fresh {
+                return t.granted.clone();
+            }
+        }
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let keys = keys.unwrap_or_default();
+        t.granted = Arc::new(t.stored.granted(&keys));
+        t.keys = Some(keys);
+        t.granted.clone()
+    }
+
+    /// Installs the table built from the database after a source sent its configuration.
+    pub fn set_table(&self, stored: RouterTable) {
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        *t = Tables {
+            stored: Arc::new(stored),
+            ..Tables::default()
+        };
+    }
+
+    /// What the key of source `site` grants now, if it has a key.
+    pub fn namespace(&self, site: &str) -> Option<mirrorfs::wire::auth::Namespace> {
+        match self.keys.namespace(site) {
+            Ok(ns) => ns,
+            Err(e) => {
+                log::error!("{e}");
+                None
+            }
+        }
     }
 
     /// Stores every source's state (before a pair of logs that holds it is removed).
@@ -356,6 +411,17 @@ impl Router {
             db.set_source(site, *s)?;
         }
         Ok(())
+    }
+
+    /// Tells source `site`, if it is connected, something its user should know (it shows in
+    /// the source's status); the session goes on.
+    pub fn notify(&self, site: &str, text: String) {
+        let peer = lock(&self.peers).get(site).cloned();
+        if let Some(p) = peer {
+            if let Err(e) = lock(&p).send(&Msg::Notice { text }) {
+                log::debug!("cannot tell {site}: {e}");
+            }
+        }
     }
 
     /// Asks source `site` to send `name` whole (if it is connected).

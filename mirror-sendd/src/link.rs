@@ -610,6 +610,11 @@ impl Session<'_> {
                 Ok(())
             }
             Event::Msg(Msg::Error { reason }) => Err(LinkError::Refused(reason)),
+            Event::Msg(Msg::Notice { text }) => {
+                log::warn!("site {}: the router says: {text}", self.site);
+                self.shared.sites.set_connected(self.site, true, Some(text));
+                Ok(())
+            }
             Event::Msg(other) => Err(LinkError::Protocol(format!(
                 "unexpected {} from the router",
                 other.kind()

@@ -414,6 +414,15 @@ impl Dest {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether the two destinations share backup files: one is the other, or lies beneath it
+    /// (compared by whole components: `proj` and `proj2` do not overlap).
+    pub fn overlaps(&self, other: &Dest) -> bool {
+        let beneath = |a: &str, b: &str| {
+            a == b || (a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/')
+        };
+        beneath(&self.0, &other.0) || beneath(&other.0, &self.0)
+    }
 }
 
 impl TryFrom<String> for Dest {

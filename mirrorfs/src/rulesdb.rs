@@ -64,6 +64,21 @@ pub enum RulesDbError {
         /// The shared site.
         site: String,
     },
+    /// The new rule's destination shares backup files with another rule's on the same site:
+    /// the two would overwrite each other's backups.
+    #[error("destination {dest} overlaps destination {other_dest} of rule {existing} ({pattern}) on site {site}: two rules never share a backup file; choose a destination outside it")]
+    Overlap {
+        /// The existing rule's id.
+        existing: i64,
+        /// The existing rule's pattern.
+        pattern: String,
+        /// The existing rule's destination.
+        other_dest: String,
+        /// The new rule's destination.
+        dest: String,
+        /// The shared site.
+        site: String,
+    },
     /// Astronomically rare: another rule has the same CRC.
     #[error(
         "the new rule's CRC {crc:#010x} equals that of rule {existing}; change --dest slightly"
@@ -235,23 +250,41 @@ impl RulesDb {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         {
-            let mut dup = tx
+            let mut same_site = tx
                 .prepare(
-                    "SELECT r.id, s.site FROM rules r JOIN rule_sites s ON s.rule_id = r.id
-                     WHERE r.pattern = ?1 AND r.dest = ?2",
+                    "SELECT r.id, r.pattern, r.dest, s.site FROM rules r
+                     JOIN rule_sites s ON s.rule_id = r.id",
                 )
                 .map_err(sql)?;
-            let rows = dup
-                .query_map(params![spec.pattern.as_str(), spec.dest.as_str()], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            let rows = same_site
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
                 })
                 .map_err(sql)?;
             for row in rows {
-                let (existing, site) = row.map_err(sql)?;
-                if spec.sites.iter().any(|s| s.to_string() == site) {
+                let (existing, pattern, dest, site) = row.map_err(sql)?;
+                if !spec.sites.iter().any(|s| s.to_string() == site) {
+                    continue;
+                }
+                if pattern == spec.pattern.as_str() && dest == spec.dest.as_str() {
                     return Err(RulesDbError::Duplicate {
                         existing,
-                        pattern: spec.pattern.to_string(),
+                        pattern,
+                        dest,
+                        site,
+                    });
+                }
+                // A destination that no longer parses overlaps nothing it could be compared to.
+                if Dest::parse(&dest).is_ok_and(|d| d.overlaps(&spec.dest)) {
+                    return Err(RulesDbError::Overlap {
+                        existing,
+                        pattern,
+                        other_dest: dest,
                         dest: spec.dest.to_string(),
                         site,
                     });
@@ -468,6 +501,40 @@ mod tests {
         // Another site or another destination is a different rule.
         db.add(spec("/p/a/", "h:2", "d")).unwrap();
         db.add(spec("/p/a/", "h:1", "e")).unwrap();
+        // A destination inside (or around) another's on the same site is refused.
+        for dest in ["d/x", "d", "d/x/y"] {
+            let e = db.add(spec("/p/b/", "h:1", dest)).unwrap_err();
+            assert!(
+                matches!(e, RulesDbError::Overlap { existing: 1, .. }),
+                "{e}"
+            );
+        }
+        let e = db.add(spec("/p/b/", "h:2", "d/sub")).unwrap_err();
+        assert!(e.to_string().contains("on site h:2"), "{e}");
+        db.add(spec("/p/b/", "h:1", "dd")).unwrap();
+        db.add(spec("/p/b/", "h:3", "d/sub")).unwrap();
+    }
+
+    #[test]
+    fn site_ids_fit_for_a_directory_name() {
+        use crate::wire::msg::valid_site_id;
+        for ok in ["laptop", "web-1.example.org", "a_b", "A9"] {
+            assert!(valid_site_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            "a/b",
+            "a b",
+            "*",
+            "a:b",
+            "x\u{e9}",
+            &"x".repeat(256),
+        ] {
+            assert!(!valid_site_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

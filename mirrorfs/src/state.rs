@@ -251,13 +251,39 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Reads this system's source-site id, creating it (from the hostname) on first use.
 pub fn site_id(state: &StateDir) -> io::Result<String> {
     let path = state.site_id_path();
+    let valid = crate::wire::msg::valid_site_id;
     match fs::read_to_string(&path) {
-        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(s) if valid(s.trim()) => return Ok(s.trim().to_string()),
+        Ok(s) if !s.trim().is_empty() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: site id {:?} is not valid ({}); write another there",
+                    path.display(),
+                    s.trim(),
+                    crate::wire::msg::SITE_ID_RULE
+                ),
+            ))
+        }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let id = hostname().unwrap_or_else(|| "localhost".to_string());
+    // A host name that is not a valid id (rare) gets its invalid characters replaced.
+    let id = hostname()
+        .map(|h| {
+            h.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        })
+        .filter(|h| valid(h))
+        .unwrap_or_else(|| "localhost".to_string());
     write_atomic(&path, format!("{id}\n").as_bytes())?;
     Ok(id)
 }

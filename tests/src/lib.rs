@@ -492,8 +492,16 @@ impl Router {
         std::fs::create_dir_all(state).expect("mkdir router state");
         // Sources keep the default site id (the host name) unless a test sets one and trusts it.
         let id = mirrorfs::state::hostname().unwrap_or_else(|| "localhost".into());
-        mirrorfs::wire::auth::KeyFile::store(&state.join("keys"), &id, &test_key())
-            .expect("write the router's key file");
+        // The default source may write anywhere under the root (`--namespace .`), so tests
+        // compare `<root>/DEST` with the source; [`Router::trust`] gives a site the default.
+        let whole_root = mirrorfs::wire::auth::Namespace::parse(".").expect("namespace .");
+        mirrorfs::wire::auth::KeyFile::store_granting(
+            &state.join("keys"),
+            &id,
+            &test_key(),
+            Some(whole_root),
+        )
+        .expect("write the router's key file");
         let log = state.join(format!("routerd-{n}.log"));
         let listen = format!("127.0.0.1:{port}");
         let mut args: Vec<&OsStr> = vec![
@@ -535,7 +543,8 @@ impl Router {
         self.daemon = d;
     }
 
-    /// Accepts source site `id` with [`TEST_KEY`] (`mirror-ctl router key add ID --key …`).
+    /// Accepts source site `id` with [`TEST_KEY`] (`mirror-ctl router key add ID --key …`),
+    /// with the default namespace: it writes beneath `<root>/ID/`.
     pub fn trust(&self, id: &str) {
         let out = self.ctl(&["key", "add", id, "--key", TEST_KEY]);
         assert!(

@@ -147,11 +147,74 @@ pub fn random(buf: &mut [u8]) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// A key file: lines `NAME KEY` (blank lines and `#` comments ignored). On a router NAME is a
-/// source site id; on a source it is a router site `HOST:PORT`, or `*` for any site.
+/// What a router's key grants a source site: the part of the backup root it may write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespace {
+    /// A key made before namespaces existed: the whole root, until the operator confines it
+    /// with `mirror-ctl router namespace SITE PATH` (the router warns about it).
+    Unconfined,
+    /// Everything beneath this path relative to the root (empty: the whole root, granted
+    /// explicitly with `.`).
+    Beneath(PathBuf),
+}
+
+impl Namespace {
+    /// Parses a namespace as the operator writes it: `.` (the whole root) or a relative,
+    /// normalised path (no `..`, `.` or empty components, no NUL, not absolute).
+    pub fn parse(s: &str) -> Result<Namespace, String> {
+        if s == "." {
+            return Ok(Namespace::Beneath(PathBuf::new()));
+        }
+        let d = crate::rule::Dest::parse(s).map_err(|e| {
+            format!("namespace {s:?}: {e} (use a path relative to the root, or `.` for all of it)")
+        })?;
+        Ok(Namespace::Beneath(PathBuf::from(d.as_str())))
+    }
+
+    /// The path relative to the root that every backup path of the site starts with.
+    pub fn path(&self) -> &Path {
+        match self {
+            Namespace::Unconfined => Path::new(""),
+            Namespace::Beneath(p) => p,
+        }
+    }
+
+    /// As written in the key file (`.` for the whole root), `None` when unconfined.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Namespace::Unconfined => None,
+            Namespace::Beneath(p) if p.as_os_str().is_empty() => Some(".".into()),
+            Namespace::Beneath(p) => Some(p.to_string_lossy().into_owned()),
+        }
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.text() {
+            Some(t) => f.write_str(&t),
+            None => f.write_str("(unconfined: the whole root)"),
+        }
+    }
+}
+
+/// One line of a key file.
+#[derive(Debug, Clone)]
+struct KeyEntry {
+    name: String,
+    key: Key,
+    /// On a router: what the key grants (`None` on a source's file, and for keys made before
+    /// namespaces: unconfined).
+    namespace: Option<Namespace>,
+}
+
+/// A key file: lines `NAME KEY [NAMESPACE]` (blank lines and `#` comments ignored). On a
+/// router NAME is a source site id and NAMESPACE the part of the backup root its key grants
+/// (see [`Namespace`]; a line without one is a key made before namespaces: unconfined); on a
+/// source NAME is a router site `HOST:PORT`, or `*` for any site.
 #[derive(Debug, Clone, Default)]
 pub struct KeyFile {
-    entries: Vec<(String, Key)>,
+    entries: Vec<KeyEntry>,
 }
 
 impl KeyFile {
@@ -184,11 +247,18 @@ impl KeyFile {
                 reason,
             };
             let mut words = line.split_whitespace();
-            let (Some(name), Some(key), None) = (words.next(), words.next(), words.next()) else {
-                return Err(syntax("expected `NAME KEY`".into()));
+            let (Some(name), Some(key), ns, None) =
+                (words.next(), words.next(), words.next(), words.next())
+            else {
+                return Err(syntax("expected `NAME KEY [NAMESPACE]`".into()));
             };
             let key = Key::from_hex(key).map_err(|e| syntax(e.to_string()))?;
-            entries.push((name.to_string(), key));
+            let namespace = ns.map(Namespace::parse).transpose().map_err(syntax)?;
+            entries.push(KeyEntry {
+                name: name.to_string(),
+                key,
+                namespace,
+            });
         }
         Ok(KeyFile { entries })
     }
@@ -198,29 +268,67 @@ impl KeyFile {
         self.get_exact(name).or_else(|| self.get_exact("*"))
     }
 
+    fn entry(&self, name: &str) -> Option<&KeyEntry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
     /// The key for `name` itself (a router's file: `*` is no site).
     pub fn get_exact(&self, name: &str) -> Option<&Key> {
-        self.entries.iter().find(|(x, _)| x == name).map(|(_, k)| k)
+        self.entry(name).map(|e| &e.key)
+    }
+
+    /// What the key of source site `name` grants, if it has a key (a router's file).
+    pub fn namespace(&self, name: &str) -> Option<Namespace> {
+        self.entry(name)
+            .map(|e| e.namespace.clone().unwrap_or(Namespace::Unconfined))
     }
 
     /// The names that have a key.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|(n, _)| n.as_str())
+        self.entries.iter().map(|e| e.name.as_str())
     }
 
-    /// Sets the key of `name` in the file at `path` (created with mode 0600).
+    /// Sets the key of `name` in the file at `path` (created with mode 0600); a router's
+    /// line keeps the namespace it had.
     pub fn store(path: &Path, name: &str, key: &Key) -> Result<(), AuthError> {
+        let f = KeyFile::load(path)?;
+        let namespace = f.entry(name).and_then(|e| e.namespace.clone());
+        Self::store_granting(path, name, key, namespace)
+    }
+
+    /// Sets the key of source site `name` and what it grants, in a router's key file.
+    pub fn store_granting(
+        path: &Path,
+        name: &str,
+        key: &Key,
+        namespace: Option<Namespace>,
+    ) -> Result<(), AuthError> {
         let mut f = KeyFile::load(path)?;
-        f.entries.retain(|(n, _)| n != name);
-        f.entries.push((name.to_string(), key.clone()));
+        f.entries.retain(|e| e.name != name);
+        f.entries.push(KeyEntry {
+            name: name.to_string(),
+            key: key.clone(),
+            namespace,
+        });
         f.save(path)
+    }
+
+    /// Changes what the key of source site `name` grants, keeping the key; whether it has one.
+    pub fn set_namespace(path: &Path, name: &str, namespace: Namespace) -> Result<bool, AuthError> {
+        let mut f = KeyFile::load(path)?;
+        let Some(e) = f.entries.iter_mut().find(|e| e.name == name) else {
+            return Ok(false);
+        };
+        e.namespace = Some(namespace);
+        f.save(path)?;
+        Ok(true)
     }
 
     /// Removes the key of `name` from the file at `path`; whether it had one.
     pub fn remove(path: &Path, name: &str) -> Result<bool, AuthError> {
         let mut f = KeyFile::load(path)?;
         let before = f.entries.len();
-        f.entries.retain(|(n, _)| n != name);
+        f.entries.retain(|e| e.name != name);
         if f.entries.len() == before {
             return Ok(false);
         }
@@ -234,9 +342,15 @@ impl KeyFile {
             path: path.to_path_buf(),
             err,
         };
-        let mut text = String::from("# mirror keys: NAME KEY (keep this file secret)\n");
-        for (n, k) in &self.entries {
-            text.push_str(&format!("{n} {}\n", k.to_hex()));
+        let mut text =
+            String::from("# mirror keys: NAME KEY [NAMESPACE] (keep this file secret)\n");
+        for e in &self.entries {
+            text.push_str(&format!("{} {}", e.name, e.key.to_hex()));
+            if let Some(ns) = e.namespace.as_ref().and_then(Namespace::text) {
+                text.push(' ');
+                text.push_str(&ns);
+            }
+            text.push('\n');
         }
         let tmp = path.with_extension("tmp");
         let mut f = std::fs::OpenOptions::new()
@@ -248,7 +362,11 @@ impl KeyFile {
             .map_err(err)?;
         f.write_all(text.as_bytes()).map_err(err)?;
         f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        std::fs::rename(&tmp, path).map_err(err)?;
+        if let Some(dir) = path.parent() {
+            crate::state::fsync_dir(dir).map_err(err)?;
+        }
+        Ok(())
     }
 }
 
@@ -309,6 +427,11 @@ impl KeyRing {
     /// The key for `name` itself, if the file has one (a router's keys).
     pub fn get_exact(&self, name: &str) -> Result<Option<Key>, AuthError> {
         Ok(self.load()?.get_exact(name).cloned())
+    }
+
+    /// What the key of source site `name` grants, if it has a key (a router's keys).
+    pub fn namespace(&self, name: &str) -> Result<Option<Namespace>, AuthError> {
+        Ok(self.load()?.namespace(name))
     }
 }
 
@@ -653,5 +776,34 @@ mod tests {
         assert!(Key::from_hex("zz").is_err());
         let bad = KeyFile::parse(Path::new("k"), "a b c\n");
         assert!(bad.unwrap_err().to_string().contains("line 1"));
+    }
+
+    #[test]
+    fn key_files_keep_namespaces_and_read_old_lines_as_unconfined() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keys");
+        let k = Key::generate().unwrap();
+        std::fs::write(&p, format!("old {}\n", k.to_hex())).unwrap();
+        KeyFile::store_granting(&p, "new", &k, Some(Namespace::parse("ns/a").unwrap())).unwrap();
+        KeyFile::store_granting(&p, "peer", &k, Some(Namespace::parse(".").unwrap())).unwrap();
+        let f = KeyFile::load(&p).unwrap();
+        assert_eq!(f.namespace("old"), Some(Namespace::Unconfined));
+        assert_eq!(f.namespace("new").unwrap().path(), Path::new("ns/a"));
+        assert_eq!(f.namespace("peer").unwrap().text().as_deref(), Some("."));
+        assert_eq!(f.namespace("none"), None);
+        // A new key keeps the namespace; set_namespace keeps the key.
+        let k2 = Key::generate().unwrap();
+        KeyFile::store(&p, "new", &k2).unwrap();
+        assert!(KeyFile::set_namespace(&p, "old", Namespace::parse("old").unwrap()).unwrap());
+        let f = KeyFile::load(&p).unwrap();
+        assert_eq!(f.get_exact("new"), Some(&k2));
+        assert_eq!(f.namespace("new").unwrap().path(), Path::new("ns/a"));
+        assert_eq!(f.get_exact("old"), Some(&k));
+        assert_eq!(f.namespace("old").unwrap().path(), Path::new("old"));
+        assert!(!KeyFile::set_namespace(&p, "none", Namespace::parse("x").unwrap()).unwrap());
+        for bad in ["..", "/abs", "a/../b", "a//b", ""] {
+            assert!(Namespace::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(KeyFile::parse(Path::new("k"), &format!("a {} ../x\n", k.to_hex())).is_err());
     }
 }

@@ -15,11 +15,22 @@ pub const MAX_NAME_LEN: usize = 8192;
 /// The longest site id.
 pub const MAX_SITE_LEN: usize = 255;
 
-/// Whether `s` can be a source site id: 1 to [`MAX_SITE_LEN`] bytes of printable ASCII
-/// without `/` (no spaces: key files and logs separate words with them).
+/// Whether `s` can be a source site id: 1 to [`MAX_SITE_LEN`] ASCII letters, digits, `.`, `-`
+/// and `_` (what host names use), not starting with `-`, and neither `.` nor `..`. A site id
+/// is the default name of the site's directory on a router (its namespace), so it must be fit
+/// for one; key files and logs separate words with spaces, so it has none.
 pub fn valid_site_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_SITE_LEN && s.chars().all(|c| c.is_ascii_graphic() && c != '/')
+    !s.is_empty()
+        && s.len() <= MAX_SITE_LEN
+        && s != "."
+        && s != ".."
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
+
+/// Why `s` cannot be a source site id, for messages (see [`valid_site_id`]).
+pub const SITE_ID_RULE: &str = "1 to 255 ASCII letters, digits, '.', '-' and '_', not starting with '-', and neither '.' nor '..'";
 /// The most rules in one [`Msg::Config`].
 pub const MAX_RULES: usize = 100_000;
 /// The longest reason or other text in a message.
@@ -251,6 +262,13 @@ pub enum Msg {
         /// Why.
         reason: String,
     },
+    /// Router → sender: something the source's user should know, the session goes on (an
+    /// entry refused because its path leaves the site's namespace, say). The sender logs it
+    /// and shows it as the site's last error in `mirror-ctl status`.
+    Notice {
+        /// What happened.
+        text: String,
+    },
 }
 
 impl Msg {
@@ -271,6 +289,7 @@ impl Msg {
             Msg::Resync { .. } => "resync",
             Msg::Heartbeat => "heartbeat",
             Msg::Error { .. } => "error",
+            Msg::Notice { .. } => "notice",
         }
     }
 
@@ -304,9 +323,9 @@ impl Msg {
             }
             Msg::Validate { dest, .. } => over("destination length", dest.len(), MAX_NAME_LEN),
             Msg::Resync { name, .. } => over("name length", name.len(), MAX_NAME_LEN),
-            Msg::Validated { reason, .. } | Msg::Error { reason } => {
-                over("reason length", reason.len(), MAX_TEXT_LEN)
-            }
+            Msg::Validated { reason, .. }
+            | Msg::Error { reason }
+            | Msg::Notice { text: reason } => over("reason length", reason.len(), MAX_TEXT_LEN),
             _ => Ok(()),
         }
     }

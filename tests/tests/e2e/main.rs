@@ -22,3 +22,5 @@ mod mirror_topology;
 mod outage_faults;
 // security: a hostile peer speaking the protocol: authentication, confinement, limits.
 mod security_hostile;
+// trust: site namespaces on the router, site ids, unconfined keys, overlapping destinations.
+mod trust_namespaces;

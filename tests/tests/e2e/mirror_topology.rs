@@ -29,8 +29,9 @@ fn two_sources_into_one_router() {
         wa.step();
         wb.step();
     }
-    wait_converged(&a.dir, &r.path("from-a"), CONVERGE);
-    wait_converged(&b.dir, &r.path("from-b"), CONVERGE);
+    // Each source writes beneath its own namespace, <root>/<site-id>/.
+    wait_converged(&a.dir, &r.path("source-a/from-a"), CONVERGE);
+    wait_converged(&b.dir, &r.path("source-b/from-b"), CONVERGE);
 }
 
 #[test]

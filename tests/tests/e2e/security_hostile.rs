@@ -351,9 +351,9 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     );
     // What is legitimate went through: the file, and the removal of the planted link.
     wait_until(LIMIT, "ok.txt applied and the link removed", || {
-        std::fs::read(r.path("d/ok.txt")).is_ok_and(|d| d == b"fine")
-            && std::fs::symlink_metadata(r.path("d/out")).is_err()
-            && std::fs::read(r.path("d/z.txt")).is_ok_and(|d| d == b"zz\0\0")
+        std::fs::read(r.path("hostile/d/ok.txt")).is_ok_and(|d| d == b"fine")
+            && std::fs::symlink_metadata(r.path("hostile/d/out")).is_err()
+            && std::fs::read(r.path("hostile/d/z.txt")).is_ok_and(|d| d == b"zz\0\0")
     });
     // A replayed frame inside the session: refused, the session ends.
     let f = p.frame(&Msg::Heartbeat);
@@ -471,7 +471,7 @@ fn a_source_the_router_has_no_key_for_is_blocked_with_the_reason_until_the_key_i
                 .as_str()
                 .is_some_and(|e| e.contains("site stranger has no key on this router"))
     });
-    assert!(!r.path("s/a.txt").exists());
+    assert!(!r.path("stranger/s/a.txt").exists());
     assert!(r.error_log().contains("site stranger has no key"));
     // The router takes a new key without a restart; the source is tried again on request.
     r.trust("stranger");
@@ -481,5 +481,5 @@ fn a_source_the_router_has_no_key_for_is_blocked_with_the_reason_until_the_key_i
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_converged(&l.dir, &r.path("s"), LIMIT);
+    wait_converged(&l.dir, &r.path("stranger/s"), LIMIT);
 }
