@@ -218,7 +218,9 @@ pub struct AddArgs {
           value_parser = |s: &str| Dest::parse(s).map_err(|e| e.to_string()))]
     pub dest: Dest,
 
-    /// Mirror mode, ownership (where permitted), times and xattrs too.
+    /// Mirror ownership (where permitted), times, xattrs and set-id bits too. Permission bits
+    /// (rwx) are mirrored by every rule; without --attrs a restore needs owners and times set
+    /// again.
     #[arg(long, help_heading = RULE)]
     pub attrs: bool,
 

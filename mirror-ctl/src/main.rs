@@ -37,6 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    mirrorfs::state::private_umask();
     let cli = Cli::parse();
     mirrorfs::logging::init("mirror-ctl", "warn", None);
     mirrorfs::logging::exit_code("mirror-ctl", run(cli))

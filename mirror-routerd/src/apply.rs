@@ -210,11 +210,7 @@ impl Applier {
         match r.command {
             Command::Write | Command::Truncate | Command::Zero => {}
             Command::Create => {
-                let mode = if rule.attrs {
-                    r.offset as u32 & 0o7777
-                } else {
-                    0o644
-                };
+                let mode = backup_mode(rule, r.offset as u32, false);
                 create_file(&path, mode).map_err(fail("create", &shown))?;
             }
             Command::Delete => match &rule.delete_suffix {
@@ -250,16 +246,14 @@ impl Applier {
                         fs::remove_file(&path).map_err(fail("mkdir", &shown))?;
                     }
                 }
-                match at.mkdir(0o755) {
+                let mode = backup_mode(rule, r.offset as u32, true);
+                match at.mkdir(mode) {
                     Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
                         return Err(fail("mkdir", &shown)(e))
                     }
                     _ => {}
                 }
-                if rule.attrs {
-                    at.chmod(r.offset as u32 & 0o7777)
-                        .map_err(fail("chmod", &shown))?;
-                }
+                at.chmod(mode).map_err(fail("chmod", &shown))?;
             }
             Command::Rmdir => match fs::remove_dir(&path) {
                 Ok(()) => {}
@@ -291,19 +285,27 @@ impl Applier {
                 }
                 remove_any(&path).map_err(fail("mknod", &shown))?;
                 let c = cpath(&path).map_err(fail("mknod", &shown))?;
-                let perm = if rule.attrs { mode & 0o7777 } else { 0o644 };
+                let perm = backup_mode(rule, mode, false);
                 // SAFETY: c is a valid NUL-terminated path.
                 if unsafe { libc::mkfifo(c.as_ptr(), perm) } != 0 {
                     return Err(fail("mkfifo", &shown)(io::Error::last_os_error()));
                 }
+                // Exactly the source's bits, whatever the router's umask took away.
+                at.chmod(perm).map_err(fail("chmod", &shown))?;
             }
             Command::SetAttr => {
-                if !rule.attrs {
-                    return Ok(Outcome::Skipped("attributes are not mirrored".into()));
-                }
-                let Some(change) = AttrChange::decode(data) else {
+                let Some(mut change) = AttrChange::decode(data) else {
                     return Ok(Outcome::Skipped("malformed attribute change".into()));
                 };
+                let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                change.mode = change.mode.map(|m| backup_mode(rule, m, is_dir));
+                if !rule.attrs {
+                    // Permission bits only: owner, times and set-id bits need --attrs.
+                    change = AttrChange {
+                        mode: change.mode,
+                        ..AttrChange::default()
+                    };
+                }
                 match set_attrs(&at, &change) {
                     Ok(()) => {}
                     Err(e) if not_found(&e) => return Ok(Outcome::Skipped("gone".into())),
@@ -385,12 +387,34 @@ fn rename_or_link(
     Ok(Outcome::Done)
 }
 
+/// The mode a backup file or directory gets for source mode `mode`: its permission bits (a
+/// backup is never more readable than its source), with set-id and sticky bits only when the
+/// rule mirrors attributes. A router that is not root keeps its own write (and search) access,
+/// which it needs to apply later entries.
+fn backup_mode(rule: &RouterRule, mode: u32, is_dir: bool) -> u32 {
+    let m = if rule.attrs {
+        mode & 0o7777
+    } else {
+        mode & 0o777
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        m
+    } else if is_dir {
+        m | 0o700
+    } else {
+        m | 0o600
+    }
+}
+
+/// Opens a backup file for writing, creating it private (an entry that writes a file the
+/// backup never saw created gives no mode; the next copy or chmod sets it).
 fn open_for_write(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }

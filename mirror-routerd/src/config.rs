@@ -31,6 +31,14 @@ pub enum ConfigError {
         /// What SQLite said.
         err: rusqlite::Error,
     },
+    /// The database file cannot be made private.
+    #[error("router configuration {path}: {err}")]
+    Io {
+        /// The database.
+        path: PathBuf,
+        /// What failed.
+        err: std::io::Error,
+    },
     /// A rule from a source is invalid.
     #[error("rule {crc:#010x} from site {site}: {err}")]
     BadRule {
@@ -204,6 +212,10 @@ impl RouterDb {
             path: path.to_path_buf(),
             err,
         };
+        mirrorfs::state::private_file(path).map_err(|err| ConfigError::Io {
+            path: path.to_path_buf(),
+            err,
+        })?;
         let conn = Connection::open(path).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;

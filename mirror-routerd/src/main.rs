@@ -159,6 +159,7 @@ fn serve_control(path: PathBuf, router: std::sync::Arc<Router>) -> anyhow::Resul
 }
 
 fn main() -> ExitCode {
+    mirrorfs::state::private_umask();
     let cli = Cli::parse();
     mirrorfs::logging::exit_code("mirror-routerd", run(cli))
 }

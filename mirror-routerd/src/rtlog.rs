@@ -365,11 +365,13 @@ pub struct RtWriter {
 }
 
 fn open_rw(path: &Path, create: bool) -> Result<File, RtError> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(create)
         .truncate(false)
+        .mode(0o600)
         .open(path)
         .map_err(io_err(path))
 }
@@ -378,7 +380,7 @@ impl RtWriter {
     /// Opens the logs in `dir` (creating it), recovering the newest pair's tail. A pair
     /// reaches `max_size` bytes of RT2 (or RT1) before the next one starts.
     pub fn open(dir: &Path, max_size: u64) -> Result<RtWriter, RtError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        mirrorfs::state::private_dir(dir).map_err(io_err(dir))?;
         let pairs = list_pairs(dir)?;
         let Some(&last) = pairs.last() else {
             return RtWriter::create(dir, 1, max_size, Vec::new());

@@ -72,13 +72,21 @@ fn path_of(name: &[u8]) -> &Path {
 }
 
 impl CopyJob {
-    /// The copy of `name` for `rule`, from the journal entry at `pos`.
+    /// The copy of `name` for `rule`, from the journal entry at `pos`. A name the rule may not
+    /// copy ([`mirrorfs::copycheck`]) is refused with a warning: the job sends nothing.
     pub fn new(pos: Position, rule: Arc<Rule>, name: Vec<u8>) -> CopyJob {
+        let tasks = match mirrorfs::copycheck::may_copy(&rule.spec.pattern, &name) {
+            Ok(()) => vec![Task::Visit(name)],
+            Err(e) => {
+                log::warn!("refused to copy: {e}");
+                Vec::new()
+            }
+        };
         CopyJob {
             pos,
             extra: false,
             rule,
-            tasks: vec![Task::Visit(name)],
+            tasks,
             buffered: None,
         }
     }
@@ -95,10 +103,13 @@ impl CopyJob {
     /// at the source), not from the journal.
     pub fn deletion(rule: Arc<Rule>, name: Vec<u8>) -> CopyJob {
         let e = entry(Command::Delete, &rule, &name);
-        CopyJob {
-            tasks: vec![Task::Emit(e)],
-            ..CopyJob::extra(rule, name)
-        }
+        let job = CopyJob::extra(rule, name);
+        let tasks = if job.tasks.is_empty() {
+            Vec::new()
+        } else {
+            vec![Task::Emit(e)]
+        };
+        CopyJob { tasks, ..job }
     }
 
     /// The next part, `None` when the copy is complete. A source that vanished sends nothing
@@ -164,10 +175,8 @@ impl CopyJob {
                             return Some(e);
                         }
                         Ok(_) => {
-                            if self.rule.spec.attrs {
-                                if let Ok(m) = file.metadata() {
-                                    self.push_attrs(&name, &m);
-                                }
+                            if let Ok(m) = file.metadata() {
+                                self.push_attrs(&name, &m);
                             }
                             return Some(WireEntry {
                                 size: offset,
@@ -204,7 +213,7 @@ impl CopyJob {
         let pattern = &rule.spec.pattern;
         if ft.is_dir() {
             let selected = self.is_base(&name) || pattern.match_dir(&name).is_some();
-            if selected && self.rule.spec.attrs {
+            if selected {
                 self.push_attrs(&name, &meta);
             }
             let mut children: Vec<Vec<u8>> = match fs::read_dir(path) {
@@ -265,9 +274,7 @@ impl CopyJob {
                     return None;
                 }
             };
-            if self.rule.spec.attrs {
-                self.push_attrs(&name, &meta);
-            }
+            self.push_attrs(&name, &meta);
             return Some(WireEntry {
                 aux: target.as_os_str().as_bytes().to_vec(),
                 ..entry(Command::Symlink, &self.rule, &name)
@@ -282,8 +289,23 @@ impl CopyJob {
         None
     }
 
-    /// Queues the attribute entries of `name` (they come out after what is queued later).
+    /// Queues the attribute entries of `name` (they come out after what is queued later): its
+    /// permission bits for every rule (a symlink has none), and with `--attrs` its owner,
+    /// times, set-id bits and xattrs too.
     fn push_attrs(&mut self, name: &[u8], m: &fs::Metadata) {
+        if !self.rule.spec.attrs {
+            if !m.file_type().is_symlink() {
+                let change = AttrChange {
+                    mode: Some(m.mode() & 0o777),
+                    ..AttrChange::default()
+                };
+                self.tasks.push(Task::Emit(WireEntry {
+                    data: change.encode().to_vec(),
+                    ..entry(Command::SetAttr, &self.rule, name)
+                }));
+            }
+            return;
+        }
         let ts = |sec: i64, nsec: i64| Timestamp {
             sec,
             nsec: nsec as u32,

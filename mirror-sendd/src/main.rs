@@ -198,6 +198,7 @@ fn serve_control(state: &StateDir, shared: &Arc<Shared>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    mirrorfs::state::private_umask();
     let cli = Cli::parse();
     mirrorfs::logging::exit_code("mirror-sendd", run(cli))
 }

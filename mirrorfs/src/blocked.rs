@@ -207,7 +207,7 @@ impl DirtySet {
     /// Replaces `path` with this set, durably (creating the directory).
     pub fn store(&self, path: &Path) -> Result<(), BlockedError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            crate::state::private_dir(dir).map_err(io_err(dir))?;
         }
         let mut out = format!("upto {}\n", self.upto);
         for (crc, name) in &self.names {

@@ -142,18 +142,54 @@ impl Refusal for RouterResponse {
 /// What serves requests of type `Q` with answers of type `A`.
 pub type Handler<Q = Request, A = Response> = Arc<dyn Fn(Q) -> A + Send + Sync>;
 
+/// The user id of the peer of a Unix socket connection.
+fn peer_uid(c: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Whether a peer with user id `uid` may use the control sockets of this process: its owner,
+/// or root.
+fn trusted(uid: u32) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    uid == 0 || uid == unsafe { libc::geteuid() }
+}
+
 /// Listens on `path` (replacing a stale socket file) and serves each connection on a thread.
+/// The socket is private to its owner (mode 0600, in a state directory that is 0700), and a
+/// connection from any other user (but root) is refused.
 pub fn serve<Q, A>(path: &Path, handler: Handler<Q, A>) -> io::Result<PathBuf>
 where
     Q: DeserializeOwned + 'static,
     A: Serialize + Refusal + 'static,
 {
+    use std::os::unix::fs::PermissionsExt;
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let shown = path.to_path_buf();
     std::thread::Builder::new()
         .name("control".into())
@@ -161,6 +197,20 @@ where
             for conn in listener.incoming() {
                 match conn {
                     Ok(c) => {
+                        match peer_uid(&c) {
+                            Ok(uid) if trusted(uid) => {}
+                            Ok(uid) => {
+                                log::warn!(
+                                    "control socket {}: refused a connection from user {uid} (only its owner and root may use it)",
+                                    shown.display()
+                                );
+                                continue;
+                            }
+                            Err(e) => {
+                                log::warn!("control socket {}: {e}", shown.display());
+                                continue;
+                            }
+                        }
                         let h = handler.clone();
                         let _ = std::thread::Builder::new()
                             .name("control-conn".into())

@@ -8,6 +8,7 @@
 
 pub mod blocked;
 pub mod control;
+pub mod copycheck;
 pub mod entry;
 pub mod fs;
 pub mod fuse;

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -73,16 +74,20 @@ pub fn init(program: &'static str, default_filter: &str, error_log: Option<&Path
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
             .format_timestamp_millis()
             .build();
-    let error_log =
-        error_log.and_then(
-            |p| match OpenOptions::new().create(true).append(true).open(p) {
-                Ok(f) => Some(Mutex::new(f)),
-                Err(e) => {
-                    eprintln!("{program}: cannot open error log {}: {e}", p.display());
-                    None
-                }
-            },
-        );
+    let error_log = error_log.and_then(|p| {
+        match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(p)
+        {
+            Ok(f) => Some(Mutex::new(f)),
+            Err(e) => {
+                eprintln!("{program}: cannot open error log {}: {e}", p.display());
+                None
+            }
+        }
+    });
     HAS_ERROR_LOG.store(error_log.is_some(), Ordering::Relaxed);
     let max = inner.filter().max(log::LevelFilter::Warn);
     let tee = Tee {

@@ -219,10 +219,32 @@ fn take_mount_lock(state: &StateDir, mountpoint: &Path) -> Result<LockFile, Moun
         Err(e) => return Err(e.into()),
     };
     let note = state.lock_path("mirrorfs").with_extension("mount");
-    if let Ok(mut f) = std::fs::File::create(&note) {
+    let private = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&note)
+    };
+    if let Ok(mut f) = private {
         let _ = writeln!(f, "{}", mountpoint.display());
     }
     Ok(lock)
+}
+
+/// Installs the rules `db` holds now in `matcher`.
+fn reload_rules(db: &RulesDb, matcher: &Matcher) -> Result<(), crate::rulesdb::RulesDbError> {
+    let (version, rules) = db.snapshot()?;
+    if matcher.load().version() != version {
+        log::info!(
+            "rules changed: configuration version {version}, {} rules",
+            rules.len()
+        );
+        matcher.store(RuleTable::build(rules, version));
+    }
+    Ok(())
 }
 
 /// Polls the rules database and installs a new rule table whenever it changed.
@@ -245,17 +267,8 @@ fn spawn_rules_watcher(
                         continue;
                     }
                 }
-                match db.snapshot() {
-                    Ok((version, rules)) => {
-                        log::info!(
-                            "rules changed: configuration version {version}, {} rules",
-                            rules.len()
-                        );
-                        matcher.store(RuleTable::build(rules, version));
-                    }
-                    Err(e) => log::error!(
-                        "rules watcher: cannot read the rules, keeping the old ones: {e}"
-                    ),
+                if let Err(e) = reload_rules(&db, &matcher) {
+                    log::error!("rules watcher: cannot read the rules, keeping the old ones: {e}");
                 }
             }
         })
@@ -263,9 +276,33 @@ fn spawn_rules_watcher(
 }
 
 /// Serves the control socket (copies queued by `mirror-ctl sync`); `None` if it cannot.
-fn start_control(state: &StateDir, fs: Arc<MirrorFs>) -> Option<std::path::PathBuf> {
+fn start_control(
+    state: &StateDir,
+    fs: Arc<MirrorFs>,
+    matcher: Arc<Matcher>,
+) -> Option<std::path::PathBuf> {
+    let rules_db = state.rules_db();
     let handler: crate::control::Handler = Arc::new(move |req| match req {
         crate::control::Request::Copy { copies } => {
+            let table = matcher.load();
+            let known = |crc: u32| table.rules().iter().any(|r| r.crc == crc);
+            if copies.iter().any(|(crc, _)| !known(*crc)) {
+                // `mirror-ctl sync` may ask for a rule added a moment ago, before the rules
+                // watcher saw it: read the rules now.
+                if let Err(e) = RulesDb::open(&rules_db).and_then(|db| reload_rules(&db, &matcher))
+                {
+                    log::warn!("cannot read the rules: {e}");
+                }
+            }
+            if let Some(why) = copies
+                .iter()
+                .find_map(|(crc, name)| fs.check_copy(*crc, name).err())
+            {
+                log::warn!("refused a copy request on the control socket: {why}");
+                return crate::control::Response::Error {
+                    reason: format!("copy refused: {why}"),
+                };
+            }
             match crate::control::append_copies(fs.recorder().journal(), &copies) {
                 Ok(last) => crate::control::Response::Queued { last },
                 Err(e) => crate::control::Response::Error {
@@ -339,8 +376,9 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     let fs = Arc::new(MirrorFs::new(root, rec, opts.fs.clone())?);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let matcher_for_control = matcher.clone();
     let watcher = spawn_rules_watcher(db, matcher, stop.clone());
-    let control = start_control(&opts.state, fs.clone());
+    let control = start_control(&opts.state, fs.clone(), matcher_for_control);
 
     // SAFETY: geteuid has no preconditions.
     let acl = if unsafe { libc::geteuid() } == 0 {

@@ -24,6 +24,14 @@ use crate::rule::{Dest, Mode, Pattern, Rule, RuleError, RuleSpec, Site};
 /// Errors of the rules database.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesDbError {
+    /// The database file cannot be made private.
+    #[error("rules database {path}: {err}")]
+    Io {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        err: std::io::Error,
+    },
     /// SQLite failed.
     #[error("rules database {path}: {err}")]
     Sqlite {
@@ -139,6 +147,10 @@ impl RulesDb {
             path: path.to_path_buf(),
             err,
         };
+        crate::state::private_file(path).map_err(|err| RulesDbError::Io {
+            path: path.to_path_buf(),
+            err,
+        })?;
         let conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")

@@ -89,17 +89,14 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens the state directory at `root`, creating it (mode 0700) if needed.
+    /// Opens the state directory at `root`, creating it if needed; it is made private to its
+    /// owner (mode 0700) whoever created it.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StateError> {
         let root = root.into();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&root)
-            .map_err(|err| StateError::Io {
-                path: root.clone(),
-                err,
-            })?;
+        private_dir(&root).map_err(|err| StateError::Io {
+            path: root.clone(),
+            err,
+        })?;
         Ok(Self { root })
     }
 
@@ -210,6 +207,54 @@ impl LockFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Creates directory `dir` (and its missing parents) private to its owner, or makes an
+/// existing one so: mode 0700. Every directory of state goes through here.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        log::info!(
+            "{}: was mode {:o}; making it private to its owner (0700)",
+            dir.display(),
+            mode & 0o7777
+        );
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Makes file `path` private to its owner (mode 0600), creating it empty if it is missing: for
+/// files other code creates (SQLite databases, whose `-wal` and `-shm` files take the
+/// database's mode).
+pub fn private_file(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mode = f.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
+/// Makes every file the calling process creates from now on private to its owner (umask 077).
+/// The daemons and `mirror-ctl` call it first thing; mirrorfs, which creates files for
+/// applications with the modes the kernel hands it, creates its state files with explicit
+/// modes instead.
+pub fn private_umask() {
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
 }
 
 /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the directory.

@@ -119,6 +119,15 @@ impl Local {
         );
     }
 
+    /// The CRC of the first rule (`mirror-ctl rule list --json`).
+    pub fn journal_crc_of_rule(&self) -> u32 {
+        let rules = json_of(
+            &self.ctl(&["rule", "list", "--json"]),
+            "mirror-ctl rule list",
+        );
+        rules[0]["crc"].as_u64().expect("a rule with a crc") as u32
+    }
+
     /// The local system's error log (warnings and errors of its daemons).
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.state.join("errors.log")).unwrap_or_default()
@@ -174,11 +183,7 @@ impl Mount {
         static MOUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = state.join(format!("mirrorfs-{}-{n}.log", std::process::id()));
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open mirrorfs log");
+        let logf = private_log(&log);
         let mut cmd = Command::new(bin("mirrorfs"));
         cmd.arg(source);
         if let Some(m) = mountpoint {
@@ -296,6 +301,17 @@ pub fn rel(base: &Path, name: &[u8]) -> String {
         .unwrap_or(s)
 }
 
+/// Opens a daemon's stdout log in a state directory for appending, private like the state.
+fn private_log(path: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open log {}: {e}", path.display()))
+}
+
 /// A daemon started by a test; killed (SIGKILL) when dropped.
 pub struct Daemon {
     child: Option<Child>,
@@ -307,11 +323,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts workspace binary `name` with `args`, logging to `log` (appended).
     pub fn spawn<S: AsRef<OsStr>>(name: &str, args: &[S], log: PathBuf) -> Daemon {
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open daemon log");
+        let logf = private_log(&log);
         let child = Command::new(bin(name))
             .args(args)
             .env(

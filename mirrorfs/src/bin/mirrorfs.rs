@@ -64,6 +64,9 @@ fn run(cli: Cli, state: StateDir) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // State files are private; mount::run sets the umask to 0 for the files it makes for
+    // applications, and makes its own later state files with explicit modes.
+    mirrorfs::state::private_umask();
     let cli = Cli::parse();
     let state = match StateDir::resolve_and_open(cli.state.as_deref()) {
         Ok(s) => s,

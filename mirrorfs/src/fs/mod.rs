@@ -259,6 +259,34 @@ impl MirrorFs {
         self.inodes.forget(ino, n);
     }
 
+    /// Whether another tool may have this mount copy `name` for rule `crc` (a copy request on
+    /// the control socket): a rule of the current table, a name beneath the mount that the
+    /// rule selects, reached through no symbolic link ([`crate::copycheck`]).
+    pub fn check_copy(&self, crc: u32, name: &[u8]) -> Result<(), String> {
+        let shown = || String::from_utf8_lossy(name).into_owned();
+        let table = self.rec.table();
+        let rule = table
+            .rules()
+            .iter()
+            .find(|r| r.crc == crc)
+            .ok_or_else(|| format!("no rule {crc:#010x} (copy of {})", shown()))?;
+        if self.rec.relative(name).is_none() {
+            return Err(format!("{} is not beneath this mount", shown()));
+        }
+        crate::copycheck::may_copy_with(&rule.spec.pattern, name, |dir| {
+            match self.rec.relative(dir) {
+                Some([]) => false,
+                Some(rel) => match sys::stat_at(self.dir(), rel) {
+                    Ok(st) => st.mode & libc::S_IFMT == libc::S_IFLNK,
+                    Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+                },
+                // Above the mount: the rule's own directories, not this mount's to judge.
+                None => false,
+            }
+        })
+        .map_err(|e| e.to_string())
+    }
+
     /// Makes all journal entries durable (unmount).
     pub fn sync_journal(&self) -> FsResult<()> {
         self.rec.sync()

@@ -147,7 +147,36 @@ impl MirrorFs {
         if change != AttrChange::default() {
             self.record_attrs(&rules, &full, change)?;
         }
+        if ch.mode.is_some() && !st.is_symlink() {
+            // Permission bits are mirrored by every rule (a backup is never more readable
+            // than its source); set-id bits only with --attrs.
+            self.record_permissions(&rules, &full, st.mode)?;
+        }
         Ok(())
+    }
+
+    /// Appends a `SetAttr` entry with the permission bits of `mode` (no set-id bits) for the
+    /// rules that do not mirror attributes (those that do got the whole change).
+    pub(super) fn record_permissions(
+        &self,
+        rules: &[std::sync::Arc<crate::rule::Rule>],
+        full: &[u8],
+        mode: u32,
+    ) -> FsResult<()> {
+        let plain: Vec<_> = rules.iter().filter(|r| !r.spec.attrs).cloned().collect();
+        if plain.is_empty() {
+            return Ok(());
+        }
+        let data = AttrChange {
+            mode: Some(mode & 0o777),
+            ..AttrChange::default()
+        }
+        .encode();
+        let e = EntryRef {
+            data: &data,
+            ..EntryRef::new(Command::SetAttr, 0, full)
+        };
+        self.rec.append(&plain, e)
     }
 
     /// Appends a `SetAttr` entry for the rules that mirror attributes.

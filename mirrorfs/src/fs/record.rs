@@ -87,6 +87,18 @@ impl Recorder {
         v
     }
 
+    /// The path below the mount of the full name `full`, if it is beneath the mount.
+    pub fn relative<'a>(&self, full: &'a [u8]) -> Option<&'a [u8]> {
+        if self.prefix.is_empty() {
+            return full.strip_prefix(b"/");
+        }
+        match full.strip_prefix(self.prefix.as_slice())? {
+            [] => Some(&[]),
+            [b'/', rest @ ..] => Some(rest),
+            _ => None,
+        }
+    }
+
     /// Rules selecting the file (or symlink, fifo) `full`.
     pub fn file_rules(&self, table: &RuleTable, full: &[u8]) -> Rules {
         table

@@ -161,7 +161,7 @@ impl Journal {
     /// Fails if another process has it open, or if a segment is corrupt other than at the
     /// tail of the newest one.
     pub fn open(dir: &Path, cfg: JournalConfig) -> Result<Journal, JournalError> {
-        fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+        crate::state::private_dir(dir).map_err(|e| JournalError::io(dir, e))?;
         let lock_file = LockFile::acquire(&dir.join("LOCK"))?;
         let segs = list_segments(dir)?;
         let active = match segs.split_last() {

@@ -212,6 +212,9 @@ fn mkdir_rmdir_unlink_symlink_link_inside_a_subtree() {
     assert!(!l.path("src/d").exists());
 }
 
+/// Owner, times, xattrs and set-id bits are recorded only for rules with `--attrs`; the
+/// permission bits of a chmod are recorded for every rule (issue 12 item 2: a backup file is
+/// never more readable than its source), without set-id bits.
 #[test]
 fn attributes_are_recorded_only_for_rules_with_attrs() {
     let l = Local::new();
@@ -225,7 +228,25 @@ fn attributes_are_recorded_only_for_rules_with_attrs() {
         xattr_set(&l.path(&format!("{d}/f")), "user.k", b"v");
         xattr_remove(&l.path(&format!("{d}/f")), "user.k");
     }
-    let e = l.journal();
+    fs::set_permissions(l.path("plain/f"), fs::Permissions::from_mode(0o4750)).unwrap();
+    let all = l.journal();
+    let (plain, e): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|x| rel(&l.dir, &x.name) == "plain/f");
+    // The plain rule: the permission bits of each chmod, nothing else.
+    assert_eq!(
+        plain
+            .iter()
+            .map(|x| (x.command, AttrChange::decode(&x.data).unwrap()))
+            .collect::<Vec<_>>(),
+        [0o640, 0o750].map(|m| (
+            Command::SetAttr,
+            AttrChange {
+                mode: Some(m),
+                ..AttrChange::default()
+            }
+        ))
+    );
     assert!(
         e.iter().all(|x| rel(&l.dir, &x.name) == "full/f"),
         "{:?}",

@@ -24,3 +24,5 @@ mod outage_faults;
 mod security_hostile;
 // trust: site namespaces on the router, site ids, unconfined keys, overlapping destinations.
 mod trust_namespaces;
+// security: the local threat model: private state and sockets, checked copy requests.
+mod security_local;

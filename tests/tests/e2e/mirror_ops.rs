@@ -164,18 +164,52 @@ fn attrs_mirror_mode_and_times() {
     });
 }
 
+/// Without `--attrs` the permission bits are still mirrored, at creation, on every chmod and in
+/// copies (a backup is never more readable than its source), but set-id bits, owners and times
+/// are not (issue 12 item 2).
 #[test]
-fn without_attrs_modes_are_not_mirrored() {
+fn without_attrs_permission_bits_are_mirrored_and_nothing_else() {
     let r = Router::start();
     let (l, _m, _s) = mirrored(&r, "plain", &[]);
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().mode() & 0o7777;
     fs::write(l.path("f"), b"data").unwrap();
     fs::set_permissions(l.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(l.path("private")).unwrap();
+    fs::set_permissions(l.path("private"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(l.path("private/secret"), b"s").unwrap();
+    fs::write(l.path("tool"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(l.path("tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(l.path("born-private"))
+            .unwrap();
+    }
     fs::write(l.path("marker"), b"m").unwrap();
     wait_until(CONVERGE, "the marker", || r.path("plain/marker").exists());
+    assert_eq!(mode(&r.path("plain/f")), 0o600);
+    assert_eq!(mode(&r.path("plain/private")), 0o700);
     assert_eq!(
-        fs::metadata(r.path("plain/f")).unwrap().mode() & 0o777,
-        0o644
+        mode(&r.path("plain/tool")),
+        0o755,
+        "no set-id bit without --attrs"
     );
+    assert_eq!(mode(&r.path("plain/born-private")), 0o640);
+    // A copy of a file made before the rule carries its bits too.
+    fs::write(l.path("late"), b"late").unwrap();
+    fs::set_permissions(l.path("late"), fs::Permissions::from_mode(0o604)).unwrap();
+    let out = l.ctl(&["sync", &l.path("late").to_string_lossy(), "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(CONVERGE, "late's mode", || {
+        fs::metadata(r.path("plain/late")).is_ok_and(|m| m.mode() & 0o7777 == 0o604)
+    });
 }
 
 #[test]

@@ -1,0 +1,133 @@
+//! Which names a copy may read: the one check every source of copies goes through (copies
+//! `mirror-ctl sync` asks mirrorfs for, copy entries read from the journal, dirty sets, and the
+//! copies a router asks for), so that no request makes a daemon read a file no rule selects.
+//!
+//! A name may be copied under a rule when it is a normalised absolute name (no empty, `.` or
+//! `..` component), the rule selects it (or it is the rule's base directory, for a subtree
+//! rule), and no directory between the rule's fixed prefix and the name is a symbolic link
+//! (one could lead anywhere on this machine).
+
+use std::os::unix::ffi::OsStrExt;
+
+use crate::rule::Pattern;
+
+/// Why a copy was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CopyRefused {
+    /// Not a normalised absolute name.
+    #[error("{0} is not a normalised absolute path")]
+    NotNormal(String),
+    /// The rule does not select the name.
+    #[error("{name} is not selected by rule {pattern}")]
+    NotSelected {
+        /// The name.
+        name: String,
+        /// The rule's pattern.
+        pattern: String,
+    },
+    /// A directory on the way is a symbolic link.
+    #[error("{name}: {dir} is a symbolic link (a copy never follows one)")]
+    ThroughSymlink {
+        /// The name.
+        name: String,
+        /// The directory that is a symlink.
+        dir: String,
+    },
+}
+
+fn shown(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Whether a copy of `name` may be read under a rule with `pattern`; `is_symlink(dir)` tells
+/// whether the directory `dir` (a full name above `name`) is a symbolic link (or cannot be
+/// looked at for another reason than being absent: refused too).
+pub fn may_copy_with(
+    pattern: &Pattern,
+    name: &[u8],
+    is_symlink: impl Fn(&[u8]) -> bool,
+) -> Result<(), CopyRefused> {
+    let normal = name.first() == Some(&b'/')
+        && name[1..]
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..");
+    if !normal {
+        return Err(CopyRefused::NotNormal(shown(name)));
+    }
+    let prefix = pattern.prefix();
+    let base = prefix.strip_suffix(b"/").unwrap_or(prefix);
+    let selected = pattern.match_file(name).is_some()
+        || pattern.match_dir(name).is_some()
+        || (pattern.kind().is_subtree() && name == base);
+    if !selected || name.get(..base.len()) != Some(base) {
+        return Err(CopyRefused::NotSelected {
+            name: shown(name),
+            pattern: pattern.as_str().to_string(),
+        });
+    }
+    // Every directory strictly between the rule's base and the name.
+    for (i, _) in name[base.len()..]
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'/')
+        .skip(1)
+    {
+        let dir = &name[..base.len() + i];
+        if is_symlink(dir) {
+            return Err(CopyRefused::ThroughSymlink {
+                name: shown(name),
+                dir: shown(dir),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// [`may_copy_with`], looking at the directories by their full names.
+pub fn may_copy(pattern: &Pattern, name: &[u8]) -> Result<(), CopyRefused> {
+    may_copy_with(pattern, name, |dir| {
+        match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(dir)) {
+            Ok(m) => m.file_type().is_symlink(),
+            // Gone: there is nothing to read through it (a deletion may still be sent).
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_rule_selects_through_no_symlink() {
+        let p = Pattern::parse("/p/a/").unwrap();
+        assert!(may_copy(&p, b"/p/a/x").is_ok());
+        assert!(may_copy(&p, b"/p/a").is_ok());
+        for bad in [
+            &b"/etc/shadow"[..],
+            b"/p/a/../../etc/shadow",
+            b"/p/a//x",
+            b"/p/ab",
+            b"p/a/x",
+            b"/p/a/./x",
+        ] {
+            assert!(may_copy(&p, bad).is_err(), "{}", shown(bad));
+        }
+        // A symlinked directory inside the source is not walked through.
+        let t = tempfile::tempdir().unwrap();
+        let a = t.path().join("a");
+        std::fs::create_dir_all(a.join("real")).unwrap();
+        std::os::unix::fs::symlink("/etc", a.join("link")).unwrap();
+        let p = Pattern::parse(&format!("{}/", a.display())).unwrap();
+        let name = |rel: &str| format!("{}/{rel}", a.display()).into_bytes();
+        assert!(may_copy(&p, &name("real/x")).is_ok());
+        assert!(matches!(
+            may_copy(&p, &name("link/passwd")),
+            Err(CopyRefused::ThroughSymlink { .. })
+        ));
+        let f = Pattern::parse("/p/a/*.doc").unwrap();
+        assert!(may_copy(&f, b"/p/a/x.doc").is_ok());
+        assert!(may_copy(&f, b"/p/a").is_err());
+        assert!(may_copy(&f, b"/p/a/x.txt").is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! The local threat model (issue 12, item 2): control sockets are private to their owner,
+//! every copy request is checked before a daemon reads anything, and every file of the state
+//! directories (source and router) is private after a run.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use mirror_tests::{wait_converged, wait_until, Local, Router};
+use mirrorfs::control::{Request, Response};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Every entry under `dir` that another user could read or write (besides what the test
+/// harness itself writes there: its daemons' stdout logs).
+fn open_to_others(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let top = fs::metadata(dir).unwrap().mode();
+    if top & 0o077 != 0 {
+        out.push(format!(
+            "{} (directory) mode {:o}",
+            dir.display(),
+            top & 0o7777
+        ));
+    }
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            if m.file_type().is_symlink() {
+                continue;
+            }
+            if m.mode() & 0o077 != 0 {
+                out.push(format!("{} mode {:o}", p.display(), m.mode() & 0o7777));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn state_files_and_sockets_are_private_to_their_owner() {
+    let r = Router::start();
+    let l = Local::new();
+    // A state directory a user made open to everyone is made private at first use.
+    fs::set_permissions(&l.state, fs::Permissions::from_mode(0o755)).unwrap();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "p", &[]);
+    let m = l.mount(&[]);
+    let s = l.sender();
+    fs::write(l.path("a"), b"some data").unwrap();
+    fs::create_dir(l.path("d")).unwrap();
+    fs::write(l.path("d/b"), vec![7u8; 100_000]).unwrap();
+    wait_converged(&l.dir, &r.path("p"), LIMIT);
+    let out = l.ctl(&["sync", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in [
+        "mirrorfs.sock",
+        "mirror-sendd.sock",
+        "rules.db",
+        "sfa",
+        "keys",
+    ] {
+        assert!(l.state.join(name).exists(), "{name} was not made");
+    }
+    assert!(r.state.join("mirror-routerd.sock").exists());
+    let mut leaks = open_to_others(&l.state);
+    leaks.extend(open_to_others(&r.state));
+    assert!(
+        leaks.is_empty(),
+        "state open to other users:\n{}",
+        leaks.join("\n")
+    );
+    drop(s);
+    m.unmount();
+}
+
+/// A peer that is neither the owner nor root is refused even where the socket file itself
+/// was made reachable (a state directory opened up by hand).
+#[test]
+fn another_user_cannot_use_a_control_socket() {
+    let l = Local::new();
+    l.add_rule(&format!("{}/", l.dir.display()), "127.0.0.1:9", "p", &[]);
+    let _m = l.mount(&[]);
+    let sock = l.state.join("mirrorfs.sock");
+    // (mirror-ctl makes the state directory private again, so ask it first.)
+    let crc = l.journal_crc_of_rule();
+    for p in [l.tmp.path(), l.state.as_path()] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).unwrap();
+    let script = format!(
+        r#"use IO::Socket::UNIX; $SIG{{PIPE}} = "IGNORE"; my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die "connect: $!";
+           print $s '{{"Copy":{{"copies":[[{crc},[47,101,116,99,47,115,104,97,100,111,119]]]}}}}' . "\n";
+           my $a = <$s>; print defined $a ? "ANSWER $a" : "CLOSED\n";"#
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "perl",
+            "-e",
+        ])
+        .arg(&script)
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("CLOSED"),
+        "a stranger got an answer: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(LIMIT, "the refusal in the error log", || {
+        l.error_log()
+            .contains("refused a connection from user 65534")
+    });
+    assert!(l.journal().is_empty(), "nothing was queued");
+}
+
+/// The finding: a copy request with any name was accepted and mirror-sendd (root) read
+/// `/etc/shadow`. Now every request is checked: normalised, beneath the mount, selected by the
+/// rule, through no symlink.
+#[test]
+fn copy_requests_are_checked_before_anything_is_read() {
+    let r = Router::start();
+    let l = Local::new();
+    l.add_rule(&format!("{}/", l.dir.display()), &r.site(), "p", &[]);
+    fs::create_dir(l.path("real")).unwrap();
+    fs::write(l.path("real/ok"), b"fine").unwrap();
+    std::os::unix::fs::symlink("/etc", l.path("link")).unwrap();
+    let _m = l.mount(&[]);
+    let crc = l.journal_crc_of_rule();
+    let sock = l.state.join("mirrorfs.sock");
+    let mount = l.dir.display().to_string();
+    for bad in [
+        format!("{mount}/../../../etc/shadow"),
+        "/etc/shadow".to_string(),
+        format!("{mount}/link/shadow"),
+        format!("{mount}//real/ok"),
+    ] {
+        let req = Request::Copy {
+            copies: vec![(crc, bad.clone().into_bytes())],
+        };
+        match mirrorfs::control::request::<_, Response>(&sock, &req).unwrap() {
+            Response::Error { reason } => assert!(reason.contains("copy refused"), "{reason}"),
+            other => panic!("copy of {bad} was accepted: {other:?}"),
+        }
+    }
+    let req = Request::Copy {
+        copies: vec![(crc ^ 1, format!("{mount}/real/ok").into_bytes())],
+    };
+    assert!(matches!(
+        mirrorfs::control::request::<_, Response>(&sock, &req).unwrap(),
+        Response::Error { .. }
+    ));
+    assert!(l.journal().is_empty(), "a refused copy reached the journal");
+    let req = Request::Copy {
+        copies: vec![(crc, format!("{mount}/real/ok").into_bytes())],
+    };
+    assert!(matches!(
+        mirrorfs::control::request::<_, Response>(&sock, &req).unwrap(),
+        Response::Queued { .. }
+    ));
+    let _s = l.sender();
+    wait_until(LIMIT, "the good copy", || r.path("p/real/ok").exists());
+    // Nothing of /etc reached the router, not even its logs.
+    let shadow = fs::read("/etc/shadow").unwrap_or_default();
+    if shadow.len() > 16 {
+        for e in fs::read_dir(r.state.join("rt")).unwrap().flatten() {
+            let data = fs::read(e.path()).unwrap();
+            assert!(
+                !data.windows(16).any(|w| w == &shadow[..16]),
+                "{} holds bytes of /etc/shadow",
+                e.path().display()
+            );
+        }
+    }
+}
