@@ -31,6 +31,8 @@ struct Row {
     dirty_files: usize,
     /// Whether mirror-sendd answered (else the row comes from its files).
     sender_running: bool,
+    /// The running mirrorfs of this local system, if one runs (the same in every row).
+    mount: Option<mirrorfs::keeper::MountStatus>,
 }
 
 /// Asks mirror-sendd; `None` when it does not run.
@@ -109,6 +111,7 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
         .iter()
         .map(|r| (r.crc, r.spec.sites.iter().map(|s| s.to_string()).collect()))
         .collect();
+    let mount = mirrorfs::keeper::MountStatus::load(state.root());
     let mut rows = Vec::new();
     for s in states {
         let (queued_entries, queued_bytes, oldest_age_secs) =
@@ -123,11 +126,33 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             oldest_age_secs,
             dirty_files,
             sender_running: running,
+            mount: mount.clone(),
         });
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
+    }
+    match &mount {
+        None => println!("mirrorfs is not mounted"),
+        Some(m) => {
+            println!("mirrorfs: mounted on {} (pid {})", m.mountpoint, m.pid);
+            if let Some(s) = &m.scan {
+                let what = match (&s.error, s.done) {
+                    (Some(e), _) => format!("stopped: {e}"),
+                    (None, true) => "done".to_string(),
+                    (None, false) => "in progress".to_string(),
+                };
+                println!(
+                    "  reconciling {} (changed since {}): {what}; {} directories, {} files looked at, {} entries queued",
+                    s.reason,
+                    mirrorfs::logging::utc(s.since_ns / 1_000_000_000),
+                    s.dirs,
+                    s.files,
+                    s.queued
+                );
+            }
+        }
     }
     if !running {
         println!("mirror-sendd is not running (from its files)");

@@ -46,6 +46,14 @@ pub enum Outcome {
         /// Full source name to copy.
         name: Vec<u8>,
     },
+    /// A reconciliation found names the backup lacks or holds differently: the source must
+    /// send each of them whole.
+    NeedCopies {
+        /// Rule CRC.
+        rule_crc: u32,
+        /// Full source names to copy.
+        names: Vec<Vec<u8>>,
+    },
 }
 
 /// An entry that could not be applied.
@@ -194,6 +202,7 @@ impl Applier {
                 | Command::RemoveXattr
                 | Command::Rename
                 | Command::Link
+                | Command::Reconcile
         );
         let Some(at) = self.at(&rel, create).map_err(fail("open", &shown))? else {
             if matches!(r.command, Command::Rename | Command::Link) {
@@ -201,6 +210,13 @@ impl Applier {
                 return Ok(Outcome::NeedCopy {
                     rule_crc: rule.crc,
                     name: r.aux.clone(),
+                });
+            }
+            if r.command == Command::Reconcile {
+                // The backup never got the directory: all of it is needed.
+                return Ok(Outcome::NeedCopy {
+                    rule_crc: rule.crc,
+                    name: r.name.clone(),
                 });
             }
             return Ok(Outcome::Skipped(format!("{}: gone", shown.display())));
@@ -326,11 +342,13 @@ impl Applier {
                     Err(e) => return Err(fail("xattr", &shown)(e)),
                 }
             }
-            Command::Copy => {
-                return Ok(Outcome::Skipped(
-                    "copy entries are expanded by the sender".into(),
-                ))
+            Command::Copy | Command::Mark => {
+                return Ok(Outcome::Skipped(format!(
+                    "{} entries are the sender's own",
+                    r.command
+                )))
             }
+            Command::Reconcile => return reconcile(rule, r, &rel, &at, data),
         }
         Ok(Outcome::Done)
     }
@@ -340,6 +358,151 @@ impl Applier {
         self.open
             .get(rel, || open_for_write(&root.place(rel, true)?.path()))
     }
+}
+
+/// Whether backup name `name` is a version the rule keeps of a deleted file (`NAME SUF`, or
+/// `NAME SUF.N`): history, never removed by a reconciliation.
+fn kept_version(rule: &RouterRule, name: &[u8]) -> bool {
+    let Some(suf) = rule.delete_suffix.as_deref().map(str::as_bytes) else {
+        return false;
+    };
+    if name.ends_with(suf) {
+        return true;
+    }
+    // NAME SUF.N
+    let Some(dot) = name.iter().rposition(|&b| b == b'.') else {
+        return false;
+    };
+    let (head, n) = (&name[..dot], &name[dot + 1..]);
+    !n.is_empty() && n.iter().all(u8::is_ascii_digit) && head.ends_with(suf)
+}
+
+/// Applies one part of a reconciliation (see [`mirrorfs::entry::Listing`]): deletes the
+/// backup names in the part's range that the source no longer has (as a delete would: kept
+/// under the delete suffix when the rule has one), and asks for the listed names the backup
+/// lacks, holds as another kind, or with another size (or, with `--attrs`, another mtime).
+fn reconcile(
+    rule: &RouterRule,
+    r: &RtRecord,
+    rel: &Path,
+    at: &Place,
+    data: &[u8],
+) -> Result<Outcome, ApplyError> {
+    use mirrorfs::entry::Listing;
+    use std::os::unix::fs::MetadataExt;
+    let fail = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |err| ApplyError { op, path: p, err }
+    };
+    let Some(listing) = Listing::decode(data) else {
+        return Ok(Outcome::Refused("malformed directory listing".into()));
+    };
+    let child = |name: &[u8]| {
+        let mut n = r.name.clone();
+        n.push(b'/');
+        n.extend_from_slice(name);
+        n
+    };
+    let after = r.aux.as_slice();
+    let last = r.offset & 1 != 0;
+    let upto = listing.names.last().map(|l| l.name.as_slice());
+    let in_range = |n: &[u8]| n > after && (last || upto.is_some_and(|u| n <= u));
+    let dir = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(at.path())
+    {
+        Ok(d) => d,
+        Err(e) if not_found(&e) || errno_is(&e, libc::ENOTDIR) || errno_is(&e, libc::ELOOP) => {
+            // Not a directory on the backup (yet): the whole of it is needed.
+            return Ok(if listing.names.is_empty() {
+                Outcome::Skipped("nothing to reconcile".into())
+            } else {
+                Outcome::NeedCopy {
+                    rule_crc: rule.crc,
+                    name: r.name.clone(),
+                }
+            });
+        }
+        Err(e) => return Err(fail("reconcile", at.shown())(e)),
+    };
+    let listed = |n: &[u8]| {
+        listing
+            .names
+            .binary_search_by(|l| l.name.as_slice().cmp(n))
+            .ok()
+            .map(|i| &listing.names[i])
+    };
+    let mut held = std::collections::BTreeMap::new();
+    let entries = fs::read_dir(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ))
+    .map_err(fail("reconcile", at.shown()))?;
+    for e in entries {
+        let e = e.map_err(fail("reconcile", at.shown()))?;
+        let name = e.file_name().as_bytes().to_vec();
+        let m = match e.metadata() {
+            Ok(m) => m,
+            Err(err) if not_found(&err) => continue,
+            Err(err) => return Err(fail("reconcile", at.shown())(err)),
+        };
+        held.insert(name, m);
+    }
+    let mut gone = Vec::new();
+    for name in held.keys() {
+        if in_range(name) && listed(name).is_none() && !kept_version(rule, name) {
+            gone.push(name.clone());
+        }
+    }
+    for name in gone {
+        let p = rel.join(std::ffi::OsStr::from_bytes(&name));
+        let shown_p = at.shown().join(std::ffi::OsStr::from_bytes(&name));
+        let place = at.child(&name).map_err(fail("reconcile", &shown_p))?;
+        match &rule.delete_suffix {
+            Some(suf) => {
+                let to = place.with_suffix(suf).map_err(fail("delete", &shown_p))?;
+                remove_any(&to.path()).map_err(fail("delete", to.shown()))?;
+                place.rename_to(&to, 0).map_err(fail("rename", &shown_p))?;
+            }
+            None => remove_any(&place.path()).map_err(fail("delete", &shown_p))?,
+        }
+        log::debug!("reconcile: removed {} (gone at the source)", p.display());
+    }
+    let mut need = Vec::new();
+    for l in &listing.names {
+        let differs = match held.get(&l.name) {
+            None => true,
+            Some(m) => {
+                let ft = m.file_type();
+                let kind = if ft.is_dir() {
+                    b'd'
+                } else if ft.is_file() {
+                    b'f'
+                } else if ft.is_symlink() {
+                    b'l'
+                } else {
+                    b'p'
+                };
+                kind != l.kind
+                    || (kind == b'f' && m.len() != l.size)
+                    || (kind == b'f'
+                        && rule.attrs
+                        && (m.mtime(), m.mtime_nsec() as u32) != (l.mtime.sec, l.mtime.nsec))
+            }
+        };
+        if differs {
+            need.push(child(&l.name));
+        }
+    }
+    Ok(if need.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::NeedCopies {
+            rule_crc: rule.crc,
+            names: need,
+        }
+    })
 }
 
 /// Renames (or hard-links) `from` to `to`, both beneath the root; asks for a copy when the
@@ -705,6 +868,11 @@ fn apply_one(
             String::from_utf8_lossy(&r.name)
         ),
         Ok(Outcome::NeedCopy { rule_crc, name }) => router.request_copy(&r.site, rule_crc, name),
+        Ok(Outcome::NeedCopies { rule_crc, names }) => {
+            for name in names {
+                router.request_copy(&r.site, rule_crc, name);
+            }
+        }
         Ok(Outcome::Refused(why)) => refused(router, r, &why),
         Err(e) if is_confinement(&e.err) => refused(
             router,

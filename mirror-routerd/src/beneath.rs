@@ -196,6 +196,19 @@ impl Place {
         p
     }
 
+    /// The place of `name` inside this place, which must be a directory (opened through no
+    /// symlink). `name` is one component.
+    pub fn child(&self, name: &[u8]) -> io::Result<Place> {
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(Place {
+            dir: open_dir_at(self.dir.as_raw_fd(), &self.name)?,
+            name: cstr(name)?,
+            shown: self.shown.join(OsStr::from_bytes(name)),
+        })
+    }
+
     /// The same place with `suffix` appended to its name.
     pub fn with_suffix(&self, suffix: &str) -> io::Result<Place> {
         let mut n = self.name.as_bytes().to_vec();

@@ -3,6 +3,12 @@
 //! owner, times and xattrs). A directory becomes its subtree: a mkdir per selected directory
 //! and the above per selected file, symlink and fifo.
 //!
+//! A copy of a name that no longer exists becomes its deletion (the copy's job is to make the
+//! backup equal the source). A reconcile entry becomes the listing of its directory
+//! ([`mirrorfs::entry::Listing`]: the names the rule selects, with kind, size and mtime),
+//! in parts of at most [`LISTING_PART_BYTES`], each saying after which name it starts
+//! (`aux`) and whether it is the last (`offset` 1).
+//!
 //! Parts are produced one at a time (a subtree may be large). All carry the copy entry's
 //! journal position; the last says [`Part::Last`], so the router counts the position as
 //! received only when the whole copy is durable. Copies the router asks for
@@ -16,7 +22,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use mirrorfs::entry::{AttrChange, Command, Timestamp};
+use mirrorfs::entry::{AttrChange, Command, Listed, Listing, Timestamp, LISTING_PART_BYTES};
 use mirrorfs::journal::Position;
 use mirrorfs::rule::{PatternKind, Rule};
 use mirrorfs::wire::{Part, WireEntry};
@@ -26,6 +32,11 @@ pub const CHUNK: usize = 1 << 20;
 
 enum Task {
     Visit(Vec<u8>),
+    /// List directory `name` for a reconcile, from after `after` (a name; empty: the start).
+    List {
+        name: Vec<u8>,
+        after: Vec<u8>,
+    },
     File {
         name: Vec<u8>,
         file: File,
@@ -89,6 +100,18 @@ impl CopyJob {
             tasks,
             buffered: None,
         }
+    }
+
+    /// The reconciliation of directory `name` for `rule`, from the journal entry at `pos`.
+    pub fn reconcile(pos: Position, rule: Arc<Rule>, name: Vec<u8>) -> CopyJob {
+        let mut job = CopyJob::new(pos, rule, name);
+        if let Some(Task::Visit(name)) = job.tasks.pop() {
+            job.tasks.push(Task::List {
+                name,
+                after: Vec::new(),
+            });
+        }
+        job
     }
 
     /// A copy the router asked for (not from the journal).
@@ -156,6 +179,11 @@ impl CopyJob {
                         return Some(e);
                     }
                 }
+                Task::List { name, after } => {
+                    if let Some(e) = self.list(name, after) {
+                        return Some(e);
+                    }
+                }
                 Task::File { name, file, offset } => {
                     let mut buf = vec![0u8; CHUNK];
                     match file.read_at(&mut buf, offset) {
@@ -196,15 +224,103 @@ impl CopyJob {
         None
     }
 
-    /// Starts on `name`; may return its first entry.
+    /// One part of the listing of directory `name` for a reconcile: the names the rule
+    /// selects after `after`, as many as fit in a part (the rest is queued).
+    fn list(&mut self, name: Vec<u8>, after: Vec<u8>) -> Option<WireEntry> {
+        let path = path_of(&name);
+        let rd = match fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) => {
+                // Gone since: its removal is in the journal (or a reconcile of its parent).
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("reconcile of {}: cannot list: {e}", path.display());
+                }
+                return None;
+            }
+        };
+        let pattern = &self.rule.spec.pattern;
+        let subtree = pattern.kind().is_subtree();
+        let mut names: Vec<Vec<u8>> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().as_bytes().to_vec())
+            .filter(|c| c.as_slice() > after.as_slice())
+            .collect();
+        names.sort();
+        let mut listing = Listing::default();
+        let mut bytes = 0;
+        let mut more = false;
+        for c in names {
+            let mut full = name.clone();
+            full.push(b'/');
+            full.extend_from_slice(&c);
+            let Ok(m) = fs::symlink_metadata(path_of(&full)) else {
+                continue;
+            };
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                b'd'
+            } else if ft.is_file() {
+                b'f'
+            } else if ft.is_symlink() {
+                b'l'
+            } else if m.mode() & libc::S_IFMT == libc::S_IFIFO {
+                b'p'
+            } else {
+                continue;
+            };
+            let wanted = if kind == b'd' {
+                subtree
+            } else {
+                pattern.match_file(&full).is_some()
+            };
+            if !wanted {
+                continue;
+            }
+            if bytes + 23 + c.len() > LISTING_PART_BYTES && !listing.names.is_empty() {
+                more = true;
+                break;
+            }
+            bytes += 23 + c.len();
+            listing.names.push(Listed {
+                name: c,
+                kind,
+                size: if kind == b'f' { m.len() } else { 0 },
+                mtime: Timestamp {
+                    sec: m.mtime(),
+                    nsec: m.mtime_nsec() as u32,
+                },
+            });
+        }
+        if more {
+            let next_after = listing
+                .names
+                .last()
+                .map(|l| l.name.clone())
+                .unwrap_or_default();
+            self.tasks.push(Task::List {
+                name: name.clone(),
+                after: next_after,
+            });
+        }
+        Some(WireEntry {
+            aux: after,
+            offset: u64::from(!more),
+            data: listing.encode(),
+            ..entry(Command::Reconcile, &self.rule, &name)
+        })
+    }
+
+    /// Starts on `name`; may return its first entry (a deletion if it is gone).
     fn visit(&mut self, name: Vec<u8>) -> Option<WireEntry> {
         let path = path_of(&name);
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The copy makes the backup equal the source: gone here, gone there too.
+                return Some(entry(Command::Delete, &self.rule, &name));
+            }
             Err(e) => {
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("copy of {}: {e}", path.display());
-                }
+                log::warn!("copy of {}: {e}", path.display());
                 return None;
             }
         };

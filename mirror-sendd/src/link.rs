@@ -634,6 +634,10 @@ impl Session<'_> {
                 break;
             };
             let next = self.reader.position();
+            if e.command == Command::Mark {
+                // The journal's own watermark: nothing to send.
+                continue;
+            }
             if table.get(e.rule_crc).is_none() {
                 // A rule newer than this table, or one removed since: look again.
                 let fresh = self.shared.refresh();
@@ -652,6 +656,10 @@ impl Session<'_> {
             };
             if e.command == Command::Copy {
                 self.copy = Some((CopyJob::new(pos, rule.clone(), e.name), next));
+                continue;
+            }
+            if e.command == Command::Reconcile {
+                self.copy = Some((CopyJob::reconcile(pos, rule.clone(), e.name), next));
                 continue;
             }
             let we = WireEntry::whole(pos, e);

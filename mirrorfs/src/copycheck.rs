@@ -3,8 +3,8 @@
 //! copies a router asks for), so that no request makes a daemon read a file no rule selects.
 //!
 //! A name may be copied under a rule when it is a normalised absolute name (no empty, `.` or
-//! `..` component), the rule selects it (or it is the rule's base directory, for a subtree
-//! rule), and no directory between the rule's fixed prefix and the name is a symbolic link
+//! `..` component), the rule selects it (or it is the rule's base directory, for a wildcard
+//! or subtree rule), and no directory between the rule's fixed prefix and the name is a symbolic link
 //! (one could lead anywhere on this machine).
 
 use std::os::unix::ffi::OsStrExt;
@@ -58,7 +58,7 @@ pub fn may_copy_with(
     let base = prefix.strip_suffix(b"/").unwrap_or(prefix);
     let selected = pattern.match_file(name).is_some()
         || pattern.match_dir(name).is_some()
-        || (pattern.kind().is_subtree() && name == base);
+        || (pattern.kind() != crate::rule::PatternKind::File && name == base);
     if !selected || name.get(..base.len()) != Some(base) {
         return Err(CopyRefused::NotSelected {
             name: shown(name),
@@ -127,7 +127,10 @@ mod tests {
         ));
         let f = Pattern::parse("/p/a/*.doc").unwrap();
         assert!(may_copy(&f, b"/p/a/x.doc").is_ok());
-        assert!(may_copy(&f, b"/p/a").is_err());
+        // Its directory (for a reconcile), but nothing else in it.
+        assert!(may_copy(&f, b"/p/a").is_ok());
+        let one = Pattern::parse("/p/a/x.doc").unwrap();
+        assert!(may_copy(&one, b"/p/a").is_err());
         assert!(may_copy(&f, b"/p/a/x.txt").is_err());
     }
 }

@@ -21,6 +21,14 @@
 //! | `Copy` | – | – | – | – (the sender reads the file) |
 //! | `Zero` | file offset | length | – | – (a punched hole) |
 //! | `Mknod` | `st_mode` | `rdev` | – | – |
+//! | `Mark` | watermark time (ns) | flags: bit 0 = clean unmount | – | – (local: never sent) |
+//! | `Reconcile` | – | – | – | – (the sender lists the directory; see below) |
+//!
+//! `Mark` is the journal's own record of how far it is complete: every change with a ctime
+//! before the mark's time has its entries before the mark (see `fs::watermark`). `Reconcile`
+//! names a directory whose entries may have changed unseen; the sender sends its listing
+//! ([`Listing`]) in parts, and the router makes the backup directory hold the same names:
+//! extra backup names are deleted, missing or different ones are asked for.
 
 use std::fmt;
 
@@ -58,11 +66,19 @@ pub enum Command {
     Zero = 14,
     /// Make a special file (fifo) with mode `offset`, device `size`.
     Mknod = 15,
+    /// The journal's watermark (local to the source, never sent): every change made before
+    /// time `offset` (ns) has its entries before this one; `size` bit 0: a clean unmount.
+    Mark = 16,
+    /// Bring the backup directory `name` to the names the source has (a [`Listing`] part).
+    Reconcile = 17,
 }
+
+/// `Mark` flag: written at a clean unmount.
+pub const MARK_CLEAN: u64 = 1;
 
 impl Command {
     /// All commands, in code order.
-    pub const ALL: [Command; 15] = [
+    pub const ALL: [Command; 17] = [
         Command::Write,
         Command::Truncate,
         Command::Create,
@@ -78,6 +94,8 @@ impl Command {
         Command::Copy,
         Command::Zero,
         Command::Mknod,
+        Command::Mark,
+        Command::Reconcile,
     ];
 
     /// The command with on-disk code `c`.
@@ -103,6 +121,8 @@ impl Command {
             Command::Copy => "copy",
             Command::Zero => "zero",
             Command::Mknod => "mknod",
+            Command::Mark => "mark",
+            Command::Reconcile => "reconcile",
         }
     }
 }
@@ -289,6 +309,92 @@ impl AttrChange {
     }
 }
 
+/// What a directory holds, as a `Reconcile` entry carries it: for each name (in byte order),
+/// its kind, size and modification time.
+///
+/// Encoding (little-endian): `count u32`, then per name `kind u8` (b'f' file, b'd' directory,
+/// b'l' symlink, b'p' fifo), `size u64`, `mtime_sec i64`, `mtime_nsec u32`, `len u16`, `name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The names, in byte order.
+    pub names: Vec<Listed>,
+}
+
+/// One name of a [`Listing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// One component: no `/`, not `.` or `..`, no NUL.
+    pub name: Vec<u8>,
+    /// b'f', b'd', b'l' or b'p'.
+    pub kind: u8,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+}
+
+/// Bytes of a [`Listing`] part, at most (a larger directory is sent in several parts).
+pub const LISTING_PART_BYTES: usize = 1 << 20;
+
+impl Listing {
+    /// The encoding above.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b =
+            Vec::with_capacity(4 + self.names.iter().map(|n| 23 + n.name.len()).sum::<usize>());
+        b.extend_from_slice(&(self.names.len() as u32).to_le_bytes());
+        for n in &self.names {
+            b.push(n.kind);
+            b.extend_from_slice(&n.size.to_le_bytes());
+            b.extend_from_slice(&n.mtime.sec.to_le_bytes());
+            b.extend_from_slice(&n.mtime.nsec.to_le_bytes());
+            b.extend_from_slice(&(n.name.len() as u16).to_le_bytes());
+            b.extend_from_slice(&n.name);
+        }
+        b
+    }
+
+    /// Decodes [`Listing::encode`]'s output, checking every name is one safe component and
+    /// the names are in strictly increasing order; `None` if anything is wrong.
+    pub fn decode(b: &[u8]) -> Option<Listing> {
+        let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+            let s = b.get(*at..at.checked_add(n)?)?;
+            *at += n;
+            Some(s)
+        };
+        let mut at = 0;
+        let count = u32::from_le_bytes(take(&mut at, 4)?.try_into().ok()?) as usize;
+        // Each name takes at least 24 bytes: a count beyond that is a lie.
+        if count > b.len() / 24 {
+            return None;
+        }
+        let mut names: Vec<Listed> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let kind = take(&mut at, 1)?[0];
+            let size = u64::from_le_bytes(take(&mut at, 8)?.try_into().ok()?);
+            let sec = i64::from_le_bytes(take(&mut at, 8)?.try_into().ok()?);
+            let nsec = u32::from_le_bytes(take(&mut at, 4)?.try_into().ok()?);
+            let len = u16::from_le_bytes(take(&mut at, 2)?.try_into().ok()?) as usize;
+            let name = take(&mut at, len)?.to_vec();
+            let safe = !name.is_empty()
+                && name != b"."
+                && name != b".."
+                && !name.contains(&b'/')
+                && !name.contains(&0);
+            let ordered = names.last().is_none_or(|p| p.name < name);
+            if !safe || !ordered || nsec >= 1_000_000_000 || !b"fdlp".contains(&kind) {
+                return None;
+            }
+            names.push(Listed {
+                name,
+                kind,
+                size,
+                mtime: Timestamp { sec, nsec },
+            });
+        }
+        (at == b.len()).then_some(Listing { names })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +405,39 @@ mod tests {
             assert_eq!(Command::from_u8(c as u8), Some(c));
         }
         assert_eq!(Command::from_u8(0), None);
-        assert_eq!(Command::from_u8(16), None);
+        assert_eq!(Command::from_u8(18), None);
+    }
+
+    #[test]
+    fn listings_round_trip_and_refuse_unsafe_names() {
+        let n = |name: &[u8], kind| Listed {
+            name: name.to_vec(),
+            kind,
+            size: 7,
+            mtime: Timestamp { sec: -1, nsec: 5 },
+        };
+        let l = Listing {
+            names: vec![n(b"a", b'f'), n(b"b c", b'd'), n(b"z", b'l')],
+        };
+        assert_eq!(Listing::decode(&l.encode()), Some(l.clone()));
+        assert_eq!(
+            Listing::decode(&Listing::default().encode()),
+            Some(Listing::default())
+        );
+        for bad in [&b".."[..], b".", b"a/b", b"", b"x\0"] {
+            let l = Listing {
+                names: vec![n(bad, b'f')],
+            };
+            assert_eq!(Listing::decode(&l.encode()), None, "{bad:?}");
+        }
+        let unordered = Listing {
+            names: vec![n(b"b", b'f'), n(b"a", b'f')],
+        };
+        assert_eq!(Listing::decode(&unordered.encode()), None);
+        let mut long = l.encode();
+        long.push(0);
+        assert_eq!(Listing::decode(&long), None);
+        assert_eq!(Listing::decode(&[0xff, 0xff, 0xff, 0xff]), None);
     }
 
     #[test]

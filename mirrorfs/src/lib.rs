@@ -13,6 +13,7 @@ pub mod entry;
 pub mod fs;
 pub mod fuse;
 pub mod journal;
+pub mod keeper;
 pub mod logging;
 pub mod matcher;
 pub mod mount;

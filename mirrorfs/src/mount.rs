@@ -361,6 +361,8 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     log::info!("configuration version {version}, {} rules", rules.len());
     let matcher = Arc::new(Matcher::new(RuleTable::build(rules, version)));
     let journal = Journal::open(&opts.state.journal_dir(), opts.journal)?;
+    // How far the journal is known complete, read before this mount appends anything.
+    let watermark = journal.watermark();
     let root = crate::fs::sys::open_dir(&source).map_err(|err| MountError::Path {
         path: source.clone(),
         err,
@@ -375,6 +377,9 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     );
     let fs = Arc::new(MirrorFs::new(root, rec, opts.fs.clone())?);
 
+    warn_busy_processes(&source);
+    let keeper =
+        crate::keeper::Keeper::start(fs.clone(), opts.state.root(), &mountpoint, watermark);
     let stop = Arc::new(AtomicBool::new(false));
     let matcher_for_control = matcher.clone();
     let watcher = spawn_rules_watcher(db, matcher, stop.clone());
@@ -433,9 +438,48 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     if let Some(p) = control {
         let _ = std::fs::remove_file(p);
     }
-    fs.sync_journal()?;
+    keeper.finish()?;
     log::info!("unmounted {}", mountpoint.display());
     result
+}
+
+/// Warns about processes whose working directory or open files are in `dir` before the mount
+/// covers it: they keep using the directory underneath, and what they write there is not
+/// recorded (until the next mount's reconciliation finds it, if it does).
+fn warn_busy_processes(dir: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let inside = |p: &Path| p.starts_with(dir);
+    let me = std::process::id().to_string();
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let base = p.path();
+        let cwd = std::fs::read_link(base.join("cwd")).is_ok_and(|c| inside(&c));
+        let files = std::fs::read_dir(base.join("fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| inside(&t)))
+                    .count()
+            })
+            .unwrap_or(0);
+        if cwd || files > 0 {
+            let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+            log::warn!(
+                "process {pid} ({}) has {} in {} before the mount: what it writes there through them is not recorded; restart it after mounting",
+                comm.trim(),
+                match (cwd, files) {
+                    (true, 0) => "its working directory".to_string(),
+                    (true, n) => format!("its working directory and {n} open files"),
+                    (false, n) => format!("{n} open files"),
+                },
+                dir.display()
+            );
+        }
+    }
 }
 
 #[cfg(test)]

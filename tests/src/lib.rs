@@ -144,9 +144,12 @@ impl Local {
         Mount::start(&self.dir, None, &self.state, extra)
     }
 
-    /// Every entry in the journal, in order.
+    /// Every entry in the journal, in order, but the journal's own watermarks (`Mark`).
     pub fn journal(&self) -> Vec<Entry> {
         journal_entries(&self.state.join("journal"))
+            .into_iter()
+            .filter(|e| e.command != mirrorfs::entry::Command::Mark)
+            .collect()
     }
 }
 
@@ -156,7 +159,7 @@ impl Default for Local {
     }
 }
 
-/// All entries of the journal in `dir`.
+/// All entries of the journal in `dir`, watermarks included.
 pub fn journal_entries(dir: &Path) -> Vec<Entry> {
     let mut r = match JournalReader::open(dir, Position::START) {
         Ok(r) => r,

@@ -14,6 +14,7 @@ mod file_ops;
 pub mod handles;
 pub mod inodes;
 mod node_ops;
+pub mod reconcile;
 pub mod record;
 pub mod sys;
 

@@ -309,6 +309,13 @@ pub fn verify_record(b: &[u8]) -> Result<usize, FormatError> {
     Ok(len)
 }
 
+/// The time and flags of a verified `Mark` record at the start of `b` (see
+/// [`Command::Mark`]), or `None` for any other record. Call [`verify_record`] first.
+pub fn peek_mark(b: &[u8]) -> Option<(u64, u64)> {
+    (b.len() >= RECORD_HEADER_LEN && b[12] == Command::Mark as u8)
+        .then(|| (u64_at(b, 24), u64_at(b, 32)))
+}
+
 /// Decodes one record from the start of `b`; returns it and its length.
 ///
 /// Never panics and never allocates more than the bytes present.

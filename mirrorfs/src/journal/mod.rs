@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub use format::FormatError;
 pub use reader::JournalReader;
-pub use writer::{Journal, JournalConfig};
+pub use writer::{Journal, JournalConfig, Watermark};
 
 /// Where a record starts (or, for an end, where the next one would start).
 #[derive(

@@ -12,9 +12,19 @@ use super::format::SEGMENT_HEADER_LEN;
 use super::*;
 use crate::entry::{Command, Entry};
 
+/// Every command but the journal's own watermark (which a rotation repeats, see
+/// `watermarks_survive_rotation_and_reopening`).
+fn command(i: u64) -> Command {
+    let all: Vec<Command> = Command::ALL
+        .into_iter()
+        .filter(|c| *c != Command::Mark)
+        .collect();
+    all[(i as usize) % all.len()]
+}
+
 fn entry(i: u64, data_len: usize) -> Entry {
     Entry {
-        command: Command::ALL[(i as usize) % Command::ALL.len()],
+        command: command(i),
         rule_crc: i as u32 ^ 0x5a5a,
         name: format!("/p/a/file-{i}").into_bytes(),
         aux: if i % 3 == 0 {
@@ -326,4 +336,45 @@ fn backlog_bytes() {
     assert_eq!(bytes_from(dir.path(), a).unwrap(), end.offset - a.offset);
     assert_eq!(bytes_from(dir.path(), b).unwrap(), end.offset - b.offset);
     assert_eq!(bytes_from(dir.path(), end).unwrap(), 0);
+}
+
+/// Every segment starts with the newest watermark, so it survives the removal of older
+/// segments, a rotation and a reopening; the clean flag with it.
+#[test]
+fn watermarks_survive_rotation_and_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), cfg(4096)).unwrap();
+    assert_eq!(j.watermark(), None);
+    let mark = |t: u64, flags: u64| crate::entry::EntryRef {
+        offset: t,
+        size: flags,
+        ..crate::entry::EntryRef::new(Command::Mark, 0, b"")
+    };
+    j.append(&mark(1234, 0)).unwrap();
+    assert_eq!(
+        j.watermark().map(|w| (w.time_ns, w.clean)),
+        Some((1234, false))
+    );
+    for i in 0..40 {
+        j.append(&entry(i, 300).as_ref()).unwrap();
+    }
+    let segs = list_segments(dir.path()).unwrap();
+    assert!(segs.len() > 2);
+    // The newest segment alone still knows it.
+    remove_segments_below(dir.path(), *segs.last().unwrap()).unwrap();
+    assert_eq!(j.watermark().map(|w| w.time_ns), Some(1234));
+    j.append(&mark(5678, crate::entry::MARK_CLEAN)).unwrap();
+    drop(j);
+    let j = Journal::open(dir.path(), cfg(4096)).unwrap();
+    assert_eq!(
+        j.watermark().map(|w| (w.time_ns, w.clean)),
+        Some((5678, true))
+    );
+    j.rotate_now().unwrap();
+    drop(j);
+    let j = Journal::open(dir.path(), cfg(4096)).unwrap();
+    assert_eq!(
+        j.watermark().map(|w| (w.time_ns, w.clean)),
+        Some((5678, true))
+    );
 }

@@ -37,11 +37,38 @@ struct Active {
     poisoned: bool,
     /// Offset up to which writeback has been started.
     kicked: u64,
+    /// The newest mark, kept so that every new segment starts with one (the older segments
+    /// may be removed once sent).
+    mark: Option<Watermark>,
 }
 
 /// Start writeback of the journal after this many new bytes, so that a later fsync (the
 /// application's, through [`Journal::sync`]) finds most of them already on disk.
 const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// The newest watermark in the journal (a [`Command::Mark`] record): every change made before
+/// `time_ns` has its entries before `pos`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// The mark's time, ns since the Unix epoch.
+    pub time_ns: u64,
+    /// Written at a clean unmount.
+    pub clean: bool,
+    /// Where the mark record is.
+    pub pos: Position,
+}
+
+/// The newest mark among the records of `bytes` (a segment) at `offsets`.
+fn last_mark(bytes: &[u8], segment: u64, offsets: &[u64]) -> Option<Watermark> {
+    offsets.iter().rev().find_map(|&o| {
+        let (time_ns, flags) = format::peek_mark(bytes.get(o as usize..)?)?;
+        Some(Watermark {
+            time_ns,
+            clean: flags & crate::entry::MARK_CLEAN != 0,
+            pos: Position::new(segment, o),
+        })
+    })
+}
 
 #[derive(Default)]
 struct SyncState {
@@ -197,6 +224,7 @@ impl Journal {
             index: Vec::new(),
             poisoned: false,
             kicked: SEGMENT_HEADER_LEN,
+            mark: None,
         })
     }
 
@@ -233,7 +261,13 @@ impl Journal {
             ));
         }
         if header.sealed {
-            return Self::fresh(dir, n + 1, size);
+            let offsets = bytes
+                .get(header.index_offset as usize..)
+                .and_then(|b| format::decode_index(b).ok())
+                .unwrap_or_default();
+            let mut next = Self::fresh(dir, n + 1, size)?;
+            next.carry(last_mark(&bytes, n, &offsets))?;
+            return Ok(next);
         }
         let mut index = Vec::new();
         let mut pos = SEGMENT_HEADER_LEN as usize;
@@ -272,6 +306,7 @@ impl Journal {
             file.set_len(pos as u64).map_err(io_err)?;
             file.sync_all().map_err(io_err)?;
         }
+        let mark = last_mark(&bytes, n, &index);
         Ok(Active {
             header,
             path,
@@ -280,6 +315,7 @@ impl Journal {
             index,
             poisoned: false,
             kicked: pos as u64,
+            mark,
         })
     }
 
@@ -310,20 +346,7 @@ impl Journal {
         if a.len > SEGMENT_HEADER_LEN && a.len + len > self.cfg.segment_size {
             self.rotate(&mut a)?;
         }
-        let pos = Position::new(a.header.segment, a.len);
-        if let Err(err) = pwritev_all(&a.file, &[&header, e.name, e.aux, e.data], a.len) {
-            // Take back whatever part reached the file, so no torn record sits mid-segment.
-            if let Err(e2) = a.file.set_len(a.len) {
-                log::error!(
-                    "journal {}: could not cut back a failed append ({e2}); refusing further appends",
-                    a.path.display()
-                );
-                a.poisoned = true;
-            }
-            return Err(JournalError::io(&a.path, err));
-        }
-        a.len += len;
-        a.index.push(pos.offset);
+        let pos = a.write(&header, e)?;
         let kick = (a.len - a.kicked >= WRITEBACK_STEP).then(|| {
             let range = (a.file.clone(), a.kicked, a.len - a.kicked);
             a.kicked = a.len;
@@ -334,6 +357,11 @@ impl Journal {
             crate::fs::sys::start_writeback(file.as_fd(), from, n);
         }
         Ok(pos)
+    }
+
+    /// The newest watermark, if the journal has one.
+    pub fn watermark(&self) -> Option<Watermark> {
+        lock(&self.active).mark
     }
 
     /// Seals the active segment (index, header, fsync) and starts the next one.
@@ -379,6 +407,7 @@ impl Journal {
             a.header.segment,
             header.segment
         );
+        let mark = a.mark;
         *a = Active {
             header,
             path,
@@ -387,10 +416,13 @@ impl Journal {
             index: Vec::new(),
             poisoned: false,
             kicked: SEGMENT_HEADER_LEN,
+            mark: None,
         };
-        let mut s = lock(&self.sync_state);
-        s.durable = s.durable.max(sealed_end);
-        Ok(())
+        {
+            let mut s = lock(&self.sync_state);
+            s.durable = s.durable.max(sealed_end);
+        }
+        a.carry(mark)
     }
 
     /// Makes every entry appended before this call durable (group commit: while one caller
@@ -452,6 +484,48 @@ impl Journal {
             return Err(JournalError::Poisoned(self.dir.clone()));
         }
         self.rotate(&mut a)
+    }
+}
+
+impl Active {
+    /// Writes the record `header` + `e` at the end of the segment; its position.
+    fn write(&mut self, header: &[u8], e: &EntryRef<'_>) -> Result<Position, JournalError> {
+        let pos = Position::new(self.header.segment, self.len);
+        if let Err(err) = pwritev_all(&self.file, &[header, e.name, e.aux, e.data], self.len) {
+            // Take back whatever part reached the file, so no torn record sits mid-segment.
+            if let Err(e2) = self.file.set_len(self.len) {
+                log::error!(
+                    "journal {}: could not cut back a failed append ({e2}); refusing further appends",
+                    self.path.display()
+                );
+                self.poisoned = true;
+            }
+            return Err(JournalError::io(&self.path, err));
+        }
+        self.len += format::record_len(e) as u64;
+        self.index.push(pos.offset);
+        if e.command == crate::entry::Command::Mark {
+            self.mark = Some(Watermark {
+                time_ns: e.offset,
+                clean: e.size & crate::entry::MARK_CLEAN != 0,
+                pos,
+            });
+        }
+        Ok(pos)
+    }
+
+    /// Starts this (new, empty) segment with the newest mark of the one before, if any, so
+    /// that the newest segment always tells how far the journal is complete.
+    fn carry(&mut self, mark: Option<Watermark>) -> Result<(), JournalError> {
+        let Some(m) = mark else {
+            return Ok(());
+        };
+        let e = EntryRef {
+            offset: m.time_ns,
+            size: if m.clean { crate::entry::MARK_CLEAN } else { 0 },
+            ..EntryRef::new(crate::entry::Command::Mark, 0, b"")
+        };
+        self.write(&format::encode_record_header(&e), &e).map(drop)
     }
 }
 

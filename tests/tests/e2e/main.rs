@@ -26,3 +26,5 @@ mod security_hostile;
 mod trust_namespaces;
 // security: the local threat model: private state and sockets, checked copy requests.
 mod security_local;
+// crash safety: kill -9 of mirrorfs under writers, changes made while unmounted.
+mod crash_recording;

@@ -1,0 +1,223 @@
+//! What keeps a mount's journal complete while it runs (see [`crate::fs::reconcile`]): the
+//! watermark thread, the reconciliation scan started at mount, the clean mark at unmount, and
+//! the mount's status file (`<state>/mirrorfs.status`, read by `mirror-ctl status`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fs::error::FsResult;
+use crate::fs::reconcile::{ScanProgress, MARGIN_NS};
+use crate::fs::MirrorFs;
+use crate::journal::Watermark;
+
+/// How often a watermark is written while entries are being recorded.
+pub const MARK_EVERY: Duration = Duration::from_secs(1);
+
+/// The reconciliation scan as `mirror-ctl status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanStatus {
+    /// Changes from this time on (ns since the epoch) are looked for.
+    pub since_ns: u64,
+    /// Why the scan runs.
+    pub reason: String,
+    /// Directories looked at so far.
+    pub dirs: u64,
+    /// Files looked at so far.
+    pub files: u64,
+    /// Copies and reconciliations queued so far.
+    pub queued: u64,
+    /// Whether it has finished.
+    pub done: bool,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// What a running mirrorfs reports about itself (`<state>/mirrorfs.status`, JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountStatus {
+    /// The mount point.
+    pub mountpoint: String,
+    /// mirrorfs's process id.
+    pub pid: u32,
+    /// The reconciliation scan of this mount, if one ran.
+    pub scan: Option<ScanStatus>,
+}
+
+impl MountStatus {
+    /// The status file of the state directory `state`.
+    pub fn path(state: &Path) -> PathBuf {
+        state.join("mirrorfs.status")
+    }
+
+    /// The status a running mirrorfs wrote, if one runs (a file left by a mirrorfs that died
+    /// names a process that is gone: `None`).
+    pub fn load(state: &Path) -> Option<MountStatus> {
+        let text = std::fs::read_to_string(Self::path(state)).ok()?;
+        let st: MountStatus = serde_json::from_str(&text).ok()?;
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = st.pid != 0 && unsafe { libc::kill(st.pid as libc::pid_t, 0) } == 0;
+        alive.then_some(st)
+    }
+
+    fn store(&self, state: &Path) {
+        let text = match serde_json::to_vec_pretty(self) {
+            Ok(t) => t,
+            Err(e) => return log::warn!("mount status: {e}"),
+        };
+        if let Err(e) = crate::state::write_atomic(&Self::path(state), &text) {
+            log::warn!("cannot write {}: {e}", Self::path(state).display());
+        }
+    }
+}
+
+/// The threads of a mount that keep its journal complete.
+pub struct Keeper {
+    fs: Arc<MirrorFs>,
+    state: PathBuf,
+    stop: Arc<AtomicBool>,
+    /// While a scan runs: its threshold (marks may not pass it); else `u64::MAX`.
+    floor: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Keeper {
+    /// Starts the watermark thread and, when the journal has a watermark, the reconciliation
+    /// of what changed since it (`last`, read before this mount appended anything).
+    pub fn start(
+        fs: Arc<MirrorFs>,
+        state: &Path,
+        mountpoint: &Path,
+        last: Option<Watermark>,
+    ) -> Keeper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let floor = Arc::new(AtomicU64::new(u64::MAX));
+        let progress = Arc::new(ScanProgress::default());
+        let mut status = MountStatus {
+            mountpoint: mountpoint.display().to_string(),
+            pid: std::process::id(),
+            scan: None,
+        };
+        let mut threads = Vec::new();
+        let scan_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        match last {
+            None => log::info!(
+                "this journal has no watermark yet (a first mount): changes made before it are not looked for; `mirror-ctl sync` copies existing files"
+            ),
+            Some(w) => {
+                let since = w.time_ns.saturating_sub(MARGIN_NS);
+                let reason = if w.clean {
+                    "changes made while not mounted".to_string()
+                } else {
+                    "the last mount ended without a clean unmount".to_string()
+                };
+                log::info!(
+                    "looking for {reason}: files and directories changed since {} (in the background)",
+                    crate::logging::utc(since / 1_000_000_000)
+                );
+                floor.store(since, Ordering::SeqCst);
+                status.scan = Some(ScanStatus {
+                    since_ns: since,
+                    reason,
+                    ..ScanStatus::default()
+                });
+                let (fs2, stop2, floor2, progress2, err2) = (
+                    fs.clone(),
+                    stop.clone(),
+                    floor.clone(),
+                    progress.clone(),
+                    scan_error.clone(),
+                );
+                let spawned = std::thread::Builder::new()
+                    .name("reconcile".into())
+                    .spawn(move || {
+                        match fs2.reconcile_since(since, &progress2, &stop2) {
+                            Ok(()) if stop2.load(Ordering::Relaxed) => {}
+                            Ok(()) => {
+                                progress2.done.store(true, Ordering::SeqCst);
+                                floor2.store(u64::MAX, Ordering::SeqCst);
+                                log::info!(
+                                    "reconciliation done: {} directories and {} files looked at, {} entries queued",
+                                    progress2.dirs.load(Ordering::Relaxed),
+                                    progress2.files.load(Ordering::Relaxed),
+                                    progress2.queued.load(Ordering::Relaxed)
+                                );
+                            }
+                            Err(e) => {
+                                // The floor stays: the next mount looks again from the same time.
+                                log::error!("reconciliation stopped: {e}; the next mount tries again");
+                                *err2.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                            }
+                        }
+                    });
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    Err(e) => log::error!("cannot start the reconciliation: {e}"),
+                }
+            }
+        }
+        // From now on every change is journaled or found by the next mount's scan: say so at
+        // once (a crash before the first periodic mark must not lose this mount's changes).
+        if let Err(e) = fs.mark(false, floor.load(Ordering::SeqCst)) {
+            log::warn!("{e}");
+        }
+        status.store(state);
+        let (fs2, stop2, floor2, state2) =
+            (fs.clone(), stop.clone(), floor.clone(), state.to_path_buf());
+        let spawned = std::thread::Builder::new()
+            .name("watermark".into())
+            .spawn(move || {
+                let journal_end = || fs2.recorder().journal().end();
+                let mut marked = journal_end();
+                let mut marked_at = std::time::Instant::now();
+                let mut shown = status.clone();
+                while !stop2.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if marked_at.elapsed() >= MARK_EVERY && journal_end() != marked {
+                        match fs2.mark(false, floor2.load(Ordering::SeqCst)) {
+                            Ok(()) => marked = journal_end(),
+                            Err(e) => log::warn!("{e}"),
+                        }
+                        marked_at = std::time::Instant::now();
+                    }
+                    if let Some(s) = status.scan.as_mut() {
+                        s.dirs = progress.dirs.load(Ordering::Relaxed);
+                        s.files = progress.files.load(Ordering::Relaxed);
+                        s.queued = progress.queued.load(Ordering::Relaxed);
+                        s.done = progress.done.load(Ordering::Relaxed);
+                        s.error = scan_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    }
+                    if status != shown {
+                        status.store(&state2);
+                        shown = status.clone();
+                    }
+                }
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => log::error!("cannot start the watermark thread: {e}"),
+        }
+        Keeper {
+            fs,
+            state: state.to_path_buf(),
+            stop,
+            floor,
+            threads,
+        }
+    }
+
+    /// At unmount: stops the threads and appends the clean mark (with the time of an
+    /// unfinished scan, so the next mount scans again), then makes the journal durable.
+    pub fn finish(self) -> FsResult<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(MountStatus::path(&self.state));
+        self.fs.mark(true, self.floor.load(Ordering::SeqCst))?;
+        self.fs.sync_journal()
+    }
+}
