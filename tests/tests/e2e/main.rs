@@ -22,3 +22,7 @@ mod mirror_topology;
 mod outage_faults;
 // security: a hostile peer speaking the protocol: authentication, confinement, limits.
 mod security_hostile;
+// outages: a network cut is reported while it lasts (issue 12 item 9).
+mod outage_detection;
+// outages: a damaged journal record blocks, backs off, is skipped and resynced (issue 12 item 7).
+mod journal_damage;
