@@ -26,3 +26,5 @@ mod security_hostile;
 mod outage_detection;
 // outages: a damaged journal record blocks, backs off, is skipped and resynced (issue 12 item 7).
 mod journal_damage;
+// journal: small rotating segments, deletes and sender kills (issue 12 item 12).
+mod journal_rotation;
