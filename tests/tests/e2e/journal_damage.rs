@@ -41,10 +41,18 @@ fn find(dir: &Path, from: Position, command: Command, suffix: &str) -> (Position
     panic!("no {command:?} of *{suffix} in the journal from {from}");
 }
 
+/// Flips bits of one byte in place (the segment may be the one mirrorfs appends to).
 fn flip(seg: &Path, offset: u64) {
-    let mut b = fs::read(seg).unwrap();
-    b[offset as usize] ^= 0x40;
-    fs::write(seg, b).unwrap();
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(seg)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, offset).unwrap();
 }
 
 fn count(log: &str, needle: &str) -> usize {
@@ -233,6 +241,122 @@ fn a_damaged_journal_record_blocks_the_site_then_is_skipped_and_the_backup_conve
         &[
             " is blocked: ",
             " is blocked since ",
+            " is unblocked (",
+            "; retrying",
+            "skipped the damaged journal bytes from ",
+            "sending whole what journal damage hid",
+        ],
+    );
+    assert_log_only(
+        "the router",
+        &r.error_log(),
+        &["torn tail", "session with 127.0.0.1:", "closed its session"],
+    );
+}
+
+/// Damage that goes away before `--skip-damage-after` (a passing read error) is read again
+/// and nothing is resynced; damage that stays is skipped at once on `mirror-ctl unblock`.
+#[test]
+fn passing_damage_is_read_again_and_mirror_ctl_unblock_skips_lasting_damage() {
+    let mut r = Router::start();
+    let site = r.site();
+    let l = Local::new();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &site, "w", &[]);
+    let m = l.mount(&["--segment-size", SEGMENT]);
+    let s = l.sender_with(&["--skip-damage-after", "1h"]);
+    fs::write(l.path("first.txt"), b"before").unwrap();
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    r.kill9();
+    wait_until(NOTICE, "the site to be blocked", || {
+        !site_status(&l, &site)["blocked"].is_null()
+    });
+    let acked = Position::new(
+        site_status(&l, &site)["acked"]["segment"].as_u64().unwrap(),
+        site_status(&l, &site)["acked"]["offset"].as_u64().unwrap(),
+    );
+    fs::write(l.path("passing.bin"), vec![0x11u8; 8000]).unwrap();
+    for i in 0..20 {
+        fs::write(l.path(&format!("mid{i}.txt")), b"between").unwrap();
+    }
+    fs::write(l.path("lasting.bin"), vec![0x22u8; 8000]).unwrap();
+    for i in 0..100 {
+        fs::write(l.path(&format!("after{i}.txt")), vec![b'x'; 4000]).unwrap();
+    }
+    let jdir = l.state.join("journal");
+    let (ppos, pname, paux) = find(&jdir, acked, Command::Write, "/passing.bin");
+    let pat = ppos.offset + 52 + (pname.len() + paux) as u64 + 100;
+    flip(&journal::segment_path(&jdir, ppos.segment), pat);
+    r.restart();
+    wait_until(
+        NOTICE,
+        "the site to be blocked for the first damage",
+        || {
+            site_status(&l, &site)["blocked"]["reason"]
+                .as_str()
+                .is_some_and(|x| x.contains(&format!("corrupt at offset {}", ppos.offset)))
+        },
+    );
+    // The read error passes; the next attempt reads the record and goes on to the end.
+    flip(&journal::segment_path(&jdir, ppos.segment), pat);
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    wait_until(NOTICE, "the site to be unblocked", || {
+        site_status(&l, &site)["blocked"].is_null()
+    });
+    assert!(
+        !s.log_text().contains("skipped the damaged"),
+        "{}",
+        s.log_text()
+    );
+    assert!(!l.state.join("resync").exists() || site_status(&l, &site)["resync_files"] == 0);
+
+    // Lasting damage, skipped at once when asked.
+    r.kill9();
+    wait_until(NOTICE, "the site to be blocked", || {
+        !site_status(&l, &site)["blocked"].is_null()
+    });
+    // Damage a record the site still needs.
+    let acked = Position::new(
+        site_status(&l, &site)["acked"]["segment"].as_u64().unwrap(),
+        site_status(&l, &site)["acked"]["offset"].as_u64().unwrap(),
+    );
+    fs::write(l.path("lasting.bin"), vec![0x33u8; 8000]).unwrap();
+    for i in 0..50 {
+        fs::write(l.path(&format!("later{i}.txt")), vec![b'y'; 4000]).unwrap();
+    }
+    let (lpos, lname, laux) = find(&jdir, acked, Command::Write, "/lasting.bin");
+    let lat = lpos.offset + 52 + (lname.len() + laux) as u64 + 100;
+    flip(&journal::segment_path(&jdir, lpos.segment), lat);
+    r.restart();
+    wait_until(
+        NOTICE,
+        "the site to be blocked for the lasting damage",
+        || {
+            site_status(&l, &site)["blocked"]["reason"]
+                .as_str()
+                .is_some_and(|x| x.contains(&format!("corrupt at offset {}", lpos.offset)))
+        },
+    );
+    let out = l.ctl(&["unblock", &site]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    assert_eq!(
+        count(&s.log_text(), "skipped the damaged journal bytes from "),
+        1
+    );
+    wait_until(NOTICE, "the resync to be retired", || {
+        site_status(&l, &site)["resync_files"] == 0
+    });
+    eprintln!("faults 2, files compared {n}, differences 0");
+    drop(m);
+    assert_log_only(
+        "the source",
+        &l.error_log(),
+        &[
+            " is blocked: ",
             " is unblocked (",
             "; retrying",
             "skipped the damaged journal bytes from ",
