@@ -50,6 +50,10 @@ and `mirror-ctl status` says so. It is tried again when its heartbeats have been
 probation, every --unblock-every, and on `mirror-ctl unblock`. Heartbeats are UDP datagrams to
 and from the router's port number (the same number as its TCP port).
 
+A journal record that cannot be read blocks its sites too (status names segment and offset);
+it is read again after a growing pause, and skipped after --skip-damage-after (or at once on
+`mirror-ctl unblock SITE`), the files of the site's rules then being sent whole.
+
 Example:
   mirror-sendd --state ~/.local/state/mirror --on-block 'notify-send \"mirror: $MIRROR_SITE is down\"'"
 )]
