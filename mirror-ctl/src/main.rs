@@ -36,8 +36,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A closed standard output (`mirror-ctl status | head -2`) ends mirror-ctl the way it ends
+/// `ls` or `cat`: quietly, by SIGPIPE. Rust starts programs with SIGPIPE ignored, which turns
+/// the closed pipe into an error that `println!` panics on.
+fn default_sigpipe() {
+    // SAFETY: sets a signal's disposition to the default, at start-up, before any other thread
+    // exists; no handler is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     mirrorfs::state::private_umask();
+    default_sigpipe();
     let cli = Cli::parse();
     mirrorfs::logging::init("mirror-ctl", "warn", None);
     mirrorfs::logging::exit_code("mirror-ctl", run(cli))

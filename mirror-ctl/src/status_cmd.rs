@@ -1,6 +1,10 @@
 //! `mirror-ctl status [--json]` and `mirror-ctl unblock [SITE]`: the state of each backup
 //! site as the running mirror-sendd sees it (or, when it is not running, as its durable files
 //! say), with the queue counted from the journal.
+//!
+//! Status must work when things are worst: a damaged journal record is passed over (and
+//! named) and the count goes on after it; a file that cannot be read is reported on its row,
+//! never as a failure of the whole command.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,6 +33,12 @@ struct Row {
     oldest_age_secs: Option<u64>,
     /// Files to send whole (the backlog went over the queue limit while blocked).
     dirty_files: usize,
+    /// Files (or rule bases) to send whole because journal damage hid their entries.
+    resync_files: usize,
+    /// Damaged journal records met while counting (their entries are not counted).
+    journal_damage: Vec<String>,
+    /// What could not be read for this row.
+    problems: Vec<String>,
     /// Whether mirror-sendd answered (else the row comes from its files).
     sender_running: bool,
     /// The running mirrorfs of this local system, if one runs (the same in every row).
@@ -63,39 +73,99 @@ fn from_files(state: &StateDir) -> Result<Vec<SiteState>> {
         .collect())
 }
 
-/// Entries, bytes and the oldest time of what waits for `site` after `from`.
+/// What waits for a site in the journal, as far as it can be read.
+#[derive(Debug, Default)]
+struct Queue {
+    entries: u64,
+    bytes: u64,
+    oldest_age_secs: Option<u64>,
+    damage: Vec<String>,
+    error: Option<String>,
+}
+
+/// Damaged stretches passed over while counting one site's queue, at most.
+const MAX_DAMAGE: usize = 100;
+
+/// Entries, bytes and the oldest time of what waits for `site` after `from`; damaged records
+/// are passed over and named.
 fn queue(
     state: &StateDir,
     site: &str,
     from: Position,
     rules: &BTreeMap<u32, Vec<String>>,
-) -> Result<(u64, u64, Option<u64>)> {
+) -> Queue {
     let dir = state.journal_dir();
-    let mut r = match JournalReader::open(&dir, from) {
-        Ok(r) => r,
+    let mut q = Queue::default();
+    let opened = match JournalReader::open(&dir, from) {
         Err(JournalError::Gap { oldest, .. }) => JournalReader::open(
             &dir,
             Position::new(oldest, mirrorfs::journal::format::SEGMENT_HEADER_LEN),
-        )?,
+        ),
+        r => r,
+    };
+    let mut r = match opened {
+        Ok(r) => r,
         Err(e) if !dir.exists() => {
             log::debug!("{e}");
-            return Ok((0, 0, None));
+            return q;
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            q.error = Some(e.to_string());
+            return q;
+        }
     };
-    let (mut n, mut bytes, mut oldest) = (0u64, 0u64, None);
-    while let Some((_, e)) = r.next_entry()? {
-        if rules
-            .get(&e.rule_crc)
-            .is_some_and(|s| s.iter().any(|x| x == site))
-        {
-            n += 1;
-            bytes += e.data.len() as u64;
-            oldest.get_or_insert(e.time_ns);
+    let mut oldest = None;
+    loop {
+        match r.next_entry() {
+            Ok(Some((_, e))) => {
+                if rules
+                    .get(&e.rule_crc)
+                    .is_some_and(|s| s.iter().any(|x| x == site))
+                {
+                    q.entries += 1;
+                    q.bytes += e.data.len() as u64;
+                    oldest.get_or_insert(e.time_ns);
+                }
+            }
+            Ok(None) => break,
+            Err(JournalError::Corrupt {
+                path,
+                offset,
+                reason,
+                ..
+            }) if q.damage.len() < MAX_DAMAGE => {
+                let file = path
+                    .file_name()
+                    .map_or(path.clone().into(), |n| n.to_owned());
+                let what = format!("{} at offset {offset}: {reason}", file.to_string_lossy());
+                match r.skip_damage() {
+                    Ok(s) => q.damage.push(format!("{what}; not counted up to {}", s.to)),
+                    Err(e) => {
+                        q.damage
+                            .push(format!("{what}; nothing counted after it ({e})"));
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                q.error = Some(e.to_string());
+                break;
+            }
         }
     }
-    let age = oldest.map(|t| mirrorfs::now_ns().saturating_sub(t) / 1_000_000_000);
-    Ok((n, bytes, age))
+    q.oldest_age_secs = oldest.map(|t| mirrorfs::now_ns().saturating_sub(t) / 1_000_000_000);
+    q
+}
+
+/// The number of names in a dirty-set-format file, or the problem reading it.
+fn count_names(path: &std::path::Path, problems: &mut Vec<String>) -> usize {
+    match DirtySet::load(path) {
+        Ok(d) => d.map_or(0, |d| d.names.len()),
+        Err(e) => {
+            problems.push(e.to_string());
+            0
+        }
+    }
 }
 
 /// `mirror-ctl status`.
@@ -114,17 +184,28 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
     let mount = mirrorfs::keeper::MountStatus::load(state.root());
     let mut rows = Vec::new();
     for s in states {
-        let (queued_entries, queued_bytes, oldest_age_secs) =
-            queue(state, &s.site, s.acked, &by_crc)
-                .with_context(|| format!("counting the queue of site {}", s.site))?;
-        let dirty_files = DirtySet::load(&blocked::dirty_path(state.root(), &s.site))?
-            .map_or(0, |d| d.names.len());
+        let q = queue(state, &s.site, s.acked, &by_crc);
+        let mut problems: Vec<String> = q
+            .error
+            .map(|e| format!("counting the queue: {e}"))
+            .into_iter()
+            .collect();
+        let dirty = blocked::dirty_path(state.root(), &s.site);
+        let dirty_files = count_names(&dirty, &mut problems);
+        let resync = state
+            .root()
+            .join("resync")
+            .join(dirty.file_name().unwrap_or_default());
+        let resync_files = count_names(&resync, &mut problems);
         rows.push(Row {
             state: s,
-            queued_entries,
-            queued_bytes,
-            oldest_age_secs,
+            queued_entries: q.entries,
+            queued_bytes: q.bytes,
+            oldest_age_secs: q.oldest_age_secs,
             dirty_files,
+            resync_files,
+            journal_damage: q.damage,
+            problems,
             sender_running: running,
             mount: mount.clone(),
         });
@@ -179,14 +260,31 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
         };
         println!("{}: {state_text}", s.site);
         println!(
-            "  queued: {} entries, {}{}",
+            "  queued: {} entries, {}{}{}",
             r.queued_entries,
             human(r.queued_bytes),
             r.oldest_age_secs
-                .map_or(String::new(), |a| format!(", oldest {} old", age(a)))
+                .map_or(String::new(), |a| format!(", oldest {} old", age(a))),
+            if r.journal_damage.is_empty() && r.problems.is_empty() {
+                ""
+            } else {
+                " (as far as the journal can be read)"
+            }
         );
+        for d in &r.journal_damage {
+            println!("  journal damaged: {d}");
+        }
         if r.dirty_files > 0 {
             println!("  files to send whole: {}", r.dirty_files);
+        }
+        if r.resync_files > 0 {
+            println!(
+                "  files or rules to send whole after journal damage: {}",
+                r.resync_files
+            );
+        }
+        for p in &r.problems {
+            println!("  cannot tell: {p}");
         }
         if running {
             println!(

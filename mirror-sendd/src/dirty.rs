@@ -57,6 +57,9 @@ fn free_bytes(dir: &Path) -> u64 {
     }
 }
 
+/// Damaged stretches skipped in one pass, at most.
+const MAX_SKIPS: usize = 1000;
+
 /// The dirty set file of `site`.
 pub fn path(shared: &Shared, site: &str) -> PathBuf {
     dirty_path(&shared.state_dir, site)
@@ -74,7 +77,9 @@ pub fn track(shared: &Shared, limit: QueueLimit) {
 
 fn track_site(shared: &Shared, site: &str, dirty: bool, limit: QueueLimit) -> Result<(), String> {
     let _g = lock(&shared.dirty_lock);
-    if !shared.sites.is_blocked(site) {
+    // A session already up (the site was blocked while it ran, by a heartbeat silence) owns the
+    // position and the dirty set until it ends.
+    if !shared.sites.is_blocked(site) || shared.sites.is_connected(site) {
         return Ok(());
     }
     let acked = shared.acked(site);
@@ -105,7 +110,27 @@ fn track_site(shared: &Shared, site: &str, dirty: bool, limit: QueueLimit) -> Re
     .map_err(|e| e.to_string())?;
     let table = shared.table.load_full();
     let mut added = 0usize;
-    while let Some((_, e)) = reader.next_entry().map_err(|e| e.to_string())? {
+    let mut skips = 0;
+    loop {
+        let e = match reader.next_entry() {
+            Ok(Some((_, e))) => e,
+            Ok(None) => break,
+            // The site is blocked and its backlog goes whole anyway: a damaged record is
+            // skipped at once, the files it may have changed sent whole too (`resync`).
+            Err(err @ journal::JournalError::Corrupt { .. }) if skips < MAX_SKIPS => {
+                skips += 1;
+                let skipped = reader.skip_damage().map_err(|e| e.to_string())?;
+                let names = crate::resync::names_for(&table, site, &skipped);
+                crate::resync::add_locked(shared, site, &names)?;
+                log::error!(
+                    "site {site}: skipped the damaged journal bytes from {} to {} ({err}); the files of its rules are sent whole when it is back",
+                    skipped.from,
+                    skipped.to
+                );
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         if table.sends_to(e.rule_crc, site).is_none() {
             continue;
         }

@@ -1,7 +1,8 @@
 //! The sender's heartbeats with one site (seeds/003): a UDP socket to the router's port sends
-//! a beat every interval; the router's beats that come back update the site's monitor, which
-//! the link reads to block the site on an interruption and to end the outage after the
-//! probationary interval.
+//! a beat every interval; the router's beats that come back update the site's monitor. The
+//! thread itself reports an interruption as soon as the silence passes the threshold (the
+//! link may be stuck in a write or a connect meanwhile, issue 12 item 9); the link reads the
+//! monitor to end its session and, after the probationary interval, the outage.
 
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,10 @@ use mirrorfs::wire::heartbeat::{self, Beat, Monitor, Timing};
 
 use crate::shared::lock;
 
+/// What to do when the router's beats have been silent for longer than the threshold (called
+/// once per interruption, with the silence so far).
+pub type OnSilence = Box<dyn Fn(Duration) + Send>;
+
 /// Beats with `site` as source `id` until `done` is set.
 pub fn spawn(
     site: String,
@@ -21,11 +26,12 @@ pub fn spawn(
     timing: Timing,
     monitor: Arc<Mutex<Monitor>>,
     done: Arc<AtomicBool>,
+    on_silence: OnSilence,
 ) {
     let name = format!("heartbeat {site}");
     let spawned = std::thread::Builder::new()
         .name(name)
-        .spawn(move || run(&site, &id, &keys, timing, &monitor, &done));
+        .spawn(move || run(&site, &id, &keys, timing, &monitor, &done, &on_silence));
     if let Err(e) = spawned {
         log::error!("cannot start a heartbeat thread: {e}");
     }
@@ -54,12 +60,24 @@ fn run(
     timing: Timing,
     monitor: &Mutex<Monitor>,
     done: &AtomicBool,
+    on_silence: &OnSilence,
 ) {
     let mut sock: Option<UdpSocket> = None;
     let mut next = Instant::now();
     let mut buf = [0u8; 512];
     let mut warned = false;
+    let mut reported = false;
     while !done.load(Ordering::Relaxed) {
+        // At most one read timeout (200 ms) after the silence passes the threshold.
+        let silent = lock(monitor).interrupted(Instant::now(), timing.threshold);
+        match silent {
+            Some(d) if !reported => {
+                reported = true;
+                on_silence(d);
+            }
+            Some(_) => {}
+            None => reported = false,
+        }
         if sock.is_none() {
             match socket(site, timing) {
                 Ok(s) => sock = Some(s),

@@ -2,10 +2,18 @@
 //! (many in flight), follow acknowledgements, answer configuration and copy requests.
 //!
 //! A failed session is retried at once a few times; when the site still cannot be reached, or
-//! its heartbeats stop for longer than the threshold, the site is blocked (seeds/002 [0067])
-//! and the link waits for a reason to try again: heartbeats steady for the probationary
-//! interval, the periodic unblock, or `mirror-ctl unblock` ([0068]). It then resumes from the
-//! oldest unacknowledged entry, after sending the site's dirty set whole if it has one.
+//! its heartbeats stop for longer than the threshold (noticed by the heartbeat thread whatever
+//! the link is doing), the site is blocked (seeds/002 [0067]) and the link waits for a reason
+//! to try again: heartbeats steady for the probationary interval, the periodic unblock, or
+//! `mirror-ctl unblock` ([0068]). It then resumes from the oldest unacknowledged entry, after
+//! sending the site's dirty set whole if it has one.
+//!
+//! Trouble on this machine (a journal record that cannot be read) blocks the site too, with
+//! the reason, but heartbeats say nothing about it: it is retried after a delay that doubles
+//! each time. A damaged record still there after `--skip-damage-after` (or at once on
+//! `mirror-ctl unblock`) is skipped ([`JournalReader::skip_damage`]): the files it may have
+//! changed are recorded durably for a resync ([`crate::resync`]) and sent whole once the link
+//! has caught up with the journal.
 
 use std::collections::VecDeque;
 use std::io::{BufReader, Write};
@@ -27,6 +35,7 @@ use mirrorfs::wire::{codec, read_sealed, Msg, Part, Role, WireEntry, WireError, 
 use std::os::unix::ffi::OsStrExt;
 
 use crate::copy::CopyJob;
+use crate::resync;
 use crate::shared::{lock, Shared};
 use mirrorfs::copycheck::may_copy;
 
@@ -44,6 +53,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRIES: u32 = 3;
 /// The shortest time a write to the router may stall before the session is given up.
 const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The first pause after trouble on this machine; it doubles with every failed attempt.
+const LOCAL_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The longest pause after trouble on this machine (at most the periodic unblock).
+const LOCAL_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Skipped stretches remembered, at most.
+const MAX_SKIPS: usize = 1000;
+/// A session that lasted this long made progress, even without an acknowledgement.
+const PROGRESS_TIME: Duration = Duration::from_secs(10);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +86,101 @@ pub enum LinkError {
     /// The router's heartbeats stopped.
     #[error("no heartbeat from the router for {0:.1?}")]
     Heartbeat(Duration),
+    /// The journal record at `at` is damaged.
+    #[error("{err}")]
+    Damaged {
+        /// Where the reader stopped.
+        at: Position,
+        /// What the reader said.
+        err: JournalError,
+    },
+    /// Something else on this machine (the resync set cannot be written).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl LinkError {
+    /// Whether the trouble is on this machine (the journal), not with the site.
+    fn is_local(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Journal(_) | LinkError::Damaged { .. } | LinkError::Local(_)
+        )
+    }
+}
+
+/// Trouble on this machine that keeps a site blocked whatever its router does: retried after
+/// a growing pause, not when heartbeats are steady.
+#[derive(Debug, Default)]
+struct LocalTrouble {
+    /// Failed attempts in a row.
+    attempts: u32,
+    /// When to try again.
+    next_try: Option<Instant>,
+    /// The damaged journal record the link is stuck at.
+    damage: Option<Damage>,
+}
+
+#[derive(Debug)]
+struct Damage {
+    at: Position,
+    since: Instant,
+    /// `mirror-ctl unblock` asked to go on.
+    skip_now: bool,
+}
+
+impl LocalTrouble {
+    fn active(&self) -> bool {
+        self.next_try.is_some() || self.damage.is_some()
+    }
+
+    /// The damaged position to skip in this attempt: seen for `grace` already, or asked for.
+    fn skip_at(&self, grace: Duration) -> Option<Position> {
+        self.damage
+            .as_ref()
+            .filter(|d| d.skip_now || d.since.elapsed() >= grace)
+            .map(|d| d.at)
+    }
+
+    /// Counts a failed attempt; the pause before the next one.
+    fn failed(&mut self, cap: Duration) -> Duration {
+        self.attempts += 1;
+        let pause = LOCAL_BACKOFF_FIRST
+            .saturating_mul(1 << (self.attempts - 1).min(16))
+            .min(cap.max(LOCAL_BACKOFF_FIRST));
+        self.next_try = Some(Instant::now() + pause);
+        pause
+    }
+}
+
+/// Damaged stretches of the journal this link skipped (from → to), whose files are in the
+/// resync set already: met again (after a reconnect, or a configuration request that sends
+/// from the last acknowledgement again), they are passed over at once.
+type Skips = std::collections::BTreeMap<Position, Position>;
+
+/// What a session learns of the journal's trouble and passes on to the next.
+struct Trouble<'a> {
+    local: &'a mut LocalTrouble,
+    skips: &'a mut Skips,
+}
+
+/// The reason a damaged journal record blocks `site`, and what happens next.
+fn damage_reason(err: &JournalError, site: &str, grace: Duration) -> String {
+    let what = match err {
+        JournalError::Corrupt {
+            path,
+            offset,
+            reason,
+            ..
+        } => format!(
+            "journal segment {} is corrupt at offset {offset}: {reason}",
+            path.display()
+        ),
+        other => other.to_string(),
+    };
+    format!(
+        "{what}; tried again with a growing pause and skipped after {grace:?}, the files of this site's rules then being sent whole (`mirror-ctl unblock {site}` skips it now)"
+    )
 }
 
 enum Event {
@@ -82,6 +194,18 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
     let sites = &shared.sites;
     let monitor = sites.heartbeat(&site);
     let beating = Arc::new(AtomicBool::new(false));
+    // A silence is reported when it passes the threshold, whatever the link is doing (stuck in
+    // a write to a router the network no longer reaches, or in a connect).
+    let on_silence = {
+        let (shared, site) = (shared.clone(), site.clone());
+        move |silent: Duration| {
+            if !shared.sites.is_blocked(&site) {
+                shared
+                    .sites
+                    .block(&site, &LinkError::Heartbeat(silent).to_string());
+            }
+        }
+    };
     crate::heartbeat::spawn(
         site.clone(),
         shared.site_id.clone(),
@@ -89,13 +213,21 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
         sites.policy.timing,
         monitor.clone(),
         beating.clone(),
+        Box::new(on_silence),
     );
     let mut failures = 0u32;
     let mut last_try = Instant::now();
+    let mut local = LocalTrouble::default();
+    let mut skips = Skips::new();
     while !stop.load(Ordering::Relaxed) && shared.table.load().has_site(&site) {
         if sites.is_blocked(&site) {
-            match wait_for_unblock(&shared, &site, &stop, &monitor, last_try) {
-                Some(why) => log::info!("site {site}: trying again ({why})"),
+            match wait_for_unblock(&shared, &site, &stop, &monitor, last_try, local.next_try) {
+                Some((why, asked)) => {
+                    if let Some(d) = local.damage.as_mut().filter(|_| asked) {
+                        d.skip_now = true;
+                    }
+                    log::info!("site {site}: trying again ({why})")
+                }
                 None => break,
             }
             // Old silence must not end the new session at once (where heartbeats no longer
@@ -103,18 +235,50 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
             *lock(&monitor) = Monitor::default();
         }
         last_try = Instant::now();
-        let mut connected = false;
-        match session(&shared, &site, &stop, &mut connected, &monitor) {
+        let mut acked = false;
+        skips.retain(|_, to| *to > shared.acked(&site));
+        let mut trouble = Trouble {
+            local: &mut local,
+            skips: &mut skips,
+        };
+        match session(&shared, &site, &stop, &mut acked, &monitor, &mut trouble) {
             Ok(()) => break,
+            Err(e) if e.is_local() => {
+                sites.set_connected(&site, false, Some(e.to_string()));
+                let policy = &sites.policy;
+                let pause = local.failed(policy.unblock_every.min(LOCAL_BACKOFF_MAX));
+                let reason = match &e {
+                    LinkError::Damaged { at, err } => {
+                        if local.damage.as_ref().is_none_or(|d| d.at != *at) {
+                            local.damage = Some(Damage {
+                                at: *at,
+                                since: Instant::now(),
+                                skip_now: false,
+                            });
+                        }
+                        damage_reason(err, &site, policy.skip_damage_after)
+                    }
+                    other => other.to_string(),
+                };
+                if sites.is_blocked(&site) {
+                    log::info!("site {site}: {e}; trying again in {pause:?}");
+                }
+                sites.block(&site, &reason);
+                failures = 0;
+            }
             Err(e) => {
                 let msg = e.to_string();
                 sites.set_connected(&site, false, Some(msg.clone()));
-                failures = if connected { 1 } else { failures + 1 };
-                if matches!(e, LinkError::Heartbeat(_))
-                    || failures >= RETRIES
-                    || sites.is_blocked(&site)
-                {
-                    sites.block(&site, &msg);
+                // The site's own trouble: its heartbeats tell when to try again.
+                local.next_try = None;
+                let progress = acked || last_try.elapsed() >= PROGRESS_TIME;
+                failures = if progress { 1 } else { failures + 1 };
+                let heartbeat = matches!(e, LinkError::Heartbeat(_));
+                if heartbeat || failures >= RETRIES || sites.is_blocked(&site) {
+                    // A silence the heartbeat thread reported already keeps its first reason.
+                    if !(heartbeat && sites.is_blocked(&site)) {
+                        sites.block(&site, &msg);
+                    }
                     failures = 0;
                     continue;
                 }
@@ -137,34 +301,48 @@ fn pause(stop: &AtomicBool, d: Duration) {
 }
 
 /// Waits while `site` is blocked for a reason to try it again (heartbeats steady for the
-/// probationary interval, the periodic unblock, or a request); `None` when the link stops.
+/// probationary interval, the periodic unblock, or a request; after trouble on this machine,
+/// `local_next` instead of heartbeats); `None` when the link stops, else why and whether
+/// `mirror-ctl unblock` asked.
 fn wait_for_unblock(
     shared: &Shared,
     site: &str,
     stop: &AtomicBool,
     monitor: &Mutex<Monitor>,
     last_try: Instant,
-) -> Option<String> {
+    local_next: Option<Instant>,
+) -> Option<(String, bool)> {
     let policy = &shared.sites.policy;
     loop {
         if stop.load(Ordering::Relaxed) || !shared.table.load().has_site(site) {
             return None;
         }
         if shared.sites.take_unblock_request(site) {
-            return Some("asked by mirror-ctl unblock".into());
+            return Some(("asked by mirror-ctl unblock".into(), true));
         }
         let now = Instant::now();
         if now.duration_since(last_try) >= policy.unblock_every {
-            return Some(format!(
-                "periodic unblock, every {:?}",
-                policy.unblock_every
+            return Some((
+                format!("periodic unblock, every {:?}", policy.unblock_every),
+                false,
             ));
         }
-        let steady = lock(monitor).steady_for(now, policy.timing.threshold);
-        if steady >= policy.timing.probation
-            && now.duration_since(last_try) >= policy.timing.probation
-        {
-            return Some(format!("heartbeats steady for {steady:.1?}"));
+        match local_next {
+            Some(t) if now >= t => {
+                return Some((
+                    format!("after a pause of {:.1?}", now.duration_since(last_try)),
+                    false,
+                ))
+            }
+            Some(_) => {}
+            None => {
+                let steady = lock(monitor).steady_for(now, policy.timing.threshold);
+                if steady >= policy.timing.probation
+                    && now.duration_since(last_try) >= policy.timing.probation
+                {
+                    return Some((format!("heartbeats steady for {steady:.1?}"), false));
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -282,15 +460,25 @@ struct Session<'a> {
     /// once that is sent.
     dirty: Option<(std::path::PathBuf, Option<u64>)>,
     monitor: &'a Mutex<Monitor>,
+    /// Trouble with the journal in earlier attempts; cleared once the reader is past it.
+    local: &'a mut LocalTrouble,
+    /// Damage skipped already.
+    skips: &'a mut Skips,
+    /// Files to send whole after journal damage, once caught up with the journal.
+    resync_pending: resync::Names,
+    /// Those being sent, and the frame that carried the last part once that is sent.
+    resync_sending: Option<(resync::Names, Option<u64>)>,
 }
 
 fn session(
     shared: &Shared,
     site: &str,
     stop: &AtomicBool,
-    connected: &mut bool,
+    acked: &mut bool,
     monitor: &Mutex<Monitor>,
+    trouble: &mut Trouble<'_>,
 ) -> Result<(), LinkError> {
+    let Trouble { local, skips } = trouble;
     let stream = connect(site)?;
     stream.set_nodelay(true).map_err(WireError::Io)?;
     keepalive(&stream);
@@ -325,19 +513,22 @@ fn session(
         }
     };
     stream.set_read_timeout(None).map_err(WireError::Io)?;
-    *connected = true;
     shared.sites.set_connected(site, true, None);
-    shared.sites.unblock(site);
+    // Trouble with the journal is over only once the reader is past it.
+    if !local.active() {
+        shared.sites.unblock(site);
+    }
     // The dirty set and the position it ends at are read together (see `dirty`).
     let dirty_guard = lock(&shared.dirty_lock);
-    let acked = shared.acked(site);
+    let start = shared.acked(site);
     let dirty_file = crate::dirty::path(shared, site);
     let dirty = DirtySet::load(&dirty_file).map_err(|e| LinkError::Protocol(e.to_string()))?;
     drop(dirty_guard);
-    let reader = match JournalReader::open(&shared.journal_dir, acked) {
+    let resync_pending = resync::load(shared, site).map_err(LinkError::Local)?;
+    let reader = match JournalReader::open(&shared.journal_dir, start) {
         Err(JournalError::Gap { oldest, .. }) => {
             log::error!(
-                "site {site}: journal entries from {acked} were removed before it acknowledged them; run `mirror-ctl sync` to copy everything again"
+                "site {site}: journal entries from {start} were removed before it acknowledged them; run `mirror-ctl sync` to copy everything again"
             );
             JournalReader::open(
                 &shared.journal_dir,
@@ -348,7 +539,7 @@ fn session(
     };
     log::info!(
         "site {site}: connected; resuming at {} (router has up to {})",
-        acked,
+        start,
         received.map_or("nothing".into(), |p| p.to_string())
     );
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -362,24 +553,30 @@ fn session(
         reader,
         inflight: VecDeque::new(),
         inflight_bytes: 0,
-        acked_next: acked,
+        acked_next: start,
         copy: None,
         extras: VecDeque::new(),
         frames: 0,
         acked_frames: 0,
         dirty: None,
         monitor,
+        local,
+        skips,
+        resync_pending,
+        resync_sending: None,
     };
     if let Some(set) = dirty {
         s.queue_dirty(set, dirty_file);
     }
-    if let Some(rcv) = received.filter(|&p| p >= acked) {
-        s.skip_through(rcv)?;
+    let result = match received.filter(|&p| p >= start) {
+        Some(rcv) => s.skip_through(rcv),
+        None => Ok(()),
     }
-    let result = s.serve(&rx, stop);
+    .and_then(|()| s.serve(&rx, stop));
     done.store(true, Ordering::Relaxed);
     let _ = stream.shutdown(Shutdown::Both);
     shared.set_acked(site, s.acked_next, true);
+    *acked = s.acked_frames > 0;
     result
 }
 
@@ -468,14 +665,96 @@ impl Session<'_> {
         }
     }
 
-    /// The router already holds everything through `pos`: start after it.
+    /// The router already holds everything through `pos`: start after it (if the entry
+    /// there cannot be read, from the last acknowledgement, where the reader meets it).
     fn skip_through(&mut self, pos: Position) -> Result<(), LinkError> {
         self.reader.seek(pos)?;
-        match self.reader.next_entry()? {
-            Some((p, _)) if p == pos => self.acked_next = self.reader.position(),
+        match self.reader.next_entry() {
+            Ok(Some((p, _))) if p == pos => self.acked_next = self.reader.position(),
             _ => self.reader.seek(self.acked_next)?,
         }
         Ok(())
+    }
+
+    /// After a read of the journal that did not fail: trouble from earlier attempts is over
+    /// once the reader is past the damaged record (or found nothing more to read).
+    fn journal_read(&mut self, caught_up: bool) {
+        if !self.local.active() {
+            return;
+        }
+        let past = self
+            .local
+            .damage
+            .as_ref()
+            .is_none_or(|d| caught_up || self.reader.position() > d.at);
+        if past {
+            *self.local = LocalTrouble::default();
+            self.shared.sites.unblock(self.site);
+        }
+    }
+
+    /// Skips the damaged record the reader is at: records what its entries may have changed
+    /// for a resync (durably, before reading on), keeps the segment for inspection, goes on.
+    fn skip_damage(&mut self, err: &JournalError) -> Result<(), LinkError> {
+        let skipped = self.reader.skip_damage()?;
+        let table = self.shared.table.load();
+        let names = resync::names_for(&table, self.site, &skipped);
+        if let Err(e) = resync::add(self.shared, self.site, &names) {
+            self.reader.seek(skipped.from)?;
+            return Err(LinkError::Local(format!(
+                "cannot record the files to send whole after journal damage: {e}"
+            )));
+        }
+        let kept = keep_damaged(self.shared, skipped.from.segment);
+        let rules = table.rules_of(self.site).len();
+        log::error!(
+            "site {}: skipped the damaged journal bytes from {} to {} ({err}); the files of its {rules} rules are sent whole once it has caught up with the journal ({} names read from the damaged records){kept}",
+            self.site,
+            skipped.from,
+            skipped.to,
+            skipped.guessed.len(),
+        );
+        self.resync_pending.extend(names);
+        if self.skips.len() < MAX_SKIPS {
+            self.skips.insert(skipped.from, skipped.to);
+        }
+        *self.local = LocalTrouble::default();
+        self.shared.sites.unblock(self.site);
+        Ok(())
+    }
+
+    /// Once caught up with the journal: starts sending the files to send whole after journal
+    /// damage; whether it queued anything.
+    fn start_resync(&mut self) -> bool {
+        if self.resync_sending.is_some() || self.resync_pending.is_empty() {
+            return false;
+        }
+        let table = self.shared.table.load();
+        let Some(jobs) = resync::jobs(&table, self.site, &self.resync_pending) else {
+            log::debug!(
+                "site {}: a rule's source cannot be looked at now; the resync waits",
+                self.site
+            );
+            return false;
+        };
+        log::warn!(
+            "site {}: sending whole what journal damage hid ({} names)",
+            self.site,
+            self.resync_pending.len()
+        );
+        self.extras.extend(jobs);
+        self.resync_sending = Some((std::mem::take(&mut self.resync_pending), None));
+        true
+    }
+
+    /// The resync is stored at the router once the frame with its last part is.
+    fn finish_resync(&mut self, stored_frames: u64) {
+        if let Some((names, Some(last))) = &self.resync_sending {
+            if stored_frames >= *last {
+                resync::retire(self.shared, self.site, names);
+                self.resync_sending = None;
+            }
+        }
     }
 
     fn serve(&mut self, rx: &Receiver<Event>, stop: &AtomicBool) -> Result<(), LinkError> {
@@ -523,6 +802,7 @@ impl Session<'_> {
                     self.inflight.pop_front();
                 }
                 self.finish_dirty(frames);
+                self.finish_resync(frames);
                 self.note_progress();
                 Ok(())
             }
@@ -545,6 +825,10 @@ impl Session<'_> {
                 self.inflight.clear();
                 self.inflight_bytes = 0;
                 self.copy = None;
+                if let Some((names, _)) = self.resync_sending.take() {
+                    // So was what was sent of the resync: send it again.
+                    self.resync_pending.extend(names);
+                }
                 if let Some((file, _)) = self.dirty.take() {
                     // What was sent of the dirty set was dropped too: send it again.
                     match DirtySet::load(&file) {
@@ -630,7 +914,35 @@ impl Session<'_> {
                 }
                 continue;
             }
-            let Some((pos, e)) = self.reader.next_entry()? else {
+            let next = match self.reader.next_entry() {
+                Ok(next) => next,
+                // Send what was read before the damage first, and wait for its
+                // acknowledgement (the site's position then stops right at the damage).
+                Err(JournalError::Corrupt { .. })
+                    if !batch.is_empty() || !self.inflight.is_empty() =>
+                {
+                    break
+                }
+                Err(err @ JournalError::Corrupt { .. }) => {
+                    let at = self.reader.position();
+                    if let Some(&to) = self.skips.get(&at) {
+                        self.reader.seek(to)?;
+                        continue;
+                    }
+                    let grace = self.shared.sites.policy.skip_damage_after;
+                    if self.local.skip_at(grace) == Some(at) {
+                        self.skip_damage(&err)?;
+                        continue;
+                    }
+                    return Err(LinkError::Damaged { at, err });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.journal_read(next.is_none());
+            let Some((pos, e)) = next else {
+                if self.start_resync() {
+                    continue;
+                }
                 break;
             };
             let next = self.reader.position();
@@ -674,6 +986,12 @@ impl Session<'_> {
                 self.finish_dirty(self.acked_frames);
             }
         }
+        if let Some((_, last @ None)) = &mut self.resync_sending {
+            if self.extras.is_empty() && self.copy.is_none() {
+                *last = Some(frame);
+                self.finish_resync(self.acked_frames);
+            }
+        }
         if batch.is_empty() {
             self.note_progress();
             return Ok(false);
@@ -698,5 +1016,26 @@ impl Session<'_> {
         });
         self.inflight_bytes += bytes;
         bytes
+    }
+}
+
+/// Keeps a hard link to damaged segment `n` in `<state>/damaged/` (the journal removes the
+/// segment once every site passed it); a note for the log line.
+fn keep_damaged(shared: &Shared, n: u64) -> String {
+    let from = mirrorfs::journal::segment_path(&shared.journal_dir, n);
+    let dir = shared.state_dir.join("damaged");
+    let Some(name) = from.file_name() else {
+        return String::new();
+    };
+    let to = dir.join(name);
+    if to.exists() {
+        return format!("; the segment is kept as {}", to.display());
+    }
+    match mirrorfs::state::private_dir(&dir).and_then(|()| std::fs::hard_link(&from, &to)) {
+        Ok(()) => format!("; the segment is kept as {} for inspection", to.display()),
+        Err(e) => {
+            log::warn!("cannot keep {} for inspection: {e}", from.display());
+            String::new()
+        }
     }
 }

@@ -5,12 +5,14 @@
 //! Modules: `table` (the send table, by rule CRC), `link` (one site's session, blocking and
 //! unblocking), `copy` (expansion of copy entries), `shared` (what the links share: table,
 //! SFA log), `sites` (blocked sites, heartbeat monitors, errors), `heartbeat` (UDP beats with
-//! a site), `dirty` (the bounded queue of a blocked site).
+//! a site), `dirty` (the bounded queue of a blocked site), `resync` (files to send whole after
+//! a damaged journal record was skipped).
 
 mod copy;
 mod dirty;
 mod heartbeat;
 mod link;
+mod resync;
 mod shared;
 mod sites;
 mod table;
@@ -47,6 +49,10 @@ A site that cannot be reached (or whose heartbeats stop) is blocked: changes wai
 and `mirror-ctl status` says so. It is tried again when its heartbeats have been steady for the
 probation, every --unblock-every, and on `mirror-ctl unblock`. Heartbeats are UDP datagrams to
 and from the router's port number (the same number as its TCP port).
+
+A journal record that cannot be read blocks its sites too (status names segment and offset);
+it is read again after a growing pause, and skipped after --skip-damage-after (or at once on
+`mirror-ctl unblock SITE`), the files of the site's rules then being sent whole.
 
 Example:
   mirror-sendd --state ~/.local/state/mirror --on-block 'notify-send \"mirror: $MIRROR_SITE is down\"'"
@@ -85,6 +91,12 @@ struct Cli {
     /// Shell command run when a site is blocked (MIRROR_SITE and MIRROR_REASON are set).
     #[arg(long, value_name = "CMD", help_heading = OUTAGES)]
     on_block: Option<String>,
+    /// A damaged journal record blocks its sites and is read again with a growing pause; once
+    /// it has been damaged this long (or at once on `mirror-ctl unblock SITE`), it is skipped
+    /// and the files of the site's rules are sent whole.
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = OUTAGES,
+          value_parser = mirrorfs::units::parse_duration)]
+    skip_damage_after: Duration,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -108,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
             unblock_every: cli.unblock_every,
             on_block: cli.on_block.clone(),
+            skip_damage_after: cli.skip_damage_after,
         },
     )?;
     let keys =

@@ -22,6 +22,9 @@ pub struct Policy {
     pub unblock_every: std::time::Duration,
     /// Shell command run (with `MIRROR_SITE` and `MIRROR_REASON` set) when a site is blocked.
     pub on_block: Option<String>,
+    /// How long a damaged journal record is retried before it is skipped (and the files of
+    /// the site's rules sent whole).
+    pub skip_damage_after: std::time::Duration,
 }
 
 /// Runtime state of one site.
@@ -51,7 +54,7 @@ impl Sites {
             log::warn!(
                 "site {} is blocked since {} ({}); it is tried again when its heartbeats are steady, every {:?}, or on `mirror-ctl unblock`",
                 b.site,
-                b.since,
+                mirrorfs::logging::format_utc(b.since.saturating_mul(1_000_000_000)),
                 b.reason,
                 policy.unblock_every
             );
@@ -77,6 +80,11 @@ impl Sites {
             .or_default()
             .heartbeat
             .clone()
+    }
+
+    /// Whether a session with `site` is up.
+    pub fn is_connected(&self, site: &str) -> bool {
+        lock(&self.live).get(site).is_some_and(|l| l.connected)
     }
 
     /// Whether `site` is blocked.

@@ -48,6 +48,15 @@ impl SendTable {
             .map(|(_, r, _)| r)
     }
 
+    /// Every rule that sends to `site`.
+    pub fn rules_of(&self, site: &str) -> Vec<Arc<Rule>> {
+        self.by_crc
+            .iter()
+            .filter(|(_, _, sites)| sites.iter().any(|s| s == site))
+            .map(|(_, r, _)| r.clone())
+            .collect()
+    }
+
     /// Whether some rule sends to `site`.
     pub fn has_site(&self, site: &str) -> bool {
         self.by_crc

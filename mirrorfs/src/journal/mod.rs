@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use format::FormatError;
-pub use reader::JournalReader;
+pub use reader::{JournalReader, Skipped};
 pub use writer::{Journal, JournalConfig, Watermark};
 
 /// Where a record starts (or, for an end, where the next one would start).

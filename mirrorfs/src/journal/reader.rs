@@ -153,7 +153,13 @@ impl JournalReader {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                race_point(RacePoint::Missing);
                 let segs = list_segments(&self.dir)?;
+                // Created since the open failed (the writer moved on meanwhile): not a gap;
+                // it is read on the next call.
+                if segs.contains(&n) {
+                    return Ok(false);
+                }
                 if let Some(&oldest) = segs.first() {
                     if segs.iter().any(|&s| s > n) {
                         return Err(JournalError::Gap {
@@ -234,9 +240,22 @@ impl JournalReader {
         }
     }
 
-    /// Decides what bytes that are not a valid record mean. `Ok(true)`: the segment turned
-    /// out to be sealed there, go on; `Ok(false)`: the writer has not finished, wait.
+    /// Decides what bytes that are not a valid record mean. `Ok(true)`: look again (the
+    /// segment turned out to be sealed, so its bytes no longer change); `Ok(false)`: the
+    /// writer has not finished, wait.
+    ///
+    /// The writer appends the index, rewrites the header as sealed, and only then creates the
+    /// next segment. So the next segment is looked for *before* the header is read: once a
+    /// later segment has been seen, a header read afterwards shows the seal unless the segment
+    /// really is damaged (reading the header first raced the rotation: a healthy segment
+    /// whose header was read just before it was sealed looked damaged, issue 12). Bytes read
+    /// before the seal was seen are read again once: a record that was still being written
+    /// then is complete now.
     fn resolve_stuck(&mut self, reason: FormatError) -> Result<bool, JournalError> {
+        let n = self.seg.as_ref().expect("stuck needs an open segment").n;
+        race_point(RacePoint::Stuck);
+        let later = list_segments(&self.dir)?.iter().any(|&s| s > n);
+        race_point(RacePoint::BetweenLooks);
         let seg = self.seg.as_mut().expect("stuck needs an open segment");
         let corrupt = |seg: &Segment, offset| JournalError::Corrupt {
             path: seg.path.clone(),
@@ -244,17 +263,18 @@ impl JournalReader {
             offset,
             reason,
         };
+        let knew_sealed = seg.sealed_end.is_some();
         if let Some(h) = read_header(seg)? {
             if h.sealed {
                 seg.sealed_end = Some(h.index_offset);
-                return if self.pos.offset == h.index_offset {
+                return if self.pos.offset == h.index_offset || !knew_sealed {
                     Ok(true)
                 } else {
                     Err(corrupt(seg, self.pos.offset))
                 };
             }
         }
-        if list_segments(&self.dir)?.iter().any(|&s| s > seg.n) {
+        if later {
             return Err(corrupt(seg, self.pos.offset));
         }
         if matches!(reason, FormatError::Truncated { .. }) {
@@ -262,25 +282,269 @@ impl JournalReader {
         }
         // Bad bytes in the newest segment: a record being written now has nothing valid after
         // it; damage in the middle does.
-        let mut rest = Vec::new();
-        let start = self.pos.offset + 1;
-        let mut buf = vec![0u8; READ_AHEAD];
-        loop {
-            let n = seg
-                .file
-                .read_at(&mut buf, start + rest.len() as u64)
-                .map_err(|e| JournalError::io(&seg.path, e))?;
-            if n == 0 {
-                break;
-            }
-            rest.extend_from_slice(&buf[..n]);
-        }
+        let rest = read_to_end(seg, self.pos.offset + 1)?;
         if format::find_valid_record(&rest).is_some() {
             return Err(corrupt(seg, self.pos.offset));
         }
         Ok(false)
     }
+
+    /// After [`JournalError::Corrupt`] from [`JournalReader::next_entry`]: moves past the
+    /// damage to the next record that can be read, and says what was passed over.
+    ///
+    /// In a sealed segment whose index is intact, the next record is the first one the index
+    /// lists after the damage that verifies; otherwise the damaged record's own length is
+    /// used when the record after it verifies, else the first valid record found in the bytes
+    /// that follow (every record carries its CRC), else the start of the next segment. A
+    /// damaged segment header hides where the segment ends: the rest of that segment is
+    /// passed over (once a later segment exists). Fails, leaving the position as it was, when
+    /// the damage is at the end of the segment being written (nothing to skip to yet).
+    pub fn skip_damage(&mut self) -> Result<Skipped, JournalError> {
+        let from = self.pos;
+        let n = from.segment;
+        let path = segment_path(&self.dir, n);
+        self.seg = None;
+        self.buf.clear();
+        let file = File::open(&path).map_err(|e| JournalError::io(&path, e))?;
+        let seg = Segment {
+            n,
+            path,
+            file,
+            sealed_end: None,
+        };
+        let later = list_segments(&self.dir)?.iter().any(|&s| s > n);
+        let next_segment = Position::new(n + 1, SEGMENT_HEADER_LEN);
+        let header = read_header(&seg).ok().flatten().filter(|h| h.segment == n);
+        let stuck = |reason| JournalError::Corrupt {
+            path: seg.path.clone(),
+            segment: n,
+            offset: from.offset,
+            reason: FormatError::BadLength(reason),
+        };
+        let (to, starts) = match header {
+            None => {
+                // Where the segment ends is unknown: pass over the rest of it.
+                if !later {
+                    return Err(stuck("the segment being written has a damaged header; it can be passed over once the writer moves to the next segment"));
+                }
+                (next_segment, Vec::new())
+            }
+            Some(h) if h.sealed && from.offset >= h.index_offset => (next_segment, Vec::new()),
+            Some(h) => {
+                let end = if h.sealed { h.index_offset } else { u64::MAX };
+                let by_index = if h.sealed { read_index(&seg, &h) } else { None };
+                match by_index {
+                    Some(offsets) => {
+                        let mut starts = vec![from.offset];
+                        let mut to = next_segment;
+                        for o in offsets.into_iter().filter(|&o| o >= from.offset) {
+                            if o > from.offset && record_verifies(&seg, o, end)? {
+                                to = Position::new(n, o);
+                                break;
+                            }
+                            if o > from.offset {
+                                starts.push(o);
+                            }
+                        }
+                        (to, starts)
+                    }
+                    None => {
+                        let mut rest = read_to_end(&seg, from.offset)?;
+                        rest.truncate(usize::try_from(end - from.offset).unwrap_or(usize::MAX));
+                        let own = format::peek_record_len(&rest).ok().filter(|&l| {
+                            l < rest.len() && format::verify_record(&rest[l..]).is_ok()
+                        });
+                        let found = own.or_else(|| {
+                            rest.get(1..)
+                                .and_then(format::find_valid_record)
+                                .map(|r| r + 1)
+                        });
+                        match found {
+                            Some(r) => {
+                                (Position::new(n, from.offset + r as u64), vec![from.offset])
+                            }
+                            None if h.sealed || later => (next_segment, vec![from.offset]),
+                            None => return Err(stuck(
+                                "nothing valid follows the damage in the segment being written yet",
+                            )),
+                        }
+                    }
+                }
+            }
+        };
+        // Names, as far as the damaged records show them (unverified).
+        let mut guessed = Vec::new();
+        let limit = if to.segment == n { to.offset } else { u64::MAX };
+        if header.is_none() {
+            let rest = read_to_end(&seg, from.offset)?;
+            guess_all(&rest, &mut guessed);
+        } else {
+            for &o in &starts {
+                let len = usize::try_from(limit.saturating_sub(o)).unwrap_or(usize::MAX);
+                let mut b = read_to_end(&seg, o)?;
+                b.truncate(len);
+                if let Some(g) = guess_record(&b) {
+                    guessed.push(g);
+                }
+            }
+        }
+        self.pos = to;
+        Ok(Skipped { from, to, guessed })
+    }
 }
+
+/// What [`JournalReader::skip_damage`] passed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Where the damage starts (the position `next_entry` failed at).
+    pub from: Position,
+    /// The next record that can be read: where the reader is now.
+    pub to: Position,
+    /// `(rule CRC, name, aux)` of the damaged records, as far as their fixed parts could be
+    /// made out. Their CRC failed, so any of it may be wrong: use it only for what is right
+    /// whatever the bytes say (resending a file as it is now, deleting a name that no longer
+    /// exists), never as an entry.
+    pub guessed: Vec<(u32, Vec<u8>, Vec<u8>)>,
+}
+
+/// Points where a test may act between two of the reader's looks at the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RacePoint {
+    /// Bytes at the position were found not to be a valid record.
+    Stuck,
+    /// Between looking for a later segment and reading the header.
+    BetweenLooks,
+    /// The segment to read was not found; the directory is listed next.
+    Missing,
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn race_point(_: RacePoint) {}
+
+/// What a test runs at the race points.
+#[cfg(test)]
+pub(crate) type RaceHook = Box<dyn FnMut(RacePoint)>;
+
+#[cfg(test)]
+thread_local! {
+    /// What a test runs at each race point (in the reading thread).
+    pub(crate) static RACE: std::cell::RefCell<Option<RaceHook>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+fn race_point(p: RacePoint) {
+    RACE.with(|r| {
+        if let Some(f) = r.borrow_mut().as_mut() {
+            f(p)
+        }
+    })
+}
+
+/// Reads from `offset` into `buf` until it is full or the file ends; the bytes read.
+fn read_full(seg: &Segment, buf: &mut [u8], offset: u64) -> Result<usize, JournalError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match seg.file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(JournalError::io(&seg.path, e)),
+        }
+    }
+    Ok(got)
+}
+
+/// Everything in the segment from `offset` on.
+fn read_to_end(seg: &Segment, offset: u64) -> Result<Vec<u8>, JournalError> {
+    let mut rest = Vec::new();
+    let mut buf = vec![0u8; READ_AHEAD];
+    loop {
+        let n = read_full(seg, &mut buf, offset + rest.len() as u64)?;
+        rest.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return Ok(rest);
+        }
+    }
+}
+
+/// The record offsets of a sealed segment's index, if the index is intact and plausible
+/// (ascending, between the header and the index).
+fn read_index(seg: &Segment, h: &SegmentHeader) -> Option<Vec<u64>> {
+    let len = usize::try_from(h.total_size.checked_sub(h.index_offset)?).ok()?;
+    // A record takes at least its fixed part: no more offsets than that allows.
+    let most = (h.index_offset - SEGMENT_HEADER_LEN) / RECORD_HEADER_LEN as u64 + 1;
+    if len as u64 > 20 + 8 * most {
+        return None;
+    }
+    let mut b = vec![0u8; len];
+    let got = read_full(seg, &mut b, h.index_offset).ok()?;
+    let offsets = format::decode_index(&b[..got]).ok()?;
+    let plausible = offsets.windows(2).all(|w| w[0] < w[1])
+        && offsets
+            .iter()
+            .all(|&o| o >= SEGMENT_HEADER_LEN && o < h.index_offset);
+    plausible.then_some(offsets)
+}
+
+/// Whether a valid record starts at `offset` and ends by `end`.
+fn record_verifies(seg: &Segment, offset: u64, end: u64) -> Result<bool, JournalError> {
+    let mut head = [0u8; RECORD_HEADER_LEN];
+    if read_full(seg, &mut head, offset)? < RECORD_HEADER_LEN {
+        return Ok(false);
+    }
+    let Ok(len) = format::peek_record_len(&head) else {
+        return Ok(false);
+    };
+    if offset + len as u64 > end {
+        return Ok(false);
+    }
+    let mut b = vec![0u8; len];
+    Ok(read_full(seg, &mut b, offset)? == len && format::verify_record(&b).is_ok())
+}
+
+/// `(rule CRC, name, aux)` from the fixed part of a record at the start of `b`, when its
+/// lengths fit in `b` and the name is an absolute path (nothing is verified).
+fn guess_record(b: &[u8]) -> Option<(u32, Vec<u8>, Vec<u8>)> {
+    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    if b.len() < RECORD_HEADER_LEN {
+        return None;
+    }
+    let name_len = u16::from_le_bytes([b[14], b[15]]) as usize;
+    let aux_len = u32_at(20) as usize;
+    let n0 = RECORD_HEADER_LEN;
+    let name = b.get(n0..n0 + name_len)?;
+    if name.first() != Some(&b'/') {
+        return None;
+    }
+    let aux = b
+        .get(n0 + name_len..(n0 + name_len).saturating_add(aux_len))
+        .filter(|a| a.first() == Some(&b'/'))
+        .unwrap_or_default();
+    Some((u32_at(16), name.to_vec(), aux.to_vec()))
+}
+
+/// Guesses at every record of `b`: record by record while lengths hold, jumping to the next
+/// valid record where they do not.
+fn guess_all(b: &[u8], out: &mut Vec<(u32, Vec<u8>, Vec<u8>)>) {
+    let mut at = 0usize;
+    while at < b.len() && out.len() < MAX_GUESSES {
+        let here = &b[at..];
+        if let Some(g) = guess_record(here) {
+            out.push(g);
+        }
+        match format::peek_record_len(here) {
+            Ok(len) if len <= here.len() => at += len,
+            _ => match here.get(1..).and_then(format::find_valid_record) {
+                Some(r) => at += r + 1,
+                None => break,
+            },
+        }
+    }
+}
+
+/// At most this many names are guessed from one damaged stretch.
+const MAX_GUESSES: usize = 100_000;
 
 /// The header of `seg`, or `None` if it is not complete yet.
 ///
@@ -312,3 +576,7 @@ fn read_header(seg: &Segment) -> Result<Option<SegmentHeader>, JournalError> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "reader_tests.rs"]
+mod tests;

@@ -28,3 +28,9 @@ mod trust_namespaces;
 mod security_local;
 // crash safety: kill -9 of mirrorfs under writers, changes made while unmounted.
 mod crash_recording;
+// outages: a network cut is reported while it lasts (issue 12 item 9).
+mod outage_detection;
+// outages: a damaged journal record blocks, backs off, is skipped and resynced (issue 12 item 7).
+mod journal_damage;
+// journal: small rotating segments, deletes and sender kills (issue 12 item 12).
+mod journal_rotation;

@@ -119,12 +119,12 @@ const SENDER_OUTAGE: &[&str] = &[
 const ROUTER_RESTART: &[&str] = &["torn tail", "session with 127.0.0.1:", "closed its session"];
 
 /// Drops every packet to and from a port on the loopback interface while it lives.
-struct Cut {
+pub(crate) struct Cut {
     table: String,
 }
 
 impl Cut {
-    fn new(port: u16) -> Cut {
+    pub(crate) fn new(port: u16) -> Cut {
         let table = format!("mirror_cut_{port}");
         let rules: String = ["tcp dport", "tcp sport", "udp dport", "udp sport"]
             .iter()
