@@ -6,7 +6,9 @@
 //! Parts are produced one at a time (a subtree may be large). All carry the copy entry's
 //! journal position; the last says [`Part::Last`], so the router counts the position as
 //! received only when the whole copy is durable. Copies the router asks for
-//! ([`mirrorfs::wire::Msg::Resync`]) are [`Part::Extra`].
+//! ([`mirrorfs::wire::Msg::Resync`]) are [`Part::Extra`], and end with a [`Command::Copy`]
+//! entry of the name asked for (the router skips it): it tells the router that the copy it
+//! asked for is complete (or that there is nothing to send), so that it stops asking.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -32,6 +34,17 @@ enum Task {
         offset: u64,
     },
     Emit(WireEntry),
+}
+
+/// What the answer to a router's request for a copy holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The copy.
+    Copy,
+    /// The deletion (the name is gone here).
+    Deletion,
+    /// Nothing (refused).
+    Nothing,
 }
 
 /// One copy being expanded.
@@ -89,6 +102,24 @@ impl CopyJob {
             extra: true,
             ..CopyJob::new(Position::START, rule, name)
         }
+    }
+
+    /// The answer to the router's request for `name` ([`mirrorfs::wire::Msg::Resync`]): its
+    /// copy, its deletion (`Answer::Deletion`: it is gone here) or nothing, then the entry
+    /// that says the answer is complete.
+    pub fn requested(rule: Arc<Rule>, name: Vec<u8>, answer: Answer) -> CopyJob {
+        let done = Task::Emit(entry(Command::Copy, &rule, &name));
+        let mut job = match answer {
+            Answer::Copy => CopyJob::extra(rule, name),
+            Answer::Deletion => CopyJob::deletion(rule, name),
+            Answer::Nothing => CopyJob {
+                tasks: Vec::new(),
+                ..CopyJob::extra(rule, name)
+            },
+        };
+        // Tasks are taken from the end: this one comes out last.
+        job.tasks.insert(0, done);
+        job
     }
 
     /// Not a copy: the deletion of `name` on the backup (a dirty file that no longer exists

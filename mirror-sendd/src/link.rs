@@ -26,7 +26,7 @@ use mirrorfs::wire::{codec, read_sealed, Msg, Part, Role, WireEntry, WireError, 
 
 use std::os::unix::ffi::OsStrExt;
 
-use crate::copy::CopyJob;
+use crate::copy::{Answer, CopyJob};
 use crate::shared::{lock, Shared};
 
 /// Bytes sent and not yet acknowledged, at most.
@@ -219,19 +219,11 @@ fn connect(site: &str) -> Result<TcpStream, LinkError> {
 /// absolute name the pattern selects (or its base directory), so that a router can never read
 /// other files of this machine.
 fn may_copy(pattern: &mirrorfs::rule::Pattern, name: &[u8]) -> bool {
-    let normal = name.first() == Some(&b'/')
-        && name[1..]
-            .split(|&b| b == b'/')
-            .all(|c| !c.is_empty() && c != b"." && c != b"..");
     let prefix = pattern.prefix();
     let base = prefix.strip_suffix(b"/").unwrap_or(prefix);
-    let selected = normal
-        && (pattern.match_file(name).is_some()
-            || pattern.match_dir(name).is_some()
-            || (pattern.kind().is_subtree() && name == base));
     // No directory between the rule's source and the name may be a symlink (it could lead
     // anywhere on this machine).
-    selected
+    selects(pattern, name)
         && name[..name.len().min(base.len())] == *base
         && name[base.len()..]
             .iter()
@@ -242,6 +234,36 @@ fn may_copy(pattern: &mirrorfs::rule::Pattern, name: &[u8]) -> bool {
                 let dir = std::ffi::OsStr::from_bytes(&name[..base.len() + i]);
                 std::fs::symlink_metadata(dir).is_ok_and(|m| !m.file_type().is_symlink())
             })
+}
+
+/// Whether `name` is a normalised absolute name that `pattern` selects, or the rule's base
+/// (the directory a wildcard or subtree rule starts at: its copy holds what the rule selects).
+fn selects(pattern: &mirrorfs::rule::Pattern, name: &[u8]) -> bool {
+    let normal = name.first() == Some(&b'/')
+        && name[1..]
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..");
+    let prefix = pattern.prefix();
+    let base = prefix.strip_suffix(b"/").unwrap_or(prefix);
+    normal
+        && (pattern.match_file(name).is_some() || pattern.match_dir(name).is_some() || name == base)
+}
+
+/// Whether `name` is the directory a wildcard or subtree rule with `pattern` starts at.
+fn is_base(pattern: &mirrorfs::rule::Pattern, name: &[u8]) -> bool {
+    let prefix = pattern.prefix();
+    pattern.kind().dest_is_dir() && name == prefix.strip_suffix(b"/").unwrap_or(prefix)
+}
+
+/// Whether `name` is gone here (so the copy a router asks for is its deletion, which reads
+/// nothing).
+fn gone(name: &[u8]) -> bool {
+    match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(name)) {
+        Ok(_) => false,
+        Err(e) => {
+            e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
+        }
+    }
 }
 
 /// The sending half of a session: every frame tagged with the session's MAC.
@@ -586,27 +608,39 @@ impl Session<'_> {
             Event::Msg(Msg::ConfigOk { .. } | Msg::Heartbeat) => Ok(()),
             Event::Msg(Msg::Resync { rule_crc, name }) => {
                 let table = self.shared.table.load();
-                match table.sends_to(rule_crc, self.site) {
-                    Some(rule) if !may_copy(&rule.spec.pattern, &name) => log::warn!(
-                        "site {}: refused to send {}: rule {} does not select it",
+                let shown = String::from_utf8_lossy(&name).into_owned();
+                let Some(rule) = table.sends_to(rule_crc, self.site) else {
+                    log::warn!(
+                        "site {}: copy of {shown} asked for rule {rule_crc:#010x}, which no longer sends there",
                         self.site,
-                        String::from_utf8_lossy(&name),
-                        rule.spec.pattern
-                    ),
-                    Some(rule) => {
-                        log::info!(
-                            "site {}: sending {} whole, as the router asked",
-                            self.site,
-                            String::from_utf8_lossy(&name)
-                        );
-                        self.extras.push_back(CopyJob::extra(rule.clone(), name));
-                    }
-                    None => log::warn!(
-                        "site {}: copy of {} asked for rule {rule_crc:#010x}, which no longer sends there",
-                        self.site,
-                        String::from_utf8_lossy(&name)
-                    ),
-                }
+                    );
+                    return Ok(());
+                };
+                let pattern = &rule.spec.pattern;
+                let answer = if gone(&name) && selects(pattern, &name) && !is_base(pattern, &name) {
+                    // The backup must lose it too (a deletion the router never got). Never for
+                    // a rule's base: a source directory missing for a while must not empty its
+                    // backup.
+                    log::info!(
+                        "site {}: {shown} is gone here; sending its deletion, as the router asked for a copy",
+                        self.site
+                    );
+                    Answer::Deletion
+                } else if may_copy(pattern, &name) {
+                    log::info!(
+                        "site {}: sending {shown} whole, as the router asked",
+                        self.site
+                    );
+                    Answer::Copy
+                } else {
+                    log::warn!(
+                        "site {}: refused to send {shown}: rule {pattern} does not select it",
+                        self.site
+                    );
+                    Answer::Nothing
+                };
+                self.extras
+                    .push_back(CopyJob::requested(rule.clone(), name, answer));
                 Ok(())
             }
             Event::Msg(Msg::Error { reason }) => Err(LinkError::Refused(reason)),
@@ -746,6 +780,13 @@ mod tests {
         assert!(!super::may_copy(&p, &name("link/passwd")));
         let f = mirrorfs::rule::Pattern::parse("/p/a/*.doc").unwrap();
         assert!(super::may_copy(&f, b"/p/a/x.doc"));
-        assert!(!super::may_copy(&f, b"/p/a"));
+        // The base of a wildcard rule: its copy holds only the files the rule selects.
+        assert!(super::may_copy(&f, b"/p/a"));
+        assert!(!super::may_copy(&f, b"/p/a/x.txt"));
+        assert!(!super::may_copy(&f, b"/p"));
+        // A deletion is sent only for a name the rule selects.
+        assert!(super::selects(&f, b"/p/a/gone.doc"));
+        assert!(!super::selects(&f, b"/p/a/../b/gone.doc"));
+        assert!(!super::selects(&p, b"/elsewhere/gone"));
     }
 }
