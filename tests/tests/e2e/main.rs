@@ -22,3 +22,6 @@ mod mirror_topology;
 mod outage_faults;
 // security: a hostile peer speaking the protocol: authentication, confinement, limits.
 mod security_hostile;
+// router faults: sessions that end whatever fails (kill -9 mid-stream, a full router-log disk),
+// damaged router logs (checksums, quarantine), copies asked for while a source is away.
+mod router_faults;
