@@ -62,6 +62,9 @@ struct RouterStatus {
     blocked: Vec<With<BlockedFile>>,
 }
 
+/// Copies asked of one source listed by `router status` (the rest are counted).
+const SHOWN_COPIES: usize = 20;
+
 /// `mirror-ctl router status`.
 pub fn status(state: &StateDir, json: bool) -> Result<()> {
     let rt = state.root().join("rt");
@@ -167,8 +170,15 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             d.pair, d.offset, d.reason
         );
     }
+    // A long list is cut per source (`--json` has all of it).
+    let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
     for c in &st.copies {
         let r = &c.item;
+        let n = shown.entry(&r.site).or_default();
+        *n += 1;
+        if *n > SHOWN_COPIES {
+            continue;
+        }
         let what = if r.whole_rule {
             format!("everything under {}", r.name)
         } else {
@@ -177,6 +187,12 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
         println!(
             "COPY ASKED of {} since {} (sent {} times): {what}: {}",
             r.site, c.since_utc, r.sent, r.reason
+        );
+    }
+    for (site, n) in shown.iter().filter(|(_, n)| **n > SHOWN_COPIES) {
+        println!(
+            "COPY ASKED of {site}: {} more (`mirror-ctl router status --json` lists them)",
+            n - SHOWN_COPIES
         );
     }
     if st.quarantined > 0 {

@@ -497,6 +497,10 @@ impl Router {
         let fresh: Vec<CopyRequest> = {
             let mut c = lock(&self.copies);
             let keys = c.add(reqs, |site, crc| table.get(site, crc).map(|r| r.base()));
+            if keys.is_empty() {
+                // Already asked (and kept): nothing new to record or send.
+                return;
+            }
             if let Err(e) = c.store() {
                 log::error!("cannot record the copies asked of the sources: {e}");
             }
