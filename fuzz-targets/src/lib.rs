@@ -68,8 +68,9 @@ pub fn journal_record(data: &[u8]) {
     let _ = format::find_valid_record(data);
 }
 
-/// RT1 records.
+/// RT1 records (the current format, re-encoded; the previous one, decoded only).
 pub fn rt1_record(data: &[u8]) {
+    let _ = mirror_routerd::rtlog::RtRecord::decode_format(data, mirror_routerd::rtlog::FORMAT_V2);
     if let Ok(Some((r, used))) = mirror_routerd::rtlog::RtRecord::decode(data) {
         assert!(used <= data.len());
         let mut again = Vec::new();

@@ -128,10 +128,26 @@ are given the same one. The directory is made when the source first writes to it
 /// `mirror-ctl router …`
 #[derive(Debug, Subcommand)]
 pub enum RouterCommand {
-    /// Show, per source site, the entries not yet applied, and the blocked backup files with
-    /// their reasons.
+    /// Show, per source site, the entries not yet applied, damaged router logs, the copies
+    /// asked of the sources, and the blocked backup files with their reasons. Works whether
+    /// the router runs or not, and however damaged its logs are.
     Status {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the quarantined pairs of router logs: where they are now, when and why they were
+    /// moved aside, and what each source was asked to send again.
+    #[command(
+        after_help = "A pair of router logs damaged where it holds acknowledged entries is moved to
+<router state>/quarantine/ (kept for inspection; the router never reads it again) while the
+router keeps serving every source. The sources are asked for fresh copies of the files its
+readable entries name and, where damage hides entries, of everything their rules select;
+`mirror-ctl router status` shows the copies still to arrive. Once they have, the quarantined
+files can be removed."
+    )]
+    Quarantine {
+        /// Print JSON instead of a list.
         #[arg(long)]
         json: bool,
     },

@@ -28,6 +28,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unblock { site } => status_cmd::unblock(&state, site),
         Command::Router(RouterCommand::Status { json }) => router_cmd::status(&state, &keys, json),
         Command::Router(RouterCommand::Unblock { path }) => router_cmd::unblock(&state, path),
+        Command::Router(RouterCommand::Quarantine { json }) => router_cmd::quarantine(&state, json),
         Command::Key(c) => keys_cmd::source(&keys, c),
         Command::Router(RouterCommand::Key(c)) => keys_cmd::router(&keys, c),
         Command::Router(RouterCommand::Namespace { site, path }) => {

@@ -1,13 +1,19 @@
-//! `mirror-ctl router status [--json]` and `mirror-ctl router unblock [PATH]`, on a backup
-//! host: the router logs' backlog per source site and the blocked backup files (read from the
-//! router state directory), and the request to retry blocked files (to the running router).
+//! `mirror-ctl router status [--json]`, `mirror-ctl router quarantine [--json]` and
+//! `mirror-ctl router unblock [PATH]`, on a backup host: the router logs' backlog per source
+//! site, damaged pairs, the copies asked of the sources, the blocked backup files (all read
+//! from the router state directory, so they work whether the router runs or not, and
+//! whatever the damage), the quarantined pairs, and the request to retry blocked files (to
+//! the running router).
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use mirror_routerd::rtlog::{list_pairs, RtPair, HEADER_LEN};
+use mirror_routerd::quarantine::{self, Quarantined};
+use mirror_routerd::resync::{CopyRequest, CopyRequests};
+use mirror_routerd::rtlog::{list_pairs, survey, RtPair};
 use mirrorfs::blocked::{self, BlockedFile};
 use mirrorfs::control::{RouterRequest, RouterResponse};
+use mirrorfs::logging::utc_secs;
 use mirrorfs::state::StateDir;
 use serde::Serialize;
 
@@ -33,6 +39,24 @@ struct Grant {
     unconfined: bool,
 }
 
+/// Damage found in a pair of router logs (the router quarantines such a pair).
+#[derive(Debug, Serialize)]
+struct Damaged {
+    pair: u64,
+    /// RT1 offset of the first damage.
+    offset: u64,
+    reason: String,
+}
+
+/// A time shown both ways.
+#[derive(Debug, Serialize)]
+struct With<T: Serialize> {
+    #[serde(flatten)]
+    item: T,
+    /// `since`, readable.
+    since_utc: String,
+}
+
 #[derive(Debug, Serialize)]
 struct RouterStatus {
     /// The source sites with a key, and their namespaces.
@@ -41,9 +65,18 @@ struct RouterStatus {
     log_pairs: usize,
     /// Per source site.
     sources: BTreeMap<String, Backlog>,
+    /// Pairs with damage where they hold acknowledged entries.
+    damaged: Vec<Damaged>,
+    /// Copies asked of the sources that have not arrived yet.
+    copies: Vec<With<CopyRequest>>,
+    /// Pairs quarantined so far.
+    quarantined: usize,
     /// Blocked backup files.
-    blocked: Vec<BlockedFile>,
+    blocked: Vec<With<BlockedFile>>,
 }
+
+/// Copies asked of one source listed by `router status` (the rest are counted).
+const SHOWN_COPIES: usize = 20;
 
 /// `mirror-ctl router status`.
 pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool) -> Result<()> {
@@ -56,13 +89,51 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
     }
     let pairs = list_pairs(&rt)?;
     let mut sources: BTreeMap<String, Backlog> = BTreeMap::new();
-    for &n in &pairs {
-        let p = RtPair::open(&rt, n)?;
-        let len = p.rt1_len()?;
-        let records = p
-            .records(HEADER_LEN, len)
-            .with_context(|| format!("reading router log pair {n}"))?;
-        for (_, r) in records.into_iter().filter(|(_, r)| !r.complete) {
+    let mut damaged = Vec::new();
+    for (i, &n) in pairs.iter().enumerate() {
+        let newest = i + 1 == pairs.len();
+        if let Err(e) = RtPair::open(&rt, n) {
+            if !e.is_damage() {
+                return Err(e).with_context(|| format!("reading router log pair {n}"));
+            }
+            damaged.push(Damaged {
+                pair: n,
+                offset: 0,
+                reason: e.to_string(),
+            });
+        }
+        let sv = match survey(&rt, n) {
+            Ok(sv) => sv,
+            Err(e) if e.is_damage() => {
+                if !damaged.iter().any(|d| d.pair == n) {
+                    damaged.push(Damaged {
+                        pair: n,
+                        offset: 0,
+                        reason: e.to_string(),
+                    });
+                }
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading router log pair {n}")),
+        };
+        // The newest pair may end in a batch being written (or torn by a crash): only damage
+        // before its committed end counts.
+        let upto = if newest { sv.committed } else { u64::MAX };
+        if let Some((offset, reason)) = sv.first_damage(upto) {
+            if !damaged.iter().any(|d| d.pair == n) {
+                damaged.push(Damaged {
+                    pair: n,
+                    offset,
+                    reason,
+                });
+            }
+        }
+        for (_, r) in sv
+            .records
+            .iter()
+            .chain(&sv.unsure)
+            .filter(|(_, r)| !r.complete)
+        {
             let b = sources.entry(r.site.clone()).or_default();
             b.entries += 1;
             b.bytes += r.data_len;
@@ -80,11 +151,29 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
             }
         })
         .collect();
+    let with = |since: u64| utc_secs(since);
+    let copies = CopyRequests::load(&state.root().join("resync"))?
+        .list()
+        .into_iter()
+        .map(|r| With {
+            since_utc: with(r.since),
+            item: r,
+        })
+        .collect();
     let st = RouterStatus {
         keys,
         log_pairs: pairs.len(),
         sources,
-        blocked: blocked::load_list(&state.root().join("blocked"))?,
+        damaged,
+        copies,
+        quarantined: quarantine::load(state.root())?.len(),
+        blocked: blocked::load_list::<BlockedFile>(&state.root().join("blocked"))?
+            .into_iter()
+            .map(|b| With {
+                since_utc: with(b.since),
+                item: b,
+            })
+            .collect(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
@@ -107,14 +196,99 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
             human(b.bytes)
         );
     }
+    for d in &st.damaged {
+        println!(
+            "DAMAGED router log pair {} at offset {}: {} (the router quarantines it and asks the sources for copies of what it held)",
+            d.pair, d.offset, d.reason
+        );
+    }
+    // A long list is cut per source (`--json` has all of it).
+    let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &st.copies {
+        let r = &c.item;
+        let n = shown.entry(&r.site).or_default();
+        *n += 1;
+        if *n > SHOWN_COPIES {
+            continue;
+        }
+        let what = if r.whole_rule {
+            format!("everything under {}", r.name)
+        } else {
+            r.name.clone()
+        };
+        println!(
+            "COPY ASKED of {} since {} (sent {} times): {what}: {}",
+            r.site, c.since_utc, r.sent, r.reason
+        );
+    }
+    for (site, n) in shown.iter().filter(|(_, n)| **n > SHOWN_COPIES) {
+        println!(
+            "COPY ASKED of {site}: {} more (`mirror-ctl router status --json` lists them)",
+            n - SHOWN_COPIES
+        );
+    }
+    if st.quarantined > 0 {
+        println!(
+            "{} quarantined pairs of router logs (`mirror-ctl router quarantine` lists them)",
+            st.quarantined
+        );
+    }
     if st.blocked.is_empty() {
         println!("no blocked backup files");
     }
     for b in &st.blocked {
+        let f = &b.item;
         println!(
-            "BLOCKED {} (from {}, rule {}; held since pair {} offset {}): {}",
-            b.path, b.site, b.pattern, b.pair, b.offset, b.reason
+            "BLOCKED {} since {} (from {}, rule {}; held since pair {} offset {}): {}",
+            f.path, b.since_utc, f.site, f.pattern, f.pair, f.offset, f.reason
         );
+    }
+    Ok(())
+}
+
+/// `mirror-ctl router quarantine`.
+pub fn quarantine(state: &StateDir, json: bool) -> Result<()> {
+    let all: Vec<With<Quarantined>> = quarantine::load(state.root())?
+        .into_iter()
+        .map(|q| With {
+            since_utc: utc_secs(q.since),
+            item: q,
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no quarantined router logs");
+    }
+    for q in &all {
+        let x = &q.item;
+        println!("pair {} quarantined {}: {}", x.pair, q.since_utc, x.reason);
+        println!("  files: {}", x.files.join(", "));
+        println!(
+            "  {} entries readable, {} of them not applied{}",
+            x.entries,
+            x.pending,
+            if x.hidden {
+                "; damage hides others"
+            } else {
+                ""
+            }
+        );
+        if x.asked.is_empty() {
+            println!("  no copy asked");
+        }
+        for a in &x.asked {
+            let mut what = Vec::new();
+            if a.files > 0 {
+                what.push(format!("{} files", a.files));
+            }
+            if !a.whole_rules.is_empty() {
+                what.push(format!("the whole of rules {}", a.whole_rules.join(", ")));
+            }
+            println!("  asked {} to resend {}", a.site, what.join(" and "));
+        }
     }
     Ok(())
 }

@@ -173,6 +173,14 @@ impl Applier {
                 r.offset, r.size
             )));
         }
+        if matches!(r.command, Command::Copy | Command::Mark) {
+            // Expanded by the sender; one that arrives is the end of a copy the router asked
+            // for (`resync`), and touches nothing here. Marks are the source journal's own.
+            return Ok(Outcome::Skipped(format!(
+                "{} entries are the sender's own",
+                r.command
+            )));
+        }
         match r.command {
             Command::Write => {
                 let f = self.file(&rel).map_err(fail("open", &shown))?;
@@ -342,12 +350,7 @@ impl Applier {
                     Err(e) => return Err(fail("xattr", &shown)(e)),
                 }
             }
-            Command::Copy | Command::Mark => {
-                return Ok(Outcome::Skipped(format!(
-                    "{} entries are the sender's own",
-                    r.command
-                )))
-            }
+            Command::Copy | Command::Mark => {}
             Command::Reconcile => return reconcile(rule, r, &rel, &at, data),
         }
         Ok(Outcome::Done)
@@ -739,7 +742,8 @@ pub fn run(router: Arc<crate::shared::Router>) {
     }
 }
 
-/// One pass over every pair, oldest first; whether anything moved.
+/// One pass over every pair, oldest first; whether anything moved. A damaged pair is
+/// quarantined ([`crate::quarantine`]) and the others keep flowing.
 fn apply_some(
     router: &crate::shared::Router,
     dir: &Path,
@@ -750,13 +754,25 @@ fn apply_some(
     st.pairs.retain(|n, _| on_disk.contains(n));
     let mut moved = false;
     for n in on_disk.into_iter().filter(|&n| n <= wpair) {
-        let pc = match st.pairs.entry(n) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => v.insert(PairCursor {
-                pair: RtPair::open(dir, n).map_err(|e| e.to_string())?,
-                cursor: HEADER_LEN,
-                held_from: None,
-            }),
+        if let std::collections::btree_map::Entry::Vacant(v) = st.pairs.entry(n) {
+            match RtPair::open(dir, n) {
+                Ok(pair) => {
+                    v.insert(PairCursor {
+                        pair,
+                        cursor: HEADER_LEN,
+                        held_from: None,
+                    });
+                }
+                Err(e) if e.is_damage() => {
+                    router.quarantine_pair(n, &e.to_string())?;
+                    moved = true;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let Some(pc) = st.pairs.get_mut(&n) else {
+            continue;
         };
         let end = if n == wpair {
             wend
@@ -764,7 +780,16 @@ fn apply_some(
             pc.pair.rt1_len().map_err(|e| e.to_string())?
         };
         if pc.cursor < end {
-            let records = pc.pair.records(pc.cursor, end).map_err(|e| e.to_string())?;
+            let records = match pc.pair.records(pc.cursor, end) {
+                Ok(r) => r,
+                Err(e) if e.is_damage() => {
+                    st.pairs.remove(&n);
+                    router.quarantine_pair(n, &e.to_string())?;
+                    moved = true;
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             // RT2 is read ahead up to the data of these records, never into what is being
             // written.
             let limit = records
@@ -859,7 +884,19 @@ fn apply_one(
             return Ok(true);
         }
     }
-    let data = p.data(r, ahead, limit).map_err(|e| e.to_string())?;
+    // The data is what was stored, or it never lands.
+    let data = match p.data(r, ahead, limit) {
+        Ok(d) => r.check_data(d).map(|()| d),
+        Err(e) => Err(format!("its data cannot be read: {e}")),
+    };
+    let data = match data {
+        Ok(d) => d,
+        Err(why) => {
+            damaged_data(router, table, pair, off, r, &why);
+            p.mark_complete(off).map_err(|e| e.to_string())?;
+            return Ok(false);
+        }
+    };
     match applier.apply(table, r, data) {
         Ok(Outcome::Done) => {}
         Ok(Outcome::Skipped(why)) => log::debug!(
@@ -867,10 +904,23 @@ fn apply_one(
             r.command,
             String::from_utf8_lossy(&r.name)
         ),
-        Ok(Outcome::NeedCopy { rule_crc, name }) => router.request_copy(&r.site, rule_crc, name),
+        Ok(Outcome::NeedCopy { rule_crc, name }) => router.request_copy(
+            &r.site,
+            rule_crc,
+            name,
+            &format!(
+                "the backup lacks the source of {} {} (pair {pair} offset {off})",
+                r.command,
+                String::from_utf8_lossy(&r.name)
+            ),
+        ),
         Ok(Outcome::NeedCopies { rule_crc, names }) => {
+            let reason = format!(
+                "the reconciliation of {} (pair {pair} offset {off}) found them missing or different",
+                String::from_utf8_lossy(&r.name)
+            );
             for name in names {
-                router.request_copy(&r.site, rule_crc, name);
+                router.request_copy(&r.site, rule_crc, name, &reason);
             }
         }
         Ok(Outcome::Refused(why)) => refused(router, r, &why),
@@ -899,6 +949,41 @@ fn apply_one(
     }
     p.mark_complete(off).map_err(|e| e.to_string())?;
     Ok(false)
+}
+
+/// An entry whose data is damaged (`why`) is not applied: the file is reported and its
+/// source asked for a fresh copy of it.
+fn damaged_data(
+    router: &crate::shared::Router,
+    table: &RouterTable,
+    pair: u64,
+    off: u64,
+    r: &RtRecord,
+    why: &str,
+) {
+    let name = String::from_utf8_lossy(&r.name);
+    if table.get(&r.site, r.rule_crc).is_none() {
+        log::warn!(
+            "router log pair {pair} offset {off}: {} of {name} from site {}: {why}; not applied (its rule is gone)",
+            r.command,
+            r.site
+        );
+        return;
+    }
+    log::error!(
+        "router log pair {pair} offset {off}: the data of {} of {name} from site {} is damaged: {why}; it is not applied, and {} is asked for a fresh copy of the file",
+        r.command,
+        r.site,
+        r.site
+    );
+    let reason = format!(
+        "the data of {} of {name} from site {} at router log pair {pair} offset {off} is damaged ({why})",
+        r.command, r.site
+    );
+    router.request_copy(&r.site, r.rule_crc, r.name.clone(), &reason);
+    if matches!(r.command, Command::Rename | Command::Link) {
+        router.request_copy(&r.site, r.rule_crc, r.aux.clone(), &reason);
+    }
 }
 
 /// Logs an entry the router will not apply (it is marked complete and never retried), and
@@ -946,6 +1031,8 @@ mod tests {
             site: "s".into(),
             name: name.as_bytes().to_vec(),
             aux: aux.as_bytes().to_vec(),
+            data_crc: None,
+            version: crate::rtlog::FORMAT_VERSION,
         }
     }
 

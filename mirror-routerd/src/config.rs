@@ -112,6 +112,19 @@ pub fn overlapping(rules: &[RouterRule]) -> Option<(&RouterRule, &RouterRule)> {
     })
 }
 
+impl RouterRule {
+    /// The name whose copy is everything the rule selects: the file of a fixed-file rule,
+    /// else the directory the rule starts at.
+    pub fn base(&self) -> Vec<u8> {
+        let p = self.pattern.prefix();
+        if self.pattern.kind().dest_is_dir() {
+            p.strip_suffix(b"/").unwrap_or(p).to_vec()
+        } else {
+            p.to_vec()
+        }
+    }
+}
+
 /// The router configuration table: (source site, rule CRC) → rule.
 #[derive(Debug, Default, Clone)]
 pub struct RouterTable {
@@ -152,6 +165,16 @@ impl RouterTable {
     pub fn get(&self, site: &str, crc: u32) -> Option<&Arc<RouterRule>> {
         self.rules.get(&(site.to_string(), crc))
     }
+    /// Every rule with its source site, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<RouterRule>)> {
+        self.rules.iter().map(|((site, _), r)| (site.as_str(), r))
+    }
+
+    /// Whether `site` has rule `crc`.
+    pub fn has(&self, site: &str, crc: u32) -> bool {
+        self.get(site, crc).is_some()
+    }
+
     /// Number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()

@@ -15,6 +15,9 @@
 //! * [`heartbeat`]: UDP heartbeats with the sources; closes the session of a silent one.
 //! * [`receive`]: the receive process: sessions with senders, configuration versions,
 //!   RT1/RT2 group commit, acknowledgements, validation requests.
+//! * [`resync`]: the copies asked of the sources (durable until they arrive).
+//! * [`quarantine`]: damaged pairs of router logs moved aside, and what they held asked for
+//!   again.
 
 #![warn(missing_docs)]
 
@@ -24,6 +27,8 @@ pub mod beneath;
 pub mod config;
 pub mod direct;
 pub mod heartbeat;
+pub mod quarantine;
 pub mod receive;
+pub mod resync;
 pub mod rtlog;
 pub mod shared;

@@ -11,7 +11,17 @@
 //! source; otherwise the router answers [`Msg::SendConfig`] and drops entries until the
 //! configuration arrives. Accepted entries are appended to RT1/RT2 and made durable
 //! (one fsync per batch) before [`Msg::Ack`]. Entries at or below the last position received
-//! completely are dropped as duplicates (a sender resending after a restart).
+//! completely are dropped as duplicates (a sender resending after a restart); copies the
+//! router asked for ([`mirrorfs::wire::Part::Extra`]) never are. When a source connects, it
+//! is asked again for every copy still pending ([`crate::resync`]), once the router has its
+//! configuration (asked for at once when the router has none).
+//!
+//! Every session ends, and gives its seat back, whatever fails: the commit thread owns its
+//! end of the channel, so when storing or acknowledging fails (a full router-log disk, a
+//! sender that died) the reading thread's next hand-over fails at once instead of waiting
+//! for ever; the connection is shut down both ways. A peer that vanishes without a word is
+//! noticed by TCP keepalive and a user timeout ([`keepalive`]), and a source whose heartbeats
+//! stop has all its sessions closed (`heartbeat`).
 
 use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
@@ -121,6 +131,7 @@ fn key_of(router: &Router, site: &str) -> Result<Key, String> {
 /// then one of its site's.
 fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(), SessionError> {
     stream.set_nodelay(true).map_err(WireError::Io)?;
+    keepalive(&stream);
     // A peer that stops reading cannot hold a session (and its commit thread) forever.
     stream
         .set_write_timeout(Some(WRITE_TIMEOUT))
@@ -138,7 +149,6 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
         HandshakeError::Rejected(reason) => SessionError::Refused(reason),
         other => SessionError::Protocol(other.to_string()),
     })?;
-    r.get_ref().set_read_timeout(None).map_err(WireError::Io)?;
     let site = accepted.site;
     let stream_id = accepted.stream;
     let mut recv = accepted.session.recv;
@@ -153,6 +163,7 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
         ));
     };
     if accepted.role == Role::Validate {
+        // One question, asked at once (the handshake's timeout still holds).
         return match read_sealed(&mut r, &mut recv)? {
             Msg::Validate { dest, dir } => {
                 let (ok, reason) = validate_for(router, &site, &dest, dir);
@@ -164,6 +175,9 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
             )),
         };
     }
+    // A source may be idle for hours: its session waits for frames without a timeout (TCP
+    // keepalive and the heartbeats notice a peer that is gone).
+    r.get_ref().set_read_timeout(None).map_err(WireError::Io)?;
     let received = router.received(&site, stream_id);
     send(
         &w,
@@ -176,14 +190,11 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
         "source {site} connected (received up to {})",
         received.map_or("nothing".into(), |p| p.to_string())
     );
-    lock(&router.peers).insert(site.clone(), w.clone());
+    router.add_peer(&site, w.clone());
     let result = serve_source(router, &site, &w, &mut r, &mut recv);
-    {
-        let mut peers = lock(&router.peers);
-        if peers.get(&site).is_some_and(|p| Arc::ptr_eq(p, &w)) {
-            peers.remove(&site);
-        }
-    }
+    router.remove_peer(&site, &w);
+    // Whatever ended the session, the connection ends with it.
+    lock(&w).shutdown();
     result
 }
 
@@ -198,10 +209,14 @@ fn serve_source(
     // goes on reading the next frames: the network and the disk work at the same time.
     let (tx, rx) = crossbeam_channel::bounded::<Batch>(0);
     let failed: Mutex<Option<SessionError>> = Mutex::new(None);
+    let failed = &failed;
     std::thread::scope(|s| {
+        // The committer owns the receiving end: when it stops (whatever the reason), the
+        // channel is disconnected and every hand-over to it fails at once.
         let committer = std::thread::Builder::new()
             .name(format!("commit {site}"))
-            .spawn_scoped(s, || {
+            .spawn_scoped(s, move || {
+                let rx = rx;
                 for (batch, frames) in rx.iter().filter(|(b, _)| !b.is_empty()) {
                     let res = store(router, site, batch).and_then(|upto| {
                         send(
@@ -213,7 +228,16 @@ fn serve_source(
                         )
                     });
                     if let Err(e) = res {
-                        *lock(&failed) = Some(e);
+                        if let SessionError::Store(why) = &e {
+                            // The source says why in its status (nothing was acknowledged).
+                            let _ = send(
+                                w,
+                                &Msg::Error {
+                                    reason: format!("the router cannot store entries: {why}"),
+                                },
+                            );
+                        }
+                        *lock(failed) = Some(e);
                         // Ends the read of the next frame: nothing more is acknowledged.
                         lock(w).shutdown();
                         return;
@@ -224,7 +248,7 @@ fn serve_source(
         let result = receive_frames(router, site, w, r, mac, &tx);
         drop(tx);
         let _ = committer.join();
-        match lock(&failed).take() {
+        match lock(failed).take() {
             Some(e) => Err(e),
             None => result,
         }
@@ -244,6 +268,15 @@ fn receive_frames(
     committer: &crossbeam_channel::Sender<Batch>,
 ) -> Result<(), SessionError> {
     let mut awaiting_config = false;
+    // The copies still asked of this source go once the router has its configuration (a
+    // source drops the copy it is sending when asked for its configuration); the router asks
+    // for it at once when it has none, so that an idle source gets them too.
+    if lock(&router.versions).get(site).is_some() {
+        router.on_connect(site);
+    } else {
+        send(w, &Msg::SendConfig { have: None })?;
+        awaiting_config = true;
+    }
     // Entries accepted and not yet handed over: a batch goes to the committer when it is
     // idle, or (waiting for it) when no more frames are waiting or the batch grew large, so
     // a busy committer makes the next batch larger (group commit across frames).
@@ -334,6 +367,7 @@ fn receive_frames(
                     "source {site}: configuration version {version} stored ({} rules)",
                     checked.len()
                 );
+                router.on_config(site);
                 awaiting_config = false;
                 send(w, &Msg::ConfigOk { version })?;
             }
@@ -354,6 +388,39 @@ fn receive_frames(
 
 /// How long a write to a peer may stall before its session ends.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long data sent to a peer may stay unacknowledged by its TCP before the connection
+/// fails (`TCP_USER_TIMEOUT`).
+const USER_TIMEOUT_MS: i32 = 30_000;
+
+/// Keepalive and a user timeout on a session's connection: a peer that vanished without a
+/// word (host down, network cut) is noticed by TCP, after a few missed probes when idle
+/// (10 s, then every 3 s, 3 probes) or [`USER_TIMEOUT_MS`] with data unacknowledged, even
+/// where its heartbeats never arrive (UDP filtered).
+pub fn keepalive(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let set = |level: i32, opt: i32, v: i32| {
+        // SAFETY: setsockopt with a pointer to a live i32 and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&v as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        }
+    };
+    let rc = set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+        | set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10)
+        | set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 3)
+        | set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)
+        | set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, USER_TIMEOUT_MS);
+    if rc != 0 {
+        log::debug!("keepalive options: {}", std::io::Error::last_os_error());
+    }
+}
 
 /// Bytes of entries stored with one fsync at most.
 const GROUP_BYTES: usize = 16 << 20;
@@ -397,6 +464,7 @@ fn store(
             .map_err(|e| SessionError::Store(e.to_string()))?
     };
     router.publish(end);
+    router.copies_stored(site, &fresh);
     let mut sources = lock(&router.sources);
     let s = sources.entry(site.to_string()).or_default();
     if let Some(l) = last {
@@ -517,4 +585,229 @@ pub fn validate(root: &Path, rel: &Path, dir: bool) -> (bool, String) {
         };
     }
     (false, format!("{} cannot be created", shown.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! A real router state, a real connection on loopback and the real handshake; the
+    //! session's commit thread made to fail while its reading thread waits to hand over the
+    //! next batch (the case that leaked the session, its thread and its seat).
+    use super::*;
+    use crate::shared::{Limits, RouterConfig};
+    use mirrorfs::entry::Command;
+    use mirrorfs::wire::auth::KeyFile;
+    use mirrorfs::wire::{codec, Part};
+    use std::io::Write;
+    use std::time::Instant;
+
+    const SITE: &str = "src";
+
+    fn key() -> Key {
+        Key::from_hex(&"5a".repeat(32)).unwrap()
+    }
+
+    fn router(dir: &Path, rt_size: u64) -> Arc<Router> {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        KeyFile::store(&state.join("keys"), SITE, &key()).unwrap();
+        Router::open(RouterConfig {
+            root: dir.join("root"),
+            key_file: state.join("keys"),
+            state,
+            rt_size,
+            max_open: 4,
+            unblock_every: Duration::from_secs(300),
+            limits: Limits::default(),
+        })
+        .unwrap()
+    }
+
+    fn entries(first: u64, n: u64) -> Msg {
+        Msg::Entries {
+            config_version: 1,
+            entries: (first..first + n)
+                .map(|i| WireEntry {
+                    pos: Position::new(1, 100 + i),
+                    part: Part::Whole,
+                    command: Command::Write,
+                    rule_crc: 9,
+                    name: format!("/p/f{i}").into_bytes(),
+                    aux: Vec::new(),
+                    offset: 0,
+                    size: 64 << 10,
+                    time_ns: 1,
+                    data: vec![i as u8; 64 << 10],
+                })
+                .collect(),
+        }
+    }
+
+    /// The source's side of a session.
+    struct Source {
+        stream: TcpStream,
+        r: BufReader<TcpStream>,
+        send: FrameMac,
+        recv: FrameMac,
+    }
+
+    impl Source {
+        fn send(&mut self, msg: &Msg) {
+            let f = codec::encode_sealed(msg, &mut self.send).unwrap();
+            self.stream.write_all(&f).unwrap();
+        }
+        fn read(&mut self) -> Msg {
+            read_sealed(&mut self.r, &mut self.recv).unwrap()
+        }
+        /// Dies with unread data: the router's next write to it fails.
+        fn reset(self) {
+            let l = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt with a pointer to a live linger and its size.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&l as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+
+    /// Starts a session on `router`; the source's side, and what the session returns (once it
+    /// ends).
+    fn start(router: &Arc<Router>) -> (Source, std::sync::mpsc::Receiver<Result<(), String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let seat = router.take_seat("", 64).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = router.clone();
+        std::thread::Builder::new()
+            .name("session-under-test".into())
+            .spawn(move || {
+                let _ = tx.send(session(&r, server, seat).map_err(|e| e.to_string()));
+            })
+            .unwrap();
+        let mut r = BufReader::new(client.try_clone().unwrap());
+        let mut w = client.try_clone().unwrap();
+        let s = auth::client(&mut r, &mut w, SITE, 1, Role::Source, &key()).unwrap();
+        let mut src = Source {
+            stream: client,
+            r,
+            send: s.send,
+            recv: s.recv,
+        };
+        assert!(matches!(src.read(), Msg::Welcome { .. }));
+        // The router has no configuration of this source yet: it asks at once.
+        assert!(matches!(src.read(), Msg::SendConfig { have: None }));
+        src.send(&Msg::Config {
+            version: 1,
+            rules: Vec::new(),
+        });
+        assert!(matches!(src.read(), Msg::ConfigOk { version: 1 }));
+        (src, rx)
+    }
+
+    /// Waits until the session's thread sleeps on the hand-over of a batch to the (stalled)
+    /// commit thread (a futex wait, twice in a row: not a passing lock).
+    fn wait_handing_over() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sleeping = || {
+            std::fs::read_dir("/proc/thread-self/..").is_ok_and(|rd| {
+                rd.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("session-under-t"))
+                        && std::fs::read_to_string(t.path().join("wchan"))
+                            .is_ok_and(|w| w.contains("futex"))
+                })
+            })
+        };
+        let mut seen = 0;
+        while Instant::now() < deadline && seen < 2 {
+            seen = if sleeping() { seen + 1 } else { 0 };
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn assert_ends_and_frees_its_seat(
+        router: &Router,
+        ended: &std::sync::mpsc::Receiver<Result<(), String>>,
+    ) -> String {
+        let res = ended
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the session must end when its commit thread fails");
+        let why = res.expect_err("the session fails");
+        let seats: Vec<Seat> = (0..Limits::default().sessions_per_site)
+            .filter_map(|_| router.take_seat(SITE, Limits::default().sessions_per_site))
+            .collect();
+        assert_eq!(
+            seats.len(),
+            Limits::default().sessions_per_site,
+            "seat given back"
+        );
+        why
+    }
+
+    #[test]
+    fn a_session_whose_ack_cannot_be_sent_ends_and_frees_its_seat() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = router(dir.path(), 64 << 20);
+        let (mut src, ended) = start(&router);
+        // The commit thread cannot store for now; the frames pile up behind it.
+        let writer = lock(&router.rt);
+        for i in 0..3 {
+            src.send(&entries(i * 2, 2));
+        }
+        wait_handing_over();
+        // The sender dies: the acknowledgement of the first batch cannot be sent.
+        src.reset();
+        drop(writer);
+        assert_ends_and_frees_its_seat(&router, &ended);
+    }
+
+    /// Makes a directory immutable (even for root) while it lives.
+    struct Immutable(std::path::PathBuf);
+    impl Immutable {
+        fn new(p: &Path) -> Immutable {
+            let ok = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(p)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chattr +i {} (needs root and ext4)", p.display());
+            Immutable(p.to_path_buf())
+        }
+    }
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_session_whose_commit_fails_ends_and_frees_its_seat() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every batch after the first needs a new pair of logs.
+        let router = router(dir.path(), 1);
+        let (mut src, ended) = start(&router);
+        src.send(&entries(0, 1));
+        assert!(matches!(src.read(), Msg::Ack { frames: 1, .. }));
+        let writer = lock(&router.rt);
+        // The next pair cannot be created: the store fails.
+        let _frozen = Immutable::new(&dir.path().join("state/rt"));
+        for i in 0..3 {
+            src.send(&entries(10 + i * 2, 2));
+        }
+        wait_handing_over();
+        drop(writer);
+        let why = assert_ends_and_frees_its_seat(&router, &ended);
+        assert!(why.contains("Operation not permitted"), "{why}");
+    }
 }

@@ -1,7 +1,13 @@
 //! The state a running router shares between its receive sessions and its router process:
 //! the RT writer and what it has published, the configuration table and version table, what
-//! each source has sent, the live sessions (to ask a source for a copy, or close one whose
-//! heartbeats stopped), and the blocked-file log (seeds/002 [0069]-[0070]).
+//! each source has sent, the live sessions (to ask a source for a copy, or close those of a
+//! source whose heartbeats stopped), the blocked-file log (seeds/002 [0069]-[0070]), the
+//! copies asked of the sources ([`crate::resync`]) and the quarantine of damaged router logs
+//! ([`crate::quarantine`]).
+//!
+//! At start, every pair of router logs is checked: a pair damaged where it holds
+//! acknowledged entries is quarantined (and what it held asked for again) instead of stopping
+//! the router; the router process does the same for damage it finds later.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -15,7 +21,9 @@ use mirrorfs::journal::Position;
 use mirrorfs::wire::{codec, Msg};
 
 use crate::config::{ConfigError, RouterDb, RouterTable, SourceState};
-use crate::rtlog::{self, RtError, RtWriter, HEADER_LEN};
+use crate::quarantine::{self, QuarantineError};
+use crate::resync::{CopyRequest, CopyRequests};
+use crate::rtlog::{self, RtError, RtRecord, RtWriter, HEADER_LEN};
 
 /// Settings of a router.
 #[derive(Debug, Clone)]
@@ -112,9 +120,12 @@ pub enum StartError {
     /// Configuration database.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The blocked-file log.
+    /// The blocked-file log, the copy requests or the quarantine index.
     #[error(transparent)]
     Blocked(#[from] blocked::BlockedError),
+    /// Moving a damaged pair aside.
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
     /// The root.
     #[error("backup root {path}: {err}")]
     Root {
@@ -156,8 +167,10 @@ pub struct Router {
     pub versions: Mutex<HashMap<String, u64>>,
     /// Per source site: stream and last journal position received completely.
     pub sources: Mutex<HashMap<String, SourceState>>,
-    /// Live sessions, by source site, for requests to the sender.
-    pub peers: Mutex<HashMap<String, Arc<Mutex<PeerOut>>>>,
+    /// Live sessions by source site (the newest last), for requests to the sender.
+    peers: Mutex<HashMap<String, Vec<Arc<Mutex<PeerOut>>>>>,
+    /// Copies asked of the sources and not arrived yet (durable).
+    copies: Mutex<CopyRequests>,
     /// The source sites' keys.
     pub keys: mirrorfs::wire::auth::KeyRing,
     /// Connections by source site (and "" for those still in their handshake).
@@ -174,8 +187,8 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    /// Opens the router's state: recovers the RT logs, loads the configuration and what each
-    /// source already sent.
+    /// Opens the router's state: recovers the RT logs (quarantining damaged pairs), loads
+    /// the configuration, what each source already sent and the copies still to be asked.
     pub fn open(cfg: RouterConfig) -> Result<Arc<Router>, StartError> {
         std::fs::create_dir_all(&cfg.root).map_err(|err| StartError::Root {
             path: cfg.root.clone(),
@@ -187,40 +200,122 @@ impl Router {
         })?;
         let cfg = RouterConfig { root, ..cfg };
         let rt_dir = cfg.state.join("rt");
-        let rt = RtWriter::open(&rt_dir, cfg.rt_size)?;
+        std::fs::create_dir_all(&rt_dir).map_err(|err| RtError::Io {
+            path: rt_dir.clone(),
+            err,
+        })?;
         let db = RouterDb::open(&cfg.state.join("router.db"))?;
         let table = db.table()?;
         let mut sources = db.sources()?;
+        let mut copies = CopyRequests::load(&cfg.state.join("resync"))?;
+        let mut first = quarantine::highest(&cfg.state)? + 1;
+        let mut asked = Vec::new();
+        let mut gone_pairs = Vec::new();
         // Records still in the logs are newer than what the database says.
-        for n in rtlog::list_pairs(&rt_dir)? {
-            let pair = rtlog::RtPair::open(&rt_dir, n)?;
-            for (_, r) in pair.records(HEADER_LEN, pair.rt1_len()?)? {
-                if r.part.completes() {
-                    let s = sources.entry(r.site.clone()).or_default();
-                    if s.done.is_none_or(|d| d < r.pos) {
-                        s.done = Some(r.pos);
-                    }
+        let mut note = |r: &RtRecord| {
+            if r.part.completes() {
+                let s = sources.entry(r.site.clone()).or_default();
+                if s.done.is_none_or(|d| d < r.pos) {
+                    s.done = Some(r.pos);
                 }
             }
+        };
+        let mut quarantined = |n: u64, reason: String, note: &mut dyn FnMut(&RtRecord)| {
+            let (q, reqs, readable) =
+                quarantine::quarantine_pair(&cfg.state, &rt_dir, n, &reason, &table)?;
+            log::error!("{}", quarantine::describe(&q));
+            readable.iter().for_each(&mut *note);
+            asked.extend(reqs);
+            gone_pairs.push(n);
+            Ok::<(), StartError>(())
+        };
+        let pairs = rtlog::list_pairs(&rt_dir)?;
+        let older = &pairs[..pairs.len().saturating_sub(1)];
+        // The older pairs were complete when the next one started: any damage is in
+        // acknowledged records.
+        for &n in older {
+            match inspect(&rt_dir, n)? {
+                Ok(sv) => sv.records.iter().for_each(|(_, r)| note(r)),
+                Err(reason) => quarantined(n, reason, &mut note)?,
+            }
+        }
+        // The newest through the writer's recovery (a torn tail past the committed end is
+        // cut; damage before it is not). Bounded: each round quarantines one pair.
+        let mut rt = None;
+        for _ in 0..=pairs.len() + 1 {
+            match RtWriter::open(&rt_dir, cfg.rt_size, first) {
+                Ok(w) => {
+                    rt = Some(w);
+                    break;
+                }
+                Err(e) if e.is_damage() => {
+                    let n = match &e {
+                        RtError::Acknowledged { pair, .. } => *pair,
+                        _ => rtlog::list_pairs(&rt_dir)?.last().copied().unwrap_or(0),
+                    };
+                    quarantined(n, e.to_string(), &mut note)?;
+                    first = first.max(n + 1);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(rt) = rt else {
+            return Err(RtError::Corrupt {
+                path: rt_dir,
+                offset: 0,
+                reason: "no pair of router logs could be opened".into(),
+            }
+            .into());
+        };
+        // The pair recovered by the writer (and the one it starts after a pair of another
+        // format, or after a quarantined one).
+        for n in rtlog::list_pairs(&rt_dir)? {
+            if older.contains(&n) {
+                continue;
+            }
+            let pair = rtlog::RtPair::open(&rt_dir, n)?;
+            let end = if n == rt.end().0 {
+                rt.end().1
+            } else {
+                pair.rt1_len()?
+            };
+            for (_, r) in pair.records(HEADER_LEN, end)? {
+                note(&r);
+            }
+        }
+        if !asked.is_empty() {
+            copies.add(asked, |site, crc| table.get(site, crc).map(|r| r.base()));
+            copies.store()?;
         }
         log::info!(
-            "router state {}: {} rules, {} sources, RT pair {}",
+            "router state {}: {} rules, {} sources, RT pair {}, {} copies to ask of the sources",
             cfg.state.display(),
             table.len(),
             sources.len(),
-            rt.end().0
+            rt.end().0,
+            copies.len()
         );
         let published = rt.end();
-        let held: BTreeMap<String, BlockedFile> =
+        let mut held: BTreeMap<String, BlockedFile> =
             blocked::load_list::<BlockedFile>(&cfg.state.join("blocked"))?
                 .into_iter()
                 .map(|b| (b.path.clone(), b))
                 .collect();
+        let before = held.len();
+        held.retain(|_, b| !gone_pairs.contains(&b.pair));
+        if held.len() != before {
+            // Their held entries were in a quarantined pair: the copies asked replace them.
+            log::info!(
+                "{} blocked backup files held entries of a quarantined pair: they are retried",
+                before - held.len()
+            );
+            blocked::store_list(&cfg.state.join("blocked"), held.values())?;
+        }
         for b in held.values() {
             log::warn!(
                 "backup file {} is blocked since {}: {}",
                 b.path,
-                b.since,
+                mirrorfs::logging::utc_secs(b.since),
                 b.reason
             );
         }
@@ -236,6 +331,7 @@ impl Router {
             versions: Mutex::new(HashMap::new()),
             sources: Mutex::new(sources),
             peers: Mutex::new(HashMap::new()),
+            copies: Mutex::new(copies),
             keys: mirrorfs::wire::auth::KeyRing::new(cfg.key_file.clone()),
             seats: Arc::default(),
             cfg,
@@ -318,16 +414,37 @@ impl Router {
         std::mem::take(&mut lock(&self.blocked).1)
     }
 
-    /// Closes the session of source `site` (its heartbeats stopped); whether it had one.
-    pub fn close_session(&self, site: &str) -> bool {
-        let peer = lock(&self.peers).remove(site);
-        match peer {
-            Some(p) => {
-                lock(&p).shutdown();
-                true
+    /// Records a live session of source `site`.
+    pub fn add_peer(&self, site: &str, w: Arc<Mutex<PeerOut>>) {
+        lock(&self.peers)
+            .entry(site.to_string())
+            .or_default()
+            .push(w);
+    }
+
+    /// Forgets the session `w` of source `site` (it ended).
+    pub fn remove_peer(&self, site: &str, w: &Arc<Mutex<PeerOut>>) {
+        let mut peers = lock(&self.peers);
+        if let Some(v) = peers.get_mut(site) {
+            v.retain(|p| !Arc::ptr_eq(p, w));
+            if v.is_empty() {
+                peers.remove(site);
             }
-            None => false,
         }
+    }
+
+    /// The newest live session of `site`.
+    fn peer(&self, site: &str) -> Option<Arc<Mutex<PeerOut>>> {
+        lock(&self.peers).get(site).and_then(|v| v.last().cloned())
+    }
+
+    /// Closes every session of source `site` (its heartbeats stopped); whether it had any.
+    pub fn close_session(&self, site: &str) -> bool {
+        let all = lock(&self.peers).remove(site).unwrap_or_default();
+        for p in &all {
+            lock(p).shutdown();
+        }
+        !all.is_empty()
     }
 
     /// The directory of the RT logs.
@@ -416,29 +533,179 @@ impl Router {
     /// Tells source `site`, if it is connected, something its user should know (it shows in
     /// the source's status); the session goes on.
     pub fn notify(&self, site: &str, text: String) {
-        let peer = lock(&self.peers).get(site).cloned();
-        if let Some(p) = peer {
+        if let Some(p) = self.peer(site) {
             if let Err(e) = lock(&p).send(&Msg::Notice { text }) {
                 log::debug!("cannot tell {site}: {e}");
             }
         }
     }
 
-    /// Asks source `site` to send `name` whole (if it is connected).
-    pub fn request_copy(&self, site: &str, rule_crc: u32, name: Vec<u8>) {
-        let peer = lock(&self.peers).get(site).cloned();
-        let shown = String::from_utf8_lossy(&name).into_owned();
-        match peer {
-            Some(p) => {
-                match lock(&p).send(&Msg::Resync { rule_crc, name }) {
-                    Ok(()) => log::info!("asked {site} for a copy of {shown}"),
-                    Err(e) => log::warn!("cannot ask {site} for a copy of {shown}: {e}"),
+    /// Asks source `site` for a fresh copy of `name` (rule `rule_crc`), because of `reason`:
+    /// at once when it is connected, else when it connects; the request is kept (durably)
+    /// until the copy has arrived.
+    pub fn request_copy(&self, site: &str, rule_crc: u32, name: Vec<u8>, reason: &str) {
+        self.ask_copies(vec![CopyRequest::new(
+            site,
+            rule_crc,
+            &name,
+            reason.to_string(),
+        )]);
+    }
+
+    /// Records `reqs` (deduplicated, bounded, durably) and sends the new ones to their
+    /// sources that are connected.
+    pub fn ask_copies(&self, reqs: Vec<CopyRequest>) {
+        if reqs.is_empty() {
+            return;
+        }
+        let table = self.table();
+        let fresh: Vec<CopyRequest> = {
+            let mut c = lock(&self.copies);
+            let keys = c.add(reqs, |site, crc| table.get(site, crc).map(|r| r.base()));
+            if keys.is_empty() {
+                // Already asked (and kept): nothing new to record or send.
+                return;
+            }
+            if let Err(e) = c.store() {
+                log::error!("cannot record the copies asked of the sources: {e}");
+            }
+            keys.iter().filter_map(|k| c.get(k).cloned()).collect()
+        };
+        let mut by_site: BTreeMap<String, Vec<CopyRequest>> = BTreeMap::new();
+        for r in fresh {
+            by_site.entry(r.site.clone()).or_default().push(r);
+        }
+        for (site, reqs) in by_site {
+            let what = match reqs.as_slice() {
+                [one] => format!("a copy of {} ({})", one.name, one.reason),
+                many => format!("copies of {} files", many.len()),
+            };
+            if self.send_copies(&site, &reqs) {
+                log::info!("asked {site} for {what}");
+            } else {
+                log::info!(
+                    "{site} is not connected: its request for {what} is kept and sent when it connects"
+                );
+            }
+        }
+    }
+
+    /// Sends `reqs` to the newest session of `site` and counts it; whether it had one and
+    /// every request went.
+    fn send_copies(&self, site: &str, reqs: &[CopyRequest]) -> bool {
+        let Some(peer) = self.peer(site) else {
+            return false;
+        };
+        let mut sent = Vec::new();
+        {
+            let mut out = lock(&peer);
+            for r in reqs {
+                let msg = Msg::Resync {
+                    rule_crc: r.rule_crc,
+                    name: r.name_bytes(),
+                };
+                if let Err(e) = out.send(&msg) {
+                    log::warn!("cannot ask {site} for copies: {e}; asked again when it connects");
+                    break;
+                }
+                sent.push((r.site.clone(), r.rule_crc, r.name_bytes()));
+            }
+        }
+        let mut c = lock(&self.copies);
+        c.note_sent(&sent);
+        if let Err(e) = c.store() {
+            log::error!("cannot record the copies asked of the sources: {e}");
+        }
+        sent.len() == reqs.len()
+    }
+
+    /// A session of `site` started: asks it again for every copy still pending.
+    pub fn on_connect(&self, site: &str) {
+        let reqs: Vec<CopyRequest> = {
+            let c = lock(&self.copies);
+            c.of_site(site)
+                .iter()
+                .filter_map(|k| c.get(k).cloned())
+                .collect()
+        };
+        if reqs.is_empty() {
+            return;
+        }
+        if self.send_copies(site, &reqs) {
+            log::info!(
+                "asked {site} for the {} copies still pending (the oldest since {}: {})",
+                reqs.len(),
+                mirrorfs::logging::utc_secs(reqs.iter().map(|r| r.since).min().unwrap_or(0)),
+                reqs[0].reason
+            );
+        }
+    }
+
+    /// Source `site` sent a configuration: copies asked under rules it no longer has are
+    /// dropped, and the others asked again (the source dropped what it was sending when the
+    /// router asked for its configuration).
+    pub fn on_config(&self, site: &str) {
+        let table = self.table();
+        {
+            let mut c = lock(&self.copies);
+            let n = c.retain_rules(site, |crc| table.has(site, crc));
+            if n > 0 {
+                log::info!(
+                    "source {site}: {n} copies asked under rules it no longer has are dropped"
+                );
+                if let Err(e) = c.store() {
+                    log::error!("cannot record the copies asked of the sources: {e}");
                 }
             }
-            None => log::warn!(
-                "{shown} from {site} needs a copy but the site is not connected; run `mirror-ctl sync` there"
-            ),
         }
+        self.on_connect(site);
+    }
+
+    /// Entries from `site` are durable in the router logs: closes the requests whose copy
+    /// they complete.
+    pub fn copies_stored(&self, site: &str, entries: &[mirrorfs::wire::WireEntry]) {
+        let mut c = lock(&self.copies);
+        let done = c.stored(site, entries);
+        if done.is_empty() {
+            return;
+        }
+        for r in c.remove(&done) {
+            log::info!("the copy of {} from {site} arrived ({})", r.name, r.reason);
+        }
+        if let Err(e) = c.store() {
+            log::error!("cannot record the copies asked of the sources: {e}");
+        }
+    }
+
+    /// Quarantines pair `n` (damaged: `reason`) while the router runs: the writer moves on to
+    /// a new pair first if it is writing this one; what the pair held is asked for again.
+    pub fn quarantine_pair(&self, n: u64, reason: &str) -> Result<(), String> {
+        {
+            let mut rt = lock(&self.rt);
+            if rt.end().0 == n {
+                rt.rotate().map_err(|e| e.to_string())?;
+                let end = rt.end();
+                drop(rt);
+                self.publish(end);
+            }
+        }
+        let table = self.table();
+        let (q, reqs, _) =
+            quarantine::quarantine_pair(&self.cfg.state, &self.rt_dir(), n, reason, &table)
+                .map_err(|e| e.to_string())?;
+        log::error!("{}", quarantine::describe(&q));
+        self.ask_copies(reqs);
+        // Files blocked at an entry of the pair: the copies asked replace what was held.
+        let paths: Vec<String> = lock(&self.blocked)
+            .0
+            .values()
+            .filter(|b| b.pair == n)
+            .map(|b| b.path.clone())
+            .collect();
+        for p in paths {
+            self.unblock_files(Some(&p));
+        }
+        Ok(())
     }
 
     /// The last position received completely from `site`'s `stream`.
@@ -461,5 +728,117 @@ impl Router {
             return None;
         }
         s.done
+    }
+}
+
+/// Checks an older pair: its survey, or why it must be quarantined. Failing I/O is an error.
+fn inspect(rt_dir: &std::path::Path, n: u64) -> Result<Result<rtlog::Survey, String>, RtError> {
+    match rtlog::RtPair::open(rt_dir, n) {
+        Ok(_) => {}
+        Err(e) if e.is_damage() => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e),
+    }
+    let sv = match rtlog::survey(rt_dir, n) {
+        Ok(sv) => sv,
+        Err(e) if e.is_damage() => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    match sv.first_damage(u64::MAX) {
+        Some((off, why)) => Ok(Err(format!(
+            "router log {} is corrupt at offset {off}: {why}",
+            rtlog::rt1_path(rt_dir, n).display()
+        ))),
+        None => Ok(Ok(sv)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirrorfs::entry::Command;
+    use mirrorfs::wire::{Part, WireEntry, WireRule};
+
+    fn entry(i: u64, name: &str) -> WireEntry {
+        WireEntry {
+            pos: Position::new(1, 100 + i),
+            part: Part::Whole,
+            command: Command::Write,
+            rule_crc: 7,
+            name: name.as_bytes().to_vec(),
+            aux: Vec::new(),
+            offset: 0,
+            size: 1,
+            time_ns: 1,
+            data: vec![i as u8],
+        }
+    }
+
+    fn cfg(dir: &std::path::Path) -> RouterConfig {
+        RouterConfig {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            rt_size: 1 << 20,
+            max_open: 4,
+            unblock_every: Duration::from_secs(300),
+            key_file: dir.join("state/keys"),
+            limits: Limits::default(),
+        }
+    }
+
+    #[test]
+    fn an_older_damaged_pair_is_quarantined_at_start_and_its_names_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let rt = state.join("rt");
+        std::fs::create_dir_all(&rt).unwrap();
+        RouterDb::open(&state.join("router.db"))
+            .unwrap()
+            .replace_rules(
+                "s",
+                1,
+                &[WireRule {
+                    crc: 7,
+                    pattern: "/p/".into(),
+                    dest: "d".into(),
+                    attrs: false,
+                    delete_suffix: None,
+                }],
+            )
+            .unwrap();
+        let mut w = RtWriter::open(&rt, 1 << 20, 1).unwrap();
+        w.append("s", &[entry(0, "/p/a"), entry(1, "/p/b")])
+            .unwrap();
+        w.rotate().unwrap();
+        w.append("s", &[entry(2, "/p/c")]).unwrap();
+        drop(w);
+        // The second record of pair 1 fails its CRC.
+        let p1 = rtlog::rt1_path(&rt, 1);
+        let mut b = std::fs::read(&p1).unwrap();
+        let last = b.len() - 2;
+        b[last] ^= 0x10;
+        std::fs::write(&p1, &b).unwrap();
+        let router = Router::open(cfg(dir.path())).unwrap();
+        assert!(!p1.exists());
+        let q = quarantine::load(&state).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].pair, 1);
+        assert!(q[0].hidden);
+        let asked: Vec<(String, bool)> = lock(&router.copies)
+            .list()
+            .into_iter()
+            .map(|r| (r.name, r.whole_rule))
+            .collect();
+        // The readable pending entry's name, and (the damage hides the other) the whole rule;
+        // the whole rule covers the name.
+        assert_eq!(asked, vec![("/p".to_string(), true)]);
+        // What pair 2 holds is counted as received; new entries go to pair 2.
+        assert_eq!(lock(&router.sources)["s"].done, Some(Position::new(1, 102)));
+        assert_eq!(lock(&router.rt).end().0, 2);
+        drop(router);
+        // The requests survive a restart; pair 1's number is never used again.
+        std::fs::remove_dir_all(&rt).unwrap();
+        let router = Router::open(cfg(dir.path())).unwrap();
+        assert_eq!(lock(&router.copies).len(), 1);
+        assert_eq!(lock(&router.rt).end().0, 2);
     }
 }

@@ -12,7 +12,9 @@
 //! Parts are produced one at a time (a subtree may be large). All carry the copy entry's
 //! journal position; the last says [`Part::Last`], so the router counts the position as
 //! received only when the whole copy is durable. Copies the router asks for
-//! ([`mirrorfs::wire::Msg::Resync`]) are [`Part::Extra`].
+//! ([`mirrorfs::wire::Msg::Resync`]) are [`Part::Extra`], and end with a [`Command::Copy`]
+//! entry of the name asked for (the router skips it): it tells the router that the copy it
+//! asked for is complete (or that there is nothing to send), so that it stops asking.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -45,13 +47,38 @@ enum Task {
     Emit(WireEntry),
 }
 
+/// What the answer to a router's request for a copy holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The copy.
+    Copy,
+    /// The deletion (the name is gone here).
+    Deletion,
+    /// Nothing (refused).
+    Nothing,
+}
+
+/// What a job was made for (to make it again: [`CopyJob::restart`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Copy,
+    Reconcile,
+    Deletion,
+    Requested(Answer),
+}
+
 /// One copy being expanded.
 pub struct CopyJob {
     pos: Position,
     extra: bool,
     rule: Arc<Rule>,
+    name: Vec<u8>,
+    origin: Origin,
     tasks: Vec<Task>,
     buffered: Option<WireEntry>,
+    /// The source could not be read for now (a mount whose server is gone): the job stopped
+    /// and is to be made again ([`CopyJob::restart`]); nothing it would still send is sent.
+    unreachable: bool,
 }
 
 impl std::fmt::Debug for CopyJob {
@@ -78,61 +105,132 @@ fn entry(command: Command, rule: &Rule, name: &[u8]) -> WireEntry {
     }
 }
 
+fn shown(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
 fn path_of(name: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(name))
 }
 
 impl CopyJob {
+    fn build(
+        pos: Position,
+        extra: bool,
+        rule: Arc<Rule>,
+        name: Vec<u8>,
+        origin: Origin,
+    ) -> CopyJob {
+        let mut job = CopyJob {
+            pos,
+            extra,
+            rule,
+            name: name.clone(),
+            origin,
+            tasks: Vec::new(),
+            buffered: None,
+            unreachable: false,
+        };
+        let allowed = match mirrorfs::copycheck::may_copy(&job.rule.spec.pattern, &name) {
+            Ok(()) => true,
+            Err(e) if e.is_transient() => {
+                log::info!(
+                    "copy of {}: the source cannot be read now ({e}); trying again later",
+                    shown(&name)
+                );
+                job.unreachable = true;
+                false
+            }
+            Err(e) => {
+                log::warn!("refused to copy: {e}");
+                false
+            }
+        };
+        let rule = job.rule.clone();
+        let mut tasks = match (origin, allowed) {
+            (_, false) => Vec::new(),
+            (Origin::Copy | Origin::Requested(Answer::Copy), true) => {
+                vec![Task::Visit(name.clone())]
+            }
+            (Origin::Reconcile, true) => vec![Task::List {
+                name: name.clone(),
+                after: Vec::new(),
+            }],
+            (Origin::Deletion | Origin::Requested(Answer::Deletion), true) => {
+                vec![Task::Emit(entry(Command::Delete, &rule, &name))]
+            }
+            (Origin::Requested(Answer::Nothing), true) => Vec::new(),
+        };
+        if let Origin::Requested(_) = origin {
+            if !job.unreachable {
+                // The entry that says the answer is complete; tasks are taken from the end,
+                // so it comes out last.
+                tasks.insert(0, Task::Emit(entry(Command::Copy, &rule, &name)));
+            }
+        }
+        job.tasks = tasks;
+        job
+    }
+
     /// The copy of `name` for `rule`, from the journal entry at `pos`. A name the rule may not
     /// copy ([`mirrorfs::copycheck`]) is refused with a warning: the job sends nothing.
     pub fn new(pos: Position, rule: Arc<Rule>, name: Vec<u8>) -> CopyJob {
-        let tasks = match mirrorfs::copycheck::may_copy(&rule.spec.pattern, &name) {
-            Ok(()) => vec![Task::Visit(name)],
-            Err(e) => {
-                log::warn!("refused to copy: {e}");
-                Vec::new()
-            }
-        };
-        CopyJob {
-            pos,
-            extra: false,
-            rule,
-            tasks,
-            buffered: None,
-        }
+        CopyJob::build(pos, false, rule, name, Origin::Copy)
     }
 
     /// The reconciliation of directory `name` for `rule`, from the journal entry at `pos`.
     pub fn reconcile(pos: Position, rule: Arc<Rule>, name: Vec<u8>) -> CopyJob {
-        let mut job = CopyJob::new(pos, rule, name);
-        if let Some(Task::Visit(name)) = job.tasks.pop() {
-            job.tasks.push(Task::List {
-                name,
-                after: Vec::new(),
-            });
-        }
-        job
+        CopyJob::build(pos, false, rule, name, Origin::Reconcile)
     }
 
     /// A copy the router asked for (not from the journal).
     pub fn extra(rule: Arc<Rule>, name: Vec<u8>) -> CopyJob {
-        CopyJob {
-            extra: true,
-            ..CopyJob::new(Position::START, rule, name)
-        }
+        CopyJob::build(Position::START, true, rule, name, Origin::Copy)
+    }
+
+    /// The answer to the router's request for `name` ([`mirrorfs::wire::Msg::Resync`]): its
+    /// copy, its deletion (`Answer::Deletion`: it is gone here) or nothing, then the entry
+    /// that says the answer is complete.
+    pub fn requested(rule: Arc<Rule>, name: Vec<u8>, answer: Answer) -> CopyJob {
+        CopyJob::build(Position::START, true, rule, name, Origin::Requested(answer))
     }
 
     /// Not a copy: the deletion of `name` on the backup (a dirty file that no longer exists
     /// at the source), not from the journal.
     pub fn deletion(rule: Arc<Rule>, name: Vec<u8>) -> CopyJob {
-        let e = entry(Command::Delete, &rule, &name);
-        let job = CopyJob::extra(rule, name);
-        let tasks = if job.tasks.is_empty() {
-            Vec::new()
+        CopyJob::build(Position::START, true, rule, name, Origin::Deletion)
+    }
+
+    /// Whether the job stopped because the source cannot be read for now.
+    pub fn unreachable(&self) -> bool {
+        self.unreachable
+    }
+
+    /// The same job from its start (after [`CopyJob::unreachable`]): what it sent already is
+    /// sent again, which the backup takes as it took it the first time.
+    pub fn restart(&self) -> CopyJob {
+        CopyJob::build(
+            self.pos,
+            self.extra,
+            self.rule.clone(),
+            self.name.clone(),
+            self.origin,
+        )
+    }
+
+    /// Notes a failure to read the source: a transient one stops the job for a restart;
+    /// another is logged, and what it concerns is skipped.
+    fn trouble(&mut self, what: &str, e: &io::Error) {
+        if mirrorfs::copycheck::is_transient(e) {
+            if !self.unreachable {
+                log::info!("{what}: the source cannot be read now ({e}); trying again later");
+            }
+            self.unreachable = true;
+            self.tasks.clear();
+            self.buffered = None;
         } else {
-            vec![Task::Emit(e)]
-        };
-        CopyJob { tasks, ..job }
+            log::warn!("{what}: {e}");
+        }
     }
 
     /// The next part, `None` when the copy is complete. A source that vanished sends nothing
@@ -140,6 +238,10 @@ impl CopyJob {
     pub fn next_part(&mut self) -> Option<WireEntry> {
         loop {
             let raw = self.next_raw();
+            if self.unreachable {
+                // What is buffered would close the copy: never send it from a copy cut short.
+                return None;
+            }
             let (out, last) = match (self.buffered.take(), raw) {
                 (None, None) => return None,
                 (None, Some(e)) => {
@@ -211,12 +313,13 @@ impl CopyJob {
                                 ..entry(Command::Truncate, &self.rule, &name)
                             });
                         }
-                        Err(e) => {
-                            log::warn!(
-                                "copy of {}: read failed at offset {offset}: {e}; the rest is skipped",
-                                String::from_utf8_lossy(&name)
-                            );
-                        }
+                        Err(e) => self.trouble(
+                            &format!(
+                                "copy of {}: read at offset {offset} (the rest is skipped)",
+                                shown(&name)
+                            ),
+                            &e,
+                        ),
                     }
                 }
             }
@@ -228,23 +331,26 @@ impl CopyJob {
     /// selects after `after`, as many as fit in a part (the rest is queued).
     fn list(&mut self, name: Vec<u8>, after: Vec<u8>) -> Option<WireEntry> {
         let path = path_of(&name);
-        let rd = match fs::read_dir(path) {
-            Ok(rd) => rd,
+        // A listing must be whole: a name left out would be deleted on the backup. Any error
+        // but the directory being gone drops the listing.
+        let names: io::Result<Vec<Vec<u8>>> = fs::read_dir(path).and_then(|rd| {
+            rd.map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+                .collect()
+        });
+        let mut names: Vec<Vec<u8>> = match names {
+            Ok(n) => n
+                .into_iter()
+                .filter(|c| c.as_slice() > after.as_slice())
+                .collect(),
+            // Gone since: its removal is in the journal (or a reconcile of its parent).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
-                // Gone since: its removal is in the journal (or a reconcile of its parent).
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("reconcile of {}: cannot list: {e}", path.display());
-                }
+                self.trouble(&format!("reconcile of {}: cannot list", path.display()), &e);
                 return None;
             }
         };
-        let pattern = &self.rule.spec.pattern;
+        let pattern = self.rule.spec.pattern.clone();
         let subtree = pattern.kind().is_subtree();
-        let mut names: Vec<Vec<u8>> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().as_bytes().to_vec())
-            .filter(|c| c.as_slice() > after.as_slice())
-            .collect();
         names.sort();
         let mut listing = Listing::default();
         let mut bytes = 0;
@@ -253,8 +359,13 @@ impl CopyJob {
             let mut full = name.clone();
             full.push(b'/');
             full.extend_from_slice(&c);
-            let Ok(m) = fs::symlink_metadata(path_of(&full)) else {
-                continue;
+            let m = match fs::symlink_metadata(path_of(&full)) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.trouble(&format!("reconcile of {}", shown(&full)), &e);
+                    return None;
+                }
             };
             let ft = m.file_type();
             let kind = if ft.is_dir() {
@@ -320,7 +431,7 @@ impl CopyJob {
                 return Some(entry(Command::Delete, &self.rule, &name));
             }
             Err(e) => {
-                log::warn!("copy of {}: {e}", path.display());
+                self.trouble(&format!("copy of {}", path.display()), &e);
                 return None;
             }
         };
@@ -332,13 +443,14 @@ impl CopyJob {
             if selected {
                 self.push_attrs(&name, &meta);
             }
-            let mut children: Vec<Vec<u8>> = match fs::read_dir(path) {
-                Ok(rd) => rd
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().as_bytes().to_vec())
-                    .collect(),
+            let children: io::Result<Vec<Vec<u8>>> = fs::read_dir(path).and_then(|rd| {
+                rd.map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+                    .collect()
+            });
+            let mut children = match children {
+                Ok(c) => c,
                 Err(e) => {
-                    log::warn!("copy of {}: cannot list: {e}", path.display());
+                    self.trouble(&format!("copy of {}: cannot list", path.display()), &e);
                     Vec::new()
                 }
             };
@@ -378,7 +490,7 @@ impl CopyJob {
                     file,
                     offset: 0,
                 }),
-                Err(e) => log::warn!("copy of {}: cannot open: {e}", path.display()),
+                Err(e) => self.trouble(&format!("copy of {}: cannot open", path.display()), &e),
             }
             return None;
         }
@@ -386,7 +498,7 @@ impl CopyJob {
             let target = match fs::read_link(path) {
                 Ok(t) => t,
                 Err(e) => {
-                    log::warn!("copy of {}: {e}", path.display());
+                    self.trouble(&format!("copy of {}", path.display()), &e);
                     return None;
                 }
             };

@@ -34,15 +34,17 @@ use mirrorfs::wire::{codec, read_sealed, Msg, Part, Role, WireEntry, WireError, 
 
 use std::os::unix::ffi::OsStrExt;
 
-use crate::copy::CopyJob;
+use crate::copy::{Answer, CopyJob};
 use crate::resync;
 use crate::shared::{lock, Shared};
-use mirrorfs::copycheck::may_copy;
 
 /// Bytes sent and not yet acknowledged, at most.
 const WINDOW: usize = 64 << 20;
 /// Bytes per entries frame, at most (one entry may exceed it).
 const BATCH_BYTES: usize = 4 << 20;
+/// How long a copy whose source cannot be read now (its mount is down) waits to be tried
+/// again.
+const COPY_RETRY: Duration = Duration::from_millis(200);
 /// Entries per frame, at most.
 const BATCH_ENTRIES: usize = MAX_ENTRIES_PER_FRAME;
 /// How long to wait for the router's challenge and welcome.
@@ -394,6 +396,39 @@ fn connect(site: &str) -> Result<TcpStream, LinkError> {
     Err(LinkError::Connect(last))
 }
 
+/// Whether a router may ask for a copy of `name` under a rule with `pattern`
+/// ([`mirrorfs::copycheck`]), so that a router can never read other files of this machine.
+/// A check that cannot look now (the mount is down) lets the copy be tried: it is checked
+/// again when it runs.
+fn may_copy(pattern: &mirrorfs::rule::Pattern, name: &[u8]) -> bool {
+    match mirrorfs::copycheck::may_copy(pattern, name) {
+        Ok(()) => true,
+        Err(e) => e.is_transient(),
+    }
+}
+
+/// Whether `name` is a normalised absolute name that `pattern` selects, or the rule's base
+/// (the directory a wildcard or subtree rule starts at: its copy holds what the rule selects).
+fn selects(pattern: &mirrorfs::rule::Pattern, name: &[u8]) -> bool {
+    mirrorfs::copycheck::may_copy_with(pattern, name, |_| Ok(false)).is_ok()
+}
+
+/// Whether `name` is the base directory of a wildcard or subtree rule.
+fn is_base(pattern: &mirrorfs::rule::Pattern, name: &[u8]) -> bool {
+    let prefix = pattern.prefix();
+    pattern.kind().dest_is_dir() && name == prefix.strip_suffix(b"/").unwrap_or(prefix)
+}
+
+/// Whether `name` is gone here (so the copy a router asks for is its deletion, which reads
+/// nothing).
+fn gone(name: &[u8]) -> bool {
+    match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(name)) {
+        Ok(_) => false,
+        Err(e) => {
+            e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
+        }
+    }
+}
 /// The sending half of a session: every frame tagged with the session's MAC.
 struct Out {
     w: TcpStream,
@@ -452,6 +487,8 @@ struct Session<'a> {
     /// Everything before it is acknowledged or not for this site.
     acked_next: Position,
     copy: Option<(CopyJob, Position)>,
+    /// When the current copy, stopped because its source could not be read, is tried again.
+    copy_retry_at: Option<Instant>,
     extras: VecDeque<CopyJob>,
     /// Entries frames sent in this session, and how many of them the router stored.
     frames: u64,
@@ -555,6 +592,7 @@ fn session(
         inflight_bytes: 0,
         acked_next: start,
         copy: None,
+        copy_retry_at: None,
         extras: VecDeque::new(),
         frames: 0,
         acked_frames: 0,
@@ -842,28 +880,39 @@ impl Session<'_> {
             Event::Msg(Msg::ConfigOk { .. } | Msg::Heartbeat) => Ok(()),
             Event::Msg(Msg::Resync { rule_crc, name }) => {
                 let table = self.shared.table.load();
-                let allowed = table
-                    .sends_to(rule_crc, self.site)
-                    .map(|rule| may_copy(&rule.spec.pattern, &name).map(|()| rule));
-                match allowed {
-                    Some(Err(e)) => log::warn!(
-                        "site {}: refused to send a copy the router asked for: {e}",
-                        self.site
-                    ),
-                    Some(Ok(rule)) => {
-                        log::info!(
-                            "site {}: sending {} whole, as the router asked",
-                            self.site,
-                            String::from_utf8_lossy(&name)
-                        );
-                        self.extras.push_back(CopyJob::extra(rule.clone(), name));
-                    }
-                    None => log::warn!(
-                        "site {}: copy of {} asked for rule {rule_crc:#010x}, which no longer sends there",
+                let shown = String::from_utf8_lossy(&name).into_owned();
+                let Some(rule) = table.sends_to(rule_crc, self.site) else {
+                    log::warn!(
+                        "site {}: copy of {shown} asked for rule {rule_crc:#010x}, which no longer sends there",
                         self.site,
-                        String::from_utf8_lossy(&name)
-                    ),
-                }
+                    );
+                    return Ok(());
+                };
+                let pattern = &rule.spec.pattern;
+                let answer = if gone(&name) && selects(pattern, &name) && !is_base(pattern, &name) {
+                    // The backup must lose it too (a deletion the router never got). Never for
+                    // a rule's base: a source directory missing for a while must not empty its
+                    // backup.
+                    log::info!(
+                        "site {}: {shown} is gone here; sending its deletion, as the router asked for a copy",
+                        self.site
+                    );
+                    Answer::Deletion
+                } else if may_copy(pattern, &name) {
+                    log::info!(
+                        "site {}: sending {shown} whole, as the router asked",
+                        self.site
+                    );
+                    Answer::Copy
+                } else {
+                    log::warn!(
+                        "site {}: refused to send {shown}: rule {pattern} does not select it",
+                        self.site
+                    );
+                    Answer::Nothing
+                };
+                self.extras
+                    .push_back(CopyJob::requested(rule.clone(), name, answer));
                 Ok(())
             }
             Event::Msg(Msg::Error { reason }) => Err(LinkError::Refused(reason)),
@@ -904,13 +953,27 @@ impl Session<'_> {
                 }
             }
             if let Some((job, next)) = self.copy.as_mut() {
+                if self.copy_retry_at.is_some_and(|t| Instant::now() < t) {
+                    break;
+                }
                 match job.next_part() {
                     Some(e) => {
                         let next = (e.part == Part::Last).then_some(*next);
                         bytes += self.track(&e, next);
                         batch.push(e);
                     }
-                    None => self.copy = None,
+                    None if job.unreachable() => {
+                        // The source is a mount whose server is gone for now: the copy is made
+                        // again from its start a little later, and nothing after it goes
+                        // before it.
+                        *job = job.restart();
+                        self.copy_retry_at = Some(Instant::now() + COPY_RETRY);
+                        break;
+                    }
+                    None => {
+                        self.copy = None;
+                        self.copy_retry_at = None;
+                    }
                 }
                 continue;
             }
@@ -1037,5 +1100,23 @@ fn keep_damaged(shared: &Shared, n: u64) -> String {
             log::warn!("cannot keep {} for inspection: {e}", from.display());
             String::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A deletion is answered only for a name the rule selects (the symlink walk of a copy is
+    /// `mirrorfs::copycheck`'s, tested there).
+    #[test]
+    fn deletions_only_for_what_the_rule_selects() {
+        let p = mirrorfs::rule::Pattern::parse("/p/a/").unwrap();
+        let f = mirrorfs::rule::Pattern::parse("/p/a/*.doc").unwrap();
+        assert!(super::selects(&f, b"/p/a/gone.doc"));
+        assert!(super::selects(&f, b"/p/a"));
+        assert!(!super::selects(&f, b"/p/a/../b/gone.doc"));
+        assert!(!super::selects(&f, b"/p/a/x.txt"));
+        assert!(!super::selects(&p, b"/elsewhere/gone"));
+        assert!(super::may_copy(&f, b"/p/a/x.doc"));
+        assert!(!super::may_copy(&f, b"/p"));
     }
 }

@@ -33,6 +33,42 @@ pub enum CopyRefused {
         /// The directory that is a symlink.
         dir: String,
     },
+    /// A directory on the way cannot be looked at.
+    #[error("{name}: cannot look at {dir}: {err}")]
+    CannotLook {
+        /// The name.
+        name: String,
+        /// The directory.
+        dir: String,
+        /// Why.
+        err: String,
+        /// Whether it may pass: the source is a mount whose server is gone for now
+        /// ([`is_transient`]), so the copy is to be tried again rather than refused.
+        transient: bool,
+    },
+}
+
+impl CopyRefused {
+    /// Whether the refusal may pass (see [`CopyRefused::CannotLook`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            CopyRefused::CannotLook {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Whether `e` is what reading through a FUSE mount whose server died gives (`ENOTCONN`, or
+/// `ECONNABORTED` for a request the dying server had in hand): the mount comes back, so what
+/// failed is to be tried again, not given up.
+pub fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+    )
 }
 
 fn shown(b: &[u8]) -> String {
@@ -40,12 +76,12 @@ fn shown(b: &[u8]) -> String {
 }
 
 /// Whether a copy of `name` may be read under a rule with `pattern`; `is_symlink(dir)` tells
-/// whether the directory `dir` (a full name above `name`) is a symbolic link (or cannot be
-/// looked at for another reason than being absent: refused too).
+/// whether the directory `dir` (a full name above `name`) is a symbolic link (an absent one is
+/// not: a copy reads nothing through it, and a deletion may still be sent).
 pub fn may_copy_with(
     pattern: &Pattern,
     name: &[u8],
-    is_symlink: impl Fn(&[u8]) -> bool,
+    is_symlink: impl Fn(&[u8]) -> std::io::Result<bool>,
 ) -> Result<(), CopyRefused> {
     let normal = name.first() == Some(&b'/')
         && name[1..]
@@ -73,11 +109,22 @@ pub fn may_copy_with(
         .skip(1)
     {
         let dir = &name[..base.len() + i];
-        if is_symlink(dir) {
-            return Err(CopyRefused::ThroughSymlink {
-                name: shown(name),
-                dir: shown(dir),
-            });
+        match is_symlink(dir) {
+            Ok(false) => {}
+            Ok(true) => {
+                return Err(CopyRefused::ThroughSymlink {
+                    name: shown(name),
+                    dir: shown(dir),
+                })
+            }
+            Err(e) => {
+                return Err(CopyRefused::CannotLook {
+                    name: shown(name),
+                    dir: shown(dir),
+                    transient: is_transient(&e),
+                    err: e.to_string(),
+                })
+            }
         }
     }
     Ok(())
@@ -87,9 +134,9 @@ pub fn may_copy_with(
 pub fn may_copy(pattern: &Pattern, name: &[u8]) -> Result<(), CopyRefused> {
     may_copy_with(pattern, name, |dir| {
         match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(dir)) {
-            Ok(m) => m.file_type().is_symlink(),
-            // Gone: there is nothing to read through it (a deletion may still be sent).
-            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+            Ok(m) => Ok(m.file_type().is_symlink()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
         }
     })
 }

@@ -139,9 +139,26 @@ pub fn format_utc(ns: u64) -> String {
     )
 }
 
+/// `secs` since the epoch as a readable UTC time, `2026-11-21 22:26:40 UTC` (for times that
+/// people read in logs and status).
+pub fn utc_secs(secs: u64) -> String {
+    let t = format_utc(secs.saturating_mul(1_000_000_000));
+    // `YYYY-MM-DDTHH:MM:SS.mmmZ` → `YYYY-MM-DD HH:MM:SS UTC`.
+    match (t.get(..10), t.get(11..19)) {
+        (Some(day), Some(time)) => format!("{day} {time} UTC"),
+        _ => t,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_seconds_for_people() {
+        assert_eq!(utc_secs(1_796_109_003), "2026-12-01 07:10:03 UTC");
+        assert_eq!(utc_secs(0), "1970-01-01 00:00:00 UTC");
+    }
 
     #[test]
     fn utc_formatting() {

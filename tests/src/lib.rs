@@ -383,10 +383,34 @@ impl Daemon {
         }
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How many of its threads have a name (`/proc/PID/task/*/comm`, at most 15 bytes)
+    /// starting with `prefix`.
+    pub fn threads(&self, prefix: &str) -> usize {
+        self.pid().map_or(0, |pid| threads_named(pid, prefix))
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
+}
+
+/// How many threads of process `pid` have a name starting with `prefix` (a thread that never
+/// ends shows up here: a count above what the live connections need is a leak).
+pub fn threads_named(pid: u32, prefix: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .count()
 }
 
 impl Drop for Daemon {
@@ -460,6 +484,8 @@ pub struct Router {
     pub root: PathBuf,
     /// The router state directory.
     pub state: PathBuf,
+    /// Where its logs (stdout and stderr) go.
+    pub logs: PathBuf,
     /// The port it listens on.
     pub port: u16,
     /// The process.
@@ -482,6 +508,13 @@ impl Router {
 
     /// Starts a router like [`Router::start_with`], with `extra` arguments.
     pub fn start_args(root: Option<&Path>, extra: &[&str]) -> Router {
+        Router::start_in(root, None, extra)
+    }
+
+    /// Starts a router like [`Router::start_args`], with its state directory at `state` (e.g.
+    /// a small file system the test mounted; its logs then go elsewhere, so that they can be
+    /// read while that file system is full).
+    pub fn start_in(root: Option<&Path>, state: Option<&Path>, extra: &[&str]) -> Router {
         let tmp = tempfile::Builder::new()
             .prefix("mirror-router-")
             .disable_cleanup(keep_temp())
@@ -489,13 +522,19 @@ impl Router {
             .expect("tempdir");
         let base = tmp.path().canonicalize().expect("canonicalize");
         let root = root.map_or_else(|| base.join("root"), Path::to_path_buf);
-        let state = base.join("state");
+        let logs = if state.is_some() {
+            base.clone()
+        } else {
+            base.join("state")
+        };
+        let state = state.map_or_else(|| base.join("state"), Path::to_path_buf);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (daemon, port) = Router::launch(&root, &state, 0, 0, &extra);
+        let (daemon, port) = Router::launch(&root, &state, &logs, 0, 0, &extra);
         Router {
             tmp,
             root,
             state,
+            logs,
             port,
             daemon,
             starts: 1,
@@ -503,8 +542,16 @@ impl Router {
         }
     }
 
-    fn launch(root: &Path, state: &Path, port: u16, n: usize, extra: &[String]) -> (Daemon, u16) {
+    fn launch(
+        root: &Path,
+        state: &Path,
+        logs: &Path,
+        port: u16,
+        n: usize,
+        extra: &[String],
+    ) -> (Daemon, u16) {
         std::fs::create_dir_all(state).expect("mkdir router state");
+        std::fs::create_dir_all(logs).expect("mkdir router logs");
         // Sources keep the default site id (the host name) unless a test sets one and trusts it.
         let id = mirrorfs::state::hostname().unwrap_or_else(|| "localhost".into());
         // The default source may write anywhere under the root (`--namespace .`), so tests
@@ -517,7 +564,7 @@ impl Router {
             Some(whole_root),
         )
         .expect("write the router's key file");
-        let log = state.join(format!("routerd-{n}.log"));
+        let log = logs.join(format!("routerd-{n}.log"));
         let listen = format!("127.0.0.1:{port}");
         let mut args: Vec<&OsStr> = vec![
             "--listen".as_ref(),
@@ -553,7 +600,14 @@ impl Router {
     /// Starts it again (same port, root and state) after [`Router::kill9`].
     pub fn restart(&mut self) {
         self.daemon.kill9();
-        let (d, _) = Router::launch(&self.root, &self.state, self.port, self.starts, &self.extra);
+        let (d, _) = Router::launch(
+            &self.root,
+            &self.state,
+            &self.logs,
+            self.port,
+            self.starts,
+            &self.extra,
+        );
         self.starts += 1;
         self.daemon = d;
     }

@@ -276,13 +276,14 @@ impl MirrorFs {
         }
         crate::copycheck::may_copy_with(&rule.spec.pattern, name, |dir| {
             match self.rec.relative(dir) {
-                Some([]) => false,
+                Some([]) => Ok(false),
                 Some(rel) => match sys::stat_at(self.dir(), rel) {
-                    Ok(st) => st.mode & libc::S_IFMT == libc::S_IFLNK,
-                    Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+                    Ok(st) => Ok(st.mode & libc::S_IFMT == libc::S_IFLNK),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e),
                 },
                 // Above the mount: the rule's own directories, not this mount's to judge.
-                None => false,
+                None => Ok(false),
             }
         })
         .map_err(|e| e.to_string())

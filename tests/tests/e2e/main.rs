@@ -34,3 +34,6 @@ mod outage_detection;
 mod journal_damage;
 // journal: small rotating segments, deletes and sender kills (issue 12 item 12).
 mod journal_rotation;
+// router faults: sessions that end whatever fails (kill -9 mid-stream, a full router-log disk),
+// damaged router logs (checksums, quarantine), copies asked for while a source is away.
+mod router_faults;

@@ -41,7 +41,7 @@ fn blocked(l: &Local, site: &str) -> bool {
     !site_status(l, site)["blocked"].is_null()
 }
 
-fn run(cmd: &str, args: &[&str]) {
+pub(crate) fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -101,6 +101,9 @@ fn kill9_of_sender_router_and_both_at_random_moments() {
     );
     report(rounds, &w, n);
     assert!(n >= 40);
+    // No session of a killed sender is left behind, and the site is not refused.
+    crate::router_faults::assert_no_leaked_sessions(&r, 1);
+    assert!(!s.log_text().contains("sessions open"), "{}", s.log_text());
     drop(m);
     assert_log_only("the source", &l.error_log(), SENDER_OUTAGE);
     assert_log_only("the router", &r.error_log(), ROUTER_RESTART);
@@ -181,6 +184,7 @@ fn a_cut_network_blocks_the_site_and_steady_heartbeats_unblock_it() {
     // Heartbeats resume; after the probation the site is unblocked by itself.
     wait_until(NOTICE, "the site to be unblocked", || !blocked(&l, &site));
     let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    crate::router_faults::assert_no_leaked_sessions(&r, 1);
     let log = s.log_text();
     assert!(log.contains("heartbeats steady"), "{log}");
     assert!(l.error_log().contains(&format!("site {site} is blocked")));
@@ -192,12 +196,12 @@ fn a_cut_network_blocks_the_site_and_steady_heartbeats_unblock_it() {
 }
 
 /// A small tmpfs mounted while it lives.
-struct SmallFs {
+pub(crate) struct SmallFs {
     dir: PathBuf,
 }
 
 impl SmallFs {
-    fn new(dir: &Path, size: &str) -> SmallFs {
+    pub(crate) fn new(dir: &Path, size: &str) -> SmallFs {
         fs::create_dir_all(dir).unwrap();
         run(
             "mount",

@@ -27,16 +27,20 @@ fn connect(r: &Router) -> TcpStream {
     s
 }
 
-/// Reads until the router answers with an error (returned) or closes the connection.
-fn refusal(s: &mut impl Read, mac: Option<&mut auth::FrameMac>) -> Option<String> {
-    let got = match mac {
-        Some(m) => read_sealed(s, m),
-        None => codec::read_frame(s),
-    };
-    match got {
-        Ok(Msg::Error { reason }) => Some(reason),
-        Ok(other) => panic!("expected a refusal, got {}", other.kind()),
-        Err(_) => None,
+/// Reads until the router answers with an error (returned) or closes the connection (a
+/// request for the configuration, which a router may send at any time, is passed over).
+fn refusal(s: &mut impl Read, mut mac: Option<&mut auth::FrameMac>) -> Option<String> {
+    loop {
+        let got = match mac.as_deref_mut() {
+            Some(m) => read_sealed(s, m),
+            None => codec::read_frame(s),
+        };
+        return match got {
+            Ok(Msg::SendConfig { .. }) => continue,
+            Ok(Msg::Error { reason }) => Some(reason),
+            Ok(other) => panic!("expected a refusal, got {}", other.kind()),
+            Err(_) => None,
+        };
     }
 }
 
@@ -90,8 +94,15 @@ impl Peer {
         self.w.write_all(&f).expect("send");
     }
 
+    /// The next message, passing over requests for the configuration (a router sends one
+    /// when it has none of the source).
     fn recv(&mut self) -> Result<Msg, mirrorfs::wire::WireError> {
-        read_sealed(&mut self.r, &mut self.s.recv)
+        loop {
+            match read_sealed(&mut self.r, &mut self.s.recv)? {
+                Msg::SendConfig { .. } => continue,
+                m => return Ok(m),
+            }
+        }
     }
 
     /// Sends the configuration, then entries; waits for the router to store them.
