@@ -22,3 +22,11 @@ mod mirror_topology;
 mod outage_faults;
 // security: a hostile peer speaking the protocol: authentication, confinement, limits.
 mod security_hostile;
+// the power-loss layer (lossyfs) itself: what a power loss keeps, drops and tears.
+mod lossy_harness;
+// the power-loss layer against a reference model of POSIX durability (random operations).
+mod lossy_model;
+// the power-loss layer with SQLite: committed transactions survive where SQLite says they do.
+mod lossy_sqlite;
+// mirror on the power-loss layer: a state directory whose disk loses power.
+mod lossy_mirror;
