@@ -22,6 +22,12 @@
 //! unmount it (`Mount::kill9`, then drop it), as the power loss would have killed it anyway.
 //! Processes that use the layer should be killed at a power loss too (kill -9): after it they
 //! get EIO for everything, and what they hold in memory is not on any disk.
+//!
+//! Practicalities: [`crate::Mount`] writes mirrorfs's log into the state directory, so with
+//! the state directory on the layer that log is on the layer too (and, never fsync'd, lost at
+//! a power loss: read it before). The layer's own log is in its temporary directory
+//! ([`LossyFs::log_text`]); `LOSSYFS_LOG=debug` shows every refused request,
+//! `LOSSYFS_SEED=N` replays the tears of a failed run (each report has its seed).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -146,10 +152,13 @@ impl LossyFs {
     }
 
     fn request(&self, cmd: &str) -> Result<serde_json::Value, String> {
+        self.request_within(cmd, Duration::from_secs(120))
+    }
+
+    fn request_within(&self, cmd: &str, limit: Duration) -> Result<serde_json::Value, String> {
         let mut s = UnixStream::connect(&self.control)
             .map_err(|e| format!("connect to the control socket: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))
-            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(limit)).map_err(|e| e.to_string())?;
         s.write_all(format!("{cmd}\n").as_bytes())
             .map_err(|e| format!("send: {e}"))?;
         let mut line = String::new();
@@ -287,7 +296,7 @@ impl Drop for LossyFs {
         // Everything durable first (as a clean unmount would), so that a server that must be
         // killed because the mount is busy leaves nothing half-done in the backing directory.
         if self.child.is_some() {
-            let _ = self.request("sync");
+            let _ = self.request_within("sync", Duration::from_secs(10));
         }
         self.stop(Duration::from_secs(2));
     }

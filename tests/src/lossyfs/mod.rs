@@ -52,7 +52,8 @@
 //! entries, every file its durable content, size and attributes; what no durable name reaches
 //! is removed. Objects keep their inode numbers (renamed or linked back; removed objects that
 //! may come back are kept in a hidden attic, `.lossyfs-attic` in the backing root, until a
-//! directory fsync makes their removal durable). With **tearing**, each file whose content
+//! directory fsync makes their removal durable; the name is reserved: the mount hides it and
+//! refuses to create it, `EPERM`). With **tearing**, each file whose content
 //! changed since its last durability point keeps a random prefix of those changes in order
 //! (writes, truncates, fallocates), the last kept write itself cut at a random byte, as a disk
 //! may have written some of the data before the power went; the seed is in the report and
@@ -74,9 +75,10 @@
 //!
 //! # O_DIRECT, fallocate
 //!
-//! `O_DIRECT` opens (and `fcntl(F_SETFL, O_DIRECT)`) are accepted: the kernel allows direct
-//! I/O on FUSE files, and since every file is in direct-I/O mode there is no alignment rule.
-//! The backing file is opened without it. `fallocate` supports mode 0, `KEEP_SIZE`,
+//! `O_DIRECT` opens (and `fcntl(F_SETFL, O_DIRECT)`) are accepted: the kernel (6.18 here)
+//! lets them through on the layer's files, and since every file is in direct-I/O mode there
+//! is no alignment rule (`lossy_harness::fallocate_and_o_direct_work_and_are_held_back_like_writes`).
+//! The backing file is opened without it, so a product needs no fallback on this layer. `fallocate` supports mode 0, `KEEP_SIZE`,
 //! `PUNCH_HOLE` and `ZERO_RANGE` (not `COLLAPSE_RANGE`/`INSERT_RANGE`: `EOPNOTSUPP`); a
 //! preallocation is invisible, a size it changes is held back like a truncate.
 //!

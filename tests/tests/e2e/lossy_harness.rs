@@ -99,8 +99,13 @@ fn a_file_written_and_fsynced_into_its_directory_survives_a_power_loss() {
 
 #[test]
 fn what_was_not_fsynced_is_lost() {
-    let mut fx = fixture(|b| fs::write(b.join("old.txt"), b"old content\n").unwrap());
+    let mut fx = fixture(|b| {
+        fs::write(b.join("old.txt"), b"old content\n").unwrap();
+        fs::write(b.join("rewritten.txt"), b"first version").unwrap();
+    });
     let mode_before = fs::metadata(fx.p("old.txt")).unwrap().mode();
+    // Rewritten in place (O_TRUNC), not fsync'd.
+    fs::write(fx.p("rewritten.txt"), b"second").unwrap();
     // Unsynced changes of a durable file: an append, an overwrite, a chmod.
     let f = append(&fx.p("old.txt"), b"appended\n");
     f.write_at(b"OLD", 0).unwrap();
@@ -124,9 +129,15 @@ fn what_was_not_fsynced_is_lost() {
         mode_before & 0o7777,
         "the chmod was not fsync'd"
     );
+    assert_eq!(fs::read(fx.p("rewritten.txt")).unwrap(), b"first version");
     assert_eq!(
         names(&fx.mnt),
-        vec!["name-only.txt", "old.txt", "synced-file-only.txt"]
+        vec![
+            "name-only.txt",
+            "old.txt",
+            "rewritten.txt",
+            "synced-file-only.txt"
+        ]
     );
     assert_eq!(fs::read(fx.p("name-only.txt")).unwrap(), b"");
     assert_eq!(fs::read(fx.p("synced-file-only.txt")).unwrap(), b"x");
@@ -628,6 +639,30 @@ fn fallocate_and_o_direct_work_and_are_held_back_like_writes() {
     assert_eq!(direct.len(), 4096 + 14);
     assert!(direct[..4096].iter().all(|&b| b == b'D'));
     assert_eq!(&direct[4096..], b"unaligned tail");
+}
+
+#[test]
+fn copy_file_range_is_held_back_like_a_write() {
+    let mut fx = fixture(|b| {
+        fs::write(b.join("src"), b"the source bytes").unwrap();
+        fs::write(b.join("unsynced"), b"").unwrap();
+    });
+    // std's copy uses copy_file_range on Linux.
+    fs::copy(fx.p("src"), fx.p("synced")).unwrap();
+    File::open(fx.p("synced")).unwrap().sync_all().unwrap();
+    fsync_dir(&fx.mnt);
+    let mut out = OpenOptions::new()
+        .write(true)
+        .open(fx.p("unsynced"))
+        .unwrap();
+    let mut src = File::open(fx.p("src")).unwrap();
+    assert_eq!(std::io::copy(&mut src, &mut out).unwrap(), 16);
+    drop(out);
+    assert_eq!(fs::read(fx.p("unsynced")).unwrap(), b"the source bytes");
+    fx.layer.power_loss(false);
+    fx.layer.remount();
+    assert_eq!(fs::read(fx.p("synced")).unwrap(), b"the source bytes");
+    assert_eq!(fs::read(fx.p("unsynced")).unwrap(), b"");
 }
 
 #[test]
