@@ -93,7 +93,8 @@
 //! The backing directory must be one file system with nothing mounted inside it, changed by
 //! nobody else while it is served, and must not contain the mount point (the mount point may
 //! be the backing directory itself: the layer reaches it only through a descriptor opened
-//! before mounting). The layer runs one request at a time, asks nothing to be cached, holds an
+//! before mounting). The server runs as root, as the tests do (it links objects back by
+//! descriptor and gives new objects to their callers). It runs one request at a time, asks nothing to be cached, holds an
 //! `O_PATH` descriptor per inode the kernel knows, and keeps the bytes of unsynced writes in
 //! memory (for tearing; up to 512 MiB, beyond which a file's changes are dropped whole rather
 //! than torn): correct first, fast enough for tests.
