@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use mirrorfs::entry::Entry;
 use mirrorfs::journal::{JournalReader, Position};
 
+pub mod lossy;
+pub mod lossyfs;
+pub use lossy::{LossyFs, LossyOpts};
+
 /// The path of workspace binary `name`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

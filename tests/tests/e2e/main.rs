@@ -37,3 +37,11 @@ mod journal_rotation;
 // router faults: sessions that end whatever fails (kill -9 mid-stream, a full router-log disk),
 // damaged router logs (checksums, quarantine), copies asked for while a source is away.
 mod router_faults;
+// the power-loss layer (lossyfs) itself: what a power loss keeps, drops and tears.
+mod lossy_harness;
+// the power-loss layer against a reference model of POSIX durability (random operations).
+mod lossy_model;
+// the power-loss layer with SQLite: committed transactions survive where SQLite says they do.
+mod lossy_sqlite;
+// mirror on the power-loss layer: a state directory whose disk loses power.
+mod lossy_mirror;
