@@ -73,6 +73,9 @@ pub struct ApplyError {
 pub struct Applier {
     root: Root,
     open: OpenFiles,
+    /// Backup paths (relative to the root) changed since they were last made durable: files
+    /// written, and the directories whose entries changed.
+    touched: std::collections::BTreeSet<PathBuf>,
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -103,7 +106,61 @@ impl Applier {
         Ok(Applier {
             root: Root::open(root)?,
             open: OpenFiles::new(max_open),
+            touched: std::collections::BTreeSet::new(),
         })
+    }
+
+    /// Makes everything applied so far durable (before the router logs that hold it go):
+    /// `syncfs` of the backup file system, which a real file system makes cheap for what
+    /// follows, then an fsync of every file and directory touched, which is what makes it
+    /// durable wherever `syncfs` does not reach (a FUSE file system is not told of it).
+    pub fn make_durable(&mut self) -> io::Result<()> {
+        self.open.clear();
+        sync_fs(self.root.path())?;
+        for rel in std::mem::take(&mut self.touched) {
+            let place = if rel.as_os_str().is_empty() {
+                fsync_path(self.root.path())?;
+                continue;
+            } else {
+                match self.root.place(&rel, false) {
+                    Ok(p) => p,
+                    Err(e) if not_found(&e) || errno_is(&e, libc::ENOTDIR) => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            match fsync_path(&place.path()) {
+                Ok(()) => {}
+                // Gone or replaced since (its parent's entries are what count then), or a
+                // symlink (its own entry is in its parent).
+                Err(e) if not_found(&e) || errno_is(&e, libc::ELOOP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that the entry for `rel` changed the backup: the file itself for data and
+    /// attributes, its directory (and, for a rename or link, `to`'s) for names.
+    fn touch(&mut self, rel: &Path, command: Command, to: Option<&Path>) {
+        let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+        match command {
+            Command::Write
+            | Command::Truncate
+            | Command::Zero
+            | Command::SetAttr
+            | Command::SetXattr
+            | Command::RemoveXattr => {
+                self.touched.insert(rel.to_path_buf());
+            }
+            _ => {
+                self.touched.insert(rel.to_path_buf());
+                self.touched.insert(parent(rel));
+                if let Some(t) = to {
+                    self.touched.insert(t.to_path_buf());
+                    self.touched.insert(parent(t));
+                }
+            }
+        }
     }
 
     /// `rel` beneath the root (its parents created when `create`); `None` when a parent
@@ -155,6 +212,10 @@ impl Applier {
             Ok(p) => p,
             Err(e) => return Ok(Outcome::Refused(e.to_string())),
         };
+        let to = matches!(r.command, Command::Rename | Command::Link)
+            .then(|| backup_rel(rule, &r.aux).ok())
+            .flatten();
+        self.touch(&rel, r.command, to.as_deref());
         let shown = self.root.path().join(&rel);
         let fail = |op: &'static str, p: &Path| {
             let p = p.to_path_buf();
@@ -180,6 +241,21 @@ impl Applier {
                 "{} entries are the sender's own",
                 r.command
             )));
+        }
+        if matches!(
+            r.command,
+            Command::Write | Command::Truncate | Command::Zero
+        ) && r.part == mirrorfs::wire::Part::Whole
+            && !self.backup_exists(&rel).map_err(fail("open", &shown))?
+        {
+            // A change to a file the backup does not have (made before its rule, or under a
+            // name the backup never got): applied alone it would leave zeros where the older
+            // content is. The source sends the file whole instead (a copy's own parts, which
+            // build the file, are applied).
+            return Ok(Outcome::NeedCopy {
+                rule_crc: rule.crc,
+                name: r.name.clone(),
+            });
         }
         match r.command {
             Command::Write => {
@@ -354,6 +430,22 @@ impl Applier {
             Command::Reconcile => return reconcile(rule, r, &rel, &at, data),
         }
         Ok(Outcome::Done)
+    }
+
+    /// Whether the backup file `rel` exists (open already, or there beneath the root).
+    fn backup_exists(&mut self, rel: &Path) -> io::Result<bool> {
+        if self.open.has(rel) {
+            return Ok(true);
+        }
+        match self.root.place(rel, false) {
+            Ok(p) => match fs::symlink_metadata(p.path()) {
+                Ok(_) => Ok(true),
+                Err(e) if not_found(&e) => Ok(false),
+                Err(e) => Err(e),
+            },
+            Err(e) if not_found(&e) || errno_is(&e, libc::ENOTDIR) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn file(&mut self, rel: &Path) -> io::Result<&File> {
@@ -820,9 +912,9 @@ fn apply_some(
         if n < wpair && pc.cursor >= end && pc.held_from.is_none() {
             // Finished and no longer written: make what was applied durable, keep what it
             // says about the sources, remove it.
-            sync_fs(&router.cfg.root).map_err(|e| {
+            st.applier.make_durable().map_err(|e| {
                 format!(
-                    "cannot flush the backup files under {}: {e}",
+                    "cannot make the backup files under {} durable: {e}",
                     router.cfg.root.display()
                 )
             })?;
@@ -999,6 +1091,20 @@ fn refused(router: &crate::shared::Router, r: &RtRecord, why: &str) {
     router.notify(&r.site, text);
 }
 
+/// fsync of the file or directory at `p` (not following a symlink in its last component).
+fn fsync_path(p: &Path) -> io::Result<()> {
+    // Non-blocking: opening a fifo for reading would wait for a writer.
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)?;
+    match f.sync_all() {
+        // A fifo or socket has nothing to make durable but its entry, in its directory.
+        Err(e) if errno_is(&e, libc::EINVAL) => Ok(()),
+        r => r,
+    }
+}
+
 /// Flushes the file system holding `root` (before the router logs of what was applied go).
 fn sync_fs(root: &Path) -> io::Result<()> {
     let f = File::open(root)?;
@@ -1076,5 +1182,50 @@ mod tests {
             .apply(&table, &record(Command::Write, "/p/../z", ""), &[])
             .unwrap();
         assert!(matches!(out, Outcome::Refused(_)), "{out:?}");
+    }
+
+    /// The patchwork finding (issue 13 item 1, seen under issue 12's crash tests): a journal
+    /// write to a file the backup does not have asks for the file whole instead of leaving
+    /// zeros where its older content is; a copy's own parts build the file.
+    #[test]
+    fn a_change_to_a_file_the_backup_lacks_asks_for_it_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let table = RouterTable::with_rules([(
+            "s".to_string(),
+            RouterRule {
+                crc: 5,
+                pattern: Pattern::parse("/p/").unwrap(),
+                dest: Dest::parse("d").unwrap(),
+                attrs: false,
+                delete_suffix: None,
+                namespace: Some(PathBuf::new()),
+            },
+        )]);
+        let mut a = Applier::new(root.path(), 4).unwrap();
+        for command in [Command::Write, Command::Truncate, Command::Zero] {
+            let mut r = record(command, "/p/old", "");
+            r.offset = 4096;
+            r.size = 10;
+            let out = a.apply(&table, &r, b"late").unwrap();
+            assert_eq!(
+                out,
+                Outcome::NeedCopy {
+                    rule_crc: 5,
+                    name: b"/p/old".to_vec()
+                },
+                "{command}"
+            );
+            assert!(!root.path().join("d/old").exists());
+        }
+        // A part of a copy creates it.
+        let mut part = record(Command::Write, "/p/old", "");
+        part.part = Part::Extra;
+        assert_eq!(a.apply(&table, &part, b"whole").unwrap(), Outcome::Done);
+        assert_eq!(std::fs::read(root.path().join("d/old")).unwrap(), b"whole");
+        // Then later changes apply.
+        let mut w = record(Command::Write, "/p/old", "");
+        w.offset = 5;
+        assert_eq!(a.apply(&table, &w, b"!").unwrap(), Outcome::Done);
+        assert_eq!(std::fs::read(root.path().join("d/old")).unwrap(), b"whole!");
     }
 }

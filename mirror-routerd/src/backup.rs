@@ -120,6 +120,13 @@ impl OpenFiles {
         Ok(&self.files[0].1)
     }
 
+    /// Whether `path` is open (and still has a name).
+    pub fn has(&self, path: &Path) -> bool {
+        self.files
+            .iter()
+            .any(|(p, f)| p == path && f.metadata().is_ok_and(|m| m.nlink() > 0))
+    }
+
     /// Closes everything (after names changed).
     pub fn clear(&mut self) {
         self.files.clear();

@@ -193,7 +193,7 @@ pub fn move_aside(
         let path = path.to_path_buf();
         move |err| QuarantineError::Io { pair: n, path, err }
     };
-    std::fs::create_dir_all(&qdir).map_err(fail(&qdir))?;
+    mirrorfs::state::private_dir(&qdir).map_err(fail(&qdir))?;
     record.files.clear();
     for from in [rtlog::rt1_path(rt_dir, n), rtlog::rt2_path(rt_dir, n)] {
         let Some(name) = from.file_name() else {

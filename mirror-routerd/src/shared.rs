@@ -190,7 +190,9 @@ impl Router {
     /// Opens the router's state: recovers the RT logs (quarantining damaged pairs), loads
     /// the configuration, what each source already sent and the copies still to be asked.
     pub fn open(cfg: RouterConfig) -> Result<Arc<Router>, StartError> {
-        std::fs::create_dir_all(&cfg.root).map_err(|err| StartError::Root {
+        // A root the router makes is private (a backup is never more readable than its
+        // source); one the operator made keeps its mode.
+        mirrorfs::state::durable_dir(&cfg.root, 0o700).map_err(|err| StartError::Root {
             path: cfg.root.clone(),
             err,
         })?;
@@ -200,7 +202,7 @@ impl Router {
         })?;
         let cfg = RouterConfig { root, ..cfg };
         let rt_dir = cfg.state.join("rt");
-        std::fs::create_dir_all(&rt_dir).map_err(|err| RtError::Io {
+        mirrorfs::state::private_dir(&rt_dir).map_err(|err| RtError::Io {
             path: rt_dir.clone(),
             err,
         })?;

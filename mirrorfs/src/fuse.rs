@@ -160,7 +160,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -184,7 +184,7 @@ impl Filesystem for FuseFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.fs.setattr(ino.0, ch, fh.map(|f| f.0)) {
+        match self.fs.setattr(caller(req), ino.0, ch, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.ttl(), &a),
             Err(e) => reply.error(errno("setattr", ino.0, e)),
         }
@@ -280,8 +280,8 @@ impl Filesystem for FuseFs {
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(caller(req), ino.0, flags.0) {
             Ok(o) => self.reply_open(o, reply),
             Err(e) => reply.error(errno("open", ino.0, e)),
         }
@@ -306,7 +306,7 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -316,7 +316,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        match self.fs.write(caller(req), fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", ino.0, e)),
         }

@@ -209,14 +209,40 @@ impl LockFile {
     }
 }
 
-/// Creates directory `dir` (and its missing parents) private to its owner, or makes an
-/// existing one so: mode 0700. Every directory of state goes through here.
+/// Creates directory `dir` and its missing parents with `mode`, durably: each new directory's
+/// entry is fsynced in its parent, so a power loss cannot take a directory (and what was made
+/// durable inside it) away.
+pub fn durable_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d);
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(mode).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let parent = d.parent().filter(|p| !p.as_os_str().is_empty());
+        fsync_dir(parent.unwrap_or(Path::new(".")))?;
+    }
+    if !dir.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+    }
+    Ok(())
+}
+
+/// Creates directory `dir` (and its missing parents) private to its owner and durably
+/// ([`durable_dir`]), or makes an existing one private: mode 0700. Every directory of state
+/// goes through here.
 pub fn private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+    durable_dir(dir, 0o700)?;
     let mode = fs::metadata(dir)?.permissions().mode();
     if mode & 0o077 != 0 {
         log::info!(

@@ -38,17 +38,20 @@ fn writable(flags: i32) -> bool {
 }
 
 impl MirrorFs {
-    /// Chooses the I/O mode for a new handle of `node`.
-    fn io_mode(&self, node: &Inode, recorded: bool) -> IoMode {
-        if !self.passthrough() {
-            self.fallback_mode()
-        } else if recorded || node.recorded_writers.load(Ordering::Relaxed) > 0 {
-            // Read-only opens while a recording writer is open also avoid passthrough, so a
-            // shared mmap of the writer (which puts the inode in cached mode) cannot clash.
-            IoMode::Direct
-        } else {
-            IoMode::Passthrough
-        }
+    /// The I/O mode of a new handle of `node`, and counts it (see [`super::inodes::NodeIo`]):
+    /// the mode of the node's open handles if it has any, else the page cache for a file a
+    /// rule selects (its writes reach mirrorfs, to be recorded) and kernel passthrough for
+    /// one no rule selects.
+    fn io_mode(&self, node: &Inode, selected: bool) -> IoMode {
+        let mut io = lock(&node.io);
+        let mode = match io.mode {
+            Some(m) if io.handles > 0 => m,
+            _ if self.passthrough() && !selected => IoMode::Passthrough,
+            _ => IoMode::Cached,
+        };
+        io.mode = Some(mode);
+        io.handles += 1;
+        mode
     }
 
     /// The rules selecting `path` now, as a fresh handle recording.
@@ -108,14 +111,20 @@ impl MirrorFs {
         node: Arc<Inode>,
         file: std::fs::File,
         flags: i32,
-        recording: Recording,
+        mut recording: Recording,
     ) -> Opened {
         let w = writable(flags);
-        let recorded = w && !recording.rules.is_empty();
-        let mode = self.io_mode(&node, recorded);
-        if recorded {
-            node.recorded_writers.fetch_add(1, Ordering::Relaxed);
+        let mode = self.io_mode(&node, !recording.rules.is_empty());
+        if w && mode == IoMode::Passthrough && !recording.rules.is_empty() {
+            // A rule began to select the file while it was open in passthrough: its writes
+            // never reach mirrorfs, so the file is copied when this handle closes.
+            log::info!(
+                "{}: open in passthrough when a rule began to select it; copying it at close",
+                String::from_utf8_lossy(&recording.name)
+            );
+            recording.late_rules = std::mem::take(&mut recording.rules);
         }
+        let recorded = w && !recording.rules.is_empty();
         let h = Handle {
             inode: node,
             file,
@@ -133,28 +142,47 @@ impl MirrorFs {
         }
     }
 
-    /// Opens node `ino` with `flags`.
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+    /// Opens node `ino` with `flags` for `caller`.
+    pub fn open(&self, caller: Caller, ino: u64, flags: i32) -> FsResult<Opened> {
         let _ns = self.ns_read();
         let node = self.inodes.get(ino)?;
         let path = self.inodes.path(ino)?;
         let trunc = flags & libc::O_TRUNC != 0;
-        let recording = if writable(flags) || trunc {
-            self.recording_for(&path)
-        } else {
-            Recording::default()
-        };
+        // Read-only opens need the rules too: they choose the node's I/O mode.
+        let recording = self.recording_for(&path);
         let own_flags = (flags & !STRIP) | libc::O_NOFOLLOW;
-        let file = if trunc && !recording.rules.is_empty() {
+        let file = if trunc {
             let _op = lock(&node.op_lock);
             let f = sys::open_at(self.dir(), &path, own_flags, 0)?;
-            let e = EntryRef::new(Command::Truncate, 0, &recording.name);
-            self.rec.append(&recording.rules, e)?;
+            if !recording.rules.is_empty() {
+                let e = EntryRef::new(Command::Truncate, 0, &recording.name);
+                self.rec.append(&recording.rules, e)?;
+            }
+            self.truncated_by(caller, &f, &path)?;
             f
         } else {
             sys::open_at(self.dir(), &path, own_flags, 0)?
         };
+        let st = sys::fstat(file.as_fd())?;
+        node.setid.store(
+            st.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+            Ordering::Relaxed,
+        );
         Ok(self.new_handle(node, file, flags, recording))
+    }
+
+    /// After `caller` truncated `path` (open with O_TRUNC): set-id bits go as the file system
+    /// would clear them for that user, and the change is recorded.
+    fn truncated_by(&self, caller: Caller, f: &std::fs::File, path: &[u8]) -> FsResult<()> {
+        let st = sys::fstat(f.as_fd())?;
+        if let Some(after) = self.drop_setid(caller, f.as_fd(), &st)? {
+            let ch = super::SetAttrs {
+                mode: Some(after.mode & 0o7777),
+                ..super::SetAttrs::default()
+            };
+            self.record_setattr(path, &after, &ch)?;
+        }
+        Ok(())
     }
 
     /// Creates and opens `name` in `parent`.
@@ -188,6 +216,14 @@ impl MirrorFs {
                 self.rec.append(&recording.rules, e)?;
             }
         }
+        if !created && flags & libc::O_TRUNC != 0 {
+            let _op = lock(&node.op_lock);
+            self.truncated_by(caller, &file, &path)?;
+        }
+        node.setid.store(
+            st.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+            Ordering::Relaxed,
+        );
         let opened = self.new_handle(node, file, flags, recording);
         Ok((out, opened))
     }
@@ -294,7 +330,7 @@ impl MirrorFs {
     /// Large writes copy into the file and into the journal at the same time (two threads,
     /// both done before the reply, under the node's op lock). Should the file write then fail
     /// or come up short, a copy entry follows, so the backup still converges on the file.
-    pub fn write<'a>(&self, fh: u64, offset: u64, data: &'a [u8]) -> FsResult<u32> {
+    pub fn write<'a>(&self, caller: Caller, fh: u64, offset: u64, data: &'a [u8]) -> FsResult<u32> {
         let h = self.files.get(fh)?;
         if !h.writable {
             return Err(FsError::Errno(libc::EBADF));
@@ -304,6 +340,27 @@ impl MirrorFs {
         let mut r = lock(&h.recording);
         self.refresh(&h, &mut r);
         r.wrote = true;
+        if caller.uid != 0 && h.inode.setid.load(Ordering::Relaxed) {
+            // A write by another user clears set-id bits as the file system would (the
+            // kernel's own clearing keeps a set-group-id bit the file system clears).
+            let st = sys::fstat(h.file.as_fd())?;
+            if let Some(after) = self.drop_setid(caller, h.file.as_fd(), &st)? {
+                h.inode.setid.store(
+                    after.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+                    Ordering::Relaxed,
+                );
+                if !r.name.is_empty() {
+                    let ch = super::SetAttrs {
+                        mode: Some(after.mode & 0o7777),
+                        ..super::SetAttrs::default()
+                    };
+                    let rel = self.rec.relative(&r.name).map(<[u8]>::to_vec);
+                    if let Some(rel) = rel {
+                        self.record_setattr(&rel, &after, &ch)?;
+                    }
+                }
+            }
+        }
         if r.rules.is_empty() {
             return Ok(h.file.write_at(data, offset)? as u32);
         }
@@ -368,8 +425,12 @@ impl MirrorFs {
                 pt.backing = None;
             }
         }
-        if h.recorded {
-            h.inode.recorded_writers.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut io = lock(&h.inode.io);
+            io.handles = io.handles.saturating_sub(1);
+            if io.handles == 0 {
+                io.mode = None;
+            }
         }
         if !h.writable {
             return Ok(());

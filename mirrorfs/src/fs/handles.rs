@@ -1,17 +1,22 @@
 //! Open file handles: the open file list of seeds/002 \[0045\].
 //!
-//! Each handle is opened in one of three I/O modes:
+//! The kernel will not mix kernel-passthrough opens of one inode with other opens (the open
+//! that tries fails with EIO), so the I/O mode is chosen per node, not per open: the first
+//! open of a node chooses, and every open while any handle of it is open takes the same mode
+//! ([`super::inodes::NodeIo`]).
 //!
-//! * **Passthrough**: the kernel does reads and writes on the underlying file itself (Linux
-//!   6.9+). Used when nothing needs recording: read-only opens, and opens of files no rule
-//!   selects.
-//! * **Direct**: writable opens of selected files, whose writes must be journaled. Direct I/O
-//!   sends every write to mirrorfs, and takes no inode I/O mode, so such handles coexist with
-//!   passthrough handles of the same file. Read-only opens made while such a writer is open use
-//!   it too (a shared mmap of the writer puts the inode in cached mode, which passthrough
-//!   opens would clash with).
-//! * **Cached**: without kernel passthrough, every handle uses the kernel page cache
-//!   (write-through, so writes still reach mirrorfs).
+//! * **Cached**: files a rule selects. Reads come from the kernel's page cache; every write
+//!   (a `write` call, or the writeback of a shared mapping) reaches mirrorfs before it
+//!   succeeds, to be recorded. All handles of the file share one page cache, so readers,
+//!   writers and mappings see the same bytes.
+//! * **Passthrough**: files no rule selects (Linux 6.9+): the kernel reads and writes the
+//!   underlying file itself. A rule that begins to select a file while it is open in
+//!   passthrough cannot see its writes: the file is copied when such a writer closes.
+//! * **Direct**: direct I/O through mirrorfs (no page cache); kept for files whose every
+//!   write must reach mirrorfs before it is done (two-way files).
+//!
+//! Without kernel passthrough (an older kernel, or one that refused a backing file), every
+//! new node uses the page cache.
 //!
 //! A recorded handle remembers the rules its name matched at open, so a write does no matching.
 //! It re-resolves its name and rules only when a rename happened anywhere or the rules changed

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use fuser::{BackingId, FileType};
@@ -63,9 +63,22 @@ pub struct Inode {
     pub op_lock: Mutex<()>,
     /// Kernel passthrough state.
     pub passthrough: Mutex<Passthrough>,
-    /// Open handles that write with recording (direct I/O); while any exists, new read-only
-    /// opens do not use passthrough (see `handles`).
-    pub recorded_writers: AtomicUsize,
+    /// The I/O mode every open handle of the node shares (see `handles`).
+    pub io: Mutex<NodeIo>,
+    /// Whether the file had a set-user-id or set-group-id bit when last looked at (so that
+    /// writes by other users look again, to clear it as the file system would).
+    pub setid: std::sync::atomic::AtomicBool,
+}
+
+/// The I/O mode of a node's handles: the kernel will not mix passthrough opens of one inode
+/// with others (an open that tries fails with EIO), so the first open chooses and every open
+/// while any handle is open follows.
+#[derive(Debug, Default)]
+pub struct NodeIo {
+    /// The mode of the open handles (meaningless when none is open).
+    pub mode: Option<crate::fs::IoMode>,
+    /// Open handles.
+    pub handles: usize,
 }
 
 impl Inode {
@@ -120,7 +133,8 @@ impl InodeTable {
             lookups: AtomicU64::new(1),
             op_lock: Mutex::new(()),
             passthrough: Mutex::new(Passthrough::default()),
-            recorded_writers: AtomicUsize::new(0),
+            io: Mutex::new(NodeIo::default()),
+            setid: std::sync::atomic::AtomicBool::new(false),
         });
         let mut map = HashMap::new();
         map.insert(ROOT, node);
@@ -308,7 +322,8 @@ fn new_node(
         lookups: AtomicU64::new(lookups),
         op_lock: Mutex::new(()),
         passthrough: Mutex::new(Passthrough::default()),
-        recorded_writers: AtomicUsize::new(0),
+        io: Mutex::new(NodeIo::default()),
+        setid: std::sync::atomic::AtomicBool::new(st.mode & (libc::S_ISUID | libc::S_ISGID) != 0),
     })
 }
 

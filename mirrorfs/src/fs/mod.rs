@@ -112,8 +112,8 @@ pub struct MirrorFs {
 const PT_OFF: u8 = 0;
 /// Passthrough is on.
 const PT_ON: u8 = 1;
-/// Passthrough was on and then failed: handles use direct I/O, which cannot clash with the
-/// passthrough handles that may still be open.
+/// Passthrough was on and then failed: new nodes use the page cache (nodes with passthrough
+/// handles still open go on sharing their backing file).
 const PT_FAILED: u8 = 2;
 
 fn system_time(t: Timestamp) -> SystemTime {
@@ -169,20 +169,12 @@ impl MirrorFs {
     }
 
     /// The mode to reply with for a handle opened in `mode` (a passthrough handle whose
-    /// backing file the kernel refused falls back).
+    /// backing file the kernel refused falls back to the page cache: the node had no other
+    /// passthrough handle, since the backing is made by the first).
     pub fn effective_mode(&self, mode: IoMode) -> IoMode {
         match mode {
-            IoMode::Passthrough => IoMode::Direct,
+            IoMode::Passthrough => IoMode::Cached,
             m => m,
-        }
-    }
-
-    /// The I/O mode for handles when passthrough is not in use.
-    fn fallback_mode(&self) -> IoMode {
-        if self.passthrough.load(Ordering::Relaxed) == PT_FAILED {
-            IoMode::Direct
-        } else {
-            IoMode::Cached
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use fuser::FileAttr;
@@ -70,7 +70,13 @@ impl MirrorFs {
     }
 
     /// Changes attributes of `ino` (through handle `fh` if given) and records them.
-    pub fn setattr(&self, ino: u64, ch: SetAttrs, fh: Option<u64>) -> FsResult<FileAttr> {
+    pub fn setattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        ch: SetAttrs,
+        fh: Option<u64>,
+    ) -> FsResult<FileAttr> {
         let _ns = self.ns_read();
         let node = self.inodes.get(ino)?;
         let _op = lock(&node.op_lock);
@@ -111,17 +117,62 @@ impl MirrorFs {
                 None => sys::utimens_at(self.dir(), rel, a, m)?,
             }
         }
-        let st = match by_fd {
+        let mut st = match by_fd {
             Some(fd) => sys::fstat(fd)?,
             None => sys::stat_at(self.dir(), rel)?,
         };
+        let mut ch = ch;
+        if ch.size.is_some() {
+            // A truncate by another user clears set-id bits as the file system would.
+            let killed = match by_fd {
+                Some(fd) => self.drop_setid(caller, fd, &st)?,
+                None => {
+                    let f = sys::open_at(self.dir(), rel, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+                    self.drop_setid(caller, f.as_fd(), &st)?
+                }
+            };
+            if let Some(after) = killed {
+                st = after;
+                ch.mode = Some(st.mode & 0o7777);
+            }
+        }
+        node.setid.store(
+            st.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Some(path) = path {
             self.record_setattr(&path, &st, &ch)?;
         }
         Ok(self.attr(ino, &st))
     }
 
-    fn record_setattr(&self, path: &[u8], st: &Stat, ch: &SetAttrs) -> FsResult<()> {
+    /// What the file system does when a user without `CAP_FSETID` changes a file (but mirrorfs
+    /// changes it as root): clears its set-user-id bit, and its set-group-id bit when the file
+    /// is group-executable or the user is not in its group. The new status when bits went.
+    pub(super) fn drop_setid(
+        &self,
+        caller: Caller,
+        fd: BorrowedFd<'_>,
+        st: &Stat,
+    ) -> FsResult<Option<Stat>> {
+        let bits = st.mode & (libc::S_ISUID | libc::S_ISGID);
+        if caller.uid == 0 || bits == 0 || !st.is_file() {
+            return Ok(None);
+        }
+        let mut mode = st.mode & !libc::S_ISUID;
+        if st.mode & libc::S_ISGID != 0
+            && (st.mode & libc::S_IXGRP != 0 || !sys::in_group(caller.pid, caller.gid, st.gid))
+        {
+            mode &= !libc::S_ISGID;
+        }
+        if mode == st.mode {
+            return Ok(None);
+        }
+        sys::fchmod(fd, mode & 0o7777)?;
+        Ok(Some(sys::fstat(fd)?))
+    }
+
+    pub(super) fn record_setattr(&self, path: &[u8], st: &Stat, ch: &SetAttrs) -> FsResult<()> {
         let table = self.rec.table();
         let full = self.rec.full_name(path);
         let rules = self.rec.rules(&table, &full, st.is_dir());

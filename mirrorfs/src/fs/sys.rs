@@ -594,3 +594,18 @@ pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
     // SAFETY: fd is a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Whether process `pid` (a FUSE caller whose own gid is `gid`) belongs to group `group`: its
+/// gid, or one of its supplementary groups (`/proc/PID/status`).
+pub fn in_group(pid: u32, gid: u32, group: u32) -> bool {
+    if gid == group {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(group)))
+}

@@ -10,8 +10,6 @@ use mirror_tests::{journal_entries, rel, Local, LossyFs};
 use mirrorfs::entry::Command;
 
 #[test]
-#[ignore = "finding (issue 12, power loss): mirrorfs creates <state>/journal/ and never fsyncs \
-            the state directory, so a power loss takes the whole journal; un-ignore with the fix"]
 fn an_fsynced_write_is_in_the_journal_after_a_power_loss_of_the_state_directory() {
     fsynced_write_survives(false);
 }

@@ -45,3 +45,7 @@ mod lossy_model;
 mod lossy_sqlite;
 // mirror on the power-loss layer: a state directory whose disk loses power.
 mod lossy_mirror;
+// mirrorfs: one I/O mode per open file (no EIO for mixed opens), stores through shared mappings.
+mod fs_iomode;
+// mirrorfs: set-id bits cleared by another user's write or truncate, as on ext4.
+mod fs_setid;

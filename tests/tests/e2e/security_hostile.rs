@@ -151,6 +151,15 @@ fn entry(n: u64, command: Command, name: &str, aux: &str, data: &[u8]) -> WireEn
     }
 }
 
+/// A create of `name` just before entry `n`.
+fn created(n: u64, name: &str) -> WireEntry {
+    WireEntry {
+        pos: Position::new(1, 4096 + n * 64 - 32),
+        offset: u64::from(libc::S_IFREG | 0o644),
+        ..entry(n, Command::Create, name, "", b"")
+    }
+}
+
 /// Waits until the router's error log holds every one of `needles`.
 fn wait_logged(r: &Router, needles: &[&str]) {
     let deadline = Instant::now() + LIMIT;
@@ -317,12 +326,15 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
         entry(8, Command::Truncate, "/p/victim", "", b""),
         entry(9, Command::SetAttr, "/p/victim", "", &chmod),
         entry(10, Command::Rename, "/p/victim", &abs, b""),
+        // (A file the backup lacks is created first: a change alone would ask for a copy.)
+        created(11, "/p/ok.txt"),
         entry(11, Command::Write, "/p/ok.txt", "", b"fine"),
         entry(12, Command::Rename, "/p/ok.txt", "/p/out/moved", b""),
         entry(13, Command::Delete, "/p/out/victim", "", b""),
         entry(14, Command::Mkdir, "/p/out/newdir", "", b""),
         entry(15, Command::Link, "/p/ok.txt", "/p/out/hard", b""),
         entry(16, Command::Delete, "/p/out", "", b""),
+        created(17, "/p/z.txt"),
         entry(17, Command::Write, "/p/z.txt", "", b"zzzz"),
         // A zero range of 2^64 bytes stays within the file.
         WireEntry {
