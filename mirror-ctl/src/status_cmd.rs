@@ -218,6 +218,19 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
         None => println!("mirrorfs is not mounted"),
         Some(m) => {
             println!("mirrorfs: mounted on {} (pid {})", m.mountpoint, m.pid);
+            if let Some(t) = &m.journal_trouble {
+                println!(
+                    "  JOURNAL FULL since {}: {}; changes to files the rules select are refused (ENOSPC)",
+                    mirrorfs::logging::utc(t.since),
+                    t.reason
+                );
+            }
+            if m.unjournaled > 0 {
+                println!(
+                    "  {} files changed while the journal could not take them: sent whole once it can",
+                    m.unjournaled
+                );
+            }
             if let Some(s) = &m.scan {
                 let what = match (&s.error, s.done) {
                     (Some(e), _) => format!("stopped: {e}"),

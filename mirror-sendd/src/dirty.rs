@@ -12,13 +12,14 @@ use mirrorfs::journal::{self, JournalReader, Position};
 
 use crate::shared::{lock, Shared};
 
-/// The queue limit: a fixed number of bytes, or a share of the free space of the state
-/// directory's file system.
+/// The queue limit: a fixed number of bytes, or a share of the size of the state directory's
+/// file system; either way never more than the backlog can grow before the file system's
+/// free space falls to the journal's reserve ([`mirrorfs::state::reserve_for`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum QueueLimit {
     /// Bytes.
     Bytes(u64),
-    /// Percent of the free space.
+    /// Percent of the file system's size.
     Percent(f64),
 }
 
@@ -34,26 +35,22 @@ impl QueueLimit {
         }
     }
 
-    /// The limit in bytes now, for a journal in `dir`.
-    pub fn bytes(self, dir: &Path) -> u64 {
-        match self {
+    /// The limit in bytes now, for a journal in `dir` holding `backlog` bytes for the site:
+    /// the smaller of the configured limit and the backlog plus what is free beyond the
+    /// reserve (so a full disk turns the backlog into a dirty set at once).
+    pub fn bytes(self, dir: &Path, backlog: u64) -> u64 {
+        let Ok((total, free)) = mirrorfs::state::space(dir) else {
+            return match self {
+                QueueLimit::Bytes(b) => b,
+                QueueLimit::Percent(_) => u64::MAX,
+            };
+        };
+        let configured = match self {
             QueueLimit::Bytes(b) => b,
-            QueueLimit::Percent(p) => (free_bytes(dir) as f64 * p / 100.0) as u64,
-        }
-    }
-}
-
-fn free_bytes(dir: &Path) -> u64 {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return 0;
-    };
-    // SAFETY: statvfs fills `st`; `c` is a valid NUL-terminated path.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return u64::MAX;
-        }
-        st.f_bavail as u64 * st.f_frsize as u64
+            QueueLimit::Percent(p) => (total as f64 * p / 100.0) as u64,
+        };
+        let room = backlog + free.saturating_sub(mirrorfs::state::reserve_for(total));
+        configured.min(room)
     }
 }
 
@@ -85,7 +82,7 @@ fn track_site(shared: &Shared, site: &str, dirty: bool, limit: QueueLimit) -> Re
     let acked = shared.acked(site);
     let backlog = journal::bytes_from(&shared.journal_dir, acked).map_err(|e| e.to_string())?;
     if !dirty {
-        let max = limit.bytes(&shared.journal_dir);
+        let max = limit.bytes(&shared.journal_dir, backlog);
         if backlog <= max {
             return Ok(());
         }

@@ -83,8 +83,9 @@ struct Cli {
           value_parser = mirrorfs::units::parse_duration)]
     unblock_every: Duration,
     /// Backlog a blocked site may hold in the journal (a size such as 2G, or a share of the
-    /// free disk such as 25%); past it, only which files changed is kept, and those files are
-    /// sent whole when the site is back.
+    /// state file system's size such as 25%), and never more than fits before the disk's free
+    /// space falls to the journal's reserve; past it, only which files changed is kept, and
+    /// those files are sent whole when the site is back.
     #[arg(long, value_name = "SIZE|PCT%", default_value = "25%", help_heading = OUTAGES,
           value_parser = QueueLimit::parse)]
     queue_limit: QueueLimit,

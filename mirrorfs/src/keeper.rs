@@ -45,6 +45,10 @@ pub struct MountStatus {
     pub pid: u32,
     /// The reconciliation scan of this mount, if one ran.
     pub scan: Option<ScanStatus>,
+    /// Why the journal cannot take entries now (a full disk), if it cannot.
+    pub journal_trouble: Option<crate::fs::unjournaled::Trouble>,
+    /// Files changed while the journal could not take them, to send whole.
+    pub unjournaled: usize,
 }
 
 impl MountStatus {
@@ -100,6 +104,8 @@ impl Keeper {
             mountpoint: mountpoint.display().to_string(),
             pid: std::process::id(),
             scan: None,
+            journal_trouble: None,
+            unjournaled: 0,
         };
         let mut threads = Vec::new();
         let scan_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
@@ -183,6 +189,12 @@ impl Keeper {
                         }
                         marked_at = std::time::Instant::now();
                     }
+                    let left = fs2.retry_unjournaled();
+                    status.unjournaled = left;
+                    status.journal_trouble = fs2
+                        .recorder()
+                        .unjournaled()
+                        .and_then(|u| u.current_trouble());
                     if let Some(s) = status.scan.as_mut() {
                         s.dirs = progress.dirs.load(Ordering::Relaxed);
                         s.files = progress.files.load(Ordering::Relaxed);

@@ -374,7 +374,8 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
         journal,
         matcher.clone(),
         mountpoint.as_os_str().as_bytes(),
-    );
+    )
+    .with_marks(opts.state.root().join("unjournaled"));
     let fs = Arc::new(MirrorFs::new(root, rec, opts.fs.clone())?);
 
     warn_busy_processes(&source);

@@ -283,6 +283,30 @@ pub fn private_umask() {
     unsafe { libc::umask(0o077) };
 }
 
+/// The size of the file system holding `dir`, and the bytes free for its users.
+pub fn space(dir: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: statvfs fills `st`; `c` is a valid NUL-terminated path.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st
+    };
+    let unit = st.f_frsize as u64;
+    Ok((st.f_blocks as u64 * unit, st.f_bavail as u64 * unit))
+}
+
+/// Bytes of the state file system the journal leaves free for what must always fit: the
+/// marks of files to resync, the SFA log, status and lock files, the error log. A 32nd of the
+/// file system, between 1 MiB and 64 MiB.
+pub fn reserve_for(total: u64) -> u64 {
+    (total / 32).clamp(1 << 20, 64 << 20)
+}
+
 /// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the directory.
 ///
 /// The temp file is removed if any step fails.

@@ -10,8 +10,8 @@ pub enum FsError {
     /// The underlying system call failed; its errno goes back to the application.
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// The change was made but could not be journaled: the application is told EIO, and the
-    /// error names the file.
+    /// The journal refused the entry: with `JournalError::Full` before the change was made
+    /// (`ENOSPC`); otherwise the application is told EIO. The error names the file.
     #[error("journal append for {name} failed: {err}")]
     Journal {
         /// The file the entry was for.
@@ -38,6 +38,11 @@ impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            // The journal had no room: the change was refused before it was made.
+            FsError::Journal {
+                err: JournalError::Full { .. },
+                ..
+            } => libc::ENOSPC,
             FsError::Journal { .. } => libc::EIO,
             FsError::Stale(_) => libc::ESTALE,
             FsError::Unlinked(_) => libc::ENOENT,

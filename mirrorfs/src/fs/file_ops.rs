@@ -153,6 +153,7 @@ impl MirrorFs {
         let own_flags = (flags & !STRIP) | libc::O_NOFOLLOW;
         let file = if trunc {
             let _op = lock(&node.op_lock);
+            self.rec.room(&recording.rules, &recording.name, 0)?;
             let f = sys::open_at(self.dir(), &path, own_flags, 0)?;
             if !recording.rules.is_empty() {
                 let e = EntryRef::new(Command::Truncate, 0, &recording.name);
@@ -197,11 +198,12 @@ impl MirrorFs {
         let _ns = self.ns_read();
         let path = self.inodes.child_path(parent, name)?;
         let own_flags = (flags & !STRIP) | libc::O_NOFOLLOW;
+        let recording = self.recording_for(&path);
+        self.rec.room(&recording.rules, &recording.name, 64)?;
         let (file, created) = self.create_file(caller, &path, own_flags, flags, mode)?;
         let st = sys::fstat(file.as_fd())?;
         let out = self.entry(parent, name, &st);
         let node = self.inodes.get(out.attr.ino.0)?;
-        let recording = self.recording_for(&path);
         if !recording.rules.is_empty() {
             let _op = lock(&node.op_lock);
             if created {
@@ -364,6 +366,7 @@ impl MirrorFs {
         if r.rules.is_empty() {
             return Ok(h.file.write_at(data, offset)? as u32);
         }
+        self.rec.room(&r.rules, &r.name, data.len())?;
         let name = r.name.as_slice();
         let entry = |d: &'a [u8]| EntryRef {
             offset,
@@ -485,10 +488,11 @@ impl MirrorFs {
         let h = self.files.get(fh)?;
         let _ns = self.ns_read();
         let _op = lock(&h.inode.op_lock);
+        let (name, rules) = self.handle_rules(&h);
+        self.rec.room(&rules, &name, 0)?;
         let before = sys::fstat(h.file.as_fd())?;
         sys::fallocate(h.file.as_fd(), mode, offset, len)?;
         let after = sys::fstat(h.file.as_fd())?;
-        let (name, rules) = self.handle_rules(&h);
         if rules.is_empty() {
             return Ok(());
         }
@@ -544,6 +548,10 @@ impl MirrorFs {
         let _ns = self.ns_read();
         let _op = lock(&hout.inode.op_lock);
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+        {
+            let (name, rules) = self.handle_rules(&hout);
+            self.rec.room(&rules, &name, len)?;
+        }
         let n = sys::copy_file_range(
             hin.file.as_fd(),
             off_in,

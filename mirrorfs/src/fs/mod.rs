@@ -17,6 +17,7 @@ mod node_ops;
 pub mod reconcile;
 pub mod record;
 pub mod sys;
+pub mod unjournaled;
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -279,6 +280,12 @@ impl MirrorFs {
             }
         })
         .map_err(|e| e.to_string())
+    }
+
+    /// Appends the copies of what the journal could not take before, as far as it takes
+    /// entries now; how many wait still.
+    pub fn retry_unjournaled(&self) -> usize {
+        self.rec.retry_unjournaled(self.dir())
     }
 
     /// Makes all journal entries durable (unmount).

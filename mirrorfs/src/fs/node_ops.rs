@@ -88,6 +88,13 @@ impl MirrorFs {
         if path.is_none() && by_fd.is_none() && ino != ROOT {
             return Err(FsError::Unlinked(ino));
         }
+        if let Some(p) = &path {
+            let full = self.rec.full_name(p);
+            let is_dir = node.kind == fuser::FileType::Directory;
+            let rules = self.rec.rules(&self.rec.table(), &full, is_dir);
+            self.rec
+                .room(&rules, &full, 2 * crate::entry::ATTR_CHANGE_LEN)?;
+        }
         if let Some(mode) = ch.mode {
             match by_fd {
                 Some(fd) => sys::fchmod(fd, mode & 0o7777)?,
@@ -260,6 +267,15 @@ impl MirrorFs {
         }
     }
 
+    /// Room in the journal for recording a change of name `path` (below the mount), a
+    /// directory or not, before it is made.
+    fn room_for(&self, path: &[u8], is_dir: bool, extra: usize) -> FsResult<()> {
+        let full = self.rec.full_name(path);
+        let rules = self.rec.rules(&self.rec.table(), &full, is_dir);
+        self.rec
+            .room(&rules, &full, extra + 2 * crate::entry::ATTR_CHANGE_LEN)
+    }
+
     /// Target of symlink `ino`.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let _ns = self.ns_read();
@@ -278,6 +294,7 @@ impl MirrorFs {
     ) -> FsResult<EntryOut> {
         let _ns = self.ns_read();
         let path = self.inodes.child_path(parent, name)?;
+        self.room_for(&path, false, 0)?;
         as_caller(
             caller,
             || sys::mknod_at(self.dir(), &path, mode, rdev),
@@ -317,6 +334,7 @@ impl MirrorFs {
     ) -> FsResult<EntryOut> {
         let _ns = self.ns_read();
         let path = self.inodes.child_path(parent, name)?;
+        self.room_for(&path, true, 0)?;
         as_caller(
             caller,
             || sys::mkdir_at(self.dir(), &path, mode),
@@ -351,6 +369,7 @@ impl MirrorFs {
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> FsResult<()> {
         let _ns = self.ns_read();
         let path = self.inodes.child_path(parent, name)?;
+        self.room_for(&path, dir, 0)?;
         let st = sys::stat_at(self.dir(), &path)?;
         let ino = self.inodes.node_id(&st);
         let node = self.inodes.get(ino).ok();
@@ -379,6 +398,7 @@ impl MirrorFs {
         let _ns = self.ns_read();
         let path = self.inodes.child_path(parent, name)?;
         let t = target.as_bytes();
+        self.room_for(&path, false, t.len())?;
         as_caller(
             caller,
             || sys::symlink_at(t, self.dir(), &path),
@@ -423,8 +443,18 @@ impl MirrorFs {
             .and_then(|i| self.inodes.get(i).ok());
         let _l1 = n_old.as_ref().map(|n| lock(&n.op_lock));
         let _l2 = n_new.as_ref().map(|n| lock(&n.op_lock));
-        sys::rename_at(self.dir(), &old, &new, flags)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let table = self.rec.table();
+        let plan = self.rec.rename_plan(
+            &table,
+            &self.rec.full_name(&old),
+            &self.rec.full_name(&new),
+            st_old.is_dir(),
+            exchange,
+            st_new.as_ref().is_some_and(|s| s.is_dir()),
+        );
+        self.rec.room_for_plan(&plan)?;
+        sys::rename_at(self.dir(), &old, &new, flags)?;
         if exchange {
             if let Some(i) = ino_new {
                 self.inodes.relink(i, (newparent, newname), (parent, name));
@@ -435,15 +465,6 @@ impl MirrorFs {
         self.inodes
             .relink(ino_old, (parent, name), (newparent, newname));
         self.names_changed();
-        let table = self.rec.table();
-        let plan = self.rec.rename_plan(
-            &table,
-            &self.rec.full_name(&old),
-            &self.rec.full_name(&new),
-            st_old.is_dir(),
-            exchange,
-            st_new.as_ref().is_some_and(|s| s.is_dir()),
-        );
         self.rec.append_planned(&plan)
     }
 
@@ -454,13 +475,14 @@ impl MirrorFs {
         let new = self.inodes.child_path(newparent, newname)?;
         let node = self.inodes.get(ino)?;
         let _op = lock(&node.op_lock);
-        sys::link_at(self.dir(), &old, &new)?;
-        let st = sys::stat_at(self.dir(), &new)?;
-        let out = self.entry(newparent, newname, &st);
         let table = self.rec.table();
         let plan = self
             .rec
             .link_plan(&table, &self.rec.full_name(&old), &self.rec.full_name(&new));
+        self.rec.room_for_plan(&plan)?;
+        sys::link_at(self.dir(), &old, &new)?;
+        let st = sys::stat_at(self.dir(), &new)?;
+        let out = self.entry(newparent, newname, &st);
         self.rec.append_planned(&plan)?;
         Ok(out)
     }
@@ -506,6 +528,11 @@ impl MirrorFs {
         let node = self.inodes.get(ino)?;
         let _op = lock(&node.op_lock);
         let path = self.inodes.path(ino)?;
+        self.room_for(
+            &path,
+            node.kind == fuser::FileType::Directory,
+            name.len() + set.map_or(0, |(v, _)| v.len()),
+        )?;
         match set {
             Some((value, flags)) => sys::setxattr_at(self.dir(), &path, name, value, flags)?,
             None => sys::removexattr_at(self.dir(), &path, name)?,

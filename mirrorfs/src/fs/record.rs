@@ -42,6 +42,8 @@ pub struct Recorder {
     journal: Journal,
     matcher: Arc<Matcher>,
     prefix: Vec<u8>,
+    /// Names whose changes the journal could not take, to send whole later.
+    unjournaled: Option<super::unjournaled::Unjournaled>,
 }
 
 fn same(a: &Rule, b: &Rule) -> bool {
@@ -63,6 +65,43 @@ impl Recorder {
             journal,
             matcher,
             prefix,
+            unjournaled: None,
+        }
+    }
+
+    /// Keeps the names of changes the journal cannot take in the file `path` (see
+    /// [`super::unjournaled`]); without it such a change fails with EIO.
+    pub fn with_marks(mut self, path: std::path::PathBuf) -> Recorder {
+        self.unjournaled = Some(super::unjournaled::Unjournaled::open(path));
+        self
+    }
+
+    /// The changes the journal could not take.
+    pub fn unjournaled(&self) -> Option<&super::unjournaled::Unjournaled> {
+        self.unjournaled.as_ref()
+    }
+
+    /// Asks the journal for room for the entries of a change of `name` (full name) under
+    /// `rules`, with `data` bytes of data, before the change is made: `ENOSPC` without it.
+    pub fn room(&self, rules: &[Arc<Rule>], name: &[u8], data: usize) -> FsResult<()> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let one = crate::journal::format::RECORD_HEADER_LEN + 2 * name.len() + data + 256;
+        let need = (one * rules.len()) as u64;
+        self.journal
+            .room(need)
+            .map_err(|err| self.refused(name, need, err))
+    }
+
+    /// A journal error for `name` (refusing `need` bytes), noted for status and the log.
+    fn refused(&self, name: &[u8], need: u64, err: crate::journal::JournalError) -> FsError {
+        if let Some(u) = &self.unjournaled {
+            u.trouble(&err.to_string(), need);
+        }
+        FsError::Journal {
+            name: String::from_utf8_lossy(name).into_owned(),
+            err,
         }
     }
 
@@ -126,19 +165,105 @@ impl Recorder {
         }
     }
 
-    /// Appends `proto` once per rule in `rules`, with each rule's CRC.
+    /// Appends `proto` once per rule in `rules`, with each rule's CRC. Called after the change
+    /// was made: should the journal fail now, the names it concerns are marked to be sent
+    /// whole ([`super::unjournaled`]) and the change stands; only when even that fails is the
+    /// error returned.
     pub fn append(&self, rules: &[Arc<Rule>], proto: EntryRef<'_>) -> FsResult<()> {
-        for r in rules {
+        for (i, r) in rules.iter().enumerate() {
             let e = EntryRef {
                 rule_crc: r.crc,
                 ..proto
             };
-            self.journal.append(&e).map_err(|err| FsError::Journal {
-                name: String::from_utf8_lossy(proto.name).into_owned(),
-                err,
-            })?;
+            if let Err(err) = self.journal.append(&e) {
+                let need = crate::journal::format::record_len(&e) as u64;
+                let err = self.refused(proto.name, need, err);
+                let mut names: Vec<(u32, Vec<u8>)> = Vec::new();
+                for r in &rules[i..] {
+                    names.push((r.crc, proto.name.to_vec()));
+                    if matches!(proto.command, Command::Rename | Command::Link) {
+                        names.push((r.crc, proto.aux.to_vec()));
+                    }
+                }
+                return match &self.unjournaled {
+                    Some(u) if u.mark(names) => {
+                        log::error!("{err}; the file is sent whole once the journal takes entries");
+                        Ok(())
+                    }
+                    _ => Err(err),
+                };
+            }
         }
+        self.unjournaled_ok();
         Ok(())
+    }
+
+    /// An append went through: the journal's trouble (if any) ends once nothing waits.
+    fn unjournaled_ok(&self) {
+        if let Some(u) = &self.unjournaled {
+            if u.current_trouble().is_some() {
+                u.recovered();
+            }
+        }
+    }
+
+    /// Sends whole what the journal could not take before (a copy, and for a directory a
+    /// reconciliation too), as far as it takes entries now; how many are left.
+    pub fn retry_unjournaled(&self, root: std::os::fd::BorrowedFd<'_>) -> usize {
+        let Some(u) = &self.unjournaled else {
+            return 0;
+        };
+        let pending = u.pending();
+        if pending.is_empty() {
+            if u.current_trouble()
+                .is_some_and(|t| self.journal.room(t.need).is_ok())
+            {
+                u.recovered();
+            }
+            return 0;
+        }
+        let table = self.table();
+        let mut done = Vec::new();
+        for (crc, name) in &pending {
+            let Some(rule) = table.rules().iter().find(|r| r.crc == *crc) else {
+                done.push((*crc, name.clone()));
+                continue;
+            };
+            let is_dir = self
+                .relative(name)
+                .and_then(|rel| {
+                    super::sys::stat_at(root, if rel.is_empty() { b"." } else { rel }).ok()
+                })
+                .is_some_and(|st| st.is_dir());
+            let mut entries = vec![EntryRef::new(Command::Copy, rule.crc, name)];
+            if is_dir {
+                entries.insert(0, EntryRef::new(Command::Reconcile, rule.crc, name));
+            }
+            if self.journal.room(4096 + 2 * name.len() as u64).is_err()
+                || entries.iter().any(|e| self.journal.append(e).is_err())
+            {
+                break;
+            }
+            done.push((*crc, name.clone()));
+        }
+        u.done(&done);
+        u.recovered();
+        pending.len() - done.len()
+    }
+
+    /// Room in the journal for the planned entries, before their change is made.
+    pub fn room_for_plan(&self, plan: &[Planned]) -> FsResult<()> {
+        let bytes: usize = plan
+            .iter()
+            .map(|p| crate::journal::format::RECORD_HEADER_LEN + p.name.len() + p.aux.len() + 64)
+            .sum();
+        match plan.first() {
+            Some(p) => self
+                .journal
+                .room(bytes as u64)
+                .map_err(|err| self.refused(&p.name, bytes as u64, err)),
+            None => Ok(()),
+        }
     }
 
     /// Appends planned entries in order.

@@ -120,6 +120,18 @@ pub enum JournalError {
         /// Which limit.
         reason: FormatError,
     },
+    /// The journal's file system has no room for more entries (beyond its reserve).
+    #[error("journal {dir} is full: no room for {need} more bytes ({free} bytes free, {reserve} kept in reserve)")]
+    Full {
+        /// The journal directory.
+        dir: PathBuf,
+        /// Bytes asked for.
+        need: u64,
+        /// Bytes free on its file system.
+        free: u64,
+        /// Bytes the journal leaves free.
+        reserve: u64,
+    },
     /// An earlier write or fsync failed in a way that leaves the journal's state unknown.
     #[error("journal {0} refused further appends after an earlier write or fsync failure; remount to recover")]
     Poisoned(PathBuf),

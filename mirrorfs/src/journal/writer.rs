@@ -40,6 +40,9 @@ struct Active {
     /// The newest mark, kept so that every new segment starts with one (the older segments
     /// may be removed once sent).
     mark: Option<Watermark>,
+    /// Whether the segment's blocks were reserved up to the segment size (appends within it
+    /// then cannot run out of space).
+    preallocated: bool,
 }
 
 /// Start writeback of the journal after this many new bytes, so that a later fsync (the
@@ -79,7 +82,7 @@ struct SyncState {
 /// The journal writer. `Sync`: append from many threads at once.
 pub struct Journal {
     dir: PathBuf,
-    cfg: JournalConfig,
+    sizing: Sizing,
     active: Mutex<Active>,
     sync_state: Mutex<SyncState>,
     sync_done: Condvar,
@@ -149,11 +152,53 @@ fn pwritev_all(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// How big segments are and what the journal leaves free, for the file system it is on.
+#[derive(Debug, Clone, Copy)]
+struct Sizing {
+    /// Segment size: the configured one, but at most a 16th of a small file system (and at
+    /// least 256 KiB), so that sent segments can go and their space come back.
+    segment: u64,
+    /// Bytes of the file system never used for segments ([`crate::state::reserve_for`]).
+    reserve: u64,
+}
+
+impl Sizing {
+    fn of(dir: &Path, cfg: JournalConfig) -> Sizing {
+        match crate::state::space(dir) {
+            Ok((total, _)) => Sizing {
+                segment: cfg.segment_size.min((total / 16).max(256 << 10)),
+                reserve: crate::state::reserve_for(total),
+            },
+            Err(_) => Sizing {
+                segment: cfg.segment_size,
+                reserve: 0,
+            },
+        }
+    }
+
+    /// `Ok` if `need` more bytes leave the reserve free on the journal's file system.
+    fn check(&self, dir: &Path, need: u64) -> Result<(), JournalError> {
+        match crate::state::space(dir) {
+            Ok((_, free)) if free < need.saturating_add(self.reserve) => Err(JournalError::Full {
+                dir: dir.to_path_buf(),
+                need,
+                free,
+                reserve: self.reserve,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Creates segment `n` of `size` bytes (its blocks reserved when the file system can), if
+/// the file system has room for it beyond the reserve; whether the blocks are reserved.
 fn create_segment(
     dir: &Path,
     n: u64,
     size: u64,
-) -> Result<(File, SegmentHeader, PathBuf), JournalError> {
+    sizing: Sizing,
+) -> Result<(File, SegmentHeader, PathBuf, bool), JournalError> {
+    sizing.check(dir, size)?;
     let path = segment_path(dir, n);
     let io_err = |e| JournalError::io(&path, e);
     let file = OpenOptions::new()
@@ -166,10 +211,11 @@ fn create_segment(
     let header = SegmentHeader::new(n);
     file.write_all_at(&header.encode(), 0).map_err(io_err)?;
     // Reserve the segment's blocks up front (the file's size stays as written): appends then
-    // skip the file system's per-page allocation work. Only an optimisation: a file system
-    // without fallocate just allocates as it goes.
+    // cannot run out of space, and skip the file system's per-page allocation work. A file
+    // system without fallocate allocates as it goes (the journal then checks the free space
+    // before each change instead).
     // SAFETY: plain syscall on a descriptor we own.
-    unsafe {
+    let rc = unsafe {
         libc::fallocate(
             file.as_raw_fd(),
             libc::FALLOC_FL_KEEP_SIZE,
@@ -177,9 +223,21 @@ fn create_segment(
             size as libc::off_t,
         )
     };
+    let preallocated = rc == 0;
+    if !preallocated && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC) {
+        drop(file);
+        let _ = fs::remove_file(&path);
+        let free = crate::state::space(dir).map_or(0, |(_, f)| f);
+        return Err(JournalError::Full {
+            dir: dir.to_path_buf(),
+            need: size,
+            free,
+            reserve: sizing.reserve,
+        });
+    }
     file.sync_all().map_err(io_err)?;
     fsync_dir(dir).map_err(|e| JournalError::io(dir, e))?;
-    Ok((file, header, path))
+    Ok((file, header, path, preallocated))
 }
 
 impl Journal {
@@ -190,20 +248,21 @@ impl Journal {
     pub fn open(dir: &Path, cfg: JournalConfig) -> Result<Journal, JournalError> {
         crate::state::private_dir(dir).map_err(|e| JournalError::io(dir, e))?;
         let lock_file = LockFile::acquire(&dir.join("LOCK"))?;
+        let sizing = Sizing::of(dir, cfg);
         let segs = list_segments(dir)?;
         let active = match segs.split_last() {
-            None => Self::fresh(dir, 1, cfg.segment_size)?,
+            None => Self::fresh(dir, 1, sizing)?,
             Some((&last, older)) => {
                 for &s in older {
                     check_header(dir, s)?;
                 }
-                Self::recover(dir, last, cfg.segment_size)?
+                Self::recover(dir, last, sizing)?
             }
         };
         let durable = Position::new(active.header.segment, active.len);
         Ok(Journal {
             dir: dir.to_path_buf(),
-            cfg,
+            sizing,
             active: Mutex::new(active),
             sync_state: Mutex::new(SyncState {
                 durable,
@@ -214,8 +273,8 @@ impl Journal {
         })
     }
 
-    fn fresh(dir: &Path, n: u64, size: u64) -> Result<Active, JournalError> {
-        let (file, header, path) = create_segment(dir, n, size)?;
+    fn fresh(dir: &Path, n: u64, sizing: Sizing) -> Result<Active, JournalError> {
+        let (file, header, path, preallocated) = create_segment(dir, n, sizing.segment, sizing)?;
         Ok(Active {
             header,
             path,
@@ -225,12 +284,13 @@ impl Journal {
             poisoned: false,
             kicked: SEGMENT_HEADER_LEN,
             mark: None,
+            preallocated,
         })
     }
 
     /// Recovers the newest segment `n`: truncates a torn tail, or starts segment `n + 1` if
     /// `n` was sealed.
-    fn recover(dir: &Path, n: u64, size: u64) -> Result<Active, JournalError> {
+    fn recover(dir: &Path, n: u64, sizing: Sizing) -> Result<Active, JournalError> {
         let path = segment_path(dir, n);
         let io_err = |e| JournalError::io(&path, e);
         let bytes = fs::read(&path).map_err(io_err)?;
@@ -250,7 +310,7 @@ impl Journal {
                     path.display()
                 );
                 fs::remove_file(&path).map_err(io_err)?;
-                return Self::fresh(dir, n, size);
+                return Self::fresh(dir, n, sizing);
             }
             Err(e) => return Err(corrupt(0, e)),
         };
@@ -265,7 +325,7 @@ impl Journal {
                 .get(header.index_offset as usize..)
                 .and_then(|b| format::decode_index(b).ok())
                 .unwrap_or_default();
-            let mut next = Self::fresh(dir, n + 1, size)?;
+            let mut next = Self::fresh(dir, n + 1, sizing)?;
             next.carry(last_mark(&bytes, n, &offsets))?;
             return Ok(next);
         }
@@ -316,6 +376,8 @@ impl Journal {
             poisoned: false,
             kicked: pos as u64,
             mark,
+            // Recovered: whether its blocks are reserved is not known; count on nothing.
+            preallocated: false,
         })
     }
 
@@ -343,8 +405,8 @@ impl Journal {
         if a.poisoned {
             return Err(JournalError::Poisoned(self.dir.clone()));
         }
-        if a.len > SEGMENT_HEADER_LEN && a.len + len > self.cfg.segment_size {
-            self.rotate(&mut a)?;
+        if a.len > SEGMENT_HEADER_LEN && a.len + len > self.sizing.segment {
+            self.rotate(&mut a, len)?;
         }
         let pos = a.write(&header, e)?;
         let kick = (a.len - a.kicked >= WRITEBACK_STEP).then(|| {
@@ -364,8 +426,33 @@ impl Journal {
         lock(&self.active).mark
     }
 
-    /// Seals the active segment (index, header, fsync) and starts the next one.
-    fn rotate(&self, a: &mut Active) -> Result<(), JournalError> {
+    /// Whether `bytes` more can be appended (in the active segment's reserved blocks, or in a
+    /// new segment that leaves the file system's reserve free): asked before a change is
+    /// made, so that a change the journal cannot take is refused (`ENOSPC`) rather than made
+    /// and lost.
+    pub fn room(&self, bytes: u64) -> Result<(), JournalError> {
+        let a = lock(&self.active);
+        if a.poisoned {
+            return Err(JournalError::Poisoned(self.dir.clone()));
+        }
+        let in_segment = a.len + bytes <= self.sizing.segment;
+        if in_segment && a.preallocated {
+            return Ok(());
+        }
+        let need = if in_segment || a.len <= SEGMENT_HEADER_LEN {
+            bytes
+        } else {
+            self.sizing.segment.max(bytes + SEGMENT_HEADER_LEN)
+        };
+        drop(a);
+        self.sizing.check(&self.dir, need)
+    }
+
+    /// Seals the active segment (index, header, fsync) and starts the next one (big enough
+    /// for a record of `next` bytes). Without room for the next segment, nothing changes.
+    fn rotate(&self, a: &mut Active, next: u64) -> Result<(), JournalError> {
+        let size = self.sizing.segment.max(next + SEGMENT_HEADER_LEN);
+        self.sizing.check(&self.dir, size)?;
         let res = (|| {
             let idx = format::encode_index(&a.index);
             a.file
@@ -394,8 +481,8 @@ impl Journal {
             return Err(e);
         }
         let sealed_end = Position::new(a.header.segment, a.len);
-        let (file, header, path) =
-            match create_segment(&self.dir, a.header.segment + 1, self.cfg.segment_size) {
+        let (file, header, path, preallocated) =
+            match create_segment(&self.dir, a.header.segment + 1, size, self.sizing) {
                 Ok(x) => x,
                 Err(e) => {
                     a.poisoned = true;
@@ -417,6 +504,7 @@ impl Journal {
             poisoned: false,
             kicked: SEGMENT_HEADER_LEN,
             mark: None,
+            preallocated,
         };
         {
             let mut s = lock(&self.sync_state);
@@ -483,7 +571,7 @@ impl Journal {
         if a.poisoned {
             return Err(JournalError::Poisoned(self.dir.clone()));
         }
-        self.rotate(&mut a)
+        self.rotate(&mut a, 0)
     }
 }
 

@@ -49,3 +49,5 @@ mod lossy_mirror;
 mod fs_iomode;
 // mirrorfs: set-id bits cleared by another user's write or truncate, as on ext4.
 mod fs_setid;
+// a full or failing journal disk: ENOSPC before the change, marks, small state disks.
+mod journal_full;
