@@ -418,8 +418,13 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
             // SAFETY: sigset is initialised; sig is writable.
             if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
                 log::info!("signal {sig}: unmounting {}", shown.display());
-                if let Err(e) = unmounter.unmount() {
-                    log::error!("unmount of {} failed: {e}", shown.display());
+                match unmounter.unmount() {
+                    Ok(()) => {}
+                    // Unmounted already (`fusermount3 -u` got there first): nothing failed.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        log::info!("{} was unmounted already", shown.display())
+                    }
+                    Err(e) => log::error!("unmount of {} failed: {e}", shown.display()),
                 }
             }
         })

@@ -46,6 +46,25 @@ fn fusermount_u_ends_the_process() {
     l.assert_no_errors();
 }
 
+/// Issue 12 item 17: a SIGTERM after the mount was taken away (`fusermount3 -u`, `umount
+/// -l`) logged an ERROR "unmount ... failed: Invalid argument".
+#[test]
+fn a_signal_after_the_mount_is_gone_logs_no_error() {
+    let l = Local::new();
+    let m = l.mount(&[]);
+    let st = Command::new("umount")
+        .arg("-l")
+        .arg(&l.dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
+    let log = m.unmount();
+    assert!(log.contains("unmounted"), "{log}");
+    l.assert_no_errors();
+}
+
 #[test]
 fn refusals_are_clear() {
     let l = Local::new();
