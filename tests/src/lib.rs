@@ -767,3 +767,37 @@ pub fn wait_converged(source: &Path, backup: &Path, limit: Duration) -> usize {
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
+
+/// Every entry under `dir` (and `dir` itself) that another user could read or write, besides
+/// what the test harness writes there itself (its daemons' stdout logs are private too).
+pub fn open_to_others(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let top = std::fs::metadata(dir).map(|m| m.mode()).unwrap_or(0);
+    if top & 0o077 != 0 {
+        out.push(format!(
+            "{} (directory) mode {:o}",
+            dir.display(),
+            top & 0o7777
+        ));
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            if !m.file_type().is_symlink() && m.mode() & 0o077 != 0 {
+                out.push(format!("{} mode {:o}", p.display(), m.mode() & 0o7777));
+            }
+        }
+    }
+    out
+}

@@ -365,6 +365,13 @@ fn over_the_queue_limit_a_blocked_site_keeps_a_dirty_set_and_resyncs() {
     }
     let dirty = mirrorfs::blocked::dirty_path(&l.state, &site);
     assert!(dirty.exists());
+    // The dirty set and the blocked list are private like the rest (issue 12 item 2).
+    let leaks = mirror_tests::open_to_others(&l.state);
+    assert!(
+        leaks.is_empty(),
+        "state open to other users:\n{}",
+        leaks.join("\n")
+    );
     r.restart();
     let n = wait_converged(&l.dir, &r.path("w"), CONVERGE);
     wait_until(NOTICE, "the dirty set to be retired", || !dirty.exists());

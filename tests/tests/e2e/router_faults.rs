@@ -561,6 +561,13 @@ fn a_damaged_router_log_is_quarantined_while_every_source_is_served() {
     );
     drop(sa);
     drop((ma, mb));
+    // The quarantine, the copies asked and the logs are private like the rest (item 2).
+    let leaks = mirror_tests::open_to_others(&r.state);
+    assert!(
+        leaks.is_empty(),
+        "router state open to other users:\n{}",
+        leaks.join("\n")
+    );
     assert_log_only("source a", &a.error_log(), SENDER_OUTAGE);
     assert_log_only("source b", &b.error_log(), SENDER_OUTAGE);
     assert_log_only(

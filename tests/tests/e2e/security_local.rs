@@ -3,46 +3,14 @@
 //! directories (source and router) is private after a run.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use mirror_tests::{wait_converged, wait_until, Local, Router};
+use mirror_tests::{open_to_others, wait_converged, wait_until, Local, Router};
 use mirrorfs::control::{Request, Response};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// Every entry under `dir` that another user could read or write (besides what the test
-/// harness itself writes there: its daemons' stdout logs).
-fn open_to_others(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    let top = fs::metadata(dir).unwrap().mode();
-    if top & 0o077 != 0 {
-        out.push(format!(
-            "{} (directory) mode {:o}",
-            dir.display(),
-            top & 0o7777
-        ));
-    }
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            if m.is_dir() {
-                stack.push(p.clone());
-            }
-            if m.file_type().is_symlink() {
-                continue;
-            }
-            if m.mode() & 0o077 != 0 {
-                out.push(format!("{} mode {:o}", p.display(), m.mode() & 0o7777));
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn state_files_and_sockets_are_private_to_their_owner() {
