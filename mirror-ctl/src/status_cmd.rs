@@ -221,7 +221,7 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             if let Some(t) = &m.journal_trouble {
                 println!(
                     "  JOURNAL FULL since {}: {}; changes to files the rules select are refused (ENOSPC)",
-                    mirrorfs::logging::utc(t.since),
+                    mirrorfs::logging::utc_secs(t.since),
                     t.reason
                 );
             }
@@ -240,7 +240,7 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
                 println!(
                     "  reconciling {} (changed since {}): {what}; {} directories, {} files looked at, {} entries queued",
                     s.reason,
-                    mirrorfs::logging::utc(s.since_ns / 1_000_000_000),
+                    mirrorfs::logging::utc_secs(s.since_ns / 1_000_000_000),
                     s.dirs,
                     s.files,
                     s.queued

@@ -569,16 +569,7 @@ fn reconcile(
         let differs = match held.get(&l.name) {
             None => true,
             Some(m) => {
-                let ft = m.file_type();
-                let kind = if ft.is_dir() {
-                    b'd'
-                } else if ft.is_file() {
-                    b'f'
-                } else if ft.is_symlink() {
-                    b'l'
-                } else {
-                    b'p'
-                };
+                let kind = mirrorfs::entry::Listed::kind_of(m.file_type()).unwrap_or(0);
                 kind != l.kind
                     || (kind == b'f' && m.len() != l.size)
                     || (kind == b'f'
@@ -1142,10 +1133,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_rename_whose_source_never_arrived_asks_for_a_copy_of_the_result() {
-        let root = tempfile::tempdir().unwrap();
-        let table = RouterTable::with_rules([(
+    /// Site s's rule 5: `/p/` to `d`, in the whole root.
+    fn p_to_d() -> RouterTable {
+        RouterTable::with_rules([(
             "s".to_string(),
             RouterRule {
                 crc: 5,
@@ -1155,7 +1145,13 @@ mod tests {
                 delete_suffix: None,
                 namespace: Some(PathBuf::new()),
             },
-        )]);
+        )])
+    }
+
+    #[test]
+    fn a_rename_whose_source_never_arrived_asks_for_a_copy_of_the_result() {
+        let root = tempfile::tempdir().unwrap();
+        let table = p_to_d();
         let mut a = Applier::new(root.path(), 4).unwrap();
         // Neither the file nor its directory is on the backup.
         for from in ["/p/gone/x", "/p/x"] {
@@ -1190,17 +1186,7 @@ mod tests {
     #[test]
     fn a_change_to_a_file_the_backup_lacks_asks_for_it_whole() {
         let root = tempfile::tempdir().unwrap();
-        let table = RouterTable::with_rules([(
-            "s".to_string(),
-            RouterRule {
-                crc: 5,
-                pattern: Pattern::parse("/p/").unwrap(),
-                dest: Dest::parse("d").unwrap(),
-                attrs: false,
-                delete_suffix: None,
-                namespace: Some(PathBuf::new()),
-            },
-        )]);
+        let table = p_to_d();
         let mut a = Applier::new(root.path(), 4).unwrap();
         for command in [Command::Write, Command::Truncate, Command::Zero] {
             let mut r = record(command, "/p/old", "");

@@ -20,7 +20,7 @@
 //! end of the channel, so when storing or acknowledging fails (a full router-log disk, a
 //! sender that died) the reading thread's next hand-over fails at once instead of waiting
 //! for ever; the connection is shut down both ways. A peer that vanishes without a word is
-//! noticed by TCP keepalive and a user timeout ([`keepalive`]), and a source whose heartbeats
+//! noticed by TCP keepalive and a user timeout ([`mirrorfs::wire::keepalive`]), and a source whose heartbeats
 //! stop has all its sessions closed (`heartbeat`).
 
 use std::io::BufReader;
@@ -131,7 +131,7 @@ fn key_of(router: &Router, site: &str) -> Result<Key, String> {
 /// then one of its site's.
 fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(), SessionError> {
     stream.set_nodelay(true).map_err(WireError::Io)?;
-    keepalive(&stream);
+    mirrorfs::wire::keepalive(&stream);
     // A peer that stops reading cannot hold a session (and its commit thread) forever.
     stream
         .set_write_timeout(Some(WRITE_TIMEOUT))
@@ -388,39 +388,6 @@ fn receive_frames(
 
 /// How long a write to a peer may stall before its session ends.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long data sent to a peer may stay unacknowledged by its TCP before the connection
-/// fails (`TCP_USER_TIMEOUT`).
-const USER_TIMEOUT_MS: i32 = 30_000;
-
-/// Keepalive and a user timeout on a session's connection: a peer that vanished without a
-/// word (host down, network cut) is noticed by TCP, after a few missed probes when idle
-/// (10 s, then every 3 s, 3 probes) or [`USER_TIMEOUT_MS`] with data unacknowledged, even
-/// where its heartbeats never arrive (UDP filtered).
-pub fn keepalive(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let fd = s.as_raw_fd();
-    let set = |level: i32, opt: i32, v: i32| {
-        // SAFETY: setsockopt with a pointer to a live i32 and its size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                opt,
-                (&v as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            )
-        }
-    };
-    let rc = set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
-        | set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10)
-        | set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 3)
-        | set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)
-        | set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, USER_TIMEOUT_MS);
-    if rc != 0 {
-        log::debug!("keepalive options: {}", std::io::Error::last_os_error());
-    }
-}
 
 /// Bytes of entries stored with one fsync at most.
 const GROUP_BYTES: usize = 16 << 20;

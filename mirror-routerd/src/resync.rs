@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mirrorfs::blocked::{self, BlockedError};
+use mirrorfs::blocked::{self, hex, unhex, BlockedError};
 use mirrorfs::entry::Command;
 use mirrorfs::wire::{Part, WireEntry};
 use serde::{Deserialize, Serialize};
@@ -50,20 +50,6 @@ pub struct CopyRequest {
     pub since: u64,
     /// In how many sessions of the source it was sent so far.
     pub sent: u32,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 impl CopyRequest {

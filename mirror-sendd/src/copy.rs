@@ -367,16 +367,7 @@ impl CopyJob {
                     return None;
                 }
             };
-            let ft = m.file_type();
-            let kind = if ft.is_dir() {
-                b'd'
-            } else if ft.is_file() {
-                b'f'
-            } else if ft.is_symlink() {
-                b'l'
-            } else if m.mode() & libc::S_IFMT == libc::S_IFIFO {
-                b'p'
-            } else {
+            let Some(kind) = Listed::kind_of(m.file_type()) else {
                 continue;
             };
             let wanted = if kind == b'd' {

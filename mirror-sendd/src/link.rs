@@ -350,37 +350,6 @@ fn wait_for_unblock(
     }
 }
 
-/// Keepalive and user timeout on the connection: a router that vanished without a word is
-/// noticed by TCP too (after [`USER_TIMEOUT_MS`] with data unacknowledged, or a few missed
-/// keepalive probes when idle), even where its heartbeats never arrive (UDP filtered).
-fn keepalive(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let fd = s.as_raw_fd();
-    let set = |level: i32, opt: i32, v: i32| {
-        // SAFETY: setsockopt with a pointer to a live i32 and its size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                opt,
-                (&v as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            )
-        }
-    };
-    let rc = set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
-        | set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10)
-        | set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 3)
-        | set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)
-        | set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, USER_TIMEOUT_MS);
-    if rc != 0 {
-        log::debug!("keepalive options: {}", std::io::Error::last_os_error());
-    }
-}
-
-/// How long sent data may stay unacknowledged by the router's TCP before the connection fails.
-const USER_TIMEOUT_MS: i32 = 30_000;
-
 fn connect(site: &str) -> Result<TcpStream, LinkError> {
     let addrs: Vec<_> = site
         .to_socket_addrs()
@@ -518,7 +487,7 @@ fn session(
     let Trouble { local, skips } = trouble;
     let stream = connect(site)?;
     stream.set_nodelay(true).map_err(WireError::Io)?;
-    keepalive(&stream);
+    mirrorfs::wire::keepalive(&stream);
     // A router that stops reading must not hold this link forever.
     stream
         .set_write_timeout(Some(

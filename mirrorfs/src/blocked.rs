@@ -160,11 +160,13 @@ pub fn dirty_path(state: &Path, site: &str) -> PathBuf {
     state.join("dirty").join(safe)
 }
 
-fn hex(b: &[u8]) -> String {
+/// `b` in lower-case hexadecimal (names in the line-based state files).
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+/// The bytes of hexadecimal `s` ([`hex`]), if it is that.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

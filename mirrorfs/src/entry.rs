@@ -333,6 +333,25 @@ pub struct Listed {
     pub mtime: Timestamp,
 }
 
+impl Listed {
+    /// The kind code of a directory entry of type `ft` (b'f', b'd', b'l', b'p'); `None` for
+    /// what is not mirrored (sockets, devices).
+    pub fn kind_of(ft: std::fs::FileType) -> Option<u8> {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_dir() {
+            Some(b'd')
+        } else if ft.is_file() {
+            Some(b'f')
+        } else if ft.is_symlink() {
+            Some(b'l')
+        } else if ft.is_fifo() {
+            Some(b'p')
+        } else {
+            None
+        }
+    }
+}
+
 /// Bytes of a [`Listing`] part, at most (a larger directory is sent in several parts).
 pub const LISTING_PART_BYTES: usize = 1 << 20;
 

@@ -122,7 +122,7 @@ impl Keeper {
                 };
                 log::info!(
                     "looking for {reason}: files and directories changed since {} (in the background)",
-                    crate::logging::utc(since / 1_000_000_000)
+                    crate::logging::utc_secs(since / 1_000_000_000)
                 );
                 floor.store(since, Ordering::SeqCst);
                 status.scan = Some(ScanStatus {

@@ -22,4 +22,37 @@ pub mod heartbeat;
 pub mod msg;
 
 pub use codec::{read_frame, read_sealed, write_frame, WireError, MAX_FRAME};
+
+/// How long data sent on a session may stay unacknowledged by the peer's TCP before the
+/// connection fails ([`keepalive`]).
+pub const USER_TIMEOUT_MS: i32 = 30_000;
+
+/// Keepalive and a user timeout on a session's connection (both ends use it): a peer that
+/// vanished without a word (host down, network cut) is noticed by TCP, after a few missed
+/// probes when idle (10 s, then every 3 s, 3 probes) or [`USER_TIMEOUT_MS`] with data
+/// unacknowledged, even where its heartbeats never arrive (UDP filtered).
+pub fn keepalive(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    let set = |level: i32, opt: i32, v: i32| {
+        // SAFETY: setsockopt with a pointer to a live i32 and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&v as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        }
+    };
+    let rc = set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)
+        | set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10)
+        | set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 3)
+        | set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3)
+        | set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, USER_TIMEOUT_MS);
+    if rc != 0 {
+        log::debug!("keepalive options: {}", std::io::Error::last_os_error());
+    }
+}
 pub use msg::{Msg, Part, Role, WireEntry, WireRule, PROTOCOL_VERSION};
