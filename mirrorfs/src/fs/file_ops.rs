@@ -21,6 +21,9 @@ use crate::entry::{AttrChange, Command, EntryRef};
 /// Largest data carried by one journal entry when mirrorfs reads data back (copy_file_range).
 const CHUNK: usize = 1 << 20;
 
+/// Bytes one `copy_file_range` copies at most.
+const COPY_RANGE: u64 = 64 << 20;
+
 /// Writes at least this large go to the file and the journal in parallel: starting a thread
 /// costs far less than copying this much a second time in a row.
 const PARALLEL_WRITE: usize = 256 << 10;
@@ -547,7 +550,9 @@ impl MirrorFs {
         }
         let _ns = self.ns_read();
         let _op = lock(&hout.inode.op_lock);
-        let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+        // At most COPY_RANGE per call (a shorter count is legal; the caller goes on): the
+        // node's lock and the namespace lock are held while the range is copied and recorded.
+        let len = len.min(COPY_RANGE) as usize;
         {
             let (name, rules) = self.handle_rules(&hout);
             self.rec.room(&rules, &name, len)?;
