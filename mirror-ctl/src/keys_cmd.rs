@@ -75,6 +75,7 @@ pub fn router(keys: &KeyRing, cmd: RouterKeyCommand) -> Result<()> {
             check_site_id(&site)?;
             let ns = Namespace::parse(namespace.as_deref().unwrap_or(&site))
                 .map_err(anyhow::Error::msg)?;
+            refuse_nesting(keys, &site, &ns)?;
             let key = match key {
                 Some(k) => parse_key(&k)?,
                 None => Key::generate()?,
@@ -110,6 +111,33 @@ pub fn router(keys: &KeyRing, cmd: RouterKeyCommand) -> Result<()> {
     }
 }
 
+/// Refuses a namespace inside (or around) another site's: one site could then write the
+/// other's backups. Sites share a namespace only when both are given the same one.
+fn refuse_nesting(keys: &KeyRing, site: &str, ns: &Namespace) -> Result<()> {
+    let f = KeyFile::load(keys.path())?;
+    if let Some((other, theirs)) = f.nesting(site, ns) {
+        bail!(
+            "namespace {ns} of site {site} would nest with namespace {theirs} of site {other}: either could write the other's backups; give both the same namespace to share one, or choose one outside the other"
+        );
+    }
+    let whole = |n: &Namespace| n.text().as_deref() == Some(".");
+    let others: Vec<&str> = f.names().filter(|n| *n != site).collect();
+    if whole(ns) && !others.is_empty() {
+        eprintln!(
+            "note: site {site} may write anywhere under the root, the backups of {} included",
+            others.join(", ")
+        );
+    } else if let Some(all) = others
+        .iter()
+        .find(|n| f.namespace(n).as_ref().is_some_and(whole))
+    {
+        eprintln!(
+            "note: site {all} may write anywhere under the root, this site's backups included"
+        );
+    }
+    Ok(())
+}
+
 fn check_site_id(site: &str) -> Result<()> {
     if !mirrorfs::wire::msg::valid_site_id(site) {
         bail!(
@@ -124,6 +152,7 @@ fn check_site_id(site: &str) -> Result<()> {
 pub fn namespace(keys: &KeyRing, site: &str, path: &str) -> Result<()> {
     check_site_id(site)?;
     let ns = Namespace::parse(path).map_err(anyhow::Error::msg)?;
+    refuse_nesting(keys, site, &ns)?;
     if !KeyFile::set_namespace(keys.path(), site, ns.clone())? {
         bail!(
             "source site {site} has no key in {} (add one with `mirror-ctl router key add {site}`)",

@@ -23,7 +23,8 @@
 
 pub mod apply;
 pub mod backup;
-pub mod beneath;
+/// Confinement beneath a root (shared with the sender, which reads sources the same way).
+pub use mirrorfs::beneath;
 pub mod config;
 pub mod direct;
 pub mod heartbeat;

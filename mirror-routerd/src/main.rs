@@ -99,6 +99,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Ok(k) => {
             for site in k.names() {
+                let mine = k.namespace(site);
+                if let Some((other, theirs)) = mine.as_ref().and_then(|ns| k.nesting(site, ns)) {
+                    log::warn!(
+                        "the namespace {} of source site {site} nests with namespace {theirs} of site {other}: each may write the other's backups; fix it with `mirror-ctl router namespace`",
+                        mine.as_ref().map(|n| n.to_string()).unwrap_or_default()
+                    );
+                }
                 if k.namespace(site) == Some(mirrorfs::wire::auth::Namespace::Unconfined) {
                     log::warn!(
                         "the key of source site {site} is unconfined (made before namespaces): it may write anywhere under the root; confine it with `mirror-ctl router namespace {site} {site}` (or `.` to grant the whole root on purpose)"

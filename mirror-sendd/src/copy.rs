@@ -21,9 +21,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mirrorfs::beneath::{Place, Root};
 use mirrorfs::entry::{AttrChange, Command, Listed, Listing, Timestamp, LISTING_PART_BYTES};
 use mirrorfs::journal::Position;
 use mirrorfs::rule::{PatternKind, Rule};
@@ -67,11 +68,119 @@ enum Origin {
     Requested(Answer),
 }
 
+/// Where a copy reads: its rule's base directory, held open, and every name beneath it
+/// reached through no symbolic link ([`mirrorfs::beneath`]), so that a directory swapped for a
+/// symlink while the copy runs cannot make it read anything the rule does not select.
+struct Source {
+    root: io::Result<Root>,
+    base: Vec<u8>,
+}
+
+/// A name of a [`Source`], ready to be looked at.
+enum Spot {
+    /// The base directory itself.
+    Base(PathBuf),
+    /// A name in a directory opened beneath the base.
+    In(Place),
+}
+
+impl Spot {
+    /// A path to it that no call follows out of where it is (`lstat`, `open(O_NOFOLLOW)`,
+    /// `readlink`, `llistxattr`); the base's follows to the base itself.
+    fn path(&self) -> PathBuf {
+        match self {
+            Spot::Base(p) => p.clone(),
+            Spot::In(p) => p.path(),
+        }
+    }
+
+    /// Its status, not following a symlink.
+    fn meta(&self) -> io::Result<fs::Metadata> {
+        match self {
+            Spot::Base(p) => fs::metadata(p),
+            Spot::In(p) => fs::symlink_metadata(p.path()),
+        }
+    }
+
+    /// The names in it (a directory), opened through no symlink.
+    fn list(&self) -> io::Result<Vec<Vec<u8>>> {
+        let names = |p: &Path| -> io::Result<Vec<Vec<u8>>> {
+            fs::read_dir(p)?
+                .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+                .collect()
+        };
+        match self {
+            Spot::Base(p) => names(p),
+            Spot::In(p) => {
+                let dir = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                    .open(p.path())?;
+                names(Path::new(&format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&dir)
+                )))
+            }
+        }
+    }
+}
+
+/// Whether `e` says the name is not there as a plain path beneath the base (gone, under a
+/// file, or reached through a symlink now): for a copy, it is gone.
+fn gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::EXDEV)
+        )
+}
+
+impl Source {
+    fn open(rule: &Rule) -> Source {
+        let prefix = rule.spec.pattern.prefix();
+        let base = match rule.spec.pattern.kind() {
+            PatternKind::File => match prefix.iter().rposition(|&b| b == b'/') {
+                Some(0) => b"/".to_vec(),
+                Some(i) => prefix[..i].to_vec(),
+                None => prefix.to_vec(),
+            },
+            _ => prefix.strip_suffix(b"/").unwrap_or(prefix).to_vec(),
+        };
+        Source {
+            root: Root::open(path_of(&base)),
+            base,
+        }
+    }
+
+    /// `name` (a full name beneath the base, or the base itself).
+    fn spot(&self, name: &[u8]) -> io::Result<Spot> {
+        let root = match &self.root {
+            Ok(r) => r,
+            Err(e) => return Err(io::Error::new(e.kind(), e.to_string())),
+        };
+        let rel = if name == self.base.as_slice() {
+            &b""[..]
+        } else if self.base == b"/" {
+            name.strip_prefix(b"/").unwrap_or(name)
+        } else {
+            match name.strip_prefix(self.base.as_slice()) {
+                Some([b'/', rest @ ..]) => rest,
+                _ => return Err(io::Error::from_raw_os_error(libc::EXDEV)),
+            }
+        };
+        if rel.is_empty() {
+            return Ok(Spot::Base(root.fd_path()));
+        }
+        root.place(path_of(rel), false).map(Spot::In)
+    }
+}
+
 /// One copy being expanded.
 pub struct CopyJob {
     pos: Position,
     extra: bool,
     rule: Arc<Rule>,
+    source: Source,
     name: Vec<u8>,
     origin: Origin,
     tasks: Vec<Task>,
@@ -124,6 +233,7 @@ impl CopyJob {
         let mut job = CopyJob {
             pos,
             extra,
+            source: Source::open(&rule),
             rule,
             name: name.clone(),
             origin,
@@ -330,22 +440,18 @@ impl CopyJob {
     /// One part of the listing of directory `name` for a reconcile: the names the rule
     /// selects after `after`, as many as fit in a part (the rest is queued).
     fn list(&mut self, name: Vec<u8>, after: Vec<u8>) -> Option<WireEntry> {
-        let path = path_of(&name);
         // A listing must be whole: a name left out would be deleted on the backup. Any error
         // but the directory being gone drops the listing.
-        let names: io::Result<Vec<Vec<u8>>> = fs::read_dir(path).and_then(|rd| {
-            rd.map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
-                .collect()
-        });
+        let names = self.source.spot(&name).and_then(|s| s.list());
         let mut names: Vec<Vec<u8>> = match names {
             Ok(n) => n
                 .into_iter()
                 .filter(|c| c.as_slice() > after.as_slice())
                 .collect(),
             // Gone since: its removal is in the journal (or a reconcile of its parent).
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) if gone(&e) => return None,
             Err(e) => {
-                self.trouble(&format!("reconcile of {}: cannot list", path.display()), &e);
+                self.trouble(&format!("reconcile of {}: cannot list", shown(&name)), &e);
                 return None;
             }
         };
@@ -359,9 +465,9 @@ impl CopyJob {
             let mut full = name.clone();
             full.push(b'/');
             full.extend_from_slice(&c);
-            let m = match fs::symlink_metadata(path_of(&full)) {
+            let m = match self.source.spot(&full).and_then(|s| s.meta()) {
                 Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if gone(&e) => continue,
                 Err(e) => {
                     self.trouble(&format!("reconcile of {}", shown(&full)), &e);
                     return None;
@@ -414,15 +520,24 @@ impl CopyJob {
 
     /// Starts on `name`; may return its first entry (a deletion if it is gone).
     fn visit(&mut self, name: Vec<u8>) -> Option<WireEntry> {
-        let path = path_of(&name);
-        let meta = match fs::symlink_metadata(path) {
+        let shown_name = shown(&name);
+        let spot = match self.source.spot(&name) {
+            Ok(s) => s,
+            Err(e) if gone(&e) => return Some(entry(Command::Delete, &self.rule, &name)),
+            Err(e) => {
+                self.trouble(&format!("copy of {shown_name}"), &e);
+                return None;
+            }
+        };
+        let path = spot.path();
+        let meta = match spot.meta() {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if gone(&e) => {
                 // The copy makes the backup equal the source: gone here, gone there too.
                 return Some(entry(Command::Delete, &self.rule, &name));
             }
             Err(e) => {
-                self.trouble(&format!("copy of {}", path.display()), &e);
+                self.trouble(&format!("copy of {shown_name}"), &e);
                 return None;
             }
         };
@@ -434,14 +549,10 @@ impl CopyJob {
             if selected {
                 self.push_attrs(&name, &meta);
             }
-            let children: io::Result<Vec<Vec<u8>>> = fs::read_dir(path).and_then(|rd| {
-                rd.map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
-                    .collect()
-            });
-            let mut children = match children {
+            let mut children = match spot.list() {
                 Ok(c) => c,
                 Err(e) => {
-                    self.trouble(&format!("copy of {}: cannot list", path.display()), &e);
+                    self.trouble(&format!("copy of {shown_name}: cannot list"), &e);
                     Vec::new()
                 }
             };
@@ -451,7 +562,11 @@ impl CopyJob {
                 let mut full = name.clone();
                 full.push(b'/');
                 full.extend_from_slice(&c);
-                let is_dir = fs::symlink_metadata(path_of(&full)).is_ok_and(|m| m.is_dir());
+                let is_dir = self
+                    .source
+                    .spot(&full)
+                    .and_then(|s| s.meta())
+                    .is_ok_and(|m| m.is_dir());
                 let wanted = if is_dir {
                     subtree
                 } else {
@@ -474,22 +589,24 @@ impl CopyJob {
             match OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
+                .open(&path)
             {
                 Ok(file) => self.tasks.push(Task::File {
                     name,
                     file,
                     offset: 0,
                 }),
-                Err(e) => self.trouble(&format!("copy of {}: cannot open", path.display()), &e),
+                // Gone (or swapped for a symlink) since it was looked at.
+                Err(e) if gone(&e) => return Some(entry(Command::Delete, &self.rule, &name)),
+                Err(e) => self.trouble(&format!("copy of {shown_name}: cannot open"), &e),
             }
             return None;
         }
         if ft.is_symlink() {
-            let target = match fs::read_link(path) {
+            let target = match fs::read_link(&path) {
                 Ok(t) => t,
                 Err(e) => {
-                    self.trouble(&format!("copy of {}", path.display()), &e);
+                    self.trouble(&format!("copy of {shown_name}"), &e);
                     return None;
                 }
             };
@@ -540,7 +657,11 @@ impl CopyJob {
             data: change.encode().to_vec(),
             ..entry(Command::SetAttr, &self.rule, name)
         }));
-        for (k, v) in xattrs(path_of(name)) {
+        let path = match self.source.spot(name) {
+            Ok(s) => s.path(),
+            Err(_) => return,
+        };
+        for (k, v) in xattrs(&path) {
             self.tasks.push(Task::Emit(WireEntry {
                 aux: k,
                 data: v,

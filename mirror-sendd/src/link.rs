@@ -45,6 +45,8 @@ const BATCH_BYTES: usize = 4 << 20;
 /// How long a copy whose source cannot be read now (its mount is down) waits to be tried
 /// again.
 const COPY_RETRY: Duration = Duration::from_millis(200);
+/// Copies remembered for `Session::recopy_if_late`.
+const RECENT_COPIES: usize = 4096;
 /// Entries per frame, at most.
 const BATCH_ENTRIES: usize = MAX_ENTRIES_PER_FRAME;
 /// How long to wait for the router's challenge and welcome.
@@ -455,6 +457,8 @@ struct Session<'a> {
     inflight_bytes: usize,
     /// Everything before it is acknowledged or not for this site.
     acked_next: Position,
+    /// Copies expanded lately: rule, name, when (see `recopy_if_late`).
+    copies_made: VecDeque<(u32, Vec<u8>, u64)>,
     copy: Option<(CopyJob, Position)>,
     /// When the current copy, stopped because its source could not be read, is tried again.
     copy_retry_at: Option<Instant>,
@@ -561,6 +565,7 @@ fn session(
         inflight_bytes: 0,
         acked_next: start,
         copy: None,
+        copies_made: VecDeque::new(),
         copy_retry_at: None,
         extras: VecDeque::new(),
         frames: 0,
@@ -998,13 +1003,18 @@ impl Session<'_> {
             let Some(rule) = table.sends_to(e.rule_crc, self.site) else {
                 continue;
             };
-            if e.command == Command::Copy {
-                self.copy = Some((CopyJob::new(pos, rule.clone(), e.name), next));
+            if e.command == Command::Copy || e.command == Command::Reconcile {
+                self.note_copy(rule.crc, &e.name);
+                let job = if e.command == Command::Copy {
+                    CopyJob::new(pos, rule.clone(), e.name)
+                } else {
+                    CopyJob::reconcile(pos, rule.clone(), e.name)
+                };
+                self.copy = Some((job, next));
                 continue;
             }
-            if e.command == Command::Reconcile {
-                self.copy = Some((CopyJob::reconcile(pos, rule.clone(), e.name), next));
-                continue;
+            if matches!(e.command, Command::Rename | Command::Link) {
+                self.recopy_if_late(rule, &e);
             }
             let we = WireEntry::whole(pos, e);
             bytes += self.track(&we, Some(next));
@@ -1037,6 +1047,45 @@ impl Session<'_> {
             entries: batch,
         })?;
         Ok(true)
+    }
+
+    /// Notes that a copy (or reconciliation) of `name` is being expanded now, from the source
+    /// as it is now.
+    fn note_copy(&mut self, crc: u32, name: &[u8]) {
+        if self.copies_made.len() >= RECENT_COPIES {
+            self.copies_made.pop_front();
+        }
+        self.copies_made
+            .push_back((crc, name.to_vec(), mirrorfs::now_ns()));
+    }
+
+    /// A copy is made from the source as it is when it is sent, and later entries apply on
+    /// top. A rename (or link) made *before* a copy of its old name (or of a directory above
+    /// it) was sent found that copy holding what the old name held *after* the rename, and
+    /// moves it to the new name: the new name is sent whole again after it.
+    fn recopy_if_late(&mut self, rule: &Arc<mirrorfs::rule::Rule>, e: &mirrorfs::entry::Entry) {
+        let under = |copied: &[u8], name: &[u8]| {
+            name == copied || (name.starts_with(copied) && name.get(copied.len()) == Some(&b'/'))
+        };
+        // (A second of margin: the entry's time is taken just after the rename itself.)
+        let late = self.copies_made.iter().any(|(crc, copied, at)| {
+            *crc == rule.crc && at + 1_000_000_000 >= e.time_ns && under(copied, &e.name)
+        });
+        if !late {
+            return;
+        }
+        log::debug!(
+            "site {}: {} was copied after it was renamed: sending {} whole again",
+            self.site,
+            String::from_utf8_lossy(&e.name),
+            String::from_utf8_lossy(&e.aux)
+        );
+        self.extras
+            .push_back(CopyJob::extra(rule.clone(), e.aux.clone()));
+        if e.command == Command::Rename && e.offset as u32 & libc::RENAME_EXCHANGE != 0 {
+            self.extras
+                .push_back(CopyJob::extra(rule.clone(), e.name.clone()));
+        }
     }
 
     fn track(&mut self, e: &WireEntry, next: Option<Position>) -> usize {

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod beneath;
 pub mod blocked;
 pub mod control;
 pub mod copycheck;

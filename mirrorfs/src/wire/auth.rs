@@ -165,8 +165,11 @@ impl Namespace {
         if s == "." {
             return Ok(Namespace::Beneath(PathBuf::new()));
         }
-        let d = crate::rule::Dest::parse(s).map_err(|e| {
-            format!("namespace {s:?}: {e} (use a path relative to the root, or `.` for all of it)")
+        let d = crate::rule::Dest::parse(s).map_err(|e| match e {
+            crate::rule::RuleError::BadDest { reason, .. } => format!(
+                "namespace {s:?} {reason}: it is a path relative to the router's root, or `.` for all of it"
+            ),
+            other => format!("namespace {s:?}: {other}"),
         })?;
         Ok(Namespace::Beneath(PathBuf::from(d.as_str())))
     }
@@ -177,6 +180,18 @@ impl Namespace {
             Namespace::Unconfined => Path::new(""),
             Namespace::Beneath(p) => p,
         }
+    }
+
+    /// Whether one of the two lies strictly inside the other (`hosts` and `hosts/web1`): their
+    /// sites could write each other's backups. The same namespace given to two sites is
+    /// sharing on purpose, not nesting; so is the whole root (`.`), granted on purpose to a
+    /// site that may write anywhere (a two-way peer).
+    pub fn nests_with(&self, other: &Namespace) -> bool {
+        let (Namespace::Beneath(a), Namespace::Beneath(b)) = (self, other) else {
+            return false;
+        };
+        let whole = |p: &PathBuf| p.as_os_str().is_empty();
+        !whole(a) && !whole(b) && a != b && (a.starts_with(b) || b.starts_with(a))
     }
 
     /// As written in the key file (`.` for the whole root), `None` when unconfined.
@@ -281,6 +296,14 @@ impl KeyFile {
     pub fn namespace(&self, name: &str) -> Option<Namespace> {
         self.entry(name)
             .map(|e| e.namespace.clone().unwrap_or(Namespace::Unconfined))
+    }
+
+    /// The first other site whose namespace nests with `ns` ([`Namespace::nests_with`]).
+    pub fn nesting(&self, site: &str, ns: &Namespace) -> Option<(String, Namespace)> {
+        self.entries.iter().find_map(|e| {
+            let theirs = e.namespace.clone()?;
+            (e.name != site && theirs.nests_with(ns)).then(|| (e.name.clone(), theirs))
+        })
     }
 
     /// The names that have a key.

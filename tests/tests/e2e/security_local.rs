@@ -155,3 +155,45 @@ fn copy_requests_are_checked_before_anything_is_read() {
         }
     }
 }
+
+/// The finding (a local user, no root): a directory renamed into a rule and swapped for a
+/// symlink to a root-only directory while its copy runs made mirror-sendd read the root-only
+/// file through the symlink and ship it. Every read of a copy is now beneath the rule's base
+/// through no symlink.
+#[test]
+fn a_directory_swapped_for_a_symlink_during_its_copy_leaks_nothing() {
+    let r = Router::start();
+    let l = Local::new();
+    let inside = l.path("r1");
+    let outside = l.path("un");
+    fs::create_dir_all(&inside).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    l.add_rule(&format!("{}/", inside.display()), &r.site(), "d1", &[]);
+    let secret_dir = l.tmp.path().join("rootonly");
+    fs::create_dir(&secret_dir).unwrap();
+    fs::write(secret_dir.join("secret"), b"ROOT-ONLY-SECRET").unwrap();
+    let _m = l.mount(&[]);
+    let _s = l.sender();
+    for n in 0..60 {
+        let x = outside.join(format!("x{n}"));
+        fs::create_dir(&x).unwrap();
+        fs::write(x.join("secret"), b"decoy").unwrap();
+        let inner = inside.join(format!("x{n}"));
+        fs::rename(&x, &inner).unwrap();
+        fs::rename(&inner, inside.join(format!("x{n}.old"))).unwrap();
+        std::os::unix::fs::symlink(&secret_dir, &inner).unwrap();
+    }
+    fs::write(inside.join("marker"), b"m").unwrap();
+    wait_converged(&inside, &r.path("d1"), LIMIT);
+    let leaked: Vec<String> = mirror_tests::tree(&r.root)
+        .into_iter()
+        .filter(|(rel, _)| {
+            fs::read(r.root.join(rel)).is_ok_and(|d| d.windows(6).any(|w| w == b"SECRET"))
+        })
+        .map(|(rel, _)| rel)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "root-only bytes in the backup: {leaked:?}"
+    );
+}

@@ -278,3 +278,31 @@ fn a_namespace_through_a_symlink_is_refused_and_the_source_is_told() {
     assert!(r.error_log().contains("from laptop"), "{}", r.error_log());
     assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
 }
+
+/// The finding: `router key add web1 --namespace hosts/web1` then `router key add hosts`
+/// (namespace `hosts`) let site hosts overwrite and delete web1's backups with `--dest
+/// web1/...`. A namespace inside (or around) another site's is refused; the same one given
+/// to both is sharing on purpose, and so is the whole root (`.`, a two-way peer's).
+#[test]
+fn nested_namespaces_of_two_sites_are_refused() {
+    let r = Router::start();
+    ok(&r.ctl(&["key", "add", "web1", "--namespace", "hosts/web1"]));
+    for args in [
+        &["key", "add", "hosts"][..],
+        &["key", "add", "other", "--namespace", "hosts/web1/etc"],
+    ] {
+        let out = r.ctl(args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("would nest with namespace"), "{err}");
+    }
+    ok(&r.ctl(&["key", "add", "web2", "--namespace", "hosts/web2"]));
+    ok(&r.ctl(&["key", "add", "twin", "--namespace", "hosts/web1"]));
+    let out = r.ctl(&["namespace", "web2", "hosts"]);
+    assert!(!out.status.success());
+    let out = r.ctl(&["key", "add", "peer", "--namespace", "."]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may write anywhere under the root"));
+    let listed = ok(&r.ctl(&["key", "list"]));
+    assert!(!listed.contains("hosts/web1/etc"), "{listed}");
+}

@@ -1,5 +1,8 @@
-//! Confinement: every backup path is resolved beneath the backup root without following a
-//! symbolic link anywhere on the way (DESIGN.md invariant 5).
+//! Confinement: a path is resolved beneath a root without following a symbolic link anywhere
+//! on the way (DESIGN.md invariant 5). The router reaches every backup path this way beneath
+//! its backup root; the sender reads every source file this way beneath its rule's base, so
+//! that a directory swapped for a symlink while a copy runs cannot lead it out of what the
+//! rule selects.
 //!
 //! A [`Root`] holds a descriptor of the root. [`Root::place`] opens the parent directory of a
 //! relative path with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (or, on kernels
@@ -75,6 +78,12 @@ impl Root {
     /// The root's path (for messages).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A path to the root directory itself through its descriptor (`/proc/self/fd/N`), for
+    /// calls that follow it (`stat`, listing), whatever its name leads to now.
+    pub fn fd_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
     /// The last component of `rel` (relative, normal components only) in its parent directory
