@@ -34,7 +34,10 @@
 //!
 //! The receive process appends a batch to both files and makes them durable with one
 //! `fdatasync` each before acknowledging it (group commit); the same `fdatasync` carries the
-//! committed end, set to where the batch starts (the previous batch is durable by then). On
+//! committed end, set to where the batch starts (the previous batch is durable by then), and
+//! right after it the committed end moves to the batch's end (written before the ack, made
+//! durable by the next batch's `fdatasync`), so that a flipped bit in the newest acknowledged
+//! batch is damage too, not a torn tail to cut. On
 //! open, a torn tail of the newest pair (a record cut short, or one whose data is missing from
 //! RT2) is cut away, but only past the committed end: damage before it is in records that were
 //! acknowledged ([`RtError::Acknowledged`]); the router then quarantines the pair (see
@@ -867,6 +870,12 @@ impl RtWriter {
             .map_err(io_err(&p1))?;
         self.rt1.sync_data().map_err(io_err(&p1))?;
         self.rt1_len += meta.len() as u64;
+        // And now this batch is (it is acknowledged next): damage in it is not a torn tail
+        // either. Durable with the next batch; a power loss before that leaves the header at
+        // the batch's start, and the batch itself whole, as it was synced.
+        self.rt1
+            .write_all_at(&self.rt1_len.to_le_bytes(), COMMITTED_OFFSET)
+            .map_err(io_err(&p1))?;
         Ok(self.end())
     }
 }
@@ -1033,7 +1042,9 @@ mod tests {
         w.append("s", &[entry(2, b"cccc")]).unwrap();
         drop(w);
         let p1 = rt1_path(dir.path(), 1);
-        let full = std::fs::read(&p1).unwrap();
+        // A power loss during the third batch: its bytes torn, the header still at its start.
+        let mut full = std::fs::read(&p1).unwrap();
+        set_committed(&mut full, good);
         for cut in good as usize..full.len() {
             std::fs::write(&p1, &full[..cut]).unwrap();
             let w = RtWriter::open(dir.path(), 1 << 20, 1).unwrap();
@@ -1063,13 +1074,28 @@ mod tests {
         );
         assert!(msg.contains("acknowledged"), "{msg}");
         assert_eq!(std::fs::read(&p1).unwrap(), b);
-        // The same damage in the last batch (not yet committed) is a torn tail.
+        // The same damage in the last batch, acknowledged too (the finding: it was cut as a
+        // torn tail, and acknowledged entries lost), is refused the same way.
         let mut b = full.clone();
         let last = b.len() - 10;
         b[last] ^= 4;
         std::fs::write(&p1, &b).unwrap();
+        let e = RtWriter::open(dir.path(), 1 << 20, 1).unwrap_err();
+        assert!(e.to_string().contains("acknowledged"), "{e}");
+        // Damage past the committed end (a batch the power loss cut: never acknowledged) is a
+        // torn tail.
+        let mut b = full.clone();
+        set_committed(&mut b, first);
+        b[last] ^= 4;
+        std::fs::write(&p1, &b).unwrap();
         let w = RtWriter::open(dir.path(), 1 << 20, 1).unwrap();
-        assert!(w.end().1 > first && w.end().1 < full.len() as u64);
+        assert!(w.end().1 >= first && w.end().1 < full.len() as u64);
+    }
+
+    /// Sets the committed end in the RT1 header bytes `b`.
+    fn set_committed(b: &mut [u8], end: u64) {
+        b[COMMITTED_OFFSET as usize..COMMITTED_OFFSET as usize + 8]
+            .copy_from_slice(&end.to_le_bytes());
     }
 
     #[test]
