@@ -535,6 +535,21 @@ fn session(
     let dirty = DirtySet::load(&dirty_file).map_err(|e| LinkError::Protocol(e.to_string()))?;
     drop(dirty_guard);
     let resync_pending = resync::load(shared, site).map_err(LinkError::Local)?;
+    // A journal made anew (its segments removed by hand, say) starts again at segment 1: a
+    // position past its newest segment would wait for ever while new entries pass by.
+    let newest = mirrorfs::journal::list_segments(&shared.journal_dir)?
+        .last()
+        .copied()
+        .unwrap_or(0);
+    if start.segment > newest && newest > 0 {
+        log::error!(
+            "site {site}: it acknowledged up to {start}, past the newest journal segment {newest}: the journal was made anew; sending it from its start as a new stream (run `mirror-ctl sync` for the files changed in between)"
+        );
+        shared.restart_stream();
+        return Err(LinkError::Local(
+            "the journal was made anew; connecting again with a new stream".into(),
+        ));
+    }
     let reader = match JournalReader::open(&shared.journal_dir, start) {
         Err(JournalError::Gap { oldest, .. }) => {
             log::error!(

@@ -119,6 +119,16 @@ impl Shared {
         lock(&self.sfa).sfa.stream
     }
 
+    /// The journal was made anew (positions start again at segment 1): a new stream id, so
+    /// that routers do not take its entries for ones they have, and every site from its start.
+    pub fn restart_stream(&self) {
+        let mut s = lock(&self.sfa);
+        s.sfa.stream = mirrorfs::sfa::random_u64();
+        s.sfa.acked.clear();
+        s.dirty = true;
+        self.write(&mut s);
+    }
+
     /// Where `site` resumes: the position after its last acknowledged entry.
     pub fn acked(&self, site: &str) -> Position {
         lock(&self.sfa).sfa.get(site)

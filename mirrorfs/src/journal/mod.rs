@@ -6,7 +6,9 @@
 //!   acknowledged; [`Journal::sync`] makes everything appended durable, one `fdatasync` serving
 //!   every caller waiting at the time (group commit). Segments rotate at a size limit.
 //!   Opening recovers: a torn record at the end of the newest segment is truncated away and
-//!   logged; corruption anywhere else is an error naming segment and offset.
+//!   logged; a damaged record with valid records after it in the newest segment is kept as it
+//!   is, the segment sealed around it and appends go on in the next one (readers report the
+//!   damage with segment and offset, as for damage in any sealed segment).
 //! * [`JournalReader`]: tails from a [`Position`], in this process or another, waking on
 //!   inotify events for the directory or after a timeout.
 //! * [`remove_segments_below`]: deletes segments every reader has passed.

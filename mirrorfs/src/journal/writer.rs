@@ -351,12 +351,54 @@ impl Journal {
             .map_err(io_err)?;
         if let Some(reason) = damage {
             if let Some(rel) = format::find_valid_record(&bytes[pos + 1..]) {
+                // Damage with valid records after it is not a torn tail: the records are kept
+                // as they are, the segment is sealed around them (its index lists every record
+                // that reads), and appends go on in a new segment. The sender meets the damage
+                // as in any sealed segment: it blocks the site with the reason, skips it, and
+                // sends the files concerned whole.
                 log::error!(
-                    "journal {}: record at offset {pos} is damaged ({reason}) but a valid record follows at offset {}",
+                    "journal {}: record at offset {pos} is damaged ({reason}) and valid records follow (at offset {}); sealing the segment as it is and going on in the next one",
                     path.display(),
                     pos + 1 + rel
                 );
-                return Err(corrupt(pos as u64, reason));
+                let mut at = pos + 1 + rel;
+                while at < bytes.len() {
+                    match format::verify_record(&bytes[at..]) {
+                        Ok(len) => {
+                            index.push(at as u64);
+                            at += len;
+                        }
+                        Err(_) => match format::find_valid_record(&bytes[at + 1..]) {
+                            Some(r) => at += 1 + r,
+                            None => break,
+                        },
+                    }
+                }
+                let end = index
+                    .last()
+                    .and_then(|&o| {
+                        format::verify_record(&bytes[o as usize..])
+                            .ok()
+                            .map(|l| o as usize + l)
+                    })
+                    .unwrap_or(pos);
+                file.set_len(end as u64).map_err(io_err)?;
+                let mark = last_mark(&bytes, n, &index);
+                let mut damaged = Active {
+                    header,
+                    path: path.clone(),
+                    file: Arc::new(file),
+                    len: end as u64,
+                    index,
+                    poisoned: false,
+                    kicked: end as u64,
+                    mark,
+                    preallocated: false,
+                };
+                seal(&mut damaged)?;
+                let mut next = Self::fresh(dir, n + 1, sizing)?;
+                next.carry(mark)?;
+                return Ok(next);
             }
             log::warn!(
                 "journal {}: torn tail at offset {pos} ({} bytes: {reason}); truncated to the last complete record",
@@ -453,30 +495,7 @@ impl Journal {
     fn rotate(&self, a: &mut Active, next: u64) -> Result<(), JournalError> {
         let size = self.sizing.segment.max(next + SEGMENT_HEADER_LEN);
         self.sizing.check(&self.dir, size)?;
-        let res = (|| {
-            let idx = format::encode_index(&a.index);
-            a.file
-                .write_all_at(&idx, a.len)
-                .map_err(|e| JournalError::io(&a.path, e))?;
-            let mut h = a.header;
-            h.sealed = true;
-            h.index_offset = a.len;
-            h.total_size = a.len + idx.len() as u64;
-            h.record_count = a.index.len() as u64;
-            a.file
-                .write_all_at(&h.encode(), 0)
-                .map_err(|e| JournalError::io(&a.path, e))?;
-            a.file
-                .sync_all()
-                .map_err(|e| JournalError::io(&a.path, e))?;
-            // Give back the reserved blocks the segment did not use (truncating to its own
-            // size releases them on ext4).
-            a.file
-                .set_len(h.total_size)
-                .map_err(|e| JournalError::io(&a.path, e))?;
-            Ok(())
-        })();
-        if let Err(e) = res {
+        if let Err(e) = seal(a) {
             a.poisoned = true;
             return Err(e);
         }
@@ -573,6 +592,26 @@ impl Journal {
         }
         self.rotate(&mut a, 0)
     }
+}
+
+/// Seals segment `a` (index after its last record, header, fsync) and gives back the blocks
+/// reserved beyond it.
+fn seal(a: &mut Active) -> Result<(), JournalError> {
+    let io = |e| JournalError::io(&a.path, e);
+    let idx = format::encode_index(&a.index);
+    a.file.write_all_at(&idx, a.len).map_err(io)?;
+    let mut h = a.header;
+    h.sealed = true;
+    h.index_offset = a.len;
+    h.total_size = a.len + idx.len() as u64;
+    h.record_count = a.index.len() as u64;
+    a.file.write_all_at(&h.encode(), 0).map_err(io)?;
+    a.file.sync_all().map_err(io)?;
+    // Give back the reserved blocks the segment did not use (truncating to its own size
+    // releases them on ext4).
+    a.file.set_len(h.total_size).map_err(io)?;
+    a.header = h;
+    Ok(())
 }
 
 impl Active {

@@ -369,3 +369,67 @@ fn passing_damage_is_read_again_and_mirror_ctl_unblock_skips_lasting_damage() {
         &["torn tail", "session with 127.0.0.1:", "closed its session"],
     );
 }
+
+/// The finding: damage in the newest (active) journal segment, with valid records after it,
+/// kept mirrorfs from ever mounting again ("… is corrupt at offset …"), and `mirror-ctl sync`
+/// failed the same way. Now the segment is sealed as it is and appends go on in the next one;
+/// the sender skips the damage as in any sealed segment.
+#[test]
+fn damage_in_the_newest_segment_does_not_keep_mirrorfs_from_mounting() {
+    let mut r = Router::start();
+    let l = Local::new();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "w", &[]);
+    let m = l.mount(&[]);
+    let _s = l.sender_with(&["--skip-damage-after", "1s"]);
+    r.kill9();
+    for i in 0..10 {
+        fs::write(l.path(&format!("f{i}")), format!("file {i} ").repeat(500)).unwrap();
+    }
+    m.unmount();
+    let jdir = l.state.join("journal");
+    let newest = *mirrorfs::journal::list_segments(&jdir)
+        .unwrap()
+        .last()
+        .unwrap();
+    let seg = mirrorfs::journal::segment_path(&jdir, newest);
+    let len = fs::metadata(&seg).unwrap().len();
+    flip(&seg, len / 2);
+    let m = l.mount(&[]);
+    assert!(
+        m.log_text().contains("sealing the segment as it is"),
+        "{}",
+        m.log_text()
+    );
+    fs::write(l.path("after"), b"after the damage").unwrap();
+    let out = l.ctl(&["sync", &l.path("f0").to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r.restart();
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+}
+
+/// A journal made anew under a sender that had acknowledged positions in the old one (its
+/// segments moved aside by hand): the sender waited for a segment that never came, and new
+/// entries were ignored with status ok. It now starts over with a new stream.
+#[test]
+fn a_journal_made_anew_is_sent_from_its_start() {
+    let r = Router::start();
+    let l = Local::new();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "w", &[]);
+    let m = l.mount(&["--segment-size", "65536"]);
+    let s = l.sender();
+    for i in 0..20 {
+        fs::write(l.path(&format!("f{i}")), vec![b'x'; 20_000]).unwrap();
+    }
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    m.unmount();
+    drop(s);
+    fs::rename(l.state.join("journal"), l.tmp.path().join("journal.aside")).unwrap();
+    let _m = l.mount(&[]);
+    let _s = l.sender();
+    fs::write(l.path("new"), b"in the new journal").unwrap();
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+}
