@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use mirrorfs::entry::{AttrChange, Command};
 
-use crate::backup::{backup_rel, OpenFiles};
+use crate::backup::{backup_rel, NameError, OpenFiles};
 use crate::beneath::{is_confinement, Place, Root};
 use crate::config::{RouterRule, RouterTable};
 use crate::rtlog::{list_pairs, RtPair, RtRecord, HEADER_LEN};
@@ -54,6 +54,12 @@ pub enum Outcome {
         /// Full source names to copy.
         names: Vec<Vec<u8>>,
     },
+}
+
+/// What stands for the backup files of source `site` while it has no key, so that its
+/// entries are held (in order) as a blocked file's are, until a key lets them in again.
+pub fn keyless(site: &str) -> String {
+    format!("(no key) {site}")
 }
 
 /// An entry that could not be applied.
@@ -185,8 +191,11 @@ impl Applier {
         }
         names
             .into_iter()
-            .filter_map(|n| backup_rel(rule, n).ok())
-            .map(|p| p.to_string_lossy().into_owned())
+            .filter_map(|n| match backup_rel(rule, n) {
+                Ok(p) => Some(p.to_string_lossy().into_owned()),
+                Err(NameError::NoKey { .. }) => Some(keyless(&r.site)),
+                Err(_) => None,
+            })
             .collect()
     }
 
@@ -210,6 +219,15 @@ impl Applier {
         };
         let rel = match backup_rel(rule, &r.name) {
             Ok(p) => p,
+            // Held until a key grants the site a namespace again: its entries were
+            // acknowledged, and a key removed by mistake is added back.
+            Err(e @ NameError::NoKey { .. }) => {
+                return Err(ApplyError {
+                    op: "place",
+                    path: PathBuf::from(keyless(&r.site)),
+                    err: io::Error::new(io::ErrorKind::PermissionDenied, e.to_string()),
+                })
+            }
             Err(e) => return Ok(Outcome::Refused(e.to_string())),
         };
         let to = matches!(r.command, Command::Rename | Command::Link)
@@ -804,6 +822,8 @@ pub fn run(router: Arc<crate::shared::Router>) {
             log::info!("periodic unblock (every {:?})", router.cfg.unblock_every);
             router.unblock_files(None);
         }
+        // Keys added back let the entries held for want of one go on (`Router::table`).
+        router.table();
         if router.take_retry() {
             last_unblock = std::time::Instant::now();
             for pc in st.pairs.values_mut() {

@@ -142,13 +142,19 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
         .map_err(WireError::Io)?;
     let mut out = stream.try_clone().map_err(WireError::Io)?;
     let mut r = BufReader::with_capacity(1 << 20, stream);
-    let accepted = auth::server(&mut r, &mut out, |site| key_of(router, site));
+    let mut key = None;
+    let accepted = auth::server(&mut r, &mut out, |site| {
+        key_of(router, site).inspect(|k| key = Some(k.clone()))
+    });
     drop(authenticating);
     let accepted = accepted.map_err(|e| match e {
         HandshakeError::Wire(w) => SessionError::Wire(w),
         HandshakeError::Rejected(reason) => SessionError::Refused(reason),
         other => SessionError::Protocol(other.to_string()),
     })?;
+    let Some(key) = key else {
+        return Err(SessionError::Protocol("accepted without a key".into()));
+    };
     let site = accepted.site;
     let stream_id = accepted.stream;
     let mut recv = accepted.session.recv;
@@ -191,7 +197,7 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
         received.map_or("nothing".into(), |p| p.to_string())
     );
     router.add_peer(&site, w.clone());
-    let result = serve_source(router, &site, &w, &mut r, &mut recv);
+    let result = serve_source(router, &site, &key, &w, &mut r, &mut recv);
     router.remove_peer(&site, &w);
     // Whatever ended the session, the connection ends with it.
     lock(&w).shutdown();
@@ -201,6 +207,7 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
 fn serve_source(
     router: &Router,
     site: &str,
+    key: &Key,
     w: &Mutex<PeerOut>,
     r: &mut BufReader<TcpStream>,
     mac: &mut FrameMac,
@@ -245,7 +252,7 @@ fn serve_source(
                 }
             })
             .map_err(|e| SessionError::Store(format!("cannot start a commit thread: {e}")))?;
-        let result = receive_frames(router, site, w, r, mac, &tx);
+        let result = receive_frames(router, site, key, w, r, mac, &tx);
         drop(tx);
         let _ = committer.join();
         match lock(failed).take() {
@@ -259,9 +266,12 @@ fn serve_source(
 type Batch = (Vec<WireEntry>, u64);
 
 /// Reads frames until the session ends, handing entries to the committer in batches.
+/// Entries are taken only while the key the session was opened with is still the site's:
+/// removing (or replacing) it ends the session before anything more is acknowledged.
 fn receive_frames(
     router: &Router,
     site: &str,
+    key: &Key,
     w: &Mutex<PeerOut>,
     r: &mut BufReader<TcpStream>,
     mac: &mut FrameMac,
@@ -322,6 +332,9 @@ fn receive_frames(
                 entries,
             } => {
                 frames += 1;
+                if let Some(why) = key_revoked(router, site, key) {
+                    return Err(refuse(w, why));
+                }
                 let known = lock(&router.versions).get(site).copied();
                 if known != Some(config_version) {
                     if !awaiting_config {
@@ -382,6 +395,24 @@ fn receive_frames(
                     format!("unexpected {} from a source", other.kind()),
                 ))
             }
+        }
+    }
+}
+
+/// Why a session opened with `key` may not take entries any more: the key file no longer
+/// holds it for `site`. A key file that cannot be read changes nothing (the error is logged).
+fn key_revoked(router: &Router, site: &str, key: &Key) -> Option<String> {
+    match router.keys.get_exact(site) {
+        Ok(Some(k)) if k == *key => None,
+        Ok(Some(_)) => Some(format!(
+            "the key of site {site} on this router was replaced; the session ends (the source reconnects with its current key)"
+        )),
+        Ok(None) => Some(format!(
+            "site {site} has no key on this router any more (`mirror-ctl router key add {site}` lets it in again); the session ends"
+        )),
+        Err(e) => {
+            log::error!("{e}; the session of {site} goes on with the key it was opened with");
+            None
         }
     }
 }

@@ -495,11 +495,20 @@ impl Router {
                 return t.granted.clone();
             }
         }
-        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
-        let keys = keys.unwrap_or_default();
-        t.granted = Arc::new(t.stored.granted(&keys));
-        t.keys = Some(keys);
-        t.granted.clone()
+        let granted = {
+            let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+            let keys = keys.clone().unwrap_or_default();
+            t.granted = Arc::new(t.stored.granted(&keys));
+            t.keys = Some(keys);
+            t.granted.clone()
+        };
+        // The entries held for a source without a key go on once it has one again.
+        if let Some(keys) = keys {
+            for site in keys.names() {
+                self.unblock_files(Some(&crate::apply::keyless(site)));
+            }
+        }
+        granted
     }
 
     /// Installs the table built from the database after a source sent its configuration.

@@ -306,3 +306,71 @@ fn nested_namespaces_of_two_sites_are_refused() {
     let listed = ok(&r.ctl(&["key", "list"]));
     assert!(!listed.contains("hosts/web1/etc"), "{listed}");
 }
+
+fn run(cmd: &str, args: &[&str]) {
+    let st = Command::new(cmd).args(args).status().expect(cmd);
+    assert!(st.success(), "{cmd} {args:?}");
+}
+
+fn blocked_paths(r: &Router) -> Vec<String> {
+    r.status()["blocked"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b["path"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The finding: `router key rm SITE` while SITE's session was open left the session taking
+/// (and acknowledging) entries, and the router dropped every entry it then applied as
+/// "refused": the source believed them mirrored. Now the session ends at once, entries it
+/// acknowledged before are held (not dropped), and adding the key back brings everything.
+#[test]
+fn a_key_removed_during_a_session_loses_nothing() {
+    let r = Router::start();
+    let l = Local::new();
+    l.set_site_id("laptop");
+    r.trust("laptop");
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "w", &[]);
+    let _m = l.mount(&[]);
+    let _s = l.sender();
+    fs::write(l.path("held.txt"), "one").unwrap();
+    fs::write(l.path("f1.txt"), "one").unwrap();
+    wait_converged(&l.dir, &r.path("laptop/w"), CONVERGE);
+
+    // An entry acknowledged and not applied yet when the key goes: its backup file cannot
+    // be written for now.
+    let backup = r.path("laptop/w/held.txt");
+    run("chattr", &["+i", backup.to_str().unwrap()]);
+    fs::write(l.path("held.txt"), "two, acknowledged before the key went").unwrap();
+    wait_until(CONVERGE, "held.txt to be blocked", || {
+        blocked_paths(&r).iter().any(|p| p == "laptop/w/held.txt")
+    });
+    ok(&r.ctl(&["key", "rm", "laptop"]));
+    run("chattr", &["-i", backup.to_str().unwrap()]);
+    ok(&r.ctl(&["unblock"]));
+    wait_until(CONVERGE, "the held entry to wait for a key", || {
+        blocked_paths(&r)
+            .iter()
+            .any(|p| p.contains("no key") && p.contains("laptop"))
+    });
+
+    // Changes after the key went are not acknowledged: the source keeps them and says why.
+    fs::write(l.path("f2.txt"), "written after the key went").unwrap();
+    wait_until(CONVERGE, "the source to be told it has no key", || {
+        l.status().as_array().unwrap().iter().any(|s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no key"))
+        })
+    });
+    assert!(!r.path("laptop/w/f2.txt").exists());
+    assert_eq!(fs::read_to_string(&backup).unwrap(), "one");
+
+    // The key comes back: what was held and what waited at the source arrive.
+    r.trust("laptop");
+    wait_converged(&l.dir, &r.path("laptop/w"), CONVERGE);
+    wait_until(CONVERGE, "nothing blocked", || blocked_paths(&r).is_empty());
+}
