@@ -275,6 +275,14 @@ impl Applier {
                 name: r.name.clone(),
             });
         }
+        if matches!(
+            r.command,
+            Command::Write | Command::Truncate | Command::Zero
+        ) && r.part != mirrorfs::wire::Part::Whole
+        {
+            // A copy builds a regular file: whatever else holds its name goes first.
+            self.clear_for_file(&rel).map_err(fail("delete", &shown))?;
+        }
         match r.command {
             Command::Write => {
                 let f = self.file(&rel).map_err(fail("open", &shown))?;
@@ -466,6 +474,24 @@ impl Applier {
         }
     }
 
+    /// Removes what holds backup name `rel` unless it is a regular file (or none).
+    fn clear_for_file(&mut self, rel: &Path) -> io::Result<()> {
+        if self.open.has(rel) {
+            return Ok(());
+        }
+        let place = match self.root.place(rel, false) {
+            Ok(p) => p,
+            Err(e) if not_found(&e) || errno_is(&e, libc::ENOTDIR) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match fs::symlink_metadata(place.path()) {
+            Ok(m) if !m.is_file() => remove_any(&place.path()),
+            Ok(_) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn file(&mut self, rel: &Path) -> io::Result<&File> {
         let root = &self.root;
         self.open
@@ -562,9 +588,14 @@ fn reconcile(
         };
         held.insert(name, m);
     }
+    // Names the source no longer has go as a delete would; so do those that are another
+    // kind of thing now (a directory that became a file): the copy asked for below makes
+    // them anew.
+    let kind = |m: &fs::Metadata| mirrorfs::entry::Listed::kind_of(m.file_type()).unwrap_or(0);
     let mut gone = Vec::new();
-    for name in held.keys() {
-        if in_range(name) && listed(name).is_none() && !kept_version(rule, name) {
+    for (name, m) in &held {
+        let other_kind = listed(name).is_some_and(|l| l.kind != kind(m));
+        if (in_range(name) && listed(name).is_none() && !kept_version(rule, name)) || other_kind {
             gone.push(name.clone());
         }
     }
@@ -587,7 +618,7 @@ fn reconcile(
         let differs = match held.get(&l.name) {
             None => true,
             Some(m) => {
-                let kind = mirrorfs::entry::Listed::kind_of(m.file_type()).unwrap_or(0);
+                let kind = kind(m);
                 kind != l.kind
                     || (kind == b'f' && m.len() != l.size)
                     || (kind == b'f'

@@ -63,6 +63,46 @@ fn changes_made_while_unmounted_reach_the_backup_after_the_next_mount() {
     l.assert_no_errors();
 }
 
+/// The finding: a directory replaced by a file of its name (and a file by a directory, a
+/// symlink by a file) while not mounted blocked the backup file at the router (EISDIR,
+/// ENOTDIR, a symlink refused) and the two sides stayed apart.
+#[test]
+fn a_name_that_changed_kind_while_unmounted_is_replaced_in_the_backup() {
+    let r = Router::start();
+    let (l, m, _s) = mirrored(&r, "w", &[]);
+    fs::create_dir_all(l.path("was-dir/sub")).unwrap();
+    fs::write(l.path("was-dir/sub/x"), b"x").unwrap();
+    fs::write(l.path("was-file"), b"a file").unwrap();
+    std::os::unix::fs::symlink("was-file", l.path("was-link")).unwrap();
+    fs::create_dir(l.path("deep")).unwrap();
+    fs::write(l.path("deep/was-file-too"), b"f").unwrap();
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    m.unmount();
+
+    fs::remove_dir_all(l.path("was-dir")).unwrap();
+    fs::write(l.path("was-dir"), b"now a file").unwrap();
+    fs::remove_file(l.path("was-file")).unwrap();
+    fs::create_dir(l.path("was-file")).unwrap();
+    fs::write(l.path("was-file/inside"), b"inside").unwrap();
+    fs::remove_file(l.path("was-link")).unwrap();
+    fs::write(l.path("was-link"), b"no longer a link").unwrap();
+    fs::remove_file(l.path("deep/was-file-too")).unwrap();
+    fs::create_dir(l.path("deep/was-file-too")).unwrap();
+
+    let _m = l.mount(&[]);
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    wait_until(CONVERGE, "the scan reported done in status", || {
+        l.status()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["mount"]["scan"]["done"] == true)
+    });
+    let blocked = r.status()["blocked"].clone();
+    assert!(blocked.as_array().is_none_or(|a| a.is_empty()), "{blocked}");
+    l.assert_no_errors();
+}
+
 /// A process with its working directory in the tree before the mount keeps writing beneath
 /// it, unrecorded: mirrorfs warns at mount.
 #[test]
