@@ -152,6 +152,18 @@ fn canonical(p: &Path) -> Result<PathBuf, MountError> {
     Ok(c)
 }
 
+/// The errno of `statvfs(path)`, if it fails.
+fn statfs_error(path: &Path) -> Option<i32> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: c is NUL-terminated and st is a valid out-pointer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0 {
+        None
+    } else {
+        std::io::Error::last_os_error().raw_os_error()
+    }
+}
+
 /// Detaches a mount whose FUSE server died (ENOTCONN), so that a new mount can take its place.
 fn clear_dead_mount(path: &Path) -> Result<(), MountError> {
     log::warn!(
@@ -349,6 +361,11 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
         }
         r => r?,
     };
+    // A mount whose server was killed may still answer lookups from the kernel's caches;
+    // statfs always asks the server.
+    if is_mirrorfs_mount(&mountpoint) && statfs_error(&mountpoint) == Some(libc::ENOTCONN) {
+        clear_dead_mount(&mountpoint)?;
+    }
     let source = canonical(&opts.source)?;
     if is_mirrorfs_mount(&mountpoint) {
         return Err(MountError::AlreadyMounted(mountpoint));

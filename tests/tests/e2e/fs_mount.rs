@@ -92,6 +92,46 @@ fn refusals_are_clear() {
     drop(m);
 }
 
+/// The finding: after a kill -9 of mirrorfs while a program wrote through it, the next
+/// mount refused with "already mounted": the kernel still answered lookups of the dead mount
+/// from its caches, so it looked alive. statfs asks the server: a dead one is detached.
+#[test]
+fn a_dead_mount_whose_attributes_are_cached_is_detached_at_the_next_mount() {
+    let l = Local::new();
+    l.add_rule(&format!("{}/", l.dir.display()), "127.0.0.1:9", "d", &[]);
+    let mut m = l.mount(&[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (l.path("busy.txt"), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
+                if fs::write(&p, n.to_string()).is_err() {
+                    break;
+                }
+                n += 1;
+            }
+        })
+    };
+    wait_until(Duration::from_secs(20), "the writer to write", || {
+        fs::metadata(l.path("busy.txt")).is_ok()
+    });
+    m.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(
+        fs::metadata(&l.dir).is_ok(),
+        "the dead mount's root still answers from the caches"
+    );
+    let m2 = l.mount(&[]);
+    fs::write(l.path("after.txt"), b"alive").unwrap();
+    assert!(
+        m2.log_text().contains("process is gone"),
+        "{}",
+        m2.log_text()
+    );
+}
+
 #[test]
 fn remount_after_kill9_continues_the_journal() {
     let l = Local::new();
