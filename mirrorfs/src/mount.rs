@@ -152,6 +152,38 @@ fn canonical(p: &Path) -> Result<PathBuf, MountError> {
     Ok(c)
 }
 
+/// Unmounts `path` once (not lazily: a busy mount stays, served): `umount2` as root,
+/// `fusermount3 -u` otherwise. fuser's own unmounter gives up its mount after one failure, so
+/// a second signal could not try again.
+fn unmount(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: c is NUL-terminated.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    Err(if text.contains("busy") {
+        std::io::Error::from_raw_os_error(libc::EBUSY)
+    } else if text.contains("not found") || text.contains("not mounted") {
+        std::io::Error::from_raw_os_error(libc::EINVAL)
+    } else {
+        std::io::Error::other(format!("fusermount3 -u: {}", text.trim()))
+    })
+}
+
 /// The errno of `statvfs(path)`, if it fails.
 fn statfs_error(path: &Path) -> Option<i32> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -419,29 +451,38 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
 
-    let mut session =
-        Session::new(FuseFs::new(fs.clone()), &mountpoint, &config).map_err(|err| {
-            MountError::Session {
-                path: mountpoint.clone(),
-                err,
-            }
-        })?;
-    let mut unmounter = session.unmount_callable();
+    let session = Session::new(FuseFs::new(fs.clone()), &mountpoint, &config).map_err(|err| {
+        MountError::Session {
+            path: mountpoint.clone(),
+            err,
+        }
+    })?;
     let shown = mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut sig: libc::c_int = 0;
+            // Every signal asks again: one that comes while the mount is busy fails, and the
+            // next one (once the programs in it are done) still unmounts.
             // SAFETY: sigset is initialised; sig is writable.
-            if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+            while unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
                 log::info!("signal {sig}: unmounting {}", shown.display());
-                match unmounter.unmount() {
-                    Ok(()) => {}
+                match unmount(&shown) {
+                    Ok(()) => break,
                     // Unmounted already (`fusermount3 -u` got there first): nothing failed.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        log::info!("{} was unmounted already", shown.display())
+                        log::info!("{} was unmounted already", shown.display());
+                        break;
                     }
-                    Err(e) => log::error!("unmount of {} failed: {e}", shown.display()),
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => log::error!(
+                        "unmount of {} failed: it is busy (a program has files or its working directory in it); mirrorfs goes on serving it. Signal again once they are done, or detach it now with: fusermount3 -u -z {}",
+                        shown.display(),
+                        shown.display()
+                    ),
+                    Err(e) => log::error!(
+                        "unmount of {} failed: {e}; mirrorfs goes on serving it (signal again to retry)",
+                        shown.display()
+                    ),
                 }
             }
         })

@@ -65,6 +65,31 @@ fn a_signal_after_the_mount_is_gone_logs_no_error() {
     l.assert_no_errors();
 }
 
+/// The finding: a SIGTERM while a program had a file open in the mount failed (busy), and
+/// every later signal was ignored: mirrorfs could then only be unmounted by hand.
+#[test]
+fn a_signal_while_the_mount_is_busy_is_reported_and_the_next_one_unmounts() {
+    let l = Local::new();
+    let m = l.mount(&[]);
+    let open = fs::File::create(l.path("held-open")).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
+    wait_until(
+        Duration::from_secs(20),
+        "the busy unmount to be reported",
+        || m.log_text().contains("it is busy"),
+    );
+    fs::write(l.path("still-served"), b"yes").unwrap();
+    drop(open);
+    wait_until(Duration::from_secs(20), "a later signal to unmount", || {
+        // SAFETY: as above.
+        unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
+        !mirror_tests::is_mounted(&l.dir)
+    });
+    let log = m.unmount();
+    assert!(log.contains("unmounted"), "{log}");
+}
+
 #[test]
 fn refusals_are_clear() {
     let l = Local::new();
@@ -116,6 +141,9 @@ fn a_dead_mount_whose_attributes_are_cached_is_detached_at_the_next_mount() {
     wait_until(Duration::from_secs(20), "the writer to write", || {
         fs::metadata(l.path("busy.txt")).is_ok()
     });
+    // The root's attributes in the kernel's cache (the writer's writes to an existing file
+    // leave them there).
+    fs::metadata(&l.dir).unwrap();
     m.kill9();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
