@@ -45,9 +45,27 @@ struct Row {
     mount: Option<mirrorfs::keeper::MountStatus>,
 }
 
-/// Asks mirror-sendd; `None` when it does not run.
-fn ask(state: &StateDir, req: &SenderRequest) -> Option<SenderResponse> {
-    control::request(&state.socket_path("mirror-sendd"), req).ok()
+/// How long `status` waits for a daemon's answer before it shows what the files say.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
+
+/// Asks mirror-sendd; `Ok(None)` when it does not run, an error when it runs and does not
+/// answer in time (stopped, or stuck).
+fn ask(state: &StateDir, req: &SenderRequest) -> Result<Option<SenderResponse>, String> {
+    match control::request_within(&state.socket_path("mirror-sendd"), req, STATUS_WAIT) {
+        Ok(a) => Ok(Some(a)),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(e.to_string()),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The running mirrorfs's status: asked of it (current even when its state disk is full),
+/// else read from the file it keeps.
+fn mount_status(state: &StateDir) -> Option<mirrorfs::keeper::MountStatus> {
+    let sock = state.socket_path("mirrorfs");
+    match control::request_within(&sock, &control::Request::Status, STATUS_WAIT) {
+        Ok(control::Response::Mount { status }) => Some(status),
+        _ => mirrorfs::keeper::MountStatus::load(state.root()),
+    }
 }
 
 /// The sites' states from the durable files (mirror-sendd is not running).
@@ -170,18 +188,25 @@ fn count_names(path: &std::path::Path, problems: &mut Vec<String>) -> usize {
 
 /// `mirror-ctl status`.
 pub fn status(state: &StateDir, json: bool) -> Result<()> {
+    let mut silent = None;
     let (states, running) = match ask(state, &SenderRequest::Status) {
-        Some(SenderResponse::Status { sites }) => (sites, true),
-        Some(SenderResponse::Error { reason }) => bail!("mirror-sendd: {reason}"),
-        Some(other) => bail!("mirror-sendd answered {other:?}"),
-        None => (from_files(state)?, false),
+        Ok(Some(SenderResponse::Status { sites })) => (sites, true),
+        Ok(Some(SenderResponse::Error { reason })) => bail!("mirror-sendd: {reason}"),
+        Ok(Some(other)) => bail!("mirror-sendd answered {other:?}"),
+        Ok(None) => (from_files(state)?, false),
+        Err(why) => {
+            silent = Some(format!(
+                "mirror-sendd runs but does not answer: {why}; shown from its files"
+            ));
+            (from_files(state)?, false)
+        }
     };
     let (_, rules) = RulesDb::open(&state.rules_db())?.snapshot()?;
     let by_crc: BTreeMap<u32, Vec<String>> = rules
         .iter()
         .map(|r| (r.crc, r.spec.sites.iter().map(|s| s.to_string()).collect()))
         .collect();
-    let mount = mirrorfs::keeper::MountStatus::load(state.root());
+    let mount = mount_status(state);
     let mut rows = Vec::new();
     for s in states {
         let q = queue(state, &s.site, s.acked, &by_crc);
@@ -189,6 +214,7 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             .error
             .map(|e| format!("counting the queue: {e}"))
             .into_iter()
+            .chain(silent.clone())
             .collect();
         let dirty = blocked::dirty_path(state.root(), &s.site);
         let dirty_files = count_names(&dirty, &mut problems);

@@ -186,6 +186,7 @@ fn queue(state: &StateDir, copies: &[(u32, Vec<u8>)]) -> Result<Option<Position>
                 Ok(Response::Error { reason }) => {
                     bail!("mirrorfs refused the copies: {reason}")
                 }
+                Ok(other) => bail!("mirrorfs answered {other:?} to a copy request"),
                 Err(e) if last.is_none() && e.kind() == io::ErrorKind::ConnectionRefused => {
                     // A socket left by a mirrorfs that is gone: write the journal ourselves.
                     return queue_direct(state, copies);

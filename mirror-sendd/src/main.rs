@@ -138,6 +138,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut links: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut last_clean = Instant::now();
+    // The segment below which acknowledged ones were last removed (looked at again every
+    // second in any case).
+    let mut removed_below = 0;
     loop {
         // Start a link for every site the rules name (and restart one that stopped while
         // its site was briefly absent).
@@ -157,15 +160,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if last_clean.elapsed() >= Duration::from_secs(1) {
             last_clean = Instant::now();
             dirty::track(&shared, cli.queue_limit);
-            if let Some(p) = shared.oldest_needed() {
-                if p.segment > 1 {
-                    match mirrorfs::journal::remove_segments_below(&state.journal_dir(), p.segment)
-                    {
-                        Ok(0) => {}
-                        Ok(n) => log::info!("removed {n} journal segments every site acknowledged"),
-                        Err(e) => log::warn!("{e}"),
-                    }
+            removed_below = 0;
+        }
+        // Segments every site acknowledged go at once: on a small disk mirrorfs waits for
+        // their room.
+        if let Some(p) = shared.oldest_needed() {
+            if p.segment > 1 && p.segment != removed_below {
+                match mirrorfs::journal::remove_segments_below(&state.journal_dir(), p.segment) {
+                    Ok(0) => {}
+                    Ok(n) => log::info!("removed {n} journal segments every site acknowledged"),
+                    Err(e) => log::warn!("{e}"),
                 }
+                removed_below = p.segment;
             }
         }
     }

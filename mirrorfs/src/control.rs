@@ -10,6 +10,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub enum Request {
         /// The copies.
         copies: Vec<(u32, Vec<u8>)>,
     },
+    /// The mount's status (what `<state>/mirrorfs.status` holds, current even when that
+    /// file cannot be written).
+    Status,
 }
 
 /// The answer.
@@ -35,6 +39,11 @@ pub enum Response {
     Queued {
         /// Position of the last appended entry.
         last: Option<Position>,
+    },
+    /// The mount's status.
+    Mount {
+        /// As its keeper last saw it.
+        status: crate::keeper::MountStatus,
     },
     /// Refused.
     Error {
@@ -191,6 +200,7 @@ where
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let shown = path.to_path_buf();
+    let open = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -211,10 +221,18 @@ where
                                 continue;
                             }
                         }
+                        let Some(seat) = Seat::take(&open) else {
+                            log::warn!(
+                                "control socket {}: {MAX_CONNECTIONS} connections open already; one more refused",
+                                shown.display()
+                            );
+                            continue;
+                        };
                         let h = handler.clone();
                         let _ = std::thread::Builder::new()
                             .name("control-conn".into())
                             .spawn(move || {
+                                let _seat = seat;
                                 if let Err(e) = serve_one(c, h) {
                                     log::warn!("control connection: {e}");
                                 }
@@ -230,14 +248,55 @@ where
     Ok(path.to_path_buf())
 }
 
+/// Connections a control socket serves at once; more are refused (a local program cannot
+/// take every thread of a daemon).
+const MAX_CONNECTIONS: usize = 32;
+
+/// How long a control connection may stay idle (or a client may stall reading) before it is
+/// closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One of the [`MAX_CONNECTIONS`] connections, given back when dropped.
+struct Seat(Arc<AtomicUsize>);
+
+impl Seat {
+    fn take(open: &Arc<AtomicUsize>) -> Option<Seat> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_CONNECTIONS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Seat(open.clone()))
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn serve_one<Q: DeserializeOwned, A: Serialize + Refusal>(
     c: UnixStream,
     handler: Handler<Q, A>,
 ) -> io::Result<()> {
+    c.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    c.set_write_timeout(Some(IDLE_TIMEOUT))?;
     let mut w = c.try_clone()?;
     let r = BufReader::new(c);
     for line in r.lines() {
-        let line = line?;
+        let line = match line {
+            Ok(l) => l,
+            // Idle too long: the connection ends, nothing failed.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
         let resp = match serde_json::from_str::<Q>(&line) {
             Ok(req) => handler(req),
             Err(e) => A::refusal(format!("malformed request: {e}")),
@@ -249,14 +308,53 @@ fn serve_one<Q: DeserializeOwned, A: Serialize + Refusal>(
     Ok(())
 }
 
-/// Sends `req` to the socket at `path` and returns the answer.
+/// How long a request waits for its answer by default.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `req` to the socket at `path` and returns the answer (within [`ANSWER_TIMEOUT`]).
 pub fn request<Q: Serialize, A: DeserializeOwned>(path: &Path, req: &Q) -> io::Result<A> {
+    request_within(path, req, ANSWER_TIMEOUT)
+}
+
+/// Sends `req` to the socket at `path` and returns the answer, or an error that says so
+/// when none came within `timeout` (a daemon stopped with SIGSTOP, or wedged, never hangs
+/// its caller).
+pub fn request_within<Q: Serialize, A: DeserializeOwned>(
+    path: &Path,
+    req: &Q,
+    timeout: Duration,
+) -> io::Result<A> {
     let mut c = UnixStream::connect(path)?;
+    c.set_read_timeout(Some(timeout))?;
+    c.set_write_timeout(Some(timeout))?;
+    let silent = |e: io::Error| {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no answer from {} within {}s (is the daemon stopped or stuck?)",
+                    path.display(),
+                    timeout.as_secs()
+                ),
+            )
+        } else {
+            e
+        }
+    };
     let mut out = serde_json::to_vec(req).map_err(io::Error::other)?;
     out.push(b'\n');
-    c.write_all(&out)?;
+    c.write_all(&out).map_err(silent)?;
     let mut line = String::new();
-    BufReader::new(c).read_line(&mut line)?;
+    BufReader::new(c).read_line(&mut line).map_err(silent)?;
+    if line.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} closed the connection without an answer", path.display()),
+        ));
+    }
     serde_json::from_str(&line).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,

@@ -67,16 +67,17 @@ impl MountStatus {
         alive.then_some(st)
     }
 
-    fn store(&self, state: &Path) {
-        let text = match serde_json::to_vec_pretty(self) {
-            Ok(t) => t,
-            Err(e) => return log::warn!("mount status: {e}"),
-        };
-        if let Err(e) = crate::state::write_atomic(&Self::path(state), &text) {
-            log::warn!("cannot write {}: {e}", Self::path(state).display());
-        }
+    /// Writes the status file; whether it was written (a full disk may refuse it: the
+    /// control socket's answer stays current, and the next change tries again).
+    fn store(&self, state: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::state::write_atomic(&Self::path(state), &text)
     }
 }
+
+/// The mount's status as its keeper last saw it, shared with the control socket (which
+/// answers `mirror-ctl status` even when the status file cannot be written).
+pub type SharedStatus = Arc<std::sync::Mutex<MountStatus>>;
 
 /// The threads of a mount that keep its journal complete.
 pub struct Keeper {
@@ -86,6 +87,7 @@ pub struct Keeper {
     /// While a scan runs: its threshold (marks may not pass it); else `u64::MAX`.
     floor: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    shared: SharedStatus,
 }
 
 impl Keeper {
@@ -170,9 +172,17 @@ impl Keeper {
         if let Err(e) = fs.mark(false, floor.load(Ordering::SeqCst)) {
             log::warn!("{e}");
         }
-        status.store(state);
-        let (fs2, stop2, floor2, state2) =
-            (fs.clone(), stop.clone(), floor.clone(), state.to_path_buf());
+        let shared: SharedStatus = Arc::new(std::sync::Mutex::new(status.clone()));
+        let mut stored = status.store(state).map_err(|e| {
+            log::warn!("cannot write {}: {e}", MountStatus::path(state).display());
+        });
+        let (fs2, stop2, floor2, state2, shared2) = (
+            fs.clone(),
+            stop.clone(),
+            floor.clone(),
+            state.to_path_buf(),
+            shared.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name("watermark".into())
             .spawn(move || {
@@ -202,8 +212,17 @@ impl Keeper {
                         s.done = progress.done.load(Ordering::Relaxed);
                         s.error = scan_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     }
-                    if status != shown {
-                        status.store(&state2);
+                    if status != shown || stored.is_err() {
+                        *shared2.lock().unwrap_or_else(|p| p.into_inner()) = status.clone();
+                        let now = status.store(&state2);
+                        // Said once while it fails, not every 100 ms.
+                        if let (Err(e), Ok(())) = (&now, &stored) {
+                            log::warn!(
+                                "cannot write {}: {e}; `mirror-ctl status` asks this mount instead",
+                                MountStatus::path(&state2).display()
+                            );
+                        }
+                        stored = now.map_err(|_| ());
                         shown = status.clone();
                     }
                 }
@@ -218,7 +237,13 @@ impl Keeper {
             stop,
             floor,
             threads,
+            shared,
         }
+    }
+
+    /// The status this keeper keeps current.
+    pub fn status(&self) -> SharedStatus {
+        self.shared.clone()
     }
 
     /// At unmount: stops the threads and appends the clean mark (with the time of an

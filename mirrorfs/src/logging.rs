@@ -1,6 +1,7 @@
 //! Logging for every mirror binary: `env_logger` on stderr (filter from `RUST_LOG`), and for
 //! daemons a copy of every warning and error appended to the error log in the state directory
-//! (seeds/002 \[0071\]), one timestamped line each.
+//! (seeds/002 \[0071\]), one timestamped line each. The same line again within a minute is
+//! counted, not written: a fault a loop meets over and over cannot fill the disk with it.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,6 +17,45 @@ struct Tee {
     inner: env_logger::Logger,
     program: &'static str,
     error_log: Option<Mutex<File>>,
+    repeats: Mutex<Repeats>,
+}
+
+/// How long the error log keeps quiet about a line it just wrote: a fault that a loop meets
+/// again and again (a full disk, a stopped peer) fills it with one line a minute, plus a
+/// count of those held back.
+const REPEAT_QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Lines at most remembered for [`REPEAT_QUIET`].
+const REPEATS_KEPT: usize = 1024;
+
+/// The lines written lately: when, and how many of each were held back since.
+#[derive(Default)]
+struct Repeats(std::collections::HashMap<String, (std::time::Instant, u64)>);
+
+impl Repeats {
+    /// Whether `line` goes to the error log now, and how many were held back before it.
+    fn admit(&mut self, line: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if let Some((at, held)) = self.0.get_mut(line) {
+            if now.duration_since(*at) < REPEAT_QUIET {
+                *held += 1;
+                return None;
+            }
+            let before = *held;
+            *at = now;
+            *held = 0;
+            return Some(before);
+        }
+        if self.0.len() >= REPEATS_KEPT {
+            self.0
+                .retain(|_, (at, _)| now.duration_since(*at) < REPEAT_QUIET);
+            if self.0.len() >= REPEATS_KEPT {
+                self.0.clear();
+            }
+        }
+        self.0.insert(line.to_string(), (now, 0));
+        Some(0)
+    }
 }
 
 impl log::Log for Tee {
@@ -32,13 +72,23 @@ impl log::Log for Tee {
         }
         if record.level() <= log::Level::Warn {
             if let Some(f) = &self.error_log {
+                let what = format!("{} {}: {}", record.level(), record.target(), record.args());
+                let held = match self.repeats.lock() {
+                    Ok(mut r) => r.admit(&what),
+                    Err(_) => Some(0),
+                };
+                let Some(held) = held else {
+                    return;
+                };
+                let again = if held > 0 {
+                    format!(" (and {held} times more since it was last written)")
+                } else {
+                    String::new()
+                };
                 let line = format!(
-                    "{} {} {} {}: {}\n",
+                    "{} {} {what}{again}\n",
                     format_utc(crate::now_ns()),
                     self.program,
-                    record.level(),
-                    record.target(),
-                    record.args()
                 );
                 if let Ok(mut f) = f.lock() {
                     // The error log is best effort: a full disk must not stop the daemon.
@@ -94,6 +144,7 @@ pub fn init(program: &'static str, default_filter: &str, error_log: Option<&Path
         inner,
         program,
         error_log,
+        repeats: Mutex::default(),
     };
     if log::set_boxed_logger(Box::new(tee)).is_ok() {
         log::set_max_level(max);
@@ -152,6 +203,20 @@ pub fn utc_secs(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_line_repeated_within_a_minute_is_counted_not_written() {
+        let mut r = super::Repeats::default();
+        assert_eq!(r.admit("ERROR x: disk full"), Some(0));
+        assert_eq!(r.admit("ERROR x: disk full"), None);
+        assert_eq!(r.admit("ERROR x: disk full"), None);
+        assert_eq!(r.admit("ERROR x: other"), Some(0));
+        // A minute later it is written again, with the count held back.
+        let at = &mut r.0.get_mut("ERROR x: disk full").unwrap().0;
+        *at -= super::REPEAT_QUIET;
+        assert_eq!(r.admit("ERROR x: disk full"), Some(2));
+        assert_eq!(r.admit("ERROR x: disk full"), None);
+    }
+
     use super::*;
 
     #[test]

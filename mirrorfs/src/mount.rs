@@ -324,9 +324,13 @@ fn start_control(
     state: &StateDir,
     fs: Arc<MirrorFs>,
     matcher: Arc<Matcher>,
+    status: crate::keeper::SharedStatus,
 ) -> Option<std::path::PathBuf> {
     let rules_db = state.rules_db();
     let handler: crate::control::Handler = Arc::new(move |req| match req {
+        crate::control::Request::Status => crate::control::Response::Mount {
+            status: status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        },
         crate::control::Request::Copy { copies } => {
             let table = matcher.load();
             let known = |crc: u32| table.rules().iter().any(|r| r.crc == crc);
@@ -433,7 +437,12 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     let stop = Arc::new(AtomicBool::new(false));
     let matcher_for_control = matcher.clone();
     let watcher = spawn_rules_watcher(db, matcher, stop.clone());
-    let control = start_control(&opts.state, fs.clone(), matcher_for_control);
+    let control = start_control(
+        &opts.state,
+        fs.clone(),
+        matcher_for_control,
+        keeper.status(),
+    );
 
     // SAFETY: geteuid has no preconditions.
     let acl = if unsafe { libc::geteuid() } == 0 {

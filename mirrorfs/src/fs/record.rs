@@ -36,6 +36,9 @@ pub struct Planned {
     pub offset: u64,
 }
 
+/// How long a change waits for journal room on a full disk before it is refused (`ENOSPC`).
+pub const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Turns operations into journal entries.
 #[derive(Debug)]
 pub struct Recorder {
@@ -89,9 +92,30 @@ impl Recorder {
         }
         let one = crate::journal::format::RECORD_HEADER_LEN + 2 * name.len() + data + 256;
         let need = (one * rules.len()) as u64;
-        self.journal
-            .room(need)
+        self.wait_for_room(need)
             .map_err(|err| self.refused(name, need, err))
+    }
+
+    /// Room for `need` bytes, waiting up to [`ROOM_WAIT`] when the disk is full but the
+    /// journal is not known to be in trouble yet: a sender removing acknowledged segments
+    /// often makes room in that time, and a short wait is better than an error. Once the
+    /// trouble is known, changes are refused at once (until room returns).
+    fn wait_for_room(&self, need: u64) -> Result<(), crate::journal::JournalError> {
+        let deadline = std::time::Instant::now() + ROOM_WAIT;
+        loop {
+            match self.journal.room(need) {
+                Err(crate::journal::JournalError::Full { .. })
+                    if std::time::Instant::now() < deadline
+                        && self
+                            .unjournaled
+                            .as_ref()
+                            .is_none_or(|u| u.current_trouble().is_none()) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// A journal error for `name` (refusing `need` bytes), noted for status and the log.
@@ -259,8 +283,7 @@ impl Recorder {
             .sum();
         match plan.first() {
             Some(p) => self
-                .journal
-                .room(bytes as u64)
+                .wait_for_room(bytes as u64)
                 .map_err(|err| self.refused(&p.name, bytes as u64, err)),
             None => Ok(()),
         }

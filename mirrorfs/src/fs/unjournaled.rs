@@ -39,7 +39,13 @@ pub struct Unjournaled {
 struct State {
     names: BTreeSet<(u32, Vec<u8>)>,
     trouble: Option<Trouble>,
+    /// When the error log last heard of a trouble: a disk that fills and empties again and
+    /// again is reported once a minute, not at every turn.
+    reported: Option<std::time::Instant>,
 }
+
+/// How often, at most, a new trouble is written to the error log.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -66,6 +72,7 @@ impl Unjournaled {
             state: Mutex::new(State {
                 names,
                 trouble: None,
+                reported: None,
             }),
         }
     }
@@ -75,9 +82,14 @@ impl Unjournaled {
     pub fn trouble(&self, reason: &str, need: u64) {
         let mut s = lock(&self.state);
         if s.trouble.is_none() {
-            log::error!(
-                "the journal cannot take entries ({reason}): changes to files the rules select are refused with ENOSPC until it can (sent segments are removed as sites acknowledge them)"
-            );
+            if s.reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+                log::error!(
+                    "the journal cannot take entries ({reason}): changes to files the rules select are refused with ENOSPC until it can (sent segments are removed as sites acknowledge them)"
+                );
+                s.reported = Some(std::time::Instant::now());
+            } else {
+                log::debug!("the journal cannot take entries ({reason}) again");
+            }
             s.trouble = Some(Trouble {
                 since: crate::blocked::now_secs(),
                 reason: reason.to_string(),

@@ -228,3 +228,93 @@ fn a_blocked_sites_backlog_on_a_small_disk_becomes_a_dirty_set_and_writes_go_on(
     wait_converged(&l.dir, &r.path("w"), CONVERGE);
     drop((m, s));
 }
+
+/// The finding: with the state disk filled to the last byte by another program, mirrorfs
+/// refused writes (ENOSPC, right) but could not write its status file, and `mirror-ctl
+/// status` showed the mount as fine. Status now asks the mount itself.
+#[test]
+fn status_tells_a_full_journal_when_the_state_disk_is_filled_by_another_program() {
+    let (l, small) = local_on_small_state("24M");
+    l.add_rule(&format!("{}/", l.dir.display()), "127.0.0.1:9", "w", &[]);
+    let m = l.mount(&[]);
+    fs::write(l.path("before"), b"taken").unwrap();
+    let filler = small.path().join("filler");
+    let mut f = fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 << 10];
+    let mut n = 0;
+    while f.write_all(&block).is_ok() && n < 10_000 {
+        n += 1;
+    }
+    drop(f);
+    // What the journal's current segment still holds is taken; then changes are refused.
+    let mut g = fs::File::create(l.path("refused")).unwrap();
+    let mut written = 0u64;
+    let err = loop {
+        match g.write_all(&block) {
+            Ok(()) => written += block.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(written < 64 << 20, "the journal never filled");
+    };
+    drop(g);
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    wait_until(CONVERGE, "status to say the journal is full", || {
+        !mount_status(&l)["journal_trouble"].is_null()
+    });
+    let text = String::from_utf8_lossy(&l.ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains("JOURNAL FULL"), "{text}");
+    fs::remove_file(&filler).unwrap();
+    wait_until(CONVERGE, "the journal to take changes again", || {
+        fs::write(l.path("after"), b"taken again").is_ok()
+    });
+    wait_until(CONVERGE, "status to clear the trouble", || {
+        mount_status(&l)["journal_trouble"].is_null()
+    });
+    let log = m.unmount();
+    let warned = log.matches("cannot write").count();
+    assert!(
+        warned <= 2,
+        "the failing status file was reported {warned} times:\n{log}"
+    );
+}
+
+/// The finding: `mirror-ctl status` hung for good when mirror-sendd was stopped (SIGSTOP):
+/// it waited for an answer that never came. It now says so and shows what the files hold.
+#[test]
+fn status_does_not_hang_on_a_stopped_sender() {
+    let l = Local::new();
+    l.add_rule(&format!("{}/", l.dir.display()), "127.0.0.1:9", "w", &[]);
+    let s = l.sender();
+    wait_until(CONVERGE, "the sender to answer", || {
+        l.status().as_array().is_some_and(|a| !a.is_empty())
+            && l.state.join("mirror-sendd.sock").exists()
+    });
+    let pid = s.pid().unwrap() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut child = Command::new(mirror_tests::bin("mirror-ctl"))
+        .arg("--state")
+        .arg(&l.state)
+        .arg("status")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let st = done.expect("mirror-ctl status hung on a stopped mirror-sendd");
+    let out = child.wait_with_output().unwrap();
+    assert!(st.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("does not answer"), "{text}");
+}

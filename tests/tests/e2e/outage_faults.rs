@@ -218,6 +218,11 @@ impl SmallFs {
             dir: dir.to_path_buf(),
         }
     }
+
+    /// Where it is mounted.
+    pub(crate) fn path(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Drop for SmallFs {
