@@ -55,7 +55,7 @@ const CHANGES: &[(&str, &str)] = &[
 fn modes_after_changes(dir: &Path) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     for (what, code) in CHANGES {
-        for start in [0o6777, 0o6767, 0o4777] {
+        for start in [0o6777, 0o6767, 0o4777, 0o2767, 0o2777] {
             let f = dir.join(format!("{what}-{start:o}"));
             fs::write(&f, vec![1u8; 8192]).unwrap();
             fs::set_permissions(&f, fs::Permissions::from_mode(start)).unwrap();
