@@ -53,7 +53,7 @@ enum Step {
 impl JournalReader {
     /// A reader whose first record is the one at `from` ([`Position::START`]: the oldest).
     pub fn open(dir: &Path, from: Position) -> Result<JournalReader, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+        crate::state::private_dir(dir).map_err(|e| JournalError::io(dir, e))?;
         let watch = match DirWatch::new(dir) {
             Ok(w) => Some(w),
             Err(e) => {

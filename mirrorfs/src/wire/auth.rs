@@ -245,6 +245,17 @@ impl KeyFile {
                 })
             }
         };
+        if let Ok(m) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                log::warn!(
+                    "key file {} is open to other users (mode {mode:o}): whoever reads it can pose as these sites; run: chmod 600 {}",
+                    path.display(),
+                    path.display()
+                );
+            }
+        }
         KeyFile::parse(path, &text)
     }
 

@@ -197,3 +197,25 @@ fn a_directory_swapped_for_a_symlink_during_its_copy_leaks_nothing() {
         "root-only bytes in the backup: {leaked:?}"
     );
 }
+
+/// A key file others can read (made by hand, or copied with a loose umask) is reported: whoever
+/// reads it can pose as the sites it names.
+#[test]
+fn a_key_file_open_to_others_is_reported() {
+    let l = Local::new();
+    l.add_rule(&format!("{}/", l.dir.display()), "127.0.0.1:9", "w", &[]);
+    let keys = l.state.join("keys");
+    fs::set_permissions(&keys, fs::Permissions::from_mode(0o644)).unwrap();
+    let _s = l.sender();
+    wait_until(
+        Duration::from_secs(30),
+        "the warning in the error log",
+        || l.error_log().contains("is open to other users (mode 644)"),
+    );
+    let out = l.ctl(&["key", "list"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
