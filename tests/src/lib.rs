@@ -643,6 +643,18 @@ impl Router {
         json_of(&self.ctl(&["status", "--json"]), "mirror-ctl router status")
     }
 
+    /// The paths of the blocked backup files in `router status`.
+    pub fn blocked_paths(&self) -> Vec<String> {
+        self.status()["blocked"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b["path"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The router's error log.
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.state.join("errors.log")).unwrap_or_default()

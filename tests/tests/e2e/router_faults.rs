@@ -253,17 +253,6 @@ fn copies(r: &Router) -> Vec<serde_json::Value> {
     r.status()["copies"].as_array().cloned().unwrap_or_default()
 }
 
-fn blocked_paths(r: &Router) -> Vec<String> {
-    r.status()["blocked"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|b| b["path"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn ctl_ok(r: &Router, args: &[&str]) -> String {
     let out = r.ctl(args);
     assert!(
@@ -293,7 +282,7 @@ fn a_flipped_byte_in_rt2_never_reaches_the_backup_and_the_file_is_copied_again()
         .collect();
     fs::write(l.path("file.txt"), &fresh).unwrap();
     wait_until(NOTICE, "file.txt to be blocked", || {
-        blocked_paths(&r).iter().any(|p| p == "w/file.txt")
+        r.blocked_paths().iter().any(|p| p == "w/file.txt")
     });
     // Nobody is connected when the router starts again, with one byte of the entry's data
     // changed in RT2.
@@ -391,7 +380,7 @@ fn a_copy_asked_for_while_the_source_is_away_is_kept_and_sent_when_it_connects()
     run("chattr", &["+i", backup.to_str().unwrap()]);
     fs::rename(l.path("a.txt"), l.path("c.txt")).unwrap();
     wait_until(NOTICE, "a.txt to be blocked", || {
-        blocked_paths(&r).iter().any(|p| p == "w/a.txt")
+        r.blocked_paths().iter().any(|p| p == "w/a.txt")
     });
     s.kill9();
     r.kill9();
@@ -462,7 +451,7 @@ fn a_damaged_router_log_is_quarantined_while_every_source_is_served() {
     fs::write(a.path("held1.txt"), b"two: held1, changed while held").unwrap();
     fs::write(a.path("held2.txt"), b"two: held2, changed while held").unwrap();
     wait_until(NOTICE, "both files to be blocked", || {
-        blocked_paths(&r).len() == 2
+        r.blocked_paths().len() == 2
     });
     sa.kill9();
     // Source b's later entries: those of source a are acknowledged and before the committed
@@ -594,7 +583,7 @@ fn a_router_log_damaged_while_the_router_runs_is_quarantined_and_the_logs_move_o
     run("chattr", &["+i", backup.to_str().unwrap()]);
     fs::write(l.path("held.txt"), b"two, held back").unwrap();
     wait_until(NOTICE, "held.txt to be blocked", || {
-        blocked_paths(&r).iter().any(|p| p == "w/held.txt")
+        r.blocked_paths().iter().any(|p| p == "w/held.txt")
     });
     // The pair being written is damaged where an entry waits; the router finds it when it
     // reads the entry again.
@@ -610,7 +599,7 @@ fn a_router_log_damaged_while_the_router_runs_is_quarantined_and_the_logs_move_o
     assert_eq!(st["quarantined"], 1, "{st}");
     assert!(r.state.join("rt/0000000000000002.rt1").exists());
     assert!(!r.state.join("rt/0000000000000001.rt1").exists());
-    assert!(blocked_paths(&r).is_empty());
+    assert!(r.blocked_paths().is_empty());
     eprintln!("faults 1, operations 4, files compared {n}, differences 0");
     drop(m);
     l.assert_no_errors();

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use mirror_tests::{bin, wait_converged, wait_until, Local, Router, TEST_KEY};
 
+use crate::outage_faults::run;
+
 const CONVERGE: Duration = Duration::from_secs(60);
 
 fn ok(out: &std::process::Output) -> String {
@@ -307,22 +309,6 @@ fn nested_namespaces_of_two_sites_are_refused() {
     assert!(!listed.contains("hosts/web1/etc"), "{listed}");
 }
 
-fn run(cmd: &str, args: &[&str]) {
-    let st = Command::new(cmd).args(args).status().expect(cmd);
-    assert!(st.success(), "{cmd} {args:?}");
-}
-
-fn blocked_paths(r: &Router) -> Vec<String> {
-    r.status()["blocked"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|b| b["path"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The finding: `router key rm SITE` while SITE's session was open left the session taking
 /// (and acknowledging) entries, and the router dropped every entry it then applied as
 /// "refused": the source believed them mirrored. Now the session ends at once, entries it
@@ -346,13 +332,13 @@ fn a_key_removed_during_a_session_loses_nothing() {
     run("chattr", &["+i", backup.to_str().unwrap()]);
     fs::write(l.path("held.txt"), "two, acknowledged before the key went").unwrap();
     wait_until(CONVERGE, "held.txt to be blocked", || {
-        blocked_paths(&r).iter().any(|p| p == "laptop/w/held.txt")
+        r.blocked_paths().iter().any(|p| p == "laptop/w/held.txt")
     });
     ok(&r.ctl(&["key", "rm", "laptop"]));
     run("chattr", &["-i", backup.to_str().unwrap()]);
     ok(&r.ctl(&["unblock"]));
     wait_until(CONVERGE, "the held entry to wait for a key", || {
-        blocked_paths(&r)
+        r.blocked_paths()
             .iter()
             .any(|p| p.contains("no key") && p.contains("laptop"))
     });
@@ -372,5 +358,5 @@ fn a_key_removed_during_a_session_loses_nothing() {
     // The key comes back: what was held and what waited at the source arrive.
     r.trust("laptop");
     wait_converged(&l.dir, &r.path("laptop/w"), CONVERGE);
-    wait_until(CONVERGE, "nothing blocked", || blocked_paths(&r).is_empty());
+    wait_until(CONVERGE, "nothing blocked", || r.blocked_paths().is_empty());
 }
