@@ -49,3 +49,5 @@ mod lossy_mirror;
 mod fs_iomode;
 // mirrorfs: set-id bits cleared by another user's write or truncate, as on ext4.
 mod fs_setid;
+// power losses of the source, the router and both under an fsync'ing ledger workload.
+mod power_loss;
