@@ -490,6 +490,10 @@ impl CopyJob {
                     file,
                     offset: 0,
                 }),
+                // Removed since it was looked at: gone here, gone there too.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Some(entry(Command::Delete, &self.rule, &name));
+                }
                 Err(e) => self.trouble(&format!("copy of {}: cannot open", path.display()), &e),
             }
             return None;
