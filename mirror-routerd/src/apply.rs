@@ -7,7 +7,9 @@
 //!
 //! Re-applying the last entry after a crash (applied, flag not yet written) is harmless:
 //! writes, truncates, creates, attribute changes are idempotent; deletes, renames and links
-//! whose source is gone are skipped.
+//! whose source is gone are skipped. A complete flag may reach the disk before the change it
+//! records does: the backup is made durable from time to time and that point recorded
+//! ([`crate::durable`]), and what lies past it at start is copied again from its source.
 //!
 //! Every backup path is reached through [`crate::beneath`]: beneath the root, through no
 //! symbolic link. An entry whose name would leave the root or pass through a symlink is
@@ -21,13 +23,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mirrorfs::entry::{AttrChange, Command};
 
 use crate::backup::{backup_rel, NameError, OpenFiles};
 use crate::beneath::{is_confinement, Place, Root};
 use crate::config::{RouterRule, RouterTable};
+use crate::durable;
 use crate::rtlog::{list_pairs, RtPair, RtRecord, HEADER_LEN};
 
 /// What happened to an entry.
@@ -80,7 +83,7 @@ pub struct Applier {
     root: Root,
     open: OpenFiles,
     /// Backup paths (relative to the root) changed since they were last made durable: files
-    /// written, and the directories whose entries changed.
+    /// and directories changed, and every directory above them.
     touched: std::collections::BTreeSet<PathBuf>,
 }
 
@@ -145,26 +148,25 @@ impl Applier {
         Ok(())
     }
 
-    /// Notes that the entry for `rel` changed the backup: the file itself for data and
-    /// attributes, its directory (and, for a rename or link, `to`'s) for names.
-    fn touch(&mut self, rel: &Path, command: Command, to: Option<&Path>) {
-        let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
-        match command {
-            Command::Write
-            | Command::Truncate
-            | Command::Zero
-            | Command::SetAttr
-            | Command::SetXattr
-            | Command::RemoveXattr => {
-                self.touched.insert(rel.to_path_buf());
-            }
-            _ => {
-                self.touched.insert(rel.to_path_buf());
-                self.touched.insert(parent(rel));
-                if let Some(t) = to {
-                    self.touched.insert(t.to_path_buf());
-                    self.touched.insert(parent(t));
+    /// Whether something applied is not known to be durable yet.
+    pub fn has_unsynced(&self) -> bool {
+        !self.touched.is_empty()
+    }
+
+    /// Notes that the entry for `rel` changed the backup: the file itself, and every
+    /// directory above it up to the root, since applying it may have created the file (a
+    /// copy's first write does) or any of them (missing parents are made): their names are
+    /// durable only once the directory holding each is fsync'd. For a rename or link, `to`'s
+    /// too.
+    fn touch(&mut self, rel: &Path, to: Option<&Path>) {
+        for p in std::iter::once(rel).chain(to) {
+            let mut cur = Some(p);
+            while let Some(c) = cur {
+                // Its ancestors are in already when it is (they always go in together).
+                if !self.touched.insert(c.to_path_buf()) && c != p {
+                    break;
                 }
+                cur = c.parent();
             }
         }
     }
@@ -182,21 +184,7 @@ impl Applier {
     /// The backup files `r` touches, relative to the root: its own and, for a rename or a
     /// link, the new name (none when no rule maps it).
     pub fn targets(&self, table: &RouterTable, r: &RtRecord) -> Vec<String> {
-        let Some(rule) = table.get(&r.site, r.rule_crc) else {
-            return Vec::new();
-        };
-        let mut names = vec![&r.name];
-        if matches!(r.command, Command::Rename | Command::Link) {
-            names.push(&r.aux);
-        }
-        names
-            .into_iter()
-            .filter_map(|n| match backup_rel(rule, n) {
-                Ok(p) => Some(p.to_string_lossy().into_owned()),
-                Err(NameError::NoKey { .. }) => Some(keyless(&r.site)),
-                Err(_) => None,
-            })
-            .collect()
+        targets(table, r)
     }
 
     /// Closes every open backup file (after a failure, so the next try opens it anew).
@@ -233,7 +221,7 @@ impl Applier {
         let to = matches!(r.command, Command::Rename | Command::Link)
             .then(|| backup_rel(rule, &r.aux).ok())
             .flatten();
-        self.touch(&rel, r.command, to.as_deref());
+        self.touch(&rel, to.as_deref());
         let shown = self.root.path().join(&rel);
         let fail = |op: &'static str, p: &Path| {
             let p = p.to_path_buf();
@@ -497,6 +485,25 @@ impl Applier {
         self.open
             .get(rel, || open_for_write(&root.place(rel, true)?.path()))
     }
+}
+
+/// The backup files (relative to the root) record `r` touches.
+pub fn targets(table: &RouterTable, r: &RtRecord) -> Vec<String> {
+    let Some(rule) = table.get(&r.site, r.rule_crc) else {
+        return Vec::new();
+    };
+    let mut names = vec![&r.name];
+    if matches!(r.command, Command::Rename | Command::Link) {
+        names.push(&r.aux);
+    }
+    names
+        .into_iter()
+        .filter_map(|n| match backup_rel(rule, n) {
+            Ok(p) => Some(p.to_string_lossy().into_owned()),
+            Err(NameError::NoKey { .. }) => Some(keyless(&r.site)),
+            Err(_) => None,
+        })
+        .collect()
 }
 
 /// Whether backup name `name` is a version the rule keeps of a deleted file (`NAME SUF`, or
@@ -821,6 +828,49 @@ struct State {
     applier: Applier,
     pairs: BTreeMap<u64, PairCursor>,
     ahead: crate::direct::ReadAhead,
+    /// The backup's durable point as last recorded ([`crate::durable`]).
+    durable_at: durable::Point,
+    /// When it was last recorded.
+    durable_when: Instant,
+}
+
+impl State {
+    /// Where the backup's durable point is once everything applied so far is durable: the
+    /// end of what was looked at. (Entries held back for a blocked file before it are not
+    /// applied: the blocked-file log says which; when they are retried, the point goes back
+    /// to the first of them first.)
+    fn point(&self) -> Option<durable::Point> {
+        self.pairs.iter().next_back().map(|(&n, pc)| (n, pc.cursor))
+    }
+
+    /// Whether the durable point has moved on since it was recorded.
+    fn behind(&self) -> bool {
+        self.point().is_some_and(|p| p != self.durable_at)
+    }
+
+    /// Makes what was applied durable in the backup, then records the durable point.
+    fn checkpoint(&mut self, router: &crate::shared::Router) -> Result<(), String> {
+        let Some(at) = self.point() else {
+            return Ok(());
+        };
+        if self.applier.has_unsynced() {
+            self.applier.make_durable().map_err(|e| {
+                format!(
+                    "cannot make the backup files under {} durable: {e}",
+                    router.cfg.root.display()
+                )
+            })?;
+        }
+        durable::store(&router.cfg.state, at).map_err(|e| {
+            format!(
+                "cannot record the backup's durable point in {}: {e}",
+                durable::path(&router.cfg.state).display()
+            )
+        })?;
+        self.durable_at = at;
+        self.durable_when = Instant::now();
+        Ok(())
+    }
 }
 
 /// The router process: applies every pending entry of the RT logs, oldest pair first, for
@@ -845,6 +895,8 @@ pub fn run(router: Arc<crate::shared::Router>) {
         applier,
         pairs: BTreeMap::new(),
         ahead: crate::direct::ReadAhead::default(),
+        durable_at: durable::load(&router.cfg.state),
+        durable_when: Instant::now(),
     };
     let mut backoff = Duration::from_millis(100);
     let mut last_unblock = std::time::Instant::now();
@@ -857,6 +909,24 @@ pub fn run(router: Arc<crate::shared::Router>) {
         router.table();
         if router.take_retry() {
             last_unblock = std::time::Instant::now();
+            // The held entries are applied now, behind the durable point: it goes back to
+            // the first of them first (see `durable`).
+            let first_held = st
+                .pairs
+                .iter()
+                .find_map(|(&n, pc)| pc.held_from.map(|h| (n, h)));
+            if let Some(h) = first_held.filter(|&h| h < st.durable_at) {
+                match durable::store(&router.cfg.state, h) {
+                    Ok(()) => st.durable_at = h,
+                    // The entries are retried all the same: a file the user unblocked does
+                    // not wait on this; only a power loss before the next checkpoint could
+                    // leave them unapplied unseen, and this disk is failing already.
+                    Err(e) => log::error!(
+                        "cannot record the backup's durable point in {}: {e}",
+                        durable::path(&router.cfg.state).display()
+                    ),
+                }
+            }
             for pc in st.pairs.values_mut() {
                 if let Some(h) = pc.held_from.take() {
                     pc.cursor = pc.cursor.min(h);
@@ -864,9 +934,25 @@ pub fn run(router: Arc<crate::shared::Router>) {
             }
         }
         let published = router.published();
-        match apply_some(&router, &dir, &mut st, published) {
+        let result = apply_some(&router, &dir, &mut st, published).and_then(|moved| {
+            // The backup's durable point follows (see `durable`): when caught up, and every
+            // so often while busy, but not for every entry.
+            let since = st.durable_when.elapsed();
+            if st.behind() && since >= durable::MIN_GAP && (!moved || since >= durable::MAX_GAP) {
+                st.checkpoint(&router)?;
+            }
+            Ok(moved)
+        });
+        match result {
             Ok(true) => backoff = Duration::from_millis(100),
-            Ok(false) => router.wait_published(published, Duration::from_millis(500)),
+            Ok(false) => {
+                let wait = if st.behind() {
+                    durable::MIN_GAP.saturating_sub(st.durable_when.elapsed())
+                } else {
+                    Duration::from_millis(500)
+                };
+                router.wait_published(published, wait.max(Duration::from_millis(1)))
+            }
             Err(e) => {
                 log::error!("{e}; retrying in {backoff:?}");
                 std::thread::sleep(backoff);

@@ -10,6 +10,8 @@
 //!   (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
 //! * [`apply`]: the router process: applies pending RT1 entries in order, marks them
 //!   complete, removes finished pairs; holds back the entries of blocked backup files.
+//! * [`durable`]: the backup's durable point (`applied`): entries past it at start may be
+//!   lost from the backup by a power loss, and their files are copied again.
 //! * [`direct`]: large aligned transfers around the page cache (`O_DIRECT`), for RT2 and
 //!   backup writes.
 //! * [`heartbeat`]: UDP heartbeats with the sources; closes the session of a silent one.
@@ -27,6 +29,7 @@ pub mod backup;
 pub use mirrorfs::beneath;
 pub mod config;
 pub mod direct;
+pub mod durable;
 pub mod heartbeat;
 pub mod quarantine;
 pub mod receive;

@@ -98,6 +98,8 @@ fn under(name: &[u8], base: &[u8]) -> bool {
 pub struct CopyRequests {
     path: PathBuf,
     map: BTreeMap<Key, CopyRequest>,
+    /// A pending request took a newer reason since the last store.
+    updated: bool,
 }
 
 impl CopyRequests {
@@ -110,12 +112,20 @@ impl CopyRequests {
         Ok(CopyRequests {
             path: path.to_path_buf(),
             map,
+            updated: false,
         })
     }
 
     /// Writes them back (atomically, durably).
-    pub fn store(&self) -> Result<(), BlockedError> {
-        blocked::store_list(&self.path, self.map.values())
+    pub fn store(&mut self) -> Result<(), BlockedError> {
+        blocked::store_list(&self.path, self.map.values())?;
+        self.updated = false;
+        Ok(())
+    }
+
+    /// Whether a pending request took a newer reason since the last store.
+    pub fn updated(&self) -> bool {
+        self.updated
     }
 
     /// Every pending request, by site, rule and name.
@@ -134,7 +144,8 @@ impl CopyRequests {
     }
 
     /// Adds `reqs` (not stored yet: call [`CopyRequests::store`]); returns the keys of those
-    /// that were not pending, to be sent now. `base(site, rule)` is the base name of a rule
+    /// that were not pending, to be sent now. One already pending keeps its place and takes
+    /// the newer reason (the copy asked serves both). `base(site, rule)` is the base name of a rule
     /// (for collapsing many names into the whole rule), `None` for a rule the router does not
     /// know (whose requests are dropped when the bound is reached).
     pub fn add(
@@ -145,7 +156,14 @@ impl CopyRequests {
         let mut fresh = Vec::new();
         for r in reqs {
             let k = r.key();
-            if self.map.contains_key(&k) || self.covered(&k) {
+            if let Some(pending) = self.map.get_mut(&k) {
+                if pending.reason != r.reason {
+                    pending.reason = r.reason;
+                    self.updated = true;
+                }
+                continue;
+            }
+            if self.covered(&k) {
                 continue;
             }
             if r.whole_rule {

@@ -21,6 +21,7 @@ use mirrorfs::journal::Position;
 use mirrorfs::wire::{codec, Msg};
 
 use crate::config::{ConfigError, RouterDb, RouterTable, SourceState};
+use crate::durable;
 use crate::quarantine::{self, QuarantineError};
 use crate::resync::{CopyRequest, CopyRequests};
 use crate::rtlog::{self, RtError, RtRecord, RtWriter, HEADER_LEN};
@@ -213,31 +214,43 @@ impl Router {
         let mut first = quarantine::highest(&cfg.state)? + 1;
         let mut asked = Vec::new();
         let mut gone_pairs = Vec::new();
-        // Records still in the logs are newer than what the database says.
-        let mut note = |r: &RtRecord| {
+        // Entries past the backup's durable point may be lost from the backup (a power
+        // loss) even where RT1 says they were applied: their files are copied again.
+        let durable_point = durable::load(&cfg.state);
+        let mut suspect: Vec<(u64, u64, RtRecord)> = Vec::new();
+        // Records still in the logs are newer than what the database says; those past the
+        // durable point are suspects.
+        let mut note = |n: u64, off: u64, r: &RtRecord| {
             if r.part.completes() {
                 let s = sources.entry(r.site.clone()).or_default();
                 if s.done.is_none_or(|d| d < r.pos) {
                     s.done = Some(r.pos);
                 }
             }
+            if (n, off) >= durable_point {
+                suspect.push((n, off, r.clone()));
+            }
         };
-        let mut quarantined = |n: u64, reason: String, note: &mut dyn FnMut(&RtRecord)| {
-            let (q, reqs, readable) =
-                quarantine::quarantine_pair(&cfg.state, &rt_dir, n, &reason, &table)?;
-            log::error!("{}", quarantine::describe(&q));
-            readable.iter().for_each(&mut *note);
-            asked.extend(reqs);
-            gone_pairs.push(n);
-            Ok::<(), StartError>(())
-        };
+        let mut quarantined =
+            |n: u64, reason: String, note: &mut dyn FnMut(u64, u64, &RtRecord)| {
+                let (q, reqs, readable) =
+                    quarantine::quarantine_pair(&cfg.state, &rt_dir, n, &reason, &table)?;
+                log::error!("{}", quarantine::describe(&q));
+                // Where in the pair each was is not kept: all of them count as past the
+                // point when the pair does.
+                let at = if n > durable_point.0 { 0 } else { u64::MAX };
+                readable.iter().for_each(|r| note(n, at, r));
+                asked.extend(reqs);
+                gone_pairs.push(n);
+                Ok::<(), StartError>(())
+            };
         let pairs = rtlog::list_pairs(&rt_dir)?;
         let older = &pairs[..pairs.len().saturating_sub(1)];
         // The older pairs were complete when the next one started: any damage is in
         // acknowledged records.
         for &n in older {
             match inspect(&rt_dir, n)? {
-                Ok(sv) => sv.records.iter().for_each(|(_, r)| note(r)),
+                Ok(sv) => sv.records.iter().for_each(|(off, r)| note(n, *off, r)),
                 Err(reason) => quarantined(n, reason, &mut note)?,
             }
         }
@@ -281,9 +294,33 @@ impl Router {
             } else {
                 pair.rt1_len()?
             };
-            for (_, r) in pair.records(HEADER_LEN, end)? {
-                note(&r);
+            for (off, r) in pair.records(HEADER_LEN, end)? {
+                note(n, off, &r);
             }
+        }
+        let mut held: BTreeMap<String, BlockedFile> =
+            blocked::load_list::<BlockedFile>(&cfg.state.join("blocked"))?
+                .into_iter()
+                .map(|b| (b.path.clone(), b))
+                .collect();
+        // Entries held back for a blocked file were not applied (every entry that touches it
+        // from its first held one on waits): nothing of them can be lost from the backup.
+        let was_held = |n: u64, off: u64, r: &RtRecord| {
+            crate::apply::targets(&table, r)
+                .iter()
+                .any(|t| held.get(t).is_some_and(|b| (b.pair, b.offset) <= (n, off)))
+        };
+        suspect.retain(|(n, off, r)| !was_held(*n, *off, r));
+        let lost = durable::requests(suspect.iter().map(|(n, o, r)| (*n, *o, r)), &table);
+        if !lost.is_empty() {
+            log::info!(
+                "{} entries are past the point up to which the backup was known to be durable (pair {} offset {}): asking the sources for fresh copies of the {} names they touch, in case a power loss took them",
+                suspect.len(),
+                durable_point.0,
+                durable_point.1,
+                lost.len()
+            );
+            asked.extend(lost);
         }
         if !asked.is_empty() {
             copies.add(asked, |site, crc| table.get(site, crc).map(|r| r.base()));
@@ -298,11 +335,6 @@ impl Router {
             copies.len()
         );
         let published = rt.end();
-        let mut held: BTreeMap<String, BlockedFile> =
-            blocked::load_list::<BlockedFile>(&cfg.state.join("blocked"))?
-                .into_iter()
-                .map(|b| (b.path.clone(), b))
-                .collect();
         let before = held.len();
         held.retain(|_, b| !gone_pairs.contains(&b.pair));
         if held.len() != before {
@@ -574,7 +606,12 @@ impl Router {
             let mut c = lock(&self.copies);
             let keys = c.add(reqs, |site, crc| table.get(site, crc).map(|r| r.base()));
             if keys.is_empty() {
-                // Already asked (and kept): nothing new to record or send.
+                // Already asked (and kept): nothing new to send; a newer reason is recorded.
+                if c.updated() {
+                    if let Err(e) = c.store() {
+                        log::error!("cannot record the copies asked of the sources: {e}");
+                    }
+                }
                 return;
             }
             if let Err(e) = c.store() {

@@ -24,6 +24,10 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct SfaState {
     sfa: Sfa,
+    /// What the file on disk says (it lags `sfa` by up to `SFA_DELAY`): journal segments are
+    /// removed only below it, so that the file never points into a removed segment, whatever
+    /// stops the sender (a kill -9, a power loss) before it writes the next update.
+    stored: Sfa,
     dirty: bool,
     written: Instant,
 }
@@ -80,6 +84,7 @@ impl Shared {
             keys: Arc::new(keys),
             sfa_path: state.sfa_path(),
             sfa: Mutex::new(SfaState {
+                stored: sfa.clone(),
                 sfa,
                 dirty: false,
                 written: Instant::now(),
@@ -161,15 +166,17 @@ impl Shared {
             Ok(()) => {
                 s.dirty = false;
                 s.written = Instant::now();
+                s.stored = s.sfa.clone();
             }
             Err(e) => log::error!("{e}"),
         }
     }
 
-    /// The oldest position some site of the current rules still needs.
+    /// The oldest position some site of the current rules still needs, as the acknowledged
+    /// positions on disk say (a segment removed past them would be a gap at the next start).
     pub fn oldest_needed(&self) -> Option<Position> {
         let sites = self.table.load().sites();
         let s = lock(&self.sfa);
-        sites.iter().map(|site| s.sfa.get(site)).min()
+        sites.iter().map(|site| s.stored.get(site)).min()
     }
 }

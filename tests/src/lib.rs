@@ -148,6 +148,12 @@ impl Local {
         Mount::start(&self.dir, None, &self.state, extra)
     }
 
+    /// [`Local::mount`], with mirrorfs's own log in `logs` rather than in the state directory
+    /// (e.g. when the state directory is on a power-loss layer, which drops that log).
+    pub fn mount_logging(&self, logs: &Path, extra: &[&str]) -> Mount {
+        Mount::start_logging(&self.dir, None, &self.state, logs, extra)
+    }
+
     /// Every entry in the journal, in order, but the journal's own watermarks (`Mark`).
     pub fn journal(&self) -> Vec<Entry> {
         journal_entries(&self.state.join("journal"))
@@ -187,9 +193,20 @@ pub struct Mount {
 impl Mount {
     /// Starts `mirrorfs SOURCE [MOUNTPOINT] --state STATE extra…` and waits until it is mounted.
     pub fn start(source: &Path, mountpoint: Option<&Path>, state: &Path, extra: &[&str]) -> Mount {
+        Mount::start_logging(source, mountpoint, state, state, extra)
+    }
+
+    /// [`Mount::start`], with mirrorfs's log (stdout and stderr) in directory `logs`.
+    pub fn start_logging(
+        source: &Path,
+        mountpoint: Option<&Path>,
+        state: &Path,
+        logs: &Path,
+        extra: &[&str],
+    ) -> Mount {
         static MOUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = state.join(format!("mirrorfs-{}-{n}.log", std::process::id()));
+        let log = logs.join(format!("mirrorfs-{}-{n}.log", std::process::id()));
         let logf = private_log(&log);
         let mut cmd = Command::new(bin("mirrorfs"));
         cmd.arg(source);
@@ -433,9 +450,15 @@ impl Local {
     /// Starts `mirror-sendd` with `extra` arguments and the test heartbeat timing (where
     /// `extra` does not set the same option).
     pub fn sender_with(&self, extra: &[&str]) -> Daemon {
+        self.sender_logging(&self.state, extra)
+    }
+
+    /// [`Local::sender_with`], with the sender's log (stdout and stderr) in directory `logs`
+    /// rather than in the state directory.
+    pub fn sender_logging(&self, logs: &Path, extra: &[&str]) -> Daemon {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = self.state.join(format!("sendd-{n}.log"));
+        let log = logs.join(format!("sendd-{n}.log"));
         let state = self.state.to_string_lossy().into_owned();
         let mut args = vec!["--state", &state];
         for pair in SENDER_TIMING.chunks(2) {

@@ -70,6 +70,7 @@ impl LossyFs {
     pub fn mount(backing: &Path, mountpoint: &Path, opts: LossyOpts) -> LossyFs {
         let tmp = tempfile::Builder::new()
             .prefix("lossyfs-")
+            .disable_cleanup(std::env::var_os("MIRROR_TEST_KEEP").is_some())
             .tempdir()
             .expect("tempdir for the layer's socket and logs");
         let seed = std::env::var("LOSSYFS_SEED")

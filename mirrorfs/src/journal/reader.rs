@@ -92,6 +92,17 @@ impl JournalReader {
             }
         }
         pos.offset = pos.offset.max(SEGMENT_HEADER_LEN);
+        if let Some(end) = sealed_before(&self.dir, pos)? {
+            // The writer sealed this segment at its durable end after a power loss: the
+            // records a reader (or a router) saw past it are gone, and no record will ever
+            // be there. What follows is in the next segment.
+            log::warn!(
+                "journal {}: position {pos} is past the end of segment {} (sealed at {end} after an unclean stop): the entries after {end} were lost before they were durable; going on at the next segment",
+                self.dir.display(),
+                pos.segment
+            );
+            pos = Position::new(pos.segment + 1, SEGMENT_HEADER_LEN);
+        }
         self.pos = pos;
         self.seg = None;
         self.buf.clear();
@@ -550,6 +561,27 @@ const MAX_GUESSES: usize = 100_000;
 ///
 /// The writer rewrites the header in place when it seals a segment; a read racing that
 /// rewrite may see a mix, so a bad CRC is retried a few times before it counts as damage.
+/// The end of segment `pos.segment` if it is sealed and `pos` lies past it.
+fn sealed_before(dir: &Path, pos: Position) -> Result<Option<u64>, JournalError> {
+    let path = segment_path(dir, pos.segment);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(JournalError::io(&path, e)),
+    };
+    let seg = Segment {
+        n: pos.segment,
+        path,
+        file,
+        sealed_end: None,
+    };
+    Ok(match read_header(&seg) {
+        Ok(Some(h)) if h.sealed && pos.offset > h.index_offset => Some(h.index_offset),
+        // Damage is reported where the segment is read.
+        _ => None,
+    })
+}
+
 fn read_header(seg: &Segment) -> Result<Option<SegmentHeader>, JournalError> {
     let mut attempt = 0;
     loop {

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::format::SEGMENT_HEADER_LEN;
+use super::format::{SegmentHeader, SEGMENT_HEADER_LEN};
 use super::*;
-use crate::entry::{Command, Entry};
+use crate::entry::{Command, Entry, EntryRef};
 
 /// Every command but the journal's own watermark (which a rotation repeats, see
 /// `watermarks_survive_rotation_and_reopening`).
@@ -93,7 +93,8 @@ proptest! {
 }
 
 /// Cutting the newest segment at every byte of its last record loses that record only; the
-/// journal then takes new appends right after the last complete record.
+/// journal seals the segment after the last complete record and takes new appends in the next
+/// segment, so the lost record's position never names another one (a reader may have seen it).
 #[test]
 fn torn_tail_at_every_offset_of_the_last_record() {
     let src = tempfile::tempdir().unwrap();
@@ -115,9 +116,15 @@ fn torn_tail_at_every_offset_of_the_last_record() {
         fs::write(&path, &full[..cut as usize]).unwrap();
         let j =
             Journal::open(dir.path(), cfg(1 << 20)).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-        assert_eq!(j.end(), last, "cut at {cut}");
+        let next = Position::new(last.segment + 1, SEGMENT_HEADER_LEN);
+        assert_eq!(j.end(), next, "cut at {cut}");
         let extra = entry(99, 10);
-        assert_eq!(j.append(&extra.as_ref()).unwrap(), last);
+        assert_eq!(j.append(&extra.as_ref()).unwrap(), next);
+        let h = SegmentHeader::decode(&fs::read(&path).unwrap()).unwrap();
+        assert!(
+            h.sealed && h.index_offset == last.offset,
+            "cut at {cut}: {h:?}"
+        );
         drop(j);
         let got = read_all(dir.path()).unwrap();
         let want: Vec<&Entry> = entries[..4].iter().chain([&extra]).collect();
@@ -142,8 +149,11 @@ fn zero_filled_tail_is_truncated() {
     f.set_len(end.offset + 8192).unwrap();
     drop(f);
     let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
-    assert_eq!(j.end(), end);
-    assert_eq!(fs::metadata(&path).unwrap().len(), end.offset);
+    assert_eq!(j.end(), Position::new(end.segment + 1, SEGMENT_HEADER_LEN));
+    // Sealed where its records end: the zeroes are gone, the index follows the record.
+    let h = SegmentHeader::decode(&fs::read(&path).unwrap()).unwrap();
+    assert!(h.sealed && h.index_offset == end.offset, "{h:?}");
+    assert_eq!(fs::metadata(&path).unwrap().len(), h.total_size);
 }
 
 fn flip_bit(path: &Path, offset: u64) {
@@ -372,4 +382,55 @@ fn watermarks_survive_rotation_and_reopening() {
         j.watermark().map(|w| (w.time_ns, w.clean)),
         Some((5678, true))
     );
+}
+
+/// A power loss takes the tail a reader had already seen (and a router acknowledged): the
+/// journal seals the segment where its durable part ends and appends in the next segment, so
+/// no lost position ever names a new record; a reader positioned in the lost part moves on to
+/// the next segment and reads what came after. (Appending where the durable part ended put
+/// new entries at positions the router already held, and it dropped them.)
+#[test]
+fn positions_lost_at_a_power_loss_never_name_new_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    let kept = j.append(&entry(1, 40).as_ref()).unwrap();
+    let durable_end = j.end();
+    let lost = j.append(&entry(2, 40).as_ref()).unwrap();
+    let lost_end = j.end();
+    drop(j);
+    // The power goes: the second record never became durable.
+    let path = segment_path(dir.path(), kept.segment);
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(durable_end.offset).unwrap();
+    drop(f);
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    let next = j.append(&entry(3, 40).as_ref()).unwrap();
+    assert_eq!(next, Position::new(kept.segment + 1, SEGMENT_HEADER_LEN));
+    assert!(next > lost_end);
+    drop(j);
+    for from in [lost, lost_end] {
+        let mut r = JournalReader::open(dir.path(), from).unwrap();
+        let (p, e) = r.next_entry().unwrap().expect("the entry after the loss");
+        assert_eq!((p, e), (next, entry(3, 40)), "reading from {from}");
+    }
+}
+
+/// After a clean unmount (its watermark last) nothing can be lost: the journal goes on in the
+/// same segment.
+#[test]
+fn a_clean_stop_goes_on_in_the_same_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    j.append(&entry(1, 40).as_ref()).unwrap();
+    let clean = EntryRef {
+        offset: 5,
+        size: crate::entry::MARK_CLEAN,
+        ..EntryRef::new(Command::Mark, 0, b"")
+    };
+    j.append(&clean).unwrap();
+    j.sync().unwrap();
+    let end = j.end();
+    drop(j);
+    let j = Journal::open(dir.path(), cfg(1 << 20)).unwrap();
+    assert_eq!(j.end(), end);
 }

@@ -260,7 +260,8 @@ impl Journal {
             }
         };
         let durable = Position::new(active.header.segment, active.len);
-        Ok(Journal {
+        let unclean = active.ended_uncleanly();
+        let j = Journal {
             dir: dir.to_path_buf(),
             sizing,
             active: Mutex::new(active),
@@ -270,7 +271,24 @@ impl Journal {
             }),
             sync_done: Condvar::new(),
             _lock: lock_file,
-        })
+        };
+        if unclean {
+            // The writer stopped without a clean unmount: what it appended after its last
+            // sync may be lost now (a power loss), though a reader (the sender) may have
+            // seen it and a router acknowledged it. Its positions must never name other
+            // records: the recovered segment is sealed where it ends now and appends go on
+            // in the next one.
+            let mut a = lock(&j.active);
+            log::info!(
+                "journal {}: the last writer stopped without a clean unmount; sealing segment {} at offset {} and going on in segment {}",
+                dir.display(),
+                a.header.segment,
+                a.len,
+                a.header.segment + 1
+            );
+            j.rotate(&mut a, 0)?;
+        }
+        Ok(j)
     }
 
     fn fresh(dir: &Path, n: u64, sizing: Sizing) -> Result<Active, JournalError> {
@@ -615,6 +633,20 @@ fn seal(a: &mut Active) -> Result<(), JournalError> {
 }
 
 impl Active {
+    /// Whether this (recovered, unsealed) segment does not end with a clean unmount's
+    /// watermark: its writer stopped uncleanly, and may have appended records that are gone
+    /// now.
+    fn ended_uncleanly(&self) -> bool {
+        let Some(&last) = self.index.last() else {
+            // Nothing durable in it, not even a watermark (the first one of every segment is
+            // made durable at once): nothing was appended to it before the writer stopped.
+            return false;
+        };
+        !self
+            .mark
+            .is_some_and(|m| m.clean && m.pos == Position::new(self.header.segment, last))
+    }
+
     /// Writes the record `header` + `e` at the end of the segment; its position.
     fn write(&mut self, header: &[u8], e: &EntryRef<'_>) -> Result<Position, JournalError> {
         let pos = Position::new(self.header.segment, self.len);
@@ -632,6 +664,17 @@ impl Active {
         self.len += format::record_len(e) as u64;
         self.index.push(pos.offset);
         if e.command == crate::entry::Command::Mark {
+            if self.mark.is_none() {
+                // The first watermark of a segment (carried into it, or a new journal's
+                // first) is durable before anything follows it: after a power loss the
+                // newest segment still tells how far the journal is complete (else the next
+                // mount would look for no changes, as after a first mount), and a segment
+                // with nothing durable in it was never appended to.
+                if let Err(err) = self.file.sync_data() {
+                    self.poisoned = true;
+                    return Err(JournalError::io(&self.path, err));
+                }
+            }
             self.mark = Some(Watermark {
                 time_ns: e.offset,
                 clean: e.size & crate::entry::MARK_CLEAN != 0,

@@ -51,3 +51,5 @@ mod fs_iomode;
 mod fs_setid;
 // a full or failing journal disk: ENOSPC before the change, marks, small state disks.
 mod journal_full;
+// power losses of the source, the router and both under an fsync'ing ledger workload.
+mod power_loss;
