@@ -330,6 +330,33 @@ impl MirrorFs {
         Ok(buf)
     }
 
+    /// After `caller` changed the content of the file of handle `h` (a write, fallocate or
+    /// copy into it), named `name`: set-id bits go as the file system would clear them for
+    /// that user, and the change is recorded. The kernel leaves this to mirrorfs
+    /// (`FUSE_HANDLE_KILLPRIV_V2`), and mirrorfs changes the file as root, whom the file
+    /// system below never clears them for.
+    fn changed_by(&self, caller: Caller, h: &Handle, name: &[u8]) -> FsResult<()> {
+        if caller.uid == 0 || !h.inode.setid.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let st = sys::fstat(h.file.as_fd())?;
+        let Some(after) = self.drop_setid(caller, h.file.as_fd(), &st)? else {
+            return Ok(());
+        };
+        h.inode.setid.store(
+            after.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+            Ordering::Relaxed,
+        );
+        let Some(rel) = self.rec.relative(name).map(<[u8]>::to_vec) else {
+            return Ok(());
+        };
+        let ch = super::SetAttrs {
+            mode: Some(after.mode & 0o7777),
+            ..super::SetAttrs::default()
+        };
+        self.record_setattr(&rel, &after, &ch)
+    }
+
     /// Writes `data` at `offset` through handle `fh`, recording it for every selecting rule.
     ///
     /// Large writes copy into the file and into the journal at the same time (two threads,
@@ -345,27 +372,7 @@ impl MirrorFs {
         let mut r = lock(&h.recording);
         self.refresh(&h, &mut r);
         r.wrote = true;
-        if caller.uid != 0 && h.inode.setid.load(Ordering::Relaxed) {
-            // A write by another user clears set-id bits as the file system would (the
-            // kernel's own clearing keeps a set-group-id bit the file system clears).
-            let st = sys::fstat(h.file.as_fd())?;
-            if let Some(after) = self.drop_setid(caller, h.file.as_fd(), &st)? {
-                h.inode.setid.store(
-                    after.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
-                    Ordering::Relaxed,
-                );
-                if !r.name.is_empty() {
-                    let ch = super::SetAttrs {
-                        mode: Some(after.mode & 0o7777),
-                        ..super::SetAttrs::default()
-                    };
-                    let rel = self.rec.relative(&r.name).map(<[u8]>::to_vec);
-                    if let Some(rel) = rel {
-                        self.record_setattr(&rel, &after, &ch)?;
-                    }
-                }
-            }
-        }
+        self.changed_by(caller, &h, &r.name)?;
         if r.rules.is_empty() {
             return Ok(h.file.write_at(data, offset)? as u32);
         }
@@ -487,7 +494,14 @@ impl MirrorFs {
     }
 
     /// `fallocate` on handle `fh`, recorded by its effect on the content.
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+    pub fn fallocate(
+        &self,
+        caller: Caller,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> FsResult<()> {
         let h = self.files.get(fh)?;
         let _ns = self.ns_read();
         let _op = lock(&h.inode.op_lock);
@@ -495,6 +509,7 @@ impl MirrorFs {
         self.rec.room(&rules, &name, 0)?;
         let before = sys::fstat(h.file.as_fd())?;
         sys::fallocate(h.file.as_fd(), mode, offset, len)?;
+        self.changed_by(caller, &h, &name)?;
         let after = sys::fstat(h.file.as_fd())?;
         if rules.is_empty() {
             return Ok(());
@@ -534,8 +549,10 @@ impl MirrorFs {
 
     /// `copy_file_range` between two handles; the copied range is recorded as writes of the
     /// bytes copied.
+    #[allow(clippy::too_many_arguments)]
     pub fn copy_file_range(
         &self,
+        caller: Caller,
         fh_in: u64,
         off_in: u64,
         fh_out: u64,
@@ -571,6 +588,9 @@ impl MirrorFs {
             r.wrote = true;
             (r.name.clone(), r.rules.clone())
         };
+        if n > 0 {
+            self.changed_by(caller, &hout, &name)?;
+        }
         if rules.is_empty() || n == 0 {
             return Ok(n as u32);
         }

@@ -11,7 +11,8 @@ use std::process::Command;
 use mirror_tests::Local;
 
 /// Runs perl `code` as user nobody with `$f` = `file` (or, for `dd`, dd writing one aligned
-/// block into `file` with O_DIRECT); panics if it fails.
+/// block into `file` with O_DIRECT; for `fallocate`, fallocate(1) growing it by a block); panics
+/// if it fails.
 fn as_nobody(code: &str, file: &Path) {
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
@@ -25,6 +26,9 @@ fn as_nobody(code: &str, file: &Path) {
             "conv=notrunc",
         ])
         .arg(format!("of={}", file.display()));
+    } else if code == "fallocate" {
+        cmd.args(["fallocate", "-o", "8192", "-l", "4096"])
+            .arg(file);
     } else {
         cmd.args(["perl", "-e"])
             .arg(format!("my $f = $ARGV[0]; {code}"))
@@ -49,6 +53,7 @@ const CHANGES: &[(&str, &str)] = &[
     ),
     ("truncate", r#"truncate($f, 1) or die "$!";"#),
     ("direct-write", "dd"),
+    ("fallocate", "fallocate"),
 ];
 
 /// The modes each change leaves, on the directory `dir`.
