@@ -36,11 +36,10 @@ fn need(cli: &Cli) -> Need {
         Command::Key(KeyCommand::Add { .. }) => Need::Create,
         Command::Router(RouterCommand::Key(RouterKeyCommand::Add { .. })) => Need::Create,
         Command::Router(_) => Need::Router,
-        Command::Rule(_)
-        | Command::Sync(_)
-        | Command::Status { .. }
-        | Command::Unblock { .. }
-        | Command::Key(_) => Need::Source,
+        // Every other command reads or acts on an existing local system (`status`, `rule
+        // list`, `rule rm`, `sync`, `unblock`, `key list`, `key rm`, and those to come):
+        // only the commands above may make one.
+        _ => Need::Source,
     }
 }
 
