@@ -151,7 +151,7 @@ impl StateDir {
             Ok(_) => return Err(missing(format!("it is not a directory; {hint}"))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(missing(format!(
-                    "the directory does not exist (a typo in --state?); {hint}"
+                    "the directory does not exist (is --state or $MIRROR_STATE right?); {hint}"
                 )))
             }
             Err(err) => {
