@@ -40,7 +40,7 @@ case "${1:-start}" in
   *) echo "usage: $0 [start|stop|check]" >&2; exit 2 ;;
 esac
 
-command -v fusermount3 >/dev/null || { echo "installing fuse3"; apt-get install -y -qq fuse3 >/dev/null; }
+command -v fusermount3 >/dev/null || { echo "installing fuse3"; apt-get update -qq && apt-get install -y -qq fuse3 >/dev/null; }
 cargo build --release --workspace --bins
 stop
 rm -rf "$demo"

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, property, CLI and end-to-end (real FUSE mounts and
-# daemons on loopback). Needs root (or FUSE access) and fuse3; see .ci/run for the packages.
+# daemons on loopback). On a fresh machine it first installs what the tests need
+# (scripts/test-deps.sh: fuse3 and the other packages, pjdfstest, the fsgqa user; as root);
+# when everything is there it installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/test-deps.sh
+export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads="${MIRROR_TEST_THREADS:-2}"
 

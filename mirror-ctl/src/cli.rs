@@ -234,13 +234,21 @@ pub struct AddArgs {
           value_parser = |s: &str| Dest::parse(s).map_err(|e| e.to_string()))]
     pub dest: Dest,
 
-    /// Mirror ownership (where permitted), times, xattrs and set-id bits too. Permission bits
-    /// (rwx) are mirrored by every rule; without --attrs a restore needs owners and times set
-    /// again.
+    /// Mirror owner and group (where the router may set them), access and modification
+    /// times, extended attributes and the set-id and sticky bits too.
+    /// Every rule, without it, mirrors contents, names, symlinks, hard links and the
+    /// permission bits rwx: executables stay executable and git sees no mode change, but
+    /// the backup files belong to the router's user and carry the times they were written,
+    /// so a restore from them must set owners (chown) and, where they matter, times again.
     #[arg(long, help_heading = RULE)]
     pub attrs: bool,
 
-    /// On delete, rename the backup file to NAME+SUF instead of deleting it.
+    /// Keep a backup file that its source deletes or replaces (a rename over it, an editor's
+    /// save) instead of losing it: the first version kept is NAME+SUF, the next ones
+    /// NAME+SUF.1, NAME+SUF.2, … in order. All are kept (none is ever overwritten or removed
+    /// by mirror; prune them by hand). A source file that is itself named NAME+SUF or
+    /// NAME+SUF.N is mirrored under its name like any other (a kept version never takes a
+    /// taken name).
     #[arg(long, value_name = "SUF", help_heading = RULE,
           value_parser = |s: &str| parse_delete_suffix(s).map_err(|e| e.to_string()))]
     pub delete_suffix: Option<String>,

@@ -12,12 +12,69 @@ mod validate;
 use std::process::ExitCode;
 
 use clap::Parser;
-use cli::{Cli, Command, RouterCommand, RuleCommand};
+use cli::{Cli, Command, KeyCommand, RouterCommand, RouterKeyCommand, RuleCommand};
 use mirrorfs::state::StateDir;
 use mirrorfs::wire::auth::KeyRing;
 
+/// What a command needs of the state directory.
+enum Need {
+    /// It configures: it makes the state directory when there is none (as `rule add` does).
+    Create,
+    /// It reads (or acts on) a local system: one must be there, and nothing is created.
+    Source,
+    /// The same on a backup host: the router's state must be there.
+    Router,
+    /// Only the key file named with `--key-file`.
+    Nothing,
+}
+
+fn need(cli: &Cli) -> Need {
+    let key_file = cli.key_file.is_some();
+    match &cli.command {
+        Command::Rule(RuleCommand::Add(_)) => Need::Create,
+        Command::Key(_) | Command::Router(RouterCommand::Key(_)) if key_file => Need::Nothing,
+        Command::Key(KeyCommand::Add { .. }) => Need::Create,
+        Command::Router(RouterCommand::Key(RouterKeyCommand::Add { .. })) => Need::Create,
+        Command::Router(_) => Need::Router,
+        // Every other command reads or acts on an existing local system (`status`, `rule
+        // list`, `rule rm`, `sync`, `unblock`, `key list`, `key rm`, and those to come):
+        // only the commands above may make one.
+        _ => Need::Source,
+    }
+}
+
+/// The state directory the command works on, created only by commands that configure.
+fn state_dir(cli: &Cli) -> anyhow::Result<StateDir> {
+    let path = mirrorfs::state::resolve(cli.state.as_deref())?;
+    Ok(match need(cli) {
+        Need::Create => StateDir::open(path)?,
+        Need::Source => StateDir::existing(
+            path,
+            "local system",
+            StateDir::SOURCE_MARKS,
+            "`mirror-ctl rule add` or `mirror-ctl key add` makes one",
+        )?,
+        Need::Router => {
+            let hint =
+                "pass the router's --state (mirror-routerd and `mirror-ctl router key add` make one)";
+            let st = StateDir::existing(path, "router state", StateDir::ROUTER_MARKS, hint)?;
+            let has = |name: &str| st.root().join(name).exists();
+            if !has("rt") && !has("router.db") && (has("rules.db") || has("journal")) {
+                return Err(mirrorfs::state::StateError::Missing {
+                    path: st.root().to_path_buf(),
+                    what: "router state",
+                    why: format!("it is a source's local system (it has rules); {hint}"),
+                }
+                .into());
+            }
+            st
+        }
+        Need::Nothing => StateDir::at(path),
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let state = StateDir::resolve_and_open(cli.state.as_deref())?;
+    let state = state_dir(&cli)?;
     let keys = KeyRing::new(cli.key_file.unwrap_or_else(|| state.keys_path()));
     match cli.command {
         Command::Rule(RuleCommand::Add(args)) => rules_cmd::add(&state, &keys, *args),

@@ -59,6 +59,8 @@ struct With<T: Serialize> {
 
 #[derive(Debug, Serialize)]
 struct RouterStatus {
+    /// Whether a mirror-routerd serves this state directory now (its control socket answers).
+    running: bool,
     /// The source sites with a key, and their namespaces.
     keys: Vec<Grant>,
     /// Pairs of router logs present.
@@ -81,13 +83,12 @@ const SHOWN_COPIES: usize = 20;
 /// `mirror-ctl router status`.
 pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool) -> Result<()> {
     let rt = state.root().join("rt");
-    if !rt.is_dir() {
-        bail!(
-            "{} holds no router logs: pass the router's state directory with --state",
-            state.root().display()
-        );
-    }
-    let pairs = list_pairs(&rt)?;
+    // Router state without logs yet (keys made, the router never started): nothing waits.
+    let pairs = if rt.is_dir() {
+        list_pairs(&rt)?
+    } else {
+        Vec::new()
+    };
     let mut sources: BTreeMap<String, Backlog> = BTreeMap::new();
     let mut damaged = Vec::new();
     for (i, &n) in pairs.iter().enumerate() {
@@ -161,6 +162,7 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
         })
         .collect();
     let st = RouterStatus {
+        running: router_running(state),
         keys,
         log_pairs: pairs.len(),
         sources,
@@ -179,6 +181,14 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
     }
+    if st.running {
+        println!("mirror-routerd is running");
+    } else {
+        println!(
+            "mirror-routerd is NOT running (nothing answers on {}): nothing is received or applied until it starts",
+            state.socket_path("mirror-routerd").display()
+        );
+    }
     for k in st.keys.iter().filter(|k| k.unconfined) {
         println!(
             "UNCONFINED key of source {}: it may write anywhere under the root (made before namespaces); confine it with `mirror-ctl router namespace {} PATH`",
@@ -188,6 +198,8 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
     println!("router logs: {} pairs", st.log_pairs);
     if st.sources.is_empty() {
         println!("nothing waits to be applied");
+    } else if !st.running {
+        println!("what waits below is applied once mirror-routerd runs again");
     }
     for (site, b) in &st.sources {
         println!(
@@ -244,6 +256,12 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
         );
     }
     Ok(())
+}
+
+/// Whether a mirror-routerd serves `state` now: its control socket takes a connection (a
+/// socket file left by a router that was killed refuses it).
+fn router_running(state: &StateDir) -> bool {
+    std::os::unix::net::UnixStream::connect(state.socket_path("mirror-routerd")).is_ok()
 }
 
 /// `mirror-ctl router quarantine`.

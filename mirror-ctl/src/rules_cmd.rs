@@ -71,7 +71,9 @@ fn describe(r: &Rule) -> String {
         out.push_str(", with attributes");
     }
     if let Some(suf) = &s.delete_suffix {
-        out.push_str(&format!(", deletes renamed to NAME{suf}"));
+        out.push_str(&format!(
+            ", deleted and replaced files kept as NAME{suf}, NAME{suf}.1, …"
+        ));
     }
     out
 }
@@ -100,8 +102,11 @@ struct JsonRule<'a> {
 
 /// `rule list [--json]`.
 pub fn list(state: &StateDir, json: bool) -> Result<()> {
-    let db = open_db(state)?;
-    let (version, rules) = db.snapshot()?;
+    // Read only: a local system without a rules database has no rules (none is made).
+    let (version, rules) = match RulesDb::open_existing(&state.rules_db())? {
+        Some(db) => db.snapshot()?,
+        None => (0, Vec::new()),
+    };
     if json {
         let v: Vec<JsonRule<'_>> = rules
             .iter()

@@ -70,8 +70,7 @@ fn mount_status(state: &StateDir) -> Option<mirrorfs::keeper::MountStatus> {
 
 /// The sites' states from the durable files (mirror-sendd is not running).
 fn from_files(state: &StateDir) -> Result<Vec<SiteState>> {
-    let db = RulesDb::open(&state.rules_db())?;
-    let (_, rules) = db.snapshot()?;
+    let rules = rules_of(state)?;
     let sfa = Sfa::load(&state.sfa_path())?;
     let mut blocked = blocked::load_sites(&state.blocked_path())?;
     let mut sites: Vec<String> = rules
@@ -89,6 +88,14 @@ fn from_files(state: &StateDir) -> Result<Vec<SiteState>> {
             ..SiteState::default()
         })
         .collect())
+}
+
+/// The rules, read only: a local system without a rules database has none (none is made).
+fn rules_of(state: &StateDir) -> Result<Vec<mirrorfs::rule::Rule>> {
+    Ok(match RulesDb::open_existing(&state.rules_db())? {
+        Some(db) => db.snapshot()?.1,
+        None => Vec::new(),
+    })
 }
 
 /// What waits for a site in the journal, as far as it can be read.
@@ -201,7 +208,7 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             (from_files(state)?, false)
         }
     };
-    let (_, rules) = RulesDb::open(&state.rules_db())?.snapshot()?;
+    let rules = rules_of(state)?;
     let by_crc: BTreeMap<u32, Vec<String>> = rules
         .iter()
         .map(|r| (r.crc, r.spec.sites.iter().map(|s| s.to_string()).collect()))
@@ -336,7 +343,21 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             );
         }
         if let Some(e) = &s.last_error {
-            println!("  last error: {e}");
+            let now = blocked::now_secs();
+            let when = s.last_error_at.map_or(String::new(), |t| {
+                format!(
+                    " at {} ({} ago)",
+                    mirrorfs::logging::utc_secs(t),
+                    age(now.saturating_sub(t))
+                )
+            });
+            match s.recovered_at {
+                Some(r) => println!(
+                    "  last error, past{when}: {e}; recovered at {} (connected again)",
+                    mirrorfs::logging::utc_secs(r)
+                ),
+                None => println!("  last error{when}: {e}"),
+            }
         }
     }
     Ok(())

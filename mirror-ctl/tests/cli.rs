@@ -306,9 +306,9 @@ fn state_dir_from_environment() {
 #[test]
 fn status_and_unblock_without_daemons() {
     let e = env();
-    // No rule yet: status says how to start.
-    let out = ok(&ctl(&e.state, &["status"]));
-    assert!(out.contains("no sites"), "{out}");
+    // No local system yet: status says so, and makes none (issue 13 item 6).
+    fails_with(&ctl(&e.state, &["status"]), "no local system at");
+    assert!(!e.state.exists());
     let pattern = format!("{}/", e.src.display());
     ok(&ctl(&e.state, &add_to_a_closed_port(&pattern)));
     // From the files when mirror-sendd is not running.
@@ -325,13 +325,14 @@ fn status_and_unblock_without_daemons() {
         &ctl(&e.state, &["unblock"]),
         "mirror-sendd does not answer on",
     );
-    // Router commands on a directory without router logs, or without a router.
+    // Router commands on a source's state directory, or without a router.
+    for args in [&["router", "status"][..], &["router", "unblock"]] {
+        fails_with(&ctl(&e.state, args), "no router state at");
+    }
+    let router = e.state.with_file_name("router-state");
+    ok(&ctl(&router, &["router", "key", "add", "laptop"]));
     fails_with(
-        &ctl(&e.state, &["router", "status"]),
-        "pass the router's state directory",
-    );
-    fails_with(
-        &ctl(&e.state, &["router", "unblock"]),
+        &ctl(&router, &["router", "unblock"]),
         "mirror-routerd does not answer on",
     );
 }

@@ -11,6 +11,12 @@
 //! records does: the backup is made durable from time to time and that point recorded
 //! ([`crate::durable`]), and what lies past it at start is copied again from its source.
 //!
+//! With a delete suffix, nothing an entry takes from the backup is lost: a deleted name, the
+//! target a rename replaces, whatever lies where a new file, link or directory is made, is
+//! moved aside as the next kept version of its name (`NAME SUF`, `NAME SUF.1`, …: see
+//! [`keep_aside`]), never over anything. (An entry applied again after a crash may keep one
+//! version twice; never one less.)
+//!
 //! Every backup path is reached through [`crate::beneath`]: beneath the root, through no
 //! symbolic link. An entry whose name would leave the root or pass through a symlink is
 //! refused (logged, marked complete, never retried); the rest keep flowing.
@@ -20,7 +26,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -268,8 +274,10 @@ impl Applier {
             Command::Write | Command::Truncate | Command::Zero
         ) && r.part != mirrorfs::wire::Part::Whole
         {
-            // A copy builds a regular file: whatever else holds its name goes first.
-            self.clear_for_file(&rel).map_err(fail("delete", &shown))?;
+            // A copy builds a regular file: whatever else holds its name goes first (kept
+            // aside under the delete suffix).
+            self.clear_for_file(rule, &rel)
+                .map_err(fail("delete", &shown))?;
         }
         match r.command {
             Command::Write => {
@@ -325,20 +333,18 @@ impl Applier {
             Command::Write | Command::Truncate | Command::Zero => {}
             Command::Create => {
                 let mode = backup_mode(rule, r.offset as u32, false);
+                // The source made a new file where it had none: what the backup holds there
+                // (a stale file, a kept version of another name) is kept aside first. An
+                // empty file is this entry's own, applied again after a restart.
+                let empty = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0);
+                if rule.delete_suffix.is_some() && !empty {
+                    displace(rule, &at).map_err(fail("create", &shown))?;
+                }
                 create_file(&path, mode).map_err(fail("create", &shown))?;
             }
             Command::Delete => match &rule.delete_suffix {
-                Some(suf) => {
-                    let to = at.with_suffix(suf).map_err(fail("delete", &shown))?;
-                    match fs::symlink_metadata(&path) {
-                        Ok(_) => {
-                            remove_any(&to.path()).map_err(fail("delete", to.shown()))?;
-                            at.rename_to(&to, 0).map_err(fail("rename", &shown))?;
-                        }
-                        Err(e) if not_found(&e) => {}
-                        Err(e) => return Err(fail("delete", &shown)(e)),
-                    }
-                }
+                // Kept as the next version of its name; the earlier ones stay as they are.
+                Some(suf) => drop(keep_aside(&at, suf).map_err(fail("delete", &shown))?),
                 None => remove_any(&path).map_err(fail("delete", &shown))?,
             },
             Command::Rename | Command::Link => {
@@ -357,7 +363,7 @@ impl Applier {
             Command::Mkdir => {
                 if let Ok(m) = fs::symlink_metadata(&path) {
                     if !m.is_dir() {
-                        fs::remove_file(&path).map_err(fail("mkdir", &shown))?;
+                        displace(rule, &at).map_err(fail("mkdir", &shown))?;
                     }
                 }
                 let mode = backup_mode(rule, r.offset as u32, true);
@@ -385,9 +391,13 @@ impl Applier {
             },
             Command::Symlink => {
                 // Made as a link, never followed: every later use of the name sees ELOOP.
-                remove_any(&path).map_err(fail("symlink", &shown))?;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&r.aux), &path)
-                    .map_err(fail("symlink", &shown))?;
+                let target = std::ffi::OsStr::from_bytes(&r.aux);
+                if fs::read_link(&path).is_ok_and(|t| t.as_os_str() == target) {
+                    // This very entry, applied again after a restart.
+                    return Ok(Outcome::Done);
+                }
+                displace(rule, &at).map_err(fail("symlink", &shown))?;
+                std::os::unix::fs::symlink(target, &path).map_err(fail("symlink", &shown))?;
             }
             Command::Mknod => {
                 let mode = r.offset as u32;
@@ -397,7 +407,11 @@ impl Applier {
                         shown.display()
                     )));
                 }
-                remove_any(&path).map_err(fail("mknod", &shown))?;
+                if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_fifo()) {
+                    remove_any(&path).map_err(fail("mknod", &shown))?;
+                } else {
+                    displace(rule, &at).map_err(fail("mknod", &shown))?;
+                }
                 let c = cpath(&path).map_err(fail("mknod", &shown))?;
                 let perm = backup_mode(rule, mode, false);
                 // SAFETY: c is a valid NUL-terminated path.
@@ -462,8 +476,9 @@ impl Applier {
         }
     }
 
-    /// Removes what holds backup name `rel` unless it is a regular file (or none).
-    fn clear_for_file(&mut self, rel: &Path) -> io::Result<()> {
+    /// Removes what holds backup name `rel` unless it is a regular file (or none); with a
+    /// delete suffix, keeps it aside instead.
+    fn clear_for_file(&mut self, rule: &RouterRule, rel: &Path) -> io::Result<()> {
         if self.open.has(rel) {
             return Ok(());
         }
@@ -473,7 +488,7 @@ impl Applier {
             Err(e) => return Err(e),
         };
         match fs::symlink_metadata(place.path()) {
-            Ok(m) if !m.is_file() => remove_any(&place.path()),
+            Ok(m) if !m.is_file() => displace(rule, &place),
             Ok(_) => Ok(()),
             Err(e) if not_found(&e) => Ok(()),
             Err(e) => Err(e),
@@ -506,21 +521,164 @@ pub fn targets(table: &RouterTable, r: &RtRecord) -> Vec<String> {
         .collect()
 }
 
-/// Whether backup name `name` is a version the rule keeps of a deleted file (`NAME SUF`, or
-/// `NAME SUF.N`): history, never removed by a reconciliation.
-fn kept_version(rule: &RouterRule, name: &[u8]) -> bool {
-    let Some(suf) = rule.delete_suffix.as_deref().map(str::as_bytes) else {
-        return false;
-    };
-    if name.ends_with(suf) {
-        return true;
+/// Whether backup name `name` is a version the rule keeps of a file its source deleted or
+/// replaced (`NAME SUF`, or `NAME SUF.N`): history, never removed by a reconciliation.
+pub fn kept_version(rule: &RouterRule, name: &[u8]) -> bool {
+    rule.delete_suffix
+        .as_deref()
+        .is_some_and(|suf| mirrorfs::rule::is_kept_version(name, suf))
+}
+
+/// Kept versions of one name are numbered up to 2^this at most (far more than a directory
+/// holds): the search for a free number is bounded.
+const MAX_KEPT_BITS: u32 = 48;
+
+/// Whether something (of any kind) is at `place`.
+fn occupied(place: &Place) -> io::Result<bool> {
+    match fs::symlink_metadata(place.path()) {
+        Ok(_) => Ok(true),
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(e),
     }
-    // NAME SUF.N
-    let Some(dot) = name.iter().rposition(|&b| b == b'.') else {
-        return false;
+}
+
+/// The place of kept version `n` of `place`'s name ([`mirrorfs::rule::kept_name`]).
+fn kept_place(place: &Place, suf: &str, n: u64) -> io::Result<Place> {
+    place.sibling(&mirrorfs::rule::kept_name(place.name(), suf, n))
+}
+
+/// The number the next kept version of `place`'s name gets: one past the end of the unbroken
+/// run `NAME SUF`, `NAME SUF.1`, `NAME SUF.2`, … (found by doubling, then halving: a name kept
+/// a thousand times costs about twenty looks, not a thousand). A version removed by hand from
+/// the middle of the run may leave a hole that a later one fills; a taken number is never
+/// given (the rename refuses to replace anything).
+fn next_kept(place: &Place, suf: &str) -> io::Result<u64> {
+    let taken = |n: u64| occupied(&kept_place(place, suf, n)?);
+    if !taken(0)? {
+        return Ok(0);
+    }
+    let (mut lo, mut hi) = (0u64, 1u64);
+    while taken(hi)? {
+        lo = hi;
+        hi = hi
+            .checked_mul(2)
+            .filter(|&h| h <= 1 << MAX_KEPT_BITS)
+            .ok_or_else(|| io::Error::other("no free number for another kept version"))?;
+    }
+    // taken(lo) and not taken(hi).
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if taken(mid)? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(hi)
+}
+
+/// `from` renamed to `to` only if nothing is at `to` (`RENAME_NOREPLACE`; where the file
+/// system lacks it, a look first).
+fn rename_noreplace(from: &Place, to: &Place) -> io::Result<()> {
+    match from.rename_to(to, libc::RENAME_NOREPLACE) {
+        Err(e) if errno_is(&e, libc::EINVAL) => {
+            if occupied(to)? {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            from.rename_to(to, 0)
+        }
+        r => r,
+    }
+}
+
+/// A regular file with other hard links is kept as a copy (then its name removed), so that
+/// writes through its other names do not change the kept version.
+fn keep_linked_copy(from: &Place, to: &Place, m: &fs::Metadata) -> io::Result<()> {
+    let mut src = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from.path())?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(m.permissions().mode() & 0o7777)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(to.path())?;
+    if let Err(e) = io::copy(&mut src, &mut dst).and_then(|_| dst.sync_all()) {
+        let _ = fs::remove_file(to.path());
+        return Err(e);
+    }
+    fs::remove_file(from.path())
+}
+
+/// Moves what is at `place` aside as the next kept version of its name (`NAME SUF`, then
+/// `NAME SUF.1`, …, see [`next_kept`]), never over anything: every version kept before stays
+/// as it is. `None` when nothing was there.
+fn keep_aside(place: &Place, suf: &str) -> io::Result<Option<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    // Another process on the backup host may take a number between the look and the rename:
+    // look again, a few times.
+    for _ in 0..8 {
+        let m = match fs::symlink_metadata(place.path()) {
+            Ok(m) => m,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let to = kept_place(place, suf, next_kept(place, suf)?)?;
+        let kept = if m.is_file() && m.nlink() > 1 {
+            keep_linked_copy(place, &to, &m)
+        } else {
+            rename_noreplace(place, &to)
+        };
+        match kept {
+            Ok(()) => {
+                log::debug!(
+                    "kept {} as {}",
+                    place.shown().display(),
+                    to.shown().display()
+                );
+                return Ok(Some(to.shown().to_path_buf()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "every number tried for a kept version was taken meanwhile",
+    ))
+}
+
+/// Clears `place` for something new that takes its name: with a delete suffix, what is there
+/// is kept aside ([`keep_aside`]; an empty directory, which holds nothing to keep, is removed),
+/// else it is removed.
+fn displace(rule: &RouterRule, place: &Place) -> io::Result<()> {
+    let Some(suf) = rule.delete_suffix.as_deref() else {
+        return remove_any(&place.path());
     };
-    let (head, n) = (&name[..dot], &name[dot + 1..]);
-    !n.is_empty() && n.iter().all(u8::is_ascii_digit) && head.ends_with(suf)
+    match fs::symlink_metadata(place.path()) {
+        Ok(m) if m.is_dir() => match fs::remove_dir(place.path()) {
+            Ok(()) => return Ok(()),
+            Err(e) if not_found(&e) => return Ok(()),
+            Err(e) if errno_is(&e, libc::ENOTEMPTY) || errno_is(&e, libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        },
+        Ok(_) => {}
+        Err(e) if not_found(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    keep_aside(place, suf).map(drop)
+}
+
+/// Whether `a` and `b` name one inode (hard links of each other).
+fn same_inode(a: &Place, b: &Place) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        fs::symlink_metadata(a.path()),
+        fs::symlink_metadata(b.path()),
+    ) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
 }
 
 /// Applies one part of a reconciliation (see [`mirrorfs::entry::Listing`]): deletes the
@@ -611,11 +769,7 @@ fn reconcile(
         let shown_p = at.shown().join(std::ffi::OsStr::from_bytes(&name));
         let place = at.child(&name).map_err(fail("reconcile", &shown_p))?;
         match &rule.delete_suffix {
-            Some(suf) => {
-                let to = place.with_suffix(suf).map_err(fail("delete", &shown_p))?;
-                remove_any(&to.path()).map_err(fail("delete", to.shown()))?;
-                place.rename_to(&to, 0).map_err(fail("rename", &shown_p))?;
-            }
+            Some(suf) => drop(keep_aside(&place, suf).map_err(fail("delete", &shown_p))?),
             None => remove_any(&place.path()).map_err(fail("delete", &shown_p))?,
         }
         log::debug!("reconcile: removed {} (gone at the source)", p.display());
@@ -660,24 +814,36 @@ fn rename_or_link(
         let p = p.shown().to_path_buf();
         move |err| ApplyError { op, path: p, err }
     };
+    let exchange = r.offset as u32 & libc::RENAME_EXCHANGE != 0;
     if fs::symlink_metadata(from.path()).is_err() {
-        // The backup never got the source: ask for the result instead.
+        // The backup never got the source: ask for the result instead. What it holds at the
+        // target is replaced by that copy: kept aside first under the delete suffix.
+        if !exchange && rule.delete_suffix.is_some() {
+            displace(rule, to).map_err(fail(r.command.name(), to))?;
+        }
         return Ok(Outcome::NeedCopy {
             rule_crc: rule.crc,
             name: r.aux.clone(),
         });
     }
+    if same_inode(from, to) {
+        // Two names of one file: rename(2) leaves both, and a link of it is there already.
+        return Ok(Outcome::Done);
+    }
     if link {
-        remove_any(&to.path()).map_err(fail("link", to))?;
+        displace(rule, to).map_err(fail("link", to))?;
         from.link_to(to).map_err(fail("link", to))?;
         return Ok(Outcome::Done);
     }
-    let exchange = r.offset as u32 & libc::RENAME_EXCHANGE != 0;
     if exchange && fs::symlink_metadata(to.path()).is_err() {
         return Ok(Outcome::NeedCopy {
             rule_crc: rule.crc,
             name: r.name.clone(),
         });
+    }
+    if !exchange && rule.delete_suffix.is_some() {
+        // The file the rename replaces (an editor's save, `mv b c`) is kept aside.
+        displace(rule, to).map_err(fail("rename", to))?;
     }
     let flags = if exchange { libc::RENAME_EXCHANGE } else { 0 };
     match from.rename_to(to, flags) {
@@ -1350,5 +1516,133 @@ mod tests {
         w.offset = 5;
         assert_eq!(a.apply(&table, &w, b"!").unwrap(), Outcome::Done);
         assert_eq!(std::fs::read(root.path().join("d/old")).unwrap(), b"whole!");
+    }
+
+    /// Site s's rule 5 keeping deleted and replaced files under `.del`.
+    fn p_to_d_keeping() -> RouterTable {
+        RouterTable::with_rules([(
+            "s".to_string(),
+            RouterRule {
+                crc: 5,
+                pattern: Pattern::parse("/p/").unwrap(),
+                dest: Dest::parse("d").unwrap(),
+                attrs: false,
+                delete_suffix: Some(".del".into()),
+                namespace: Some(PathBuf::new()),
+            },
+        )])
+    }
+
+    /// Issue 13 item 4: a delete suffix keeps every version a delete or a replacing rename
+    /// takes from the backup, numbered in order, and never replaces one kept before.
+    #[test]
+    fn deleted_and_replaced_files_are_kept_in_order_and_never_overwritten() {
+        let root = tempfile::tempdir().unwrap();
+        let table = p_to_d_keeping();
+        let d = root.path().join("d");
+        fs::create_dir_all(&d).unwrap();
+        let mut a = Applier::new(root.path(), 4).unwrap();
+        let read = |n: &str| fs::read_to_string(d.join(n)).unwrap();
+        // Deleted twice under one name.
+        fs::write(d.join("c"), "one").unwrap();
+        assert_eq!(
+            a.apply(&table, &record(Command::Delete, "/p/c", ""), &[])
+                .unwrap(),
+            Outcome::Done
+        );
+        fs::write(d.join("c"), "two").unwrap();
+        assert_eq!(
+            a.apply(&table, &record(Command::Delete, "/p/c", ""), &[])
+                .unwrap(),
+            Outcome::Done
+        );
+        // Replaced by a rename (`mv b c`, an editor's save).
+        fs::write(d.join("c"), "three").unwrap();
+        fs::write(d.join("b"), "four").unwrap();
+        assert_eq!(
+            a.apply(&table, &record(Command::Rename, "/p/b", "/p/c"), &[])
+                .unwrap(),
+            Outcome::Done
+        );
+        assert_eq!(read("c.del"), "one");
+        assert_eq!(read("c.del.1"), "two");
+        assert_eq!(read("c.del.2"), "three");
+        assert_eq!(read("c"), "four");
+        assert!(!d.join("b").exists());
+        // A rename between two names of one file leaves both (as rename(2) does).
+        fs::hard_link(d.join("c"), d.join("h")).unwrap();
+        assert_eq!(
+            a.apply(&table, &record(Command::Rename, "/p/h", "/p/c"), &[])
+                .unwrap(),
+            Outcome::Done
+        );
+        assert_eq!((read("h"), read("c")), ("four".into(), "four".into()));
+        assert!(!d.join("c.del.3").exists());
+        // A deleted name with another hard link is kept as a copy: writes through the other
+        // name leave the kept version as it was.
+        assert_eq!(
+            a.apply(&table, &record(Command::Delete, "/p/h", ""), &[])
+                .unwrap(),
+            Outcome::Done
+        );
+        fs::write(d.join("c"), "five").unwrap();
+        assert_eq!(read("h.del"), "four");
+        // A source file named like a kept version takes its name; the version there is kept
+        // aside as a version of that name, not lost.
+        let mut create = record(Command::Create, "/p/c.del.1", "");
+        create.offset = 0o100644;
+        assert_eq!(a.apply(&table, &create, &[]).unwrap(), Outcome::Done);
+        assert_eq!(read("c.del.1"), "");
+        assert_eq!(read("c.del.1.del"), "two");
+        // Applied again (a restart before its completion was recorded), it keeps nothing more.
+        assert_eq!(a.apply(&table, &create, &[]).unwrap(), Outcome::Done);
+        assert!(!d.join("c.del.1.del.1").exists());
+        // A kept version's slot taken meanwhile by a live file is passed over.
+        fs::write(d.join("n"), "n1").unwrap();
+        fs::write(d.join("n.del"), "a live file named like a version").unwrap();
+        assert_eq!(
+            a.apply(&table, &record(Command::Delete, "/p/n", ""), &[])
+                .unwrap(),
+            Outcome::Done
+        );
+        assert_eq!(read("n.del"), "a live file named like a version");
+        assert_eq!(read("n.del.1"), "n1");
+        // A symlink or a directory made where a file was keeps the file too.
+        fs::write(d.join("s"), "file").unwrap();
+        let mut sym = record(Command::Symlink, "/p/s", "target");
+        sym.aux = b"target".to_vec();
+        assert_eq!(a.apply(&table, &sym, &[]).unwrap(), Outcome::Done);
+        assert_eq!(read("s.del"), "file");
+        assert_eq!(a.apply(&table, &sym, &[]).unwrap(), Outcome::Done);
+        assert!(
+            !d.join("s.del.1").exists(),
+            "applied again, the same link stays"
+        );
+        // A name with no room left for the suffix is kept under a shortened name.
+        let long = "l".repeat(255);
+        fs::write(d.join(&long), "long").unwrap();
+        let del = record(Command::Delete, &format!("/p/{long}"), "");
+        assert_eq!(a.apply(&table, &del, &[]).unwrap(), Outcome::Done);
+        assert_eq!(read(&format!("{}.del", "l".repeat(251))), "long");
+    }
+
+    #[test]
+    fn the_next_kept_number_is_found_in_few_looks_and_never_taken() {
+        let root = tempfile::tempdir().unwrap();
+        let r = Root::open(root.path()).unwrap();
+        fs::write(root.path().join("f"), "").unwrap();
+        let place = r.place(Path::new("f"), false).unwrap();
+        assert_eq!(next_kept(&place, "~").unwrap(), 0);
+        fs::write(root.path().join("f~"), "").unwrap();
+        assert_eq!(next_kept(&place, "~").unwrap(), 1);
+        for n in 1..=1000 {
+            fs::write(root.path().join(format!("f~.{n}")), "").unwrap();
+        }
+        assert_eq!(next_kept(&place, "~").unwrap(), 1001);
+        // A hole left by hand is filled, never a taken number.
+        fs::remove_file(root.path().join("f~.600")).unwrap();
+        let n = next_kept(&place, "~").unwrap();
+        assert!(n == 600 || n == 1001, "{n}");
+        assert!(!root.path().join(format!("f~.{n}")).exists());
     }
 }

@@ -32,6 +32,10 @@ pub struct Policy {
 struct Live {
     connected: bool,
     last_error: Option<String>,
+    /// When the last error happened (ns since the epoch).
+    last_error_ns: Option<u64>,
+    /// When a session came up after the last error (ns since the epoch): it is past.
+    recovered_ns: Option<u64>,
     unblock_requested: bool,
     heartbeat: Arc<Mutex<Monitor>>,
 }
@@ -160,9 +164,16 @@ impl Sites {
     pub fn set_connected(&self, site: &str, connected: bool, error: Option<String>) {
         let mut l = lock(&self.live);
         let e = l.entry(site.to_string()).or_default();
+        let now = mirrorfs::now_ns();
+        if connected && !e.connected && e.last_error.is_some() && e.recovered_ns.is_none() {
+            e.recovered_ns = Some(now);
+        }
         e.connected = connected;
         if error.is_some() {
+            // An error said while connected (a refusal the router noticed) is current too.
             e.last_error = error;
+            e.last_error_ns = Some(now);
+            e.recovered_ns = None;
         }
     }
 
@@ -202,6 +213,10 @@ impl Sites {
             connected: live.is_some_and(|x| x.connected),
             blocked,
             last_error: live.and_then(|x| x.last_error.clone()),
+            last_error_at: live
+                .and_then(|x| x.last_error_ns)
+                .map(|t| t / 1_000_000_000),
+            recovered_at: live.and_then(|x| x.recovered_ns).map(|t| t / 1_000_000_000),
             acked,
             heartbeat: live.is_some_and(|x| {
                 let m = lock(&x.heartbeat);

@@ -231,6 +231,23 @@ impl Place {
         })
     }
 
+    /// The place of `name` (one component) in the same directory.
+    pub fn sibling(&self, name: &[u8]) -> io::Result<Place> {
+        if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(Place {
+            dir: self.dir.try_clone()?,
+            name: cstr(name)?,
+            shown: self.shown.with_file_name(OsStr::from_bytes(name)),
+        })
+    }
+
+    /// The name of this place (its last component).
+    pub fn name(&self) -> &[u8] {
+        self.name.as_bytes()
+    }
+
     /// The path under the root, for messages.
     pub fn shown(&self) -> &Path {
         &self.shown

@@ -75,6 +75,13 @@ pub struct SiteState {
     pub blocked: Option<crate::blocked::BlockedSite>,
     /// The last error on its link.
     pub last_error: Option<String>,
+    /// When it happened (seconds since the epoch).
+    #[serde(default)]
+    pub last_error_at: Option<u64>,
+    /// When the site recovered from it (a session came up after it), if it did: the error is
+    /// past, not current.
+    #[serde(default)]
+    pub recovered_at: Option<u64>,
     /// Where it resumes (everything before is acknowledged).
     pub acked: Position,
     /// Whether the router's heartbeats arrive.

@@ -13,6 +13,10 @@ use std::sync::Mutex;
 /// Whether [`init`] opened an error log (daemons) or not (`mirror-ctl`).
 static HAS_ERROR_LOG: AtomicBool = AtomicBool::new(false);
 
+/// The error log of a daemon that started without one because its state directory did not
+/// exist yet ([`attach_error_log`]).
+static LATE_ERROR_LOG: std::sync::OnceLock<Mutex<File>> = std::sync::OnceLock::new();
+
 struct Tee {
     inner: env_logger::Logger,
     program: &'static str,
@@ -71,7 +75,7 @@ impl log::Log for Tee {
             self.inner.log(record);
         }
         if record.level() <= log::Level::Warn {
-            if let Some(f) = &self.error_log {
+            if let Some(f) = self.error_log.as_ref().or_else(|| LATE_ERROR_LOG.get()) {
                 let what = format!("{} {}: {}", record.level(), record.target(), record.args());
                 let held = match self.repeats.lock() {
                     Ok(mut r) => r.admit(&what),
@@ -124,18 +128,11 @@ pub fn init(program: &'static str, default_filter: &str, error_log: Option<&Path
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter))
             .format_timestamp_millis()
             .build();
-    let error_log = error_log.and_then(|p| {
-        match OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(p)
-        {
-            Ok(f) => Some(Mutex::new(f)),
-            Err(e) => {
-                eprintln!("{program}: cannot open error log {}: {e}", p.display());
-                None
-            }
+    let error_log = error_log.and_then(|p| match open_error_log(p) {
+        Ok(f) => Some(Mutex::new(f)),
+        Err(e) => {
+            eprintln!("{program}: cannot open error log {}: {e}", p.display());
+            None
         }
     });
     HAS_ERROR_LOG.store(error_log.is_some(), Ordering::Relaxed);
@@ -149,6 +146,30 @@ pub fn init(program: &'static str, default_filter: &str, error_log: Option<&Path
     if log::set_boxed_logger(Box::new(tee)).is_ok() {
         log::set_max_level(max);
     }
+}
+
+/// Starts copying warnings and errors to `path` when [`init`] was given no error log (the
+/// state directory it lives in was made after logging started); does nothing otherwise.
+pub fn attach_error_log(path: &Path) {
+    if HAS_ERROR_LOG.load(Ordering::Relaxed) {
+        return;
+    }
+    match open_error_log(path) {
+        Ok(f) => {
+            if LATE_ERROR_LOG.set(Mutex::new(f)).is_ok() {
+                HAS_ERROR_LOG.store(true, Ordering::Relaxed);
+            }
+        }
+        Err(e) => log::warn!("cannot open error log {}: {e}", path.display()),
+    }
+}
+
+fn open_error_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// The end of a binary's `main`: on error, logs it (for a daemon with an error log) and

@@ -86,7 +86,8 @@ pub struct MountOptions {
     pub source: PathBuf,
     /// Where to mount.
     pub mountpoint: PathBuf,
-    /// The local system's state directory.
+    /// The local system's state directory ([`run`] makes it, if missing, once its checks
+    /// passed).
     pub state: StateDir,
     /// Request-serving threads.
     pub threads: usize,
@@ -407,6 +408,10 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
         return Err(MountError::AlreadyMounted(mountpoint));
     }
     check_fuse()?;
+    // Only now, with the paths and FUSE checked: a mount that fails on those leaves no new
+    // state directory behind (a mistyped path must not start a new local system).
+    opts.state.create()?;
+    crate::logging::attach_error_log(&opts.state.error_log());
     let _lock = take_mount_lock(&opts.state, &mountpoint)?;
 
     let db = RulesDb::open(&opts.state.rules_db())?;

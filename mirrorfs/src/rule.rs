@@ -535,6 +535,51 @@ pub fn parse_delete_suffix(s: &str) -> Result<String, RuleError> {
     Ok(s.to_string())
 }
 
+/// The longest name a directory entry may have (Linux `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+
+/// The name of kept version `n` of backup name `name` under delete suffix `suffix`: `NAME SUF`
+/// for the first one kept (`n` = 0), then `NAME SUF.1`, `NAME SUF.2`, … in the order they are
+/// kept. A name too long to take the suffix within [`NAME_MAX`] bytes is cut short first (at
+/// a character boundary when it is UTF-8). The router never renames or removes a kept
+/// version once made.
+pub fn kept_name(name: &[u8], suffix: &str, n: u64) -> Vec<u8> {
+    let mut tail = suffix.as_bytes().to_vec();
+    if n > 0 {
+        tail.extend_from_slice(format!(".{n}").as_bytes());
+    }
+    let mut keep = name.len().min(NAME_MAX.saturating_sub(tail.len()).max(1));
+    if let Ok(text) = std::str::from_utf8(name) {
+        while keep > 1 && !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+    }
+    let mut out = name[..keep].to_vec();
+    out.extend_from_slice(&tail);
+    out
+}
+
+/// Whether backup name `name` (one component) has the form of a version kept under delete
+/// suffix `suffix` ([`kept_name`]: `NAME SUF` or `NAME SUF.N`, with `N` decimal and `NAME` not
+/// empty). Such names are history: a reconciliation (and any later check of the backup
+/// against its source) leaves them alone.
+pub fn is_kept_version(name: &[u8], suffix: &str) -> bool {
+    let suf = suffix.as_bytes();
+    if suf.is_empty() {
+        return false;
+    }
+    let head_is_kept = |head: &[u8]| head.len() > suf.len() && head.ends_with(suf);
+    if head_is_kept(name) {
+        return true;
+    }
+    // NAME SUF.N
+    let Some(dot) = name.iter().rposition(|&b| b == b'.') else {
+        return false;
+    };
+    let (head, n) = (&name[..dot], &name[dot + 1..]);
+    !n.is_empty() && n.iter().all(u8::is_ascii_digit) && head_is_kept(head)
+}
+
 /// Whether entries are acknowledged before (`Sync`) or after (`Async`) the application sees success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -638,6 +683,35 @@ mod tests {
 
     fn p(s: &str) -> Pattern {
         Pattern::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn kept_versions_are_named_and_recognised() {
+        assert_eq!(kept_name(b"a.txt", ".del", 0), b"a.txt.del");
+        assert_eq!(kept_name(b"a.txt", ".del", 12), b"a.txt.del.12");
+        for n in [0, 1, 9, 10, 12345] {
+            assert!(is_kept_version(&kept_name(b"a.txt", ".del", n), ".del"));
+        }
+        assert!(is_kept_version(b"a.del.del", ".del"));
+        assert!(!is_kept_version(b"a.txt", ".del"));
+        assert!(
+            !is_kept_version(b".del", ".del"),
+            "no name before the suffix"
+        );
+        assert!(!is_kept_version(b".del.3", ".del"));
+        assert!(!is_kept_version(b"a.del.", ".del"));
+        assert!(!is_kept_version(b"a.del.3x", ".del"));
+        assert!(!is_kept_version(b"a.delx", ".del"));
+        assert!(is_kept_version(b"a~", "~"));
+        assert!(is_kept_version(b"a~.2", "~"));
+        // A long name is cut to leave room for the suffix (never inside a character).
+        let long = "é".repeat(127) + "x"; // 255 bytes
+        for n in [0, 7, 123456] {
+            let k = kept_name(long.as_bytes(), ".del", n);
+            assert!(k.len() <= NAME_MAX, "{}", k.len());
+            assert!(std::str::from_utf8(&k).is_ok());
+            assert!(is_kept_version(&k, ".del"));
+        }
     }
 
     #[test]

@@ -167,6 +167,15 @@ impl RulesDb {
         Ok(db)
     }
 
+    /// Opens the database at `path` if there is one ([`RulesDb::open`]); `None`, with nothing
+    /// created, when there is none (commands that only read: a local system without rules).
+    pub fn open_existing(path: &Path) -> Result<Option<RulesDb>, RulesDbError> {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            _ => RulesDb::open(path).map(Some),
+        }
+    }
+
     fn err(&self, err: rusqlite::Error) -> RulesDbError {
         RulesDbError::Sqlite {
             path: self.path.clone(),

@@ -36,6 +36,17 @@ pub enum StateError {
         /// The underlying error.
         err: io::Error,
     },
+    /// No local system (or router state) at the path: commands that only read never make
+    /// one, so that a mistyped `--state` is told, not silently started afresh.
+    #[error("no {what} at {path}: {why}")]
+    Missing {
+        /// The path given.
+        path: PathBuf,
+        /// What was looked for ("local system", "router state").
+        what: &'static str,
+        /// Why not, and what makes one.
+        why: String,
+    },
     /// Another process holds the lock.
     #[error("{path} is locked by another running process ({holder}); stop it first or use another --state")]
     Locked {
@@ -104,6 +115,69 @@ impl StateDir {
     pub fn resolve_and_open(explicit: Option<&Path>) -> Result<Self, StateError> {
         Self::open(resolve(explicit)?)
     }
+
+    /// The state directory at `root` as it is: nothing is created or changed (a daemon makes
+    /// it with [`StateDir::create`] once its own checks passed, so a failed start leaves no
+    /// new local system behind).
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Creates the directory if needed and makes it private (what [`StateDir::open`] does).
+    pub fn create(&self) -> Result<(), StateError> {
+        private_dir(&self.root).map_err(|err| StateError::Io {
+            path: self.root.clone(),
+            err,
+        })
+    }
+
+    /// An existing state directory at `root`, for commands that only read it: nothing is
+    /// created or changed. Fails, naming `root`, when no directory is there or when it holds
+    /// none of `marks` (the files one of which every `what` has); `hint` says what makes one.
+    pub fn existing(
+        root: impl Into<PathBuf>,
+        what: &'static str,
+        marks: &[&str],
+        hint: &str,
+    ) -> Result<Self, StateError> {
+        let root = root.into();
+        let missing = |why: String| StateError::Missing {
+            path: root.clone(),
+            what,
+            why,
+        };
+        match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(missing(format!("it is not a directory; {hint}"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(missing(format!(
+                    "the directory does not exist (is --state or $MIRROR_STATE right?); {hint}"
+                )))
+            }
+            Err(err) => {
+                return Err(StateError::Io {
+                    path: root.clone(),
+                    err,
+                })
+            }
+        }
+        if !marks
+            .iter()
+            .any(|m| root.join(m).symlink_metadata().is_ok())
+        {
+            return Err(missing(format!(
+                "the directory holds none of its files ({}); {hint}",
+                marks.join(", ")
+            )));
+        }
+        Ok(Self { root })
+    }
+
+    /// Files one of which every source state directory holds ([`StateDir::existing`]).
+    pub const SOURCE_MARKS: &'static [&'static str] =
+        &["rules.db", "keys", "site-id", "journal", "sfa"];
+    /// Files one of which every router state directory holds.
+    pub const ROUTER_MARKS: &'static [&'static str] = &["rt", "router.db", "keys"];
 
     /// The directory itself.
     pub fn root(&self) -> &Path {

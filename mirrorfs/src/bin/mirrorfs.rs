@@ -68,14 +68,17 @@ fn main() -> ExitCode {
     // applications, and makes its own later state files with explicit modes.
     mirrorfs::state::private_umask();
     let cli = Cli::parse();
-    let state = match StateDir::resolve_and_open(cli.state.as_deref()) {
-        Ok(s) => s,
+    let state = match mirrorfs::state::resolve(cli.state.as_deref()) {
+        Ok(p) => StateDir::at(p),
         Err(e) => {
             eprintln!("mirrorfs: error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    mirrorfs::logging::init("mirrorfs", "info", Some(&state.error_log()));
+    // A state directory that does not exist yet is made once the mount's checks passed
+    // (mount::run), so that a mount that fails leaves no new local system behind.
+    let log = state.root().is_dir().then(|| state.error_log());
+    mirrorfs::logging::init("mirrorfs", "info", log.as_deref());
     match run(cli, state) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -451,7 +451,10 @@ impl MirrorFs {
             &self.rec.full_name(&new),
             st_old.is_dir(),
             exchange,
-            st_new.as_ref().is_some_and(|s| s.is_dir()),
+            st_new
+                .as_ref()
+                .filter(|_| ino_new != Some(ino_old))
+                .map(|s| s.is_dir()),
         );
         self.rec.room_for_plan(&plan)?;
         sys::rename_at(self.dir(), &old, &new, flags)?;

@@ -310,7 +310,9 @@ impl Recorder {
         })
     }
 
-    /// Entries for renaming `old` to `new` (full names).
+    /// Entries for renaming `old` to `new` (full names); `target`: what the rename replaces
+    /// (or exchanges) at `new`, if another file or directory is there: whether it is a
+    /// directory.
     pub fn rename_plan(
         &self,
         table: &RuleTable,
@@ -318,8 +320,9 @@ impl Recorder {
         new: &[u8],
         is_dir: bool,
         exchange: bool,
-        new_is_dir: bool,
+        target: Option<bool>,
     ) -> Vec<Planned> {
+        let (new_is_dir, replaces) = (target == Some(true), target.is_some());
         let plan = |rule: &Arc<Rule>, command, name: &[u8], aux: &[u8], offset| Planned {
             rule: rule.clone(),
             command,
@@ -362,6 +365,11 @@ impl Recorder {
                 }
             }
             for r in b.iter().filter(|r| !a.iter().any(|x| same(x, r))) {
+                if replaces && r.spec.delete_suffix.is_some() {
+                    // The copy would overwrite the backup of the file the rename replaces: a
+                    // delete first keeps it under the suffix.
+                    out.push(plan(r, Command::Delete, new, b"", 0));
+                }
                 out.push(plan(r, Command::Copy, new, b"", 0));
             }
             return out;
@@ -496,7 +504,7 @@ mod tests {
     fn file_renames_within_into_and_out_of_rules() {
         let (_d, rec, t) = fixture(vec![rule(1, "/m/s/"), rule(2, "/m/*.doc")]);
         let s = |o: &str, n: &str| {
-            summary(&rec.rename_plan(&t, o.as_bytes(), n.as_bytes(), false, false, false))
+            summary(&rec.rename_plan(&t, o.as_bytes(), n.as_bytes(), false, false, None))
         };
         assert_eq!(
             s("/m/s/a", "/m/s/b"),
@@ -520,6 +528,35 @@ mod tests {
         assert_eq!(s("/m/x", "/m/y"), vec![]);
     }
 
+    /// Issue 13 item 4: a file renamed into a rule over one the rule selects replaces it; with a
+    /// delete suffix a delete goes before the copy, so the router keeps the replaced file.
+    #[test]
+    fn a_rename_into_a_rule_that_replaces_a_file_deletes_it_first_under_a_suffix() {
+        let mut keeping = rule(1, "/m/*.txt");
+        keeping.spec.delete_suffix = Some(".del".into());
+        let (_d, rec, t) = fixture(vec![keeping, rule(2, "/m/s/")]);
+        let s = |o: &str, n: &str, replaces: bool| {
+            let target = replaces.then_some(false);
+            summary(&rec.rename_plan(&t, o.as_bytes(), n.as_bytes(), false, false, target))
+        };
+        assert_eq!(
+            s("/m/.c.txt.tmp", "/m/c.txt", true),
+            vec![
+                (1, "delete", "/m/c.txt".into(), "".into()),
+                (1, "copy", "/m/c.txt".into(), "".into())
+            ]
+        );
+        assert_eq!(
+            s("/m/.c.txt.tmp", "/m/c.txt", false),
+            vec![(1, "copy", "/m/c.txt".into(), "".into())]
+        );
+        // Without a suffix the copy alone replaces it.
+        assert_eq!(
+            s("/m/x", "/m/s/a", true),
+            vec![(2, "copy", "/m/s/a".into(), "".into())]
+        );
+    }
+
     #[test]
     fn directory_renames_per_rule() {
         let (_d, rec, t) = fixture(vec![
@@ -528,7 +565,7 @@ mod tests {
             rule(3, "/m/t/*.rs/"),
         ]);
         let s = |o: &str, n: &str| {
-            summary(&rec.rename_plan(&t, o.as_bytes(), n.as_bytes(), true, false, true))
+            summary(&rec.rename_plan(&t, o.as_bytes(), n.as_bytes(), true, false, None))
         };
         // Inside subtree 1 on both sides; it also moves rule 2's base away.
         assert_eq!(
@@ -561,13 +598,13 @@ mod tests {
     #[test]
     fn exchange_and_links() {
         let (_d, rec, t) = fixture(vec![rule(1, "/m/s/")]);
-        let p = rec.rename_plan(&t, b"/m/s/a", b"/m/s/b", false, true, false);
+        let p = rec.rename_plan(&t, b"/m/s/a", b"/m/s/b", false, true, Some(false));
         assert_eq!(
             summary(&p),
             vec![(1, "rename", "/m/s/a".into(), "/m/s/b".into())]
         );
         assert_eq!(p[0].offset, libc::RENAME_EXCHANGE as u64);
-        let p = rec.rename_plan(&t, b"/m/s/a", b"/m/x", false, true, false);
+        let p = rec.rename_plan(&t, b"/m/s/a", b"/m/x", false, true, Some(false));
         assert_eq!(
             summary(&p),
             vec![

@@ -2,8 +2,8 @@
 //! everything, with attributes), in one run. Every test that passes on the plain directory must
 //! pass on mirrorfs, except the ones listed in [`EXCEPTIONS`] with the reason.
 //!
-//! Needs `pjdfstest` (`cargo install --locked pjdfstest`) and a user `fsgqa`; `.ci/run` provides
-//! both. The configuration is `scripts/pjdfstest.toml`.
+//! Needs `pjdfstest` (`cargo install --locked pjdfstest`) and a user `fsgqa`;
+//! `scripts/test-deps.sh` provides both. The configuration is `scripts/pjdfstest.toml`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ fn pjdfstest() -> PathBuf {
             return p;
         }
     }
-    panic!("pjdfstest is not installed: cargo install --locked pjdfstest (and useradd -M -U fsgqa); .ci/run does both");
+    panic!("pjdfstest is not installed: cargo install --locked pjdfstest (and useradd -M -U fsgqa); scripts/test-deps.sh does both");
 }
 
 /// Tests whose check races with the test itself, and why. When one fails in the full run it
@@ -101,7 +101,7 @@ fn pjdfstest_passes_on_mirrorfs_whatever_passes_on_the_plain_directory() {
     let status = Command::new("id").arg("fsgqa").output().expect("run id");
     assert!(
         status.status.success(),
-        "user fsgqa is missing: useradd -M -U fsgqa (.ci/run does it)"
+        "user fsgqa is missing: useradd -M -U fsgqa (scripts/test-deps.sh does it)"
     );
     let l = Local::new();
     let plain = l.tmp.path().join("plain");

@@ -53,3 +53,14 @@ mod fs_setid;
 mod journal_full;
 // power losses of the source, the router and both under an fsync'ing ledger workload.
 mod power_loss;
+// the delete suffix: replaced and deleted files kept, earlier versions never overwritten
+// (issue 13 item 4).
+mod mirror_kept_versions;
+// commands that never mislead: no state made by reading, a failed mount, router status, the
+// last error's time (issue 13 item 6).
+mod ctl_state;
+// executable bits without --attrs: a built program runs from the backup, git sees no mode
+// change (issue 13 item 7).
+mod mirror_exec_bits;
+// the README's test command installs what a fresh machine lacks (issue 13 item 8).
+mod test_setup;

@@ -45,7 +45,7 @@ pub(crate) fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("{cmd} (install it: .ci/run does): {e}"));
+        .unwrap_or_else(|e| panic!("{cmd} (install it: scripts/test-deps.sh does): {e}"));
     assert!(
         out.status.success(),
         "{cmd} {}: {}",

@@ -1,0 +1,269 @@
+//! Commands that never mislead (issue 13 item 6): read-only commands on a state directory that
+//! is not there say so and create nothing; configuring commands make one; a failed mount
+//! leaves no state directory behind; `router status` says whether the router runs; `status`
+//! gives the last error's time and says when it is past.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use mirror_tests::{bin, wait_until, Mount, Router};
+
+use crate::mirror_ops::mirrored;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn ctl(state: &Path, args: &[&str]) -> Output {
+    Command::new(bin("mirror-ctl"))
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("run mirror-ctl")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Before: `mirror-ctl --state TYPO status` made TYPO and an empty rules.db, and said
+/// nothing was wrong.
+#[test]
+fn read_only_commands_on_a_missing_state_directory_say_so_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("typo");
+    let source: &[&[&str]] = &[
+        &["status"],
+        &["status", "--json"],
+        &["rule", "list"],
+        &["rule", "list", "--json"],
+        &["rule", "rm", "1"],
+        &["sync"],
+        &["unblock"],
+        &["key", "list"],
+        &["key", "rm", "backup.lan:7070"],
+    ];
+    let router: &[&[&str]] = &[
+        &["router", "status"],
+        &["router", "status", "--json"],
+        &["router", "quarantine"],
+        &["router", "unblock"],
+        &["router", "key", "list"],
+        &["router", "key", "rm", "laptop"],
+        &["router", "namespace", "laptop", "x"],
+    ];
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    for (args, what) in source
+        .iter()
+        .map(|a| (a, "local system"))
+        .chain(router.iter().map(|a| (a, "router state")))
+    {
+        let out = ctl(&missing, args);
+        assert!(!out.status.success(), "{args:?} succeeded: {}", text(&out));
+        let want = format!("no {what} at {}", missing.display());
+        assert!(
+            text(&out).contains(&want) && text(&out).contains("does not exist"),
+            "{args:?} did not say {want:?}: {}",
+            text(&out)
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+        // A directory that holds nothing of one is not one either, and stays empty.
+        let out = ctl(&empty, args);
+        assert!(!out.status.success(), "{args:?} succeeded: {}", text(&out));
+        assert!(
+            text(&out).contains(&format!("no {what} at {}", empty.display())),
+            "{args:?} on an empty directory: {}",
+            text(&out)
+        );
+        assert_eq!(fs::read_dir(&empty).unwrap().count(), 0, "{args:?}");
+    }
+    // A local system without rules yet (a key stored, say): the read-only commands work and
+    // make no rules database.
+    let keys_only = tmp.path().join("keys-only");
+    let out = ctl(
+        &keys_only,
+        &["key", "add", "backup.lan:7070", mirror_tests::TEST_KEY],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for args in [&["status"][..], &["rule", "list"], &["key", "list"]] {
+        let out = ctl(&keys_only, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    assert!(!keys_only.join("rules.db").exists());
+    assert!(text(&ctl(&keys_only, &["rule", "list"])).contains("no rules"));
+    // A source's local system (rules, keys) is not a router's state.
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let rule = format!("{}/", src.display());
+    let out = ctl(
+        &keys_only,
+        &[
+            "rule",
+            "add",
+            &rule,
+            "--site",
+            "127.0.0.1:9",
+            "--dest",
+            "d",
+            "--no-validate",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ctl(&keys_only, &["router", "status"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("it is a source's local system"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn configuring_commands_make_the_local_system() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let a = tmp.path().join("a");
+    let out = ctl(
+        &a,
+        &[
+            "rule",
+            "add",
+            &format!("{}/", src.display()),
+            "--site",
+            "127.0.0.1:9",
+            "--dest",
+            "d",
+            "--no-validate",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(a.join("rules.db").exists());
+    let out = ctl(&a, &["rule", "list"]);
+    assert!(text(&out).contains("127.0.0.1:9"), "{}", text(&out));
+    let b = tmp.path().join("b");
+    let out = ctl(
+        &b,
+        &["key", "add", "backup.lan:7070", mirror_tests::TEST_KEY],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(b.join("keys").exists());
+    let c = tmp.path().join("c");
+    let out = ctl(&c, &["router", "key", "add", "laptop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(c.join("keys").exists());
+    // The router's state, with keys and no logs yet, is router state.
+    let out = ctl(&c, &["router", "status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("NOT running"), "{}", text(&out));
+}
+
+/// Before: `mirrorfs /no/such/dir --state NEW` failed and left NEW behind, a new local
+/// system made by a typo.
+#[test]
+fn a_failed_mount_leaves_no_state_directory_and_a_good_one_makes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    for args in [
+        vec![tmp.path().join("no-such-dir")],
+        vec![
+            tmp.path().to_path_buf(),
+            tmp.path().join("no-such-mountpoint"),
+        ],
+    ] {
+        let out = Command::new(bin("mirrorfs"))
+            .args(&args)
+            .arg("--state")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("no-such"),
+            "the error names the path: {}",
+            text(&out)
+        );
+        assert!(!state.exists(), "{args:?} left {} behind", state.display());
+    }
+    // A mount that works makes its state directory, with its error log.
+    let dir = tmp.path().join("proj");
+    fs::create_dir(&dir).unwrap();
+    let logs = tmp.path().join("logs");
+    fs::create_dir(&logs).unwrap();
+    let m = Mount::start_logging(&dir, None, &state, &logs, &[]);
+    assert!(state.join("errors.log").exists());
+    fs::write(dir.join("f"), "x").unwrap();
+    drop(m);
+    assert_eq!(fs::read(dir.join("f")).unwrap(), b"x");
+}
+
+/// Before: with the router stopped, `router status` said "nothing waits to be applied" and
+/// nothing about the router not running.
+#[test]
+fn router_status_says_whether_the_router_runs() {
+    let mut r = Router::start();
+    let out = r.ctl(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("mirror-routerd is running"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(r.status()["running"], true);
+    r.kill9();
+    let out = r.ctl(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("mirror-routerd is NOT running"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(r.status()["running"], false);
+}
+
+fn site(l: &mirror_tests::Local) -> serde_json::Value {
+    l.status()[0].clone()
+}
+
+/// Before: `status` showed the last error without its time, as current, long after the site
+/// had come back.
+#[test]
+fn status_gives_the_last_errors_time_and_says_when_it_is_past() {
+    let mut r = Router::start();
+    let (l, _m, _s) = mirrored(&r, "p", &[]);
+    fs::write(l.path("a"), "1").unwrap();
+    wait_until(CONVERGE, "a on the backup", || r.path("p/a").exists());
+    assert!(site(&l)["last_error"].is_null(), "{}", site(&l));
+    r.kill9();
+    wait_until(CONVERGE, "a current last error", || {
+        let s = site(&l);
+        s["last_error"].is_string() && s["last_error_at"].is_u64() && s["recovered_at"].is_null()
+    });
+    let out = l.ctl(&["status"]);
+    let shown = text(&out);
+    assert!(shown.contains("  last error at 20"), "{shown}");
+    assert!(!shown.contains("last error, past"), "{shown}");
+    r.restart();
+    wait_until(CONVERGE, "the error to be past", || {
+        let s = site(&l);
+        s["connected"] == true && s["recovered_at"].is_u64()
+    });
+    let s = site(&l);
+    assert!(
+        s["recovered_at"].as_u64() >= s["last_error_at"].as_u64(),
+        "{s}"
+    );
+    let shown = text(&l.ctl(&["status"]));
+    assert!(
+        shown.contains("  last error, past at 20") && shown.contains("recovered at 20"),
+        "{shown}"
+    );
+    fs::write(l.path("b"), "2").unwrap();
+    wait_until(CONVERGE, "b on the backup", || r.path("p/b").exists());
+}
