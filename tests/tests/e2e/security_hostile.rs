@@ -99,7 +99,9 @@ impl Peer {
     fn recv(&mut self) -> Result<Msg, mirrorfs::wire::WireError> {
         loop {
             match read_sealed(&mut self.r, &mut self.s.recv)? {
-                Msg::SendConfig { .. } => continue,
+                // Notices come when the router process refuses an entry of an earlier batch,
+                // whatever this peer is waiting for.
+                Msg::SendConfig { .. } | Msg::Notice { .. } => continue,
                 m => return Ok(m),
             }
         }
