@@ -41,6 +41,8 @@ struct Row {
     problems: Vec<String>,
     /// Whether mirror-sendd answered (else the row comes from its files).
     sender_running: bool,
+    /// The rules' first copies this site has not acknowledged yet.
+    initial_copies: Vec<crate::first_copy::Left>,
     /// The running mirrorfs of this local system, if one runs (the same in every row).
     mount: Option<mirrorfs::keeper::MountStatus>,
 }
@@ -201,7 +203,9 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             (from_files(state)?, false)
         }
     };
-    let (_, rules) = RulesDb::open(&state.rules_db())?.snapshot()?;
+    let db = RulesDb::open(&state.rules_db())?;
+    let (_, rules) = db.snapshot()?;
+    let mut counted = BTreeMap::new();
     let by_crc: BTreeMap<u32, Vec<String>> = rules
         .iter()
         .map(|r| (r.crc, r.spec.sites.iter().map(|s| s.to_string()).collect()))
@@ -223,6 +227,15 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             .join("resync")
             .join(dirty.file_name().unwrap_or_default());
         let resync_files = count_names(&resync, &mut problems);
+        let sent = s.copy.map(|c| (c.pos, c.files, c.bytes));
+        let initial_copies =
+            match crate::first_copy::left(&db, &rules, &s.site, s.acked, sent, &mut counted) {
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(format!("the rules' first copies: {e}"));
+                    Vec::new()
+                }
+            };
         rows.push(Row {
             state: s,
             queued_entries: q.entries,
@@ -233,6 +246,7 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             journal_damage: q.damage,
             problems,
             sender_running: running,
+            initial_copies,
             mount: mount.clone(),
         });
     }
@@ -310,6 +324,21 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
                 " (as far as the journal can be read)"
             }
         );
+        for c in &r.initial_copies {
+            println!(
+                "  initial copy: {}{} files, {} left (rule {}, {}){}",
+                if c.at_least { "at least " } else { "" },
+                c.files,
+                human(c.bytes),
+                c.rule_id,
+                c.pattern,
+                match (c.queued, c.files) {
+                    (None, _) => "; not queued yet (the mount queues it when it loads the rule)",
+                    (Some(_), 0) if c.sent_files > 0 => "; sent, waiting for the acknowledgement",
+                    _ => "",
+                }
+            );
+        }
         for d in &r.journal_damage {
             println!("  journal damaged: {d}");
         }

@@ -34,6 +34,7 @@ struct Live {
     last_error: Option<String>,
     unblock_requested: bool,
     heartbeat: Arc<Mutex<Monitor>>,
+    copy: Option<mirrorfs::control::CopyProgress>,
 }
 
 /// Every site's state.
@@ -166,6 +167,11 @@ impl Sites {
         }
     }
 
+    /// Records how far the copy entry being sent to `site` got (for `mirror-ctl status`).
+    pub fn set_copy(&self, site: &str, progress: mirrorfs::control::CopyProgress) {
+        lock(&self.live).entry(site.to_string()).or_default().copy = Some(progress);
+    }
+
     /// Asks the links of the blocked sites (all, or `site`) to try now; the sites asked.
     pub fn request_unblock(&self, site: Option<&str>) -> Vec<String> {
         let sites: Vec<String> = lock(&self.blocked)
@@ -203,6 +209,7 @@ impl Sites {
             blocked,
             last_error: live.and_then(|x| x.last_error.clone()),
             acked,
+            copy: live.and_then(|x| x.copy),
             heartbeat: live.is_some_and(|x| {
                 let m = lock(&x.heartbeat);
                 m.ever() && m.interrupted(Instant::now(), threshold).is_none()

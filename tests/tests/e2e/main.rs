@@ -53,3 +53,6 @@ mod fs_setid;
 mod journal_full;
 // power losses of the source, the router and both under an fsync'ing ledger workload.
 mod power_loss;
+// a rule's first copy (`rule add`, `--no-sync`, status), no patchwork backups, `rule rm`
+// (issue 13 items 1 and 10).
+mod first_copy;
