@@ -628,6 +628,25 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_1_database_gains_first_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        drop(c);
+        let mut db = RulesDb::open(&path).unwrap();
+        let r = db.add_with(spec("/p/a/", "h:1", "d"), true).unwrap();
+        assert_eq!(
+            db.first_copies().unwrap(),
+            vec![FirstCopy {
+                rule_id: r.id,
+                queued: None
+            }]
+        );
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
