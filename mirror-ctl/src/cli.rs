@@ -199,6 +199,12 @@ pub enum RuleCommand {
   /p/a/*.doc/    matching files anywhere in the subtree
 A backslash makes the next character literal: /p/x\\[1\\].doc
 
+The rule's first copy: what the rule selects now (files that existed before it) is copied to
+its sites as part of adding it, without --no-sync. `rule add` only queues it (one entry, at
+once, whatever the number of files; mirror-sendd sends the files), ordered before every
+change made under the rule, so nothing written meanwhile is lost; `mirror-ctl status` shows
+`initial copy: N files, X bytes left` until the sites have it.
+
 Example:
   mirror-ctl rule add /home/me/proj/ --site backup.lan:7070 --dest me/proj")]
     Add(Box<AddArgs>),
@@ -209,6 +215,15 @@ Example:
         json: bool,
     },
     /// Remove rule ID (see `rule list`).
+    #[command(
+        after_help = "The rule stops at once: mirrorfs records nothing more for it (within a fraction of
+a second), and its entries still in the journal, not yet sent to a site (a site that is down
+or behind), are never sent: mirror-sendd passes over them (entries a site acknowledged
+before the removal are that site's, and may still be applied). The rule's backup is left in
+place on every site, as it stands (it may lack the last changes); nothing deletes it. Adding
+the rule again copies what it selects again (its first copy), which brings that backup in
+line."
+    )]
     Rm {
         /// The rule's id.
         id: i64,
@@ -257,4 +272,10 @@ pub struct AddArgs {
     /// site that is down now).
     #[arg(long, help_heading = RULE)]
     pub no_validate: bool,
+
+    /// Do not copy what the rule selects now (its first copy): for a backup seeded
+    /// beforehand (rsync, a restored disk…), whose files are then trusted as they are. Only
+    /// later changes are sent; `mirror-ctl sync` copies files again at any time.
+    #[arg(long, help_heading = RULE)]
+    pub no_sync: bool,
 }

@@ -2,6 +2,7 @@
 //! and, with `router`, for a backup host.
 
 mod cli;
+mod first_copy;
 mod keys_cmd;
 mod router_cmd;
 mod rules_cmd;

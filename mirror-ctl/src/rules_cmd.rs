@@ -58,8 +58,23 @@ pub fn add(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, args: AddArgs
         mode: Mode::Async,
     };
     let mut db = open_db(state)?;
-    let rule = db.add(spec)?;
+    let rule = db.add_with(spec, !args.no_sync)?;
     println!("added rule {}: {}", rule.id, describe(&rule));
+    if args.no_sync {
+        println!("no first copy (--no-sync): the sites' backups are trusted as they are");
+        return Ok(());
+    }
+    match crate::first_copy::queue(state, &db)? {
+        crate::first_copy::Queued::ByMount => println!(
+            "first copy queued by the mount; mirror-sendd sends it (`mirror-ctl status` shows what is left)"
+        ),
+        crate::first_copy::Queued::Direct => println!(
+            "first copy queued in the journal; mirror-sendd sends it (`mirror-ctl status` shows what is left)"
+        ),
+        crate::first_copy::Queued::Later(why) => {
+            println!("first copy not queued yet: {why}; the mount queues it when it loads the rule")
+        }
+    }
     Ok(())
 }
 

@@ -41,6 +41,8 @@ struct Row {
     problems: Vec<String>,
     /// Whether mirror-sendd answered (else the row comes from its files).
     sender_running: bool,
+    /// The rules' first copies this site has not acknowledged yet.
+    initial_copies: Vec<crate::first_copy::Left>,
     /// The running mirrorfs of this local system, if one runs (the same in every row).
     mount: Option<mirrorfs::keeper::MountStatus>,
 }
@@ -208,7 +210,12 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             (from_files(state)?, false)
         }
     };
-    let rules = rules_of(state)?;
+    let db = RulesDb::open_existing(&state.rules_db())?;
+    let rules = match &db {
+        Some(db) => db.snapshot()?.1,
+        None => Vec::new(),
+    };
+    let mut counted = BTreeMap::new();
     let by_crc: BTreeMap<u32, Vec<String>> = rules
         .iter()
         .map(|r| (r.crc, r.spec.sites.iter().map(|s| s.to_string()).collect()))
@@ -230,6 +237,18 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             .join("resync")
             .join(dirty.file_name().unwrap_or_default());
         let resync_files = count_names(&resync, &mut problems);
+        let sent = s.copy.map(|c| (c.pos, c.files, c.bytes));
+        let left = db
+            .as_ref()
+            .map(|db| crate::first_copy::left(db, &rules, &s.site, s.acked, sent, &mut counted));
+        let initial_copies = match left {
+            None => Vec::new(),
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                problems.push(format!("the rules' first copies: {e}"));
+                Vec::new()
+            }
+        };
         rows.push(Row {
             state: s,
             queued_entries: q.entries,
@@ -240,6 +259,7 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
             journal_damage: q.damage,
             problems,
             sender_running: running,
+            initial_copies,
             mount: mount.clone(),
         });
     }
@@ -317,6 +337,21 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
                 " (as far as the journal can be read)"
             }
         );
+        for c in &r.initial_copies {
+            println!(
+                "  initial copy: {}{} files, {} left (rule {}, {}){}",
+                if c.at_least { "at least " } else { "" },
+                c.files,
+                human(c.bytes),
+                c.rule_id,
+                c.pattern,
+                match (c.queued, c.files) {
+                    (None, _) => "; not queued yet (the mount queues it when it loads the rule)",
+                    (Some(_), 0) if c.sent_files > 0 => "; sent, waiting for the acknowledgement",
+                    _ => "",
+                }
+            );
+        }
         for d in &r.journal_damage {
             println!("  journal damaged: {d}");
         }

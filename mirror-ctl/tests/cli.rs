@@ -315,10 +315,13 @@ fn status_and_unblock_without_daemons() {
     let out = ok(&ctl(&e.state, &["status"]));
     assert!(out.contains("mirror-sendd is not running"), "{out}");
     assert!(out.contains("127.0.0.1:9"), "{out}");
+    // The rule's first copy waits for the site.
+    assert!(out.contains("initial copy: "), "{out}");
     let json: serde_json::Value =
         serde_json::from_str(&ok(&ctl(&e.state, &["status", "--json"]))).unwrap();
     assert_eq!(json[0]["site"], "127.0.0.1:9");
-    assert_eq!(json[0]["queued_entries"], 0);
+    assert_eq!(json[0]["queued_entries"], 1, "the first copy");
+    assert_eq!(json[0]["initial_copies"].as_array().map(Vec::len), Some(1));
     assert_eq!(json[0]["sender_running"], false);
     // Unblock needs the running sender, and says which socket it tried.
     fails_with(

@@ -188,6 +188,8 @@ pub struct CopyJob {
     /// The source could not be read for now (a mount whose server is gone): the job stopped
     /// and is to be made again ([`CopyJob::restart`]); nothing it would still send is sent.
     unreachable: bool,
+    /// Files read whole and data bytes read so far ([`CopyJob::progress`]).
+    done: (u64, u64),
 }
 
 impl std::fmt::Debug for CopyJob {
@@ -240,6 +242,7 @@ impl CopyJob {
             tasks: Vec::new(),
             buffered: None,
             unreachable: false,
+            done: (0, 0),
         };
         let allowed = match mirrorfs::copycheck::may_copy(&job.rule.spec.pattern, &name) {
             Ok(()) => true,
@@ -309,6 +312,16 @@ impl CopyJob {
     /// at the source), not from the journal.
     pub fn deletion(rule: Arc<Rule>, name: Vec<u8>) -> CopyJob {
         CopyJob::build(Position::START, true, rule, name, Origin::Deletion)
+    }
+
+    /// How far a copy from the journal got: its entry's position, the files read whole and
+    /// the data bytes read (`None` for copies not from the journal).
+    pub fn progress(&self) -> Option<mirrorfs::control::CopyProgress> {
+        (!self.extra && self.origin == Origin::Copy).then_some(mirrorfs::control::CopyProgress {
+            pos: self.pos,
+            files: self.done.0,
+            bytes: self.done.1,
+        })
     }
 
     /// Whether the job stopped because the source cannot be read for now.
@@ -400,6 +413,7 @@ impl CopyJob {
                     let mut buf = vec![0u8; CHUNK];
                     match file.read_at(&mut buf, offset) {
                         Ok(n) if n > 0 => {
+                            self.done.1 += n as u64;
                             buf.truncate(n);
                             let e = WireEntry {
                                 offset,
@@ -415,6 +429,7 @@ impl CopyJob {
                             return Some(e);
                         }
                         Ok(_) => {
+                            self.done.0 += 1;
                             if let Ok(m) = file.metadata() {
                                 self.push_attrs(&name, &m);
                             }

@@ -947,6 +947,9 @@ impl Session<'_> {
                 }
                 match job.next_part() {
                     Some(e) => {
+                        if let Some(p) = job.progress() {
+                            self.shared.sites.set_copy(self.site, p);
+                        }
                         let next = (e.part == Part::Last).then_some(*next);
                         bytes += self.track(&e, next);
                         batch.push(e);

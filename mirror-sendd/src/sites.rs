@@ -38,6 +38,7 @@ struct Live {
     recovered_ns: Option<u64>,
     unblock_requested: bool,
     heartbeat: Arc<Mutex<Monitor>>,
+    copy: Option<mirrorfs::control::CopyProgress>,
 }
 
 /// Every site's state.
@@ -177,6 +178,11 @@ impl Sites {
         }
     }
 
+    /// Records how far the copy entry being sent to `site` got (for `mirror-ctl status`).
+    pub fn set_copy(&self, site: &str, progress: mirrorfs::control::CopyProgress) {
+        lock(&self.live).entry(site.to_string()).or_default().copy = Some(progress);
+    }
+
     /// Asks the links of the blocked sites (all, or `site`) to try now; the sites asked.
     pub fn request_unblock(&self, site: Option<&str>) -> Vec<String> {
         let sites: Vec<String> = lock(&self.blocked)
@@ -218,6 +224,7 @@ impl Sites {
                 .map(|t| t / 1_000_000_000),
             recovered_at: live.and_then(|x| x.recovered_ns).map(|t| t / 1_000_000_000),
             acked,
+            copy: live.and_then(|x| x.copy),
             heartbeat: live.is_some_and(|x| {
                 let m = lock(&x.heartbeat);
                 m.ever() && m.interrupted(Instant::now(), threshold).is_none()

@@ -3,7 +3,8 @@
 //!
 //! * `<state>/mirrorfs.sock` ([`Request`]): other tools ask the journal's single writer to
 //!   append entries for them (the copies `mirror-ctl sync` queues, so they are ordered with
-//!   the application's writes).
+//!   the application's writes), and to load the rules at once (with the first copies of new
+//!   rules, [`crate::firstcopy`]).
 //! * `<state>/mirror-sendd.sock` ([`SenderRequest`]): status of the sites, unblock.
 //! * `<router state>/mirror-routerd.sock` ([`RouterRequest`]): unblock backup files.
 
@@ -30,6 +31,10 @@ pub enum Request {
     /// The mount's status (what `<state>/mirrorfs.status` holds, current even when that
     /// file cannot be written).
     Status,
+    /// Load the rules now (`mirror-ctl rule add`), queuing the first copies of the rules
+    /// added with one ([`crate::firstcopy`]); answered with [`Response::Queued`] (`last`: the
+    /// last copy queued, if any).
+    LoadRules,
 }
 
 /// The answer.
@@ -86,6 +91,21 @@ pub struct SiteState {
     pub acked: Position,
     /// Whether the router's heartbeats arrive.
     pub heartbeat: bool,
+    /// The copy entry of the journal mirror-sendd sends (or last sent) to this site, and how
+    /// much of it went out (a rule's first copy shows what is left with it).
+    #[serde(default)]
+    pub copy: Option<CopyProgress>,
+}
+
+/// How far mirror-sendd got with the copy entry at `pos` for one site.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    /// The copy entry's journal position.
+    pub pos: Position,
+    /// Files sent whole.
+    pub files: u64,
+    /// Data bytes sent.
+    pub bytes: u64,
 }
 
 /// mirror-sendd's answer.

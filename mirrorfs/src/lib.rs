@@ -11,6 +11,7 @@ pub mod blocked;
 pub mod control;
 pub mod copycheck;
 pub mod entry;
+pub mod firstcopy;
 pub mod fs;
 pub mod fuse;
 pub mod journal;

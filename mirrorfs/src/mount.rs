@@ -279,24 +279,49 @@ fn take_mount_lock(state: &StateDir, mountpoint: &Path) -> Result<LockFile, Moun
     Ok(lock)
 }
 
-/// Installs the rules `db` holds now in `matcher`.
-fn reload_rules(db: &RulesDb, matcher: &Matcher) -> Result<(), crate::rulesdb::RulesDbError> {
-    let (version, rules) = db.snapshot()?;
-    if matcher.load().version() != version {
-        log::info!(
-            "rules changed: configuration version {version}, {} rules",
-            rules.len()
-        );
-        matcher.store(RuleTable::build(rules, version));
-    }
-    Ok(())
+/// Loads the rules into a running mount: installs a new rule table when the database
+/// changed, with the first copies of the rules added with one ([`crate::firstcopy`]). One at a
+/// time (the rules watcher and the control socket both load), so a first copy is queued once.
+struct RuleLoader {
+    fs: Arc<MirrorFs>,
+    lock: std::sync::Mutex<()>,
 }
 
-/// Polls the rules database and installs a new rule table whenever it changed.
+impl RuleLoader {
+    /// Installs the rules `db` holds now if they changed or a first copy waits; the position
+    /// of the last first copy queued.
+    fn load(&self, db: &RulesDb) -> Result<Option<crate::journal::Position>, String> {
+        let _one = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (version, rules) = db.snapshot().map_err(|e| e.to_string())?;
+        let todo = crate::firstcopy::todo(db, &rules).map_err(|e| e.to_string())?;
+        let rec = self.fs.recorder();
+        if rec.table().version() == version && todo.is_empty() {
+            return Ok(None);
+        }
+        log::info!(
+            "rules changed: configuration version {version}, {} rules{}",
+            rules.len(),
+            match todo.len() {
+                0 => String::new(),
+                n => format!(", {n} first copies queued"),
+            }
+        );
+        let at = self
+            .fs
+            .install_rules(RuleTable::build(rules, version), &todo)
+            .map_err(|e| format!("cannot queue the first copy of a new rule: {e}"))?;
+        crate::firstcopy::record(db, rec.journal(), &todo, &at).map_err(|e| e.to_string())?;
+        Ok(at.last().copied())
+    }
+}
+
+/// Polls the rules database and installs a new rule table whenever it changed (or a first
+/// copy is still to be queued after a failure).
 fn spawn_rules_watcher(
     db: RulesDb,
-    matcher: Arc<Matcher>,
+    loader: Arc<RuleLoader>,
     stop: Arc<AtomicBool>,
+    mut failed: bool,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("rules-watcher".into())
@@ -305,41 +330,59 @@ fn spawn_rules_watcher(
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 match db.data_version() {
-                    Ok(v) if v == seen => continue,
+                    Ok(v) if v == seen && !failed => continue,
                     Ok(v) => seen = v,
                     Err(e) => {
                         log::warn!("rules watcher: {e}");
                         continue;
                     }
                 }
-                if let Err(e) = reload_rules(&db, &matcher) {
-                    log::error!("rules watcher: cannot read the rules, keeping the old ones: {e}");
-                }
+                failed = match loader.load(&db) {
+                    Ok(_) => false,
+                    Err(e) => {
+                        if !failed {
+                            log::error!("rules watcher: {e}; trying again");
+                        }
+                        true
+                    }
+                };
             }
         })
         .expect("spawn rules watcher thread")
 }
 
-/// Serves the control socket (copies queued by `mirror-ctl sync`); `None` if it cannot.
+/// Serves the control socket (copies queued by `mirror-ctl sync`, rules loaded for
+/// `mirror-ctl rule add`); `None` if it cannot.
 fn start_control(
     state: &StateDir,
     fs: Arc<MirrorFs>,
-    matcher: Arc<Matcher>,
+    loader: Arc<RuleLoader>,
     status: crate::keeper::SharedStatus,
 ) -> Option<std::path::PathBuf> {
     let rules_db = state.rules_db();
+    let load = move || {
+        RulesDb::open(&rules_db)
+            .map_err(|e| e.to_string())
+            .and_then(|db| loader.load(&db))
+    };
     let handler: crate::control::Handler = Arc::new(move |req| match req {
         crate::control::Request::Status => crate::control::Response::Mount {
             status: status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         },
+        crate::control::Request::LoadRules => match load() {
+            Ok(last) => crate::control::Response::Queued { last },
+            Err(reason) => {
+                log::error!("{reason}");
+                crate::control::Response::Error { reason }
+            }
+        },
         crate::control::Request::Copy { copies } => {
-            let table = matcher.load();
+            let table = fs.recorder().table();
             let known = |crc: u32| table.rules().iter().any(|r| r.crc == crc);
             if copies.iter().any(|(crc, _)| !known(*crc)) {
                 // `mirror-ctl sync` may ask for a rule added a moment ago, before the rules
                 // watcher saw it: read the rules now.
-                if let Err(e) = RulesDb::open(&rules_db).and_then(|db| reload_rules(&db, &matcher))
-                {
+                if let Err(e) = load() {
                     log::warn!("cannot read the rules: {e}");
                 }
             }
@@ -428,26 +471,26 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     // Modes from the kernel already have the caller's umask applied.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
-    let rec = crate::fs::record::Recorder::new(
-        journal,
-        matcher.clone(),
-        mountpoint.as_os_str().as_bytes(),
-    )
-    .with_marks(opts.state.root().join("unjournaled"));
+    let rec = crate::fs::record::Recorder::new(journal, matcher, mountpoint.as_os_str().as_bytes())
+        .with_marks(opts.state.root().join("unjournaled"));
     let fs = Arc::new(MirrorFs::new(root, rec, opts.fs.clone())?);
 
     warn_busy_processes(&source);
+    // The first copies of rules added while nothing was mounted and not queued yet (their
+    // `rule add` found the journal held by this mount starting): before any entry of theirs.
+    let loader = Arc::new(RuleLoader {
+        fs: fs.clone(),
+        lock: std::sync::Mutex::new(()),
+    });
+    let failed = loader
+        .load(&db)
+        .map_err(|e| log::error!("{e}; trying again once mounted"))
+        .is_err();
     let keeper =
         crate::keeper::Keeper::start(fs.clone(), opts.state.root(), &mountpoint, watermark);
     let stop = Arc::new(AtomicBool::new(false));
-    let matcher_for_control = matcher.clone();
-    let watcher = spawn_rules_watcher(db, matcher, stop.clone());
-    let control = start_control(
-        &opts.state,
-        fs.clone(),
-        matcher_for_control,
-        keeper.status(),
-    );
+    let watcher = spawn_rules_watcher(db, loader.clone(), stop.clone(), failed);
+    let control = start_control(&opts.state, fs.clone(), loader, keeper.status());
 
     // SAFETY: geteuid has no preconditions.
     let acl = if unsafe { libc::geteuid() } == 0 {

@@ -1,14 +1,22 @@
 //! The rules database (`<state>/rules.db`, SQLite): the configuration database of seeds/002
 //! Figure 6, plus an id, a mode, and the configuration version.
 //!
-//! Schema (version 1, kept in `PRAGMA user_version`; [`MIGRATIONS`] brings older files up):
+//! Schema (version 2, kept in `PRAGMA user_version`; [`MIGRATIONS`] brings older files up):
 //!
 //! ```sql
 //! meta(key TEXT PRIMARY KEY, value INTEGER)        -- 'config_version'
 //! rules(id INTEGER PRIMARY KEY AUTOINCREMENT, pattern TEXT, dest TEXT, attrs INTEGER,
 //!       delete_suffix TEXT NULL, mode TEXT, crc INTEGER UNIQUE, created_ns INTEGER)
 //! rule_sites(rule_id INTEGER REFERENCES rules(id) ON DELETE CASCADE, site TEXT, pos INTEGER)
+//! first_copies(rule_id INTEGER PRIMARY KEY REFERENCES rules(id) ON DELETE CASCADE,
+//!              segment INTEGER NULL, offset INTEGER NULL)
 //! ```
+//!
+//! `first_copies` holds the first copy of each rule added with one (`mirror-ctl rule add`
+//! without `--no-sync`, see [`crate::firstcopy`]): a row without a position is still to be
+//! queued (by the mount when it loads the rule, or by `mirror-ctl` itself when nothing is
+//! mounted); with one, it is the journal position of the rule's copy entry, done once every
+//! site of the rule acknowledged past it.
 //!
 //! Every change to the rules increments the configuration version in the same transaction;
 //! mirror-sendd also increments it at every start (seeds/002 \[0058\]). The database runs in WAL
@@ -103,7 +111,7 @@ pub enum RulesDbError {
 }
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[n]` upgrades a database from schema version `n` to `n + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -126,7 +134,22 @@ pub const MIGRATIONS: &[&str] = &[
          pos INTEGER NOT NULL,
          PRIMARY KEY (rule_id, site)
      );",
+    // 1 -> 2: the rules' first copies.
+    "CREATE TABLE first_copies (
+         rule_id INTEGER PRIMARY KEY REFERENCES rules(id) ON DELETE CASCADE,
+         segment INTEGER,
+         offset INTEGER
+     );",
 ];
+
+/// A rule's first copy ([`crate::firstcopy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstCopy {
+    /// The rule's id.
+    pub rule_id: i64,
+    /// Where its copy entry is in the journal; `None` while it is still to be queued.
+    pub queued: Option<crate::journal::Position>,
+}
 
 /// An open rules database.
 pub struct RulesDb {
@@ -260,6 +283,12 @@ impl RulesDb {
     /// Adds a rule, refusing duplicates (same pattern, destination and a shared site).
     /// Returns the stored rule; the configuration version is incremented.
     pub fn add(&mut self, spec: RuleSpec) -> Result<Rule, RulesDbError> {
+        self.add_with(spec, false)
+    }
+
+    /// [`RulesDb::add`]; with `first_copy`, the rule's first copy is recorded as still to be
+    /// queued, in the same transaction ([`crate::firstcopy`]).
+    pub fn add_with(&mut self, spec: RuleSpec, first_copy: bool) -> Result<Rule, RulesDbError> {
         let path = self.path.clone();
         let sql = |err| RulesDbError::Sqlite {
             path: path.clone(),
@@ -345,9 +374,58 @@ impl RulesDb {
             )
             .map_err(sql)?;
         }
+        if first_copy {
+            tx.execute(
+                "INSERT INTO first_copies (rule_id) VALUES (?1)",
+                params![id],
+            )
+            .map_err(sql)?;
+        }
         bump(&tx).map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(Rule { id, spec, crc })
+    }
+
+    /// The first copies of the rules that have one, by rule id.
+    pub fn first_copies(&self) -> Result<Vec<FirstCopy>, RulesDbError> {
+        let sql = |e| self.err(e);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT rule_id, segment, offset FROM first_copies ORDER BY rule_id")
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let seg: Option<i64> = r.get(1)?;
+                let off: Option<i64> = r.get(2)?;
+                Ok(FirstCopy {
+                    rule_id: r.get(0)?,
+                    queued: seg
+                        .zip(off)
+                        .map(|(s, o)| crate::journal::Position::new(s as u64, o as u64)),
+                })
+            })
+            .map_err(sql)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.map_err(sql)?);
+        }
+        Ok(out)
+    }
+
+    /// Records that the first copy of rule `rule_id` is queued at `pos` in the journal (a
+    /// rule removed meanwhile has nothing to record).
+    pub fn first_copy_queued(
+        &self,
+        rule_id: i64,
+        pos: crate::journal::Position,
+    ) -> Result<(), RulesDbError> {
+        self.conn
+            .execute(
+                "UPDATE first_copies SET segment = ?2, offset = ?3 WHERE rule_id = ?1",
+                params![rule_id, pos.segment as i64, pos.offset as i64],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
     }
 
     /// Removes rule `id` and returns it; the configuration version is incremented.
@@ -556,6 +634,25 @@ mod tests {
         ] {
             assert!(!valid_site_id(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_schema_1_database_gains_first_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        drop(c);
+        let mut db = RulesDb::open(&path).unwrap();
+        let r = db.add_with(spec("/p/a/", "h:1", "d"), true).unwrap();
+        assert_eq!(
+            db.first_copies().unwrap(),
+            vec![FirstCopy {
+                rule_id: r.id,
+                queued: None
+            }]
+        );
     }
 
     #[test]

@@ -282,6 +282,24 @@ impl MirrorFs {
         .map_err(|e| e.to_string())
     }
 
+    /// Installs rule table `table`, first appending the first copies `todo` of the rules it
+    /// adds ([`crate::firstcopy`]); their journal positions (not durable yet:
+    /// [`crate::firstcopy::record`]). The namespace lock is held exclusively meanwhile, so no
+    /// operation is between matching and journaling: every entry of a new rule comes after
+    /// its copy, and no change made after the copy was queued goes unrecorded. The table is
+    /// installed even when the journal cannot take the copies (the rule then stays with its
+    /// copy still to be queued, and the error is returned).
+    pub fn install_rules(
+        &self,
+        table: crate::matcher::RuleTable,
+        todo: &[crate::firstcopy::Todo],
+    ) -> Result<Vec<crate::journal::Position>, crate::journal::JournalError> {
+        let _ns = self.ns_write();
+        let at = crate::firstcopy::append(self.rec.journal(), todo);
+        self.rec.install(table);
+        at
+    }
+
     /// Appends the copies of what the journal could not take before, as far as it takes
     /// entries now; how many wait still.
     pub fn retry_unjournaled(&self) -> usize {

@@ -139,6 +139,12 @@ impl Recorder {
         self.matcher.load()
     }
 
+    /// Installs a new rule table (see [`super::MirrorFs::install_rules`] for the ordering
+    /// with a new rule's first copy).
+    pub fn install(&self, table: RuleTable) {
+        self.matcher.store(table);
+    }
+
     /// The full user-visible name of `rel` (a path below the mount).
     pub fn full_name(&self, rel: &[u8]) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.prefix.len() + 1 + rel.len());

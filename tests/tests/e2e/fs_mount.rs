@@ -194,6 +194,8 @@ fn remount_after_kill9_continues_the_journal() {
     assert_eq!(
         names,
         vec![
+            // The rule's first copy, queued by `rule add` (nothing was mounted).
+            s(C::Copy, "src"),
             s(C::Create, "src/one"),
             s(C::Write, "src/one"),
             s(C::Reconcile, "src"),

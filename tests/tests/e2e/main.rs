@@ -64,3 +64,6 @@ mod ctl_state;
 mod mirror_exec_bits;
 // the README's test command installs what a fresh machine lacks (issue 13 item 8).
 mod test_setup;
+// a rule's first copy (`rule add`, `--no-sync`, status), no patchwork backups, `rule rm`
+// (issue 13 items 1 and 10).
+mod first_copy;

@@ -57,7 +57,13 @@ fn state_files_and_sockets_are_private_to_their_owner() {
 #[test]
 fn another_user_cannot_use_a_control_socket() {
     let l = Local::new();
-    l.add_rule(&format!("{}/", l.dir.display()), "127.0.0.1:9", "p", &[]);
+    // No first copy: the journal must stay empty.
+    l.add_rule(
+        &format!("{}/", l.dir.display()),
+        "127.0.0.1:9",
+        "p",
+        &["--no-sync"],
+    );
     let _m = l.mount(&[]);
     let sock = l.state.join("mirrorfs.sock");
     // (mirror-ctl makes the state directory private again, so ask it first.)
@@ -103,7 +109,13 @@ fn another_user_cannot_use_a_control_socket() {
 fn copy_requests_are_checked_before_anything_is_read() {
     let r = Router::start();
     let l = Local::new();
-    l.add_rule(&format!("{}/", l.dir.display()), &r.site(), "p", &[]);
+    // No first copy: only the copies asked for here may reach the journal.
+    l.add_rule(
+        &format!("{}/", l.dir.display()),
+        &r.site(),
+        "p",
+        &["--no-sync"],
+    );
     fs::create_dir(l.path("real")).unwrap();
     fs::write(l.path("real/ok"), b"fine").unwrap();
     std::os::unix::fs::symlink("/etc", l.path("link")).unwrap();

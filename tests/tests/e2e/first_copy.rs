@@ -1,0 +1,379 @@
+//! A rule's first copy (issue 13 item 1): files that existed before a rule reach its sites as
+//! part of `rule add`, shown by `status` until acknowledged, skipped with `--no-sync`, ordered
+//! so that no write made meanwhile is lost, one journal entry whatever the number of files;
+//! and a change to a file the backup lacks fetches the file whole (never a patchwork). Also
+//! what `rule rm` does with the removed rule's unsent entries and its backup (item 10).
+
+use std::fs;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirror_tests::{assert_log_only, rel, wait_converged, wait_until, Local, Router};
+use mirrorfs::entry::Command;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// The status row of `site`.
+fn row(l: &Local, site: &str) -> serde_json::Value {
+    let st = l.status();
+    st.as_array()
+        .and_then(|rows| rows.iter().find(|r| r["site"] == site).cloned())
+        .unwrap_or_else(|| panic!("no status row for {site}: {st}"))
+}
+
+/// The first copies `status` shows for `site` as (files, bytes) left.
+fn initial_copies(l: &Local, site: &str) -> Vec<(u64, u64)> {
+    row(l, site)["initial_copies"]
+        .as_array()
+        .expect("initial_copies in the status")
+        .iter()
+        .map(|c| (c["files"].as_u64().unwrap(), c["bytes"].as_u64().unwrap()))
+        .collect()
+}
+
+fn status_text(l: &Local) -> String {
+    let out = l.ctl(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Files in `l`'s project before any rule: (relative name, content).
+fn old_files(l: &Local) -> Vec<(&'static str, Vec<u8>)> {
+    let files = vec![
+        ("notes.txt", b"version 1 of the notes\n".to_vec()),
+        ("src/main.rs", b"fn main() { println!(\"hi\"); }\n".to_vec()),
+        (
+            "src/deep/data.bin",
+            (0..70_000u32).map(|i| (i % 251) as u8).collect(),
+        ),
+    ];
+    for (name, data) in &files {
+        let p = l.path(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+    files
+}
+
+fn append(p: &std::path::Path, data: &[u8]) {
+    let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+    f.write_all(data).unwrap();
+}
+
+/// The bug as reported: files exist, a rule is added, the first change to one of them made a
+/// backup holding zeros where the older content was. Now the first copy brings every file
+/// over, and the change lands on top of it.
+#[test]
+fn files_that_existed_before_the_rule_reach_the_backup_before_their_first_change() {
+    let r = Router::start();
+    let l = Local::new();
+    old_files(&l);
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "proj", &[]);
+    let m = l.mount(&[]);
+    let _s = l.sender();
+    append(&l.path("notes.txt"), b"v2\n");
+    wait_converged(&l.dir, &r.path("proj"), CONVERGE);
+    assert_eq!(
+        fs::read(r.path("proj/notes.txt")).unwrap(),
+        b"version 1 of the notes\nv2\n"
+    );
+    drop(m);
+    l.assert_no_errors();
+}
+
+/// Added while mounted: the mount queues the copy as it loads the rule.
+#[test]
+fn a_rule_added_while_mounted_copies_what_it_selects() {
+    let r = Router::start();
+    let l = Local::new();
+    let files = old_files(&l);
+    let m = l.mount(&[]);
+    let _s = l.sender();
+    let out = l.ctl(&[
+        "rule",
+        "add",
+        &format!("{}/src/", l.dir.display()),
+        "--site",
+        &r.site(),
+        "--dest",
+        "src",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("first copy queued by the mount"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // One copy entry, of the rule's base.
+    let copies: Vec<String> = l
+        .journal()
+        .iter()
+        .filter(|e| e.command == Command::Copy)
+        .map(|e| rel(&l.dir, &e.name))
+        .collect();
+    assert_eq!(copies, vec!["src".to_string()]);
+    wait_converged(&l.path("src"), &r.path("src"), CONVERGE);
+    assert_eq!(fs::read(r.path("src/deep/data.bin")).unwrap(), files[2].1);
+    drop(m);
+    l.assert_no_errors();
+}
+
+/// `status` shows the first copy (files and bytes left) until the site acknowledged it.
+#[test]
+fn status_shows_the_initial_copy_until_the_site_has_it() {
+    let r = Router::start();
+    let l = Local::new();
+    let files = old_files(&l);
+    let bytes: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "proj", &[]);
+    // Nothing sends yet: all of it is left.
+    assert_eq!(initial_copies(&l, &r.site()), vec![(3, bytes)]);
+    let text = status_text(&l);
+    // 70,054 bytes.
+    assert!(
+        text.contains("initial copy: 3 files, 68.4 KiB left"),
+        "{text}"
+    );
+    let _s = l.sender();
+    wait_until(CONVERGE, "the first copy to be acknowledged", || {
+        initial_copies(&l, &r.site()).is_empty()
+    });
+    assert!(!status_text(&l).contains("initial copy"));
+    wait_converged(&l.dir, &r.path("proj"), CONVERGE);
+    l.assert_no_errors();
+}
+
+/// `--no-sync`: a backup seeded beforehand is trusted as it is: nothing is copied, and only
+/// later changes are sent.
+#[test]
+fn no_sync_leaves_a_seeded_backup_as_it_is() {
+    let r = Router::start();
+    let l = Local::new();
+    old_files(&l);
+    // The seed differs from the source on purpose: a copy would overwrite it.
+    let seeded = r.path("proj/notes.txt");
+    fs::create_dir_all(seeded.parent().unwrap()).unwrap();
+    fs::write(&seeded, b"seeded by rsync\n").unwrap();
+    let before = fs::metadata(&seeded).unwrap();
+    l.add_rule_validated(
+        &format!("{}/", l.dir.display()),
+        &r.site(),
+        "proj",
+        &["--no-sync"],
+    );
+    assert!(initial_copies(&l, &r.site()).is_empty());
+    let m = l.mount(&[]);
+    let _s = l.sender();
+    fs::write(l.path("later.txt"), b"written after the rule").unwrap();
+    wait_until(CONVERGE, "the later change to reach the backup", || {
+        fs::read(r.path("proj/later.txt")).is_ok_and(|d| d == b"written after the rule")
+    });
+    assert!(!l.journal().iter().any(|e| e.command == Command::Copy));
+    assert_eq!(fs::read(&seeded).unwrap(), b"seeded by rsync\n");
+    use std::os::unix::fs::MetadataExt;
+    let after = fs::metadata(&seeded).unwrap();
+    assert_eq!(
+        (after.ino(), after.mtime(), after.mtime_nsec()),
+        (before.ino(), before.mtime(), before.mtime_nsec())
+    );
+    assert!(!r.path("proj/src/main.rs").exists(), "nothing was copied");
+    drop(m);
+    l.assert_no_errors();
+}
+
+/// The router side, independently of the first copy (`--no-sync` over a backup that does not
+/// have the files): a write to a file the backup lacks is not applied alone (it made
+/// `\0\0…v2`); the router asks the source for the whole file. Fails on the router before
+/// f235398 (issue 12), which made the fix without an end-to-end test.
+#[test]
+fn a_change_to_a_file_the_backup_lacks_fetches_it_whole() {
+    let r = Router::start();
+    let l = Local::new();
+    old_files(&l);
+    l.add_rule_validated(
+        &format!("{}/", l.dir.display()),
+        &r.site(),
+        "proj",
+        &["--no-sync"],
+    );
+    let m = l.mount(&[]);
+    let _s = l.sender();
+    append(&l.path("notes.txt"), b"v2\n");
+    // A write in the middle and a truncate too.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(l.path("src/deep/data.bin"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"PATCH", 40_000).unwrap();
+    f.set_len(50_000).unwrap();
+    drop(f);
+    wait_until(CONVERGE, "both files on the backup", || {
+        fs::read(r.path("proj/notes.txt"))
+            .is_ok_and(|d| d == fs::read(l.path("notes.txt")).unwrap())
+            && fs::read(r.path("proj/src/deep/data.bin"))
+                .is_ok_and(|d| d == fs::read(l.path("src/deep/data.bin")).unwrap())
+    });
+    assert_eq!(
+        fs::read(r.path("proj/notes.txt")).unwrap(),
+        b"version 1 of the notes\nv2\n",
+        "no zeros where the older content is"
+    );
+    // The file never changed is not there: nothing asked for it.
+    assert!(!r.path("proj/src/main.rs").exists());
+    drop(m);
+    assert_log_only("the router", &r.error_log(), &[]);
+}
+
+/// A rule added while a writer appends and creates files in what it selects: nothing written
+/// before, during or after `rule add` is missing from the backup.
+#[test]
+fn a_rule_added_under_a_concurrent_writer_loses_no_write() {
+    let r = Router::start();
+    let l = Local::new();
+    fs::create_dir_all(l.path("w/files")).unwrap();
+    let m = l.mount(&[]);
+    let _s = l.sender();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written) = (stop.clone(), written.clone());
+        let dir = l.path("w");
+        std::thread::spawn(move || {
+            let mut log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("log.txt"))
+                .unwrap();
+            // Bounded: the test stops it long before.
+            for n in 0..1_000_000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                writeln!(log, "line {n}").unwrap();
+                if n % 10 == 0 {
+                    fs::write(dir.join(format!("files/{n}")), format!("file {n}")).unwrap();
+                }
+                written.store(n + 1, Ordering::Relaxed);
+            }
+        })
+    };
+    wait_until(CONVERGE, "the writer to start", || {
+        written.load(Ordering::Relaxed) > 200
+    });
+    l.add_rule_validated(&format!("{}/w/", l.dir.display()), &r.site(), "w", &[]);
+    // Writes go on well after the mount took the rule.
+    let at_add = written.load(Ordering::Relaxed);
+    wait_until(CONVERGE, "writes after the rule", || {
+        written.load(Ordering::Relaxed) > at_add + 500
+    });
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    wait_converged(&l.path("w"), &r.path("w"), CONVERGE);
+    let lines = fs::read_to_string(r.path("w/log.txt")).unwrap();
+    assert_eq!(
+        lines.lines().count() as u64,
+        written.load(Ordering::Relaxed)
+    );
+    drop(m);
+    l.assert_no_errors();
+}
+
+/// 5,000 files: `rule add` (on a mounted tree) queues one entry, the rule's base, and returns
+/// before anything is sent; mirror-sendd expands it.
+#[test]
+fn a_rule_over_a_big_tree_queues_one_entry_and_the_sender_expands_it() {
+    let r = Router::start();
+    let l = Local::new();
+    for d in 0..50 {
+        let dir = l.path(&format!("big/d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f:03}")), format!("{d} {f}")).unwrap();
+        }
+    }
+    let m = l.mount(&[]);
+    l.add_rule_validated(&format!("{}/big/", l.dir.display()), &r.site(), "big", &[]);
+    let entries = l.journal();
+    assert_eq!(entries.len(), 1, "one entry for 5,000 files");
+    assert_eq!(entries[0].command, Command::Copy);
+    assert_eq!(rel(&l.dir, &entries[0].name), "big");
+    // `rule add` is done; the copy is not acknowledged (nothing sends yet).
+    let left = initial_copies(&l, &r.site());
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, 5_000);
+    let _s = l.sender();
+    wait_converged(&l.path("big"), &r.path("big"), CONVERGE);
+    wait_until(CONVERGE, "the first copy to be acknowledged", || {
+        initial_copies(&l, &r.site()).is_empty()
+    });
+    drop(m);
+    l.assert_no_errors();
+}
+
+/// `rule rm` (item 10): the removed rule's entries still in the journal, not yet sent, are
+/// never sent; its backup stays as it was.
+#[test]
+fn rule_rm_drops_the_unsent_entries_and_leaves_the_backup() {
+    let r = Router::start();
+    let l = Local::new();
+    fs::create_dir_all(l.path("a")).unwrap();
+    fs::create_dir_all(l.path("probe")).unwrap();
+    l.add_rule_validated(&format!("{}/a/", l.dir.display()), &r.site(), "a", &[]);
+    let m = l.mount(&[]);
+    let mut s = l.sender();
+    fs::write(l.path("a/kept.txt"), b"sent before the removal").unwrap();
+    wait_converged(&l.path("a"), &r.path("a"), CONVERGE);
+    // The site falls behind: these stay in the journal, unsent.
+    s.kill9();
+    fs::write(l.path("a/kept.txt"), b"changed, never sent").unwrap();
+    fs::write(l.path("a/new.txt"), b"never sent").unwrap();
+    let unsent = l
+        .journal()
+        .iter()
+        .filter(|e| rel(&l.dir, &e.name).starts_with("a/"))
+        .count();
+    assert!(unsent >= 2, "the changes are in the journal");
+    let out = l.ctl(&["rule", "rm", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another rule, whose file is journaled after everything above: once it arrives, the
+    // sender has gone past the removed rule's entries.
+    l.add_rule_validated(
+        &format!("{}/probe/", l.dir.display()),
+        &r.site(),
+        "probe",
+        &[],
+    );
+    wait_until(CONVERGE, "the mount to take the new rule", || {
+        fs::write(l.path("probe/p"), b"probe").unwrap();
+        l.journal()
+            .iter()
+            .any(|e| e.command == Command::Write && rel(&l.dir, &e.name) == "probe/p")
+    });
+    let _s = l.sender();
+    wait_until(CONVERGE, "the probe on the backup", || {
+        fs::read(r.path("probe/p")).is_ok_and(|d| d == b"probe")
+    });
+    // The backup of the removed rule: in place, as it was.
+    assert_eq!(
+        fs::read(r.path("a/kept.txt")).unwrap(),
+        b"sent before the removal"
+    );
+    assert!(!r.path("a/new.txt").exists());
+    drop(m);
+    assert_log_only("mirror-sendd", &l.error_log(), &[]);
+    assert_log_only("the router", &r.error_log(), &[]);
+}
