@@ -31,6 +31,23 @@ pub fn mirrored_with(
     l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), dest, extra);
     let m = l.mount(&[]);
     let s = l.sender_with(sender);
+    // The rule's first copy (of the empty tree) acknowledged: what the test writes next then
+    // reaches the backup only as its own changes, never also through that copy.
+    wait_until(
+        Duration::from_secs(60),
+        "the rule's first copy acknowledged",
+        || {
+            let st = l.status();
+            st.as_array().is_some_and(|rows| {
+                !rows.is_empty()
+                    && rows.iter().all(|row| {
+                        row["initial_copies"]
+                            .as_array()
+                            .is_some_and(|v| v.is_empty())
+                    })
+            })
+        },
+    );
     (l, m, s)
 }
 

@@ -70,19 +70,29 @@ struct Peer {
 }
 
 impl Peer {
+    /// Opens the session; while the router still counts sessions it has ended (their seats
+    /// go when their threads end, just after their peers are told), tries again.
     fn open(r: &Router, site: &str, role: Role, key: &Key) -> Peer {
-        let w = connect(r);
-        let mut rd = BufReader::new(w.try_clone().expect("clone"));
-        let mut w2 = w.try_clone().expect("clone");
-        let s = auth::client(&mut rd, &mut w2, site, 1, role, key).expect("handshake");
-        let mut p = Peer { r: rd, w, s };
-        if role == Role::Source {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let w = connect(r);
+            let mut rd = BufReader::new(w.try_clone().expect("clone"));
+            let mut w2 = w.try_clone().expect("clone");
+            let s = auth::client(&mut rd, &mut w2, site, 1, role, key).expect("handshake");
+            let mut p = Peer { r: rd, w, s };
+            if role != Role::Source {
+                return p;
+            }
             match p.recv() {
-                Ok(Msg::Welcome { .. }) => {}
+                Ok(Msg::Welcome { .. }) => return p,
+                Ok(Msg::Error { reason })
+                    if reason.contains("sessions open (limit)") && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 other => panic!("expected welcome, got {other:?}"),
             }
         }
-        p
     }
 
     fn frame(&mut self, m: &Msg) -> Vec<u8> {
