@@ -1,6 +1,9 @@
 //! Copy expansion (seeds/002 [0065]): a copy entry becomes the entries that recreate the file
-//! as it is now: its data as writes, then its final size (and, with `--attrs`, its mode,
-//! owner, times and xattrs). A directory becomes its subtree: a mkdir per selected directory
+//! as it is now: its data as writes, its holes as zero ranges (found with `SEEK_DATA` and
+//! `SEEK_HOLE`: a sparse file stays sparse, and its holes are neither read, stored at the
+//! router nor written into the backup), then its final size (and, with `--attrs`, its mode,
+//! owner, times and xattrs). Each write's buffer is as large as the data it carries, so what
+//! a frame of small files holds is what it sends. A directory becomes its subtree: a mkdir per selected directory
 //! and the above per selected file, symlink and fifo.
 //!
 //! A copy of a name that no longer exists becomes its deletion (the copy's job is to make the
@@ -40,10 +43,13 @@ enum Task {
         name: Vec<u8>,
         after: Vec<u8>,
     },
+    /// Read file `name` from `offset`; bytes before `data_end` are known to be data (past
+    /// it, where the next data starts is asked with `SEEK_DATA`).
     File {
         name: Vec<u8>,
         file: File,
         offset: u64,
+        data_end: u64,
     },
     Emit(WireEntry),
 }
@@ -396,45 +402,117 @@ impl CopyJob {
                         return Some(e);
                     }
                 }
-                Task::File { name, file, offset } => {
-                    let mut buf = vec![0u8; CHUNK];
-                    match file.read_at(&mut buf, offset) {
-                        Ok(n) if n > 0 => {
-                            buf.truncate(n);
-                            let e = WireEntry {
-                                offset,
-                                size: n as u64,
-                                data: buf,
-                                ..entry(Command::Write, &self.rule, &name)
-                            };
-                            self.tasks.push(Task::File {
-                                name,
-                                file,
-                                offset: offset + n as u64,
-                            });
-                            return Some(e);
-                        }
-                        Ok(_) => {
-                            if let Ok(m) = file.metadata() {
-                                self.push_attrs(&name, &m);
-                            }
-                            return Some(WireEntry {
-                                size: offset,
-                                ..entry(Command::Truncate, &self.rule, &name)
-                            });
-                        }
-                        Err(e) => self.trouble(
-                            &format!(
-                                "copy of {}: read at offset {offset} (the rest is skipped)",
-                                shown(&name)
-                            ),
-                            &e,
-                        ),
+                Task::File {
+                    name,
+                    file,
+                    offset,
+                    data_end,
+                } => {
+                    if let Some(e) = self.read_file(name, file, offset, data_end) {
+                        return Some(e);
                     }
                 }
             }
         }
         None
+    }
+
+    /// The next part of the copy of file `name` at `offset`: a write of the data there (at
+    /// most [`CHUNK`], in a buffer as large as what it holds), a zero range for a hole (sent
+    /// as a hole: nothing is read, stored or written for it), or, at the end, the file's size
+    /// (and attributes).
+    fn read_file(
+        &mut self,
+        name: Vec<u8>,
+        file: File,
+        offset: u64,
+        data_end: u64,
+    ) -> Option<WireEntry> {
+        if offset >= data_end {
+            return match next_data(&file, offset) {
+                Ok(Some((start, end))) => {
+                    self.tasks.push(Task::File {
+                        name: name.clone(),
+                        file,
+                        offset: start,
+                        data_end: end,
+                    });
+                    (start > offset).then(|| WireEntry {
+                        offset,
+                        size: start - offset,
+                        ..entry(Command::Zero, &self.rule, &name)
+                    })
+                }
+                Ok(None) => self.finish_file(&name, &file, offset),
+                Err(e) => {
+                    self.trouble(
+                        &format!(
+                            "copy of {}: looking for data at offset {offset} (the rest is skipped)",
+                            shown(&name)
+                        ),
+                        &e,
+                    );
+                    None
+                }
+            };
+        }
+        let want = (data_end - offset).min(CHUNK as u64) as usize;
+        let mut buf = vec![0u8; want];
+        match file.read_at(&mut buf, offset) {
+            Ok(n) if n > 0 => {
+                buf.truncate(n);
+                let e = WireEntry {
+                    offset,
+                    size: n as u64,
+                    data: buf,
+                    ..entry(Command::Write, &self.rule, &name)
+                };
+                let offset = offset + n as u64;
+                // A short read: the file ended sooner than it said; look again there.
+                let data_end = if n < want { offset } else { data_end };
+                self.tasks.push(Task::File {
+                    name,
+                    file,
+                    offset,
+                    data_end,
+                });
+                Some(e)
+            }
+            Ok(_) => self.finish_file(&name, &file, offset),
+            Err(e) => {
+                self.trouble(
+                    &format!(
+                        "copy of {}: read at offset {offset} (the rest is skipped)",
+                        shown(&name)
+                    ),
+                    &e,
+                );
+                None
+            }
+        }
+    }
+
+    /// The end of the copy of a file read up to `offset`: a hole to its end if it has one, its
+    /// size, then its attributes.
+    fn finish_file(&mut self, name: &[u8], file: &File, offset: u64) -> Option<WireEntry> {
+        let m = file.metadata().ok();
+        let size = m.as_ref().map_or(offset, |m| m.len());
+        if let Some(m) = &m {
+            self.push_attrs(name, m);
+        }
+        let truncate = WireEntry {
+            size,
+            ..entry(Command::Truncate, &self.rule, name)
+        };
+        if size <= offset {
+            return Some(truncate);
+        }
+        self.tasks.push(Task::Emit(truncate));
+        Some(WireEntry {
+            offset,
+            size: size - offset,
+            ..entry(Command::Zero, &self.rule, name)
+        })
     }
 
     /// One part of the listing of directory `name` for a reconcile: the names the rule
@@ -595,6 +673,7 @@ impl CopyJob {
                     name,
                     file,
                     offset: 0,
+                    data_end: 0,
                 }),
                 // Gone (or swapped for a symlink) since it was looked at.
                 Err(e) if gone(&e) => return Some(entry(Command::Delete, &self.rule, &name)),
@@ -669,6 +748,49 @@ impl CopyJob {
             }));
         }
     }
+}
+
+/// Where the next data of `file` at or after `offset` is: `(start, end)` of that run of data
+/// (`SEEK_DATA`, `SEEK_HOLE`), `None` when only a hole (or nothing) follows. Where the file
+/// system cannot tell (`EINVAL`, `EOPNOTSUPP`), all of the file up to its size is data.
+fn next_data(file: &File, offset: u64) -> io::Result<Option<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let seek = |at: u64, whence: libc::c_int| -> io::Result<u64> {
+        let at =
+            libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: plain syscall on a descriptor we hold; it moves only that descriptor's
+        // position, which reads at explicit offsets never use.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), at, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    };
+    let unsupported = |e: &io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+        )
+    };
+    let start = match seek(offset, libc::SEEK_DATA) {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+        Err(e) if unsupported(&e) => {
+            let size = file.metadata()?.len();
+            return Ok((size > offset).then_some((offset, size)));
+        }
+        Err(e) => return Err(e),
+    };
+    let end = match seek(start, libc::SEEK_HOLE) {
+        Ok(h) => h,
+        // Data at `start` but no hole after it: it ended (or changed) in between.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => start,
+        Err(e) if unsupported(&e) => file.metadata()?.len(),
+        Err(e) => return Err(e),
+    };
+    // A file that changed between the two looks may give an empty run: read one chunk.
+    Ok(Some((start, end.max(start + 1))))
 }
 
 /// The extended attributes of `path` (not following a symlink); empty on any error.

@@ -53,3 +53,5 @@ mod fs_setid;
 mod journal_full;
 // power losses of the source, the router and both under an fsync'ing ledger workload.
 mod power_loss;
+// sync at scale (memory bounded in every process), its errors, --dry-run, sparse copies.
+mod sync_scale;
