@@ -533,11 +533,11 @@ impl Progress {
         let (files, bytes) = (files.min(self.files), bytes.min(self.bytes));
         let note = note.map(|n| format!(" ({n})")).unwrap_or_default();
         if let Some(bar) = &self.bar {
-            bar.set_position(bytes);
             bar.set_message(format!(
                 "sync: {files}/{} files {}{note}",
                 self.files, self.what
             ));
+            bar.set_position(bytes);
             return;
         }
         if self.last_line.is_some_and(|t| t.elapsed() < PLAIN_EVERY) {

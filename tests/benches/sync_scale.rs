@@ -1,8 +1,8 @@
 //! Sync benchmark (issue 13): `mirror-ctl sync --wait` of 30,000 small files and a 1 GiB
 //! file (mirrorfs + mirror-sendd + mirror-routerd over loopback), beside `rsync -a` of the
 //! same tree to the same disk, in one run. For each: the time until the backup holds it all,
-//! the bytes sent (mirror: what mirror-sendd wrote, `wchar` in `/proc/PID/io`, almost all of
-//! it to its socket; rsync: its `--stats` "Total bytes sent"), and the peak resident memory of
+//! the bytes sent (mirror: TCP payload mirror-sendd sent to the router, `bytes_sent` of
+//! `ss -ti`; rsync: its `--stats` "Total bytes sent", over the pipe between its processes), and the peak resident memory of
 //! each process (`VmHWM` of the daemons, `wait4` of the commands). Page caches are dropped
 //! before each.
 //!
@@ -34,6 +34,21 @@ fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Bytes sent so far on the established TCP connections to loopback port `port` (`ss -ti`:
+/// `bytes_sent`, TCP payload, retransmissions included).
+fn tcp_sent_to(port: u16) -> u64 {
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established"])
+        .arg(format!("( dport = :{port} )"))
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_sent:"))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
 }
 
 /// Peak resident memory of `pid`, KiB.
@@ -141,7 +156,8 @@ fn main() {
     let s = l.sender();
     let spid = s.pid().expect("sender runs");
     drop_caches();
-    let wrote_before = proc_field(spid, "io", "wchar:");
+    wait_until(LIMIT, "mirror-sendd's session", || tcp_sent_to(r.port) > 0);
+    let sent_before = tcp_sent_to(r.port);
     let started = Instant::now();
     let (ok, out, ctl_kib, acked) = run_measured(
         Command::new(bin("mirror-ctl"))
@@ -157,7 +173,7 @@ fn main() {
         last_file.exists() && fs::metadata(&big).is_ok_and(|m| m.len() == big_mib << 20)
     });
     let applied = started.elapsed();
-    let sent = proc_field(spid, "io", "wchar:") - wrote_before;
+    let sent = tcp_sent_to(r.port) - sent_before;
     let (fs_kib, sendd_kib, routerd_kib) = (
         peak_kib(m.pid()),
         peak_kib(spid),
