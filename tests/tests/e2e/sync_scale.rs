@@ -40,11 +40,13 @@ fn written(pid: u32) -> u64 {
 }
 
 /// Runs `mirror-ctl --state STATE args…` to its end; its exit status, stdout, stderr and peak
-/// resident memory (from `wait4`, for this child alone).
+/// resident memory (`VmHWM`, read every few milliseconds while it runs: `wait4`'s `ru_maxrss`
+/// would count the test process's own memory, which the child shared until its exec).
 fn ctl_measured(l: &Local, args: &[&str]) -> (bool, String, String, u64) {
     let out = l.tmp.path().join("ctl.out");
     let err = l.tmp.path().join("ctl.err");
-    let child = Command::new(bin("mirror-ctl"))
+    // `spawn` returns once the child has exec'd, so every VmHWM read is mirror-ctl's own.
+    let mut child = Command::new(bin("mirror-ctl"))
         .arg("--state")
         .arg(&l.state)
         .args(args)
@@ -53,20 +55,30 @@ fn ctl_measured(l: &Local, args: &[&str]) -> (bool, String, String, u64) {
         .stderr(fs::File::create(&err).unwrap())
         .spawn()
         .expect("run mirror-ctl");
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for the child we spawned (and reaps it,
-    // so `child` is not waited for again).
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers to locals; the pid is our child's.
-    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(rc, child.id() as i32, "wait4");
-    std::mem::forget(child);
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kb) = fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+        {
+            peak = peak.max(kb << 10);
+        }
+        if let Some(st) = child.try_wait().expect("wait for mirror-ctl") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "mirror-ctl {args:?} never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    };
     (
-        ok,
+        status.success(),
         fs::read_to_string(out).unwrap(),
         fs::read_to_string(err).unwrap(),
-        (usage.ru_maxrss as u64) << 10,
+        peak,
     )
 }
 
