@@ -297,8 +297,9 @@ fn rt2_bytes(r: &Router) -> u64 {
 
 /// Issue 13 item 3: a sync of a 2 GiB file with 4 KiB allocated wrote 2.1 GiB into the router
 /// logs and into the backup. Copies now send holes as holes (`SEEK_DATA`/`SEEK_HOLE`), by
-/// sync and by a rename into a rule: the router writes a few KiB, the backup stays sparse, and
-/// the contents are equal.
+/// sync, by a rename into a rule and by the copy the router asks for (a change to a file its
+/// backup lacks): the router writes a few KiB, the backup stays sparse, and the contents are
+/// equal.
 #[test]
 fn sparse_files_stay_sparse_through_every_copy() {
     const SIZE: u64 = 2 << 30;
@@ -313,13 +314,20 @@ fn sparse_files_stay_sparse_through_every_copy() {
         f.write_all_at(b"the end", SIZE - 7).unwrap();
     };
     make(&l.path("in/sparse"));
+    make(&l.path("in/asked"));
     assert!(allocated(&l.path("in/sparse")) <= 64 << 10);
     l.add_rule_validated(&format!("{}/in/", l.dir.display()), &r.site(), "sp", &[]);
     let m = l.mount(&[]);
     let s = sender_ready(&l);
     let router_pid = r.daemon.pid().expect("router runs");
     let before = written(router_pid);
-    let out = l.ctl(&["sync", "--wait", "--timeout", "120"]);
+    let out = l.ctl(&[
+        "sync",
+        &l.path("in/sparse").to_string_lossy(),
+        "--wait",
+        "--timeout",
+        "120",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -362,6 +370,39 @@ fn sparse_files_stay_sparse_through_every_copy() {
         allocated(&moved) <= 1 << 20,
         "the backup allocates {} bytes",
         allocated(&moved)
+    );
+    // A change to a file the backup lacks makes the router ask for the file whole: that copy
+    // is sparse too.
+    let before = written(router_pid);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(l.path("in/asked"))
+        .unwrap()
+        .write_all_at(b"changed", 0)
+        .unwrap();
+    let asked = r.path("sp/asked");
+    wait_until(
+        CONVERGE,
+        "the file the router asked for in the backup",
+        || {
+            fs::metadata(&asked).is_ok_and(|m| m.len() == SIZE)
+                && same_content(&l.path("in/asked"), &asked)
+        },
+    );
+    assert!(
+        s.log_text().contains("whole, as the router asked"),
+        "{}",
+        s.log_text()
+    );
+    let wrote = written(router_pid) - before;
+    assert!(
+        wrote < 16 << 20,
+        "the router wrote {wrote} bytes for the copy it asked for"
+    );
+    assert!(
+        allocated(&asked) <= 1 << 20,
+        "the backup allocates {} bytes",
+        allocated(&asked)
     );
     // The sender never read the holes into memory.
     assert!(peak_rss(s.pid().expect("sender runs")) < BOUND);
