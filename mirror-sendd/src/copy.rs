@@ -77,8 +77,11 @@ enum Origin {
 /// Where a copy reads: its rule's base directory, held open, and every name beneath it
 /// reached through no symbolic link ([`mirrorfs::beneath`]), so that a directory swapped for a
 /// symlink while the copy runs cannot make it read anything the rule does not select.
+///
+/// The base is opened at the job's first look, not when the job is made: a dirty set or a
+/// resync queues a job per file, and only the one being sent holds a descriptor.
 struct Source {
-    root: io::Result<Root>,
+    root: std::cell::OnceCell<io::Result<Root>>,
     base: Vec<u8>,
 }
 
@@ -153,14 +156,14 @@ impl Source {
             _ => prefix.strip_suffix(b"/").unwrap_or(prefix).to_vec(),
         };
         Source {
-            root: Root::open(path_of(&base)),
+            root: std::cell::OnceCell::new(),
             base,
         }
     }
 
     /// `name` (a full name beneath the base, or the base itself).
     fn spot(&self, name: &[u8]) -> io::Result<Spot> {
-        let root = match &self.root {
+        let root = match self.root.get_or_init(|| Root::open(path_of(&self.base))) {
             Ok(r) => r,
             Err(e) => return Err(io::Error::new(e.kind(), e.to_string())),
         };
@@ -820,4 +823,110 @@ fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str) -> Arc<Rule> {
+        use mirrorfs::rule::{Dest, Mode, Pattern, RuleSpec, Site};
+        let spec = RuleSpec {
+            pattern: Pattern::parse(pattern).unwrap(),
+            sites: vec![Site::parse("127.0.0.1:1").unwrap()],
+            dest: Dest::parse("d").unwrap(),
+            attrs: false,
+            delete_suffix: None,
+            mode: Mode::Async,
+        };
+        Arc::new(Rule {
+            id: 1,
+            crc: spec.crc(),
+            spec,
+        })
+    }
+
+    fn parts(mut job: CopyJob) -> Vec<WireEntry> {
+        std::iter::from_fn(|| job.next_part()).collect()
+    }
+
+    /// Holes are sent as zero ranges, data as writes no larger than it.
+    #[test]
+    fn a_sparse_file_is_sent_as_its_data_and_its_holes() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().canonicalize().unwrap();
+        let p = dir.join("sparse");
+        let f = File::create(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&[7u8; 4096], 1 << 20).unwrap();
+        drop(f);
+        let name = p.as_os_str().as_bytes().to_vec();
+        let r = rule(&format!("{}/", dir.display()));
+        let got: Vec<(Command, u64, u64, usize)> = parts(CopyJob::new(Position::START, r, name))
+            .into_iter()
+            .map(|e| {
+                let data = if e.command == Command::SetAttr {
+                    0
+                } else {
+                    e.data.len()
+                };
+                (e.command, e.offset, e.size, data)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Command::Zero, 0, 1 << 20, 0),
+                (Command::Write, 1 << 20, 4096, 4096),
+                (Command::Zero, (1 << 20) + 4096, (7 << 20) - 4096, 0),
+                (Command::Truncate, 0, 8 << 20, 0),
+                (Command::SetAttr, 0, 0, 0),
+            ]
+        );
+    }
+
+    /// A write's buffer is as large as its data (a small file's part held 1 MiB: issue 13).
+    #[test]
+    fn a_small_files_write_holds_no_more_than_its_data() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().canonicalize().unwrap();
+        let p = dir.join("small");
+        std::fs::write(&p, b"tiny").unwrap();
+        let r = rule(&format!("{}/", dir.display()));
+        let write = parts(CopyJob::new(
+            Position::START,
+            r,
+            p.as_os_str().as_bytes().to_vec(),
+        ))
+        .into_iter()
+        .find(|e| e.command == Command::Write)
+        .unwrap();
+        assert_eq!(write.data, b"tiny");
+        assert!(write.data.capacity() < 64, "{}", write.data.capacity());
+    }
+
+    /// Jobs waiting in a queue (a dirty set, a resync) hold no descriptor: only the job being
+    /// sent opens its rule's base.
+    #[test]
+    fn queued_jobs_hold_no_descriptor() {
+        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().canonicalize().unwrap();
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        let r = rule(&format!("{}/", dir.display()));
+        let name = dir.join("f").as_os_str().as_bytes().to_vec();
+        let before = fds();
+        let jobs: Vec<CopyJob> = (0..2000)
+            .map(|_| CopyJob::extra(r.clone(), name.clone()))
+            .collect();
+        // (Other tests of this binary run beside it: a margin far below 2,000.)
+        assert!(
+            fds() < before + 500,
+            "{} descriptors for {} jobs",
+            fds() - before,
+            jobs.len()
+        );
+        let mut first = jobs.into_iter().next().unwrap();
+        assert!(first.next_part().is_some());
+    }
 }
