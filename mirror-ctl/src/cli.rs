@@ -186,6 +186,9 @@ pub struct SyncArgs {
     /// With --wait: give up after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub timeout: u64,
+    /// List what would be sent (each file and its size, and empty directories), queue nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 /// `mirror-ctl rule …`

@@ -1,47 +1,44 @@
-//! `mirror-ctl sync [PATH…] [--wait]` (seeds/002 [0066]): queues a copy entry for every
-//! file the rules select (under PATH…), through the running mirrorfs (its control socket) so
-//! the copies are ordered with the changes being made, or straight into the journal when no
-//! mirrorfs runs. With `--wait`, waits until every site involved acknowledged them.
+//! `mirror-ctl sync [PATH…] [--wait] [--dry-run]` (seeds/002 [0066]): queues a copy entry for
+//! every file the rules select (under PATH…), through the running mirrorfs (its control
+//! socket) so the copies are ordered with the changes being made, or straight into the journal
+//! when no mirrorfs runs. With `--wait`, waits until every site involved acknowledged them.
+//!
+//! Nothing here grows with the number of files: the rules' trees are walked twice, once to
+//! count (and check every PATH), once to queue the copies in chunks of [`CHUNK`] names as they
+//! are found; what `--wait` remembers is one position per chunk. Progress (files and bytes done
+//! out of the total, rate, time left) is a bar on a terminal and plain lines otherwise; done
+//! means queued, or with `--wait` acknowledged by every site.
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use mirrorfs::control::{self, Request, Response};
+use mirrorfs::control::{self, Request, Response, SenderRequest, SenderResponse};
 use mirrorfs::journal::{Journal, JournalConfig, JournalError, Position};
-use mirrorfs::rule::Rule;
+use mirrorfs::rule::{PatternKind, Rule};
 use mirrorfs::rulesdb::RulesDb;
 use mirrorfs::sfa::Sfa;
 use mirrorfs::state::StateDir;
 
 use crate::cli::SyncArgs;
 
-/// Copies queued per request to mirrorfs.
+/// Copies queued per request to mirrorfs, at most.
 const CHUNK: usize = 1000;
-
-#[derive(Default)]
-struct Found {
-    copies: Vec<(u32, Vec<u8>)>,
-    files: u64,
-    bytes: u64,
-    sites: BTreeSet<String>,
-}
-
-impl Found {
-    fn progress(&self, done: bool) {
-        eprint!(
-            "\rsync: {} files, {} selected{}",
-            self.files,
-            human(self.bytes),
-            if done { "\n" } else { "" }
-        );
-        let _ = io::stderr().flush();
-    }
-}
+/// File bytes per request, at most (so that `--wait` sees progress within a large tree).
+const CHUNK_BYTES: u64 = 256 << 20;
+/// Bytes of names per request, at most (well within the control socket's request limit,
+/// [`control::MAX_REQUEST_BYTES`], as JSON spells a byte in up to 4).
+const CHUNK_NAME_BYTES: usize = 1 << 20;
+/// How long a plain progress line waits for the next.
+const PLAIN_EVERY: Duration = Duration::from_secs(2);
+/// How long mirror-sendd may take to answer whether it runs.
+const SENDER_ANSWER: Duration = Duration::from_secs(5);
+/// How often the wait asks mirror-sendd how its sites are.
+const SENDER_EVERY: Duration = Duration::from_secs(1);
 
 /// `b` bytes for people.
 pub fn human(b: u64) -> String {
@@ -53,33 +50,94 @@ pub fn human(b: u64) -> String {
     }
 }
 
+/// `p` absolute (against the current directory) and without `.`, `..` or a trailing slash,
+/// as the rules name files.
 fn absolute(p: &Path) -> Result<PathBuf> {
-    if p.is_absolute() {
-        return Ok(p.to_path_buf());
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("current directory")?
+            .join(p)
+    };
+    let mut out = PathBuf::from("/");
+    for c in full.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
     }
-    Ok(std::env::current_dir()
-        .context("current directory")?
-        .join(p))
+    Ok(out)
 }
 
 /// Whether `name` is `under` or below it.
 fn is_under(name: &[u8], under: &[u8]) -> bool {
     let under = under.strip_suffix(b"/").unwrap_or(under);
-    name == under || (name.starts_with(under) && name.get(under.len()) == Some(&b'/'))
+    under.is_empty()
+        || name == under
+        || (name.starts_with(under) && name.get(under.len()) == Some(&b'/'))
 }
 
-/// Walks what `rule` selects, adding copies of files (and of empty selected directories).
-fn walk(rule: &Rule, dir: &Path, filter: &[Vec<u8>], found: &mut Found) {
+/// One name a rule selects, as the walk finds it.
+struct Selected<'a> {
+    rule: &'a Rule,
+    name: &'a [u8],
+    /// Its size (a file; 0 for anything else).
+    bytes: u64,
+    /// A file (or symlink, fifo), not an empty directory.
+    file: bool,
+}
+
+/// Walks what `rule` selects under `filter` (everything when empty), calling `found` for each
+/// file and each selected directory with nothing in it to copy (so that it exists on the
+/// backup). The names of one directory at a time are held, never the tree's.
+fn walk_rule(
+    rule: &Rule,
+    filter: &[Vec<u8>],
+    found: &mut dyn FnMut(Selected<'_>) -> Result<()>,
+) -> Result<()> {
+    let pattern = &rule.spec.pattern;
+    if pattern.kind() == PatternKind::File {
+        let name = pattern.prefix();
+        let in_filter = filter.is_empty() || filter.iter().any(|f| is_under(name, f));
+        if in_filter {
+            if let Ok(m) = fs::symlink_metadata(Path::new(std::ffi::OsStr::from_bytes(name))) {
+                if !m.is_dir() {
+                    found(Selected {
+                        rule,
+                        name,
+                        bytes: m.len(),
+                        file: true,
+                    })?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    walk(rule, pattern.source_dir(), filter, found).map(|_| ())
+}
+
+/// [`walk_rule`] in directory `dir`; how many names it found there.
+fn walk(
+    rule: &Rule,
+    dir: &Path,
+    filter: &[Vec<u8>],
+    found: &mut dyn FnMut(Selected<'_>) -> Result<()>,
+) -> Result<u64> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) => {
-            eprintln!("\nsync: cannot list {}: {e}", dir.display());
-            return;
+            eprintln!("sync: cannot list {}: {e}", dir.display());
+            return Ok(0);
         }
     };
     let mut names: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     names.sort();
     let pattern = &rule.spec.pattern;
+    let mut count = 0;
     for p in names {
         let name = p.as_os_str().as_bytes();
         let Ok(meta) = fs::symlink_metadata(&p) else {
@@ -91,12 +149,18 @@ fn walk(rule: &Rule, dir: &Path, filter: &[Vec<u8>], found: &mut Found) {
                     .iter()
                     .any(|f| is_under(name, f) || is_under(f, name));
             if pattern.kind().is_subtree() && on_the_way {
-                let before = found.copies.len();
-                walk(rule, &p, filter, found);
+                let inside = walk(rule, &p, filter, found)?;
+                count += inside;
                 let selected_dir = pattern.match_dir(name).is_some();
                 let in_filter = filter.is_empty() || filter.iter().any(|f| is_under(name, f));
-                if found.copies.len() == before && selected_dir && in_filter {
-                    found.copies.push((rule.crc, name.to_vec()));
+                if inside == 0 && selected_dir && in_filter {
+                    found(Selected {
+                        rule,
+                        name,
+                        bytes: 0,
+                        file: false,
+                    })?;
+                    count += 1;
                 }
             }
             continue;
@@ -107,13 +171,27 @@ fn walk(rule: &Rule, dir: &Path, filter: &[Vec<u8>], found: &mut Found) {
         if !(filter.is_empty() || filter.iter().any(|f| is_under(name, f))) {
             continue;
         }
-        found.copies.push((rule.crc, name.to_vec()));
-        found.files += 1;
-        found.bytes += meta.len();
-        if found.files % 1000 == 0 {
-            found.progress(false);
-        }
+        found(Selected {
+            rule,
+            name,
+            bytes: meta.len(),
+            file: true,
+        })?;
+        count += 1;
     }
+    Ok(count)
+}
+
+/// What the first walk counted.
+#[derive(Default)]
+struct Totals {
+    files: u64,
+    bytes: u64,
+    /// Names selected (files, and directories with nothing in them to copy).
+    names: u64,
+    /// Names selected under each PATH.
+    per_path: Vec<u64>,
+    sites: BTreeSet<String>,
 }
 
 /// `sync`.
@@ -123,74 +201,191 @@ pub fn sync(state: &StateDir, args: SyncArgs) -> Result<()> {
     if rules.is_empty() {
         bail!("there are no rules; add one with `mirror-ctl rule add`");
     }
-    let filter: Vec<Vec<u8>> = args
+    let mut filter = Vec::new();
+    let mut missing = Vec::new();
+    for p in &args.paths {
+        let a = absolute(p)?;
+        if let Err(e) = fs::symlink_metadata(&a) {
+            missing.push(format!("{}: {e}", p.display()));
+        }
+        filter.push(a.as_os_str().as_bytes().to_vec());
+    }
+    if !missing.is_empty() {
+        bail!("nothing queued: {}", missing.join("; "));
+    }
+    if args.wait && !args.dry_run {
+        sender_running(state)?;
+    }
+    let totals = count(&rules, &filter, &args)?;
+    let unselected: Vec<String> = args
         .paths
         .iter()
-        .map(|p| absolute(p).map(|a| a.as_os_str().as_bytes().to_vec()))
-        .collect::<Result<_>>()?;
-    let mut found = Found::default();
+        .zip(&totals.per_path)
+        .filter(|(_, n)| **n == 0)
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    if !unselected.is_empty() {
+        bail!(
+            "no rule selects {} (nor anything beneath); nothing queued (`mirror-ctl rule list` shows the rules)",
+            unselected.join(", ")
+        );
+    }
+    let sites = totals.sites.iter().cloned().collect::<Vec<_>>().join(", ");
+    if args.dry_run {
+        println!(
+            "would queue copies of {} files ({}) for {}",
+            totals.files,
+            human(totals.bytes),
+            if sites.is_empty() { "no site" } else { &sites }
+        );
+        return Ok(());
+    }
+    if totals.names == 0 {
+        println!("nothing to copy");
+        return Ok(());
+    }
+    let mut queue = Queue::open(state)?;
+    let mut progress = Progress::new(&totals, if args.wait { "acknowledged" } else { "queued" });
+    let mut chunks: Vec<(Position, u64, u64)> = Vec::new();
+    let mut pending: Vec<(u32, Vec<u8>)> = Vec::new();
+    let (mut files, mut bytes, mut pending_bytes) = (0u64, 0u64, 0u64);
+    let mut pending_names = 0usize;
+    let mut last: Option<Position> = None;
+    let mut flush = |pending: &mut Vec<(u32, Vec<u8>)>,
+                     files: u64,
+                     bytes: u64,
+                     progress: &mut Progress|
+     -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if let Some(l) = queue.push(pending)? {
+            last = Some(l);
+            chunks.push((l, files, bytes));
+        }
+        pending.clear();
+        if !args.wait {
+            progress.show(files, bytes, None);
+        }
+        Ok(())
+    };
     for rule in &rules {
-        let before = found.copies.len();
-        let pattern = &rule.spec.pattern;
-        if pattern.kind() == mirrorfs::rule::PatternKind::File {
-            let name = pattern.prefix();
-            let path = Path::new(std::ffi::OsStr::from_bytes(name));
-            let in_filter = filter.is_empty() || filter.iter().any(|f| is_under(name, f));
-            if in_filter {
-                if let Ok(m) = fs::symlink_metadata(path) {
-                    found.copies.push((rule.crc, name.to_vec()));
-                    found.files += 1;
-                    found.bytes += m.len();
+        walk_rule(rule, &filter, &mut |s: Selected<'_>| {
+            pending.push((s.rule.crc, s.name.to_vec()));
+            pending_names += s.name.len();
+            if s.file {
+                files += 1;
+                bytes += s.bytes;
+                pending_bytes += s.bytes;
+            }
+            if pending.len() >= CHUNK
+                || pending_bytes >= CHUNK_BYTES
+                || pending_names >= CHUNK_NAME_BYTES
+            {
+                pending_bytes = 0;
+                pending_names = 0;
+                flush(&mut pending, files, bytes, &mut progress)?;
+            }
+            Ok(())
+        })?;
+    }
+    flush(&mut pending, files, bytes, &mut progress)?;
+    drop(queue);
+    if !args.wait {
+        progress.done(files, bytes);
+        println!(
+            "queued copies of {files} files ({}) for {sites}",
+            human(bytes)
+        );
+        return Ok(());
+    }
+    println!(
+        "queued copies of {files} files ({}) for {sites}; waiting for every site to acknowledge them",
+        human(bytes)
+    );
+    if let Some(last) = last {
+        wait_acked(
+            state,
+            &totals.sites,
+            last,
+            &chunks,
+            &mut progress,
+            Duration::from_secs(args.timeout),
+        )?;
+    }
+    progress.done(files, bytes);
+    eprintln!("sync: every site acknowledged the copies");
+    Ok(())
+}
+
+/// The first walk: what would be queued (listed with `--dry-run`), per PATH too.
+fn count(rules: &[Rule], filter: &[Vec<u8>], args: &SyncArgs) -> Result<Totals> {
+    let mut totals = Totals {
+        per_path: vec![0; filter.len()],
+        ..Totals::default()
+    };
+    let terminal = io::stderr().is_terminal() && !args.dry_run;
+    let spinner = terminal.then(indicatif::ProgressBar::new_spinner);
+    for rule in rules {
+        let mut any = false;
+        walk_rule(rule, filter, &mut |s: Selected<'_>| {
+            any = true;
+            totals.names += 1;
+            if s.file {
+                totals.files += 1;
+                totals.bytes += s.bytes;
+            }
+            for (i, f) in filter.iter().enumerate() {
+                if is_under(s.name, f) {
+                    totals.per_path[i] += 1;
                 }
             }
-        } else {
-            walk(rule, pattern.source_dir(), &filter, &mut found);
-        }
-        if found.copies.len() > before {
-            found
+            if args.dry_run {
+                let name = String::from_utf8_lossy(s.name);
+                if s.file {
+                    println!("{name} ({})", human(s.bytes));
+                } else {
+                    println!("{name}/");
+                }
+            }
+            if let Some(sp) = &spinner {
+                if totals.files % 256 == 0 {
+                    sp.set_message(format!(
+                        "sync: counting what the rules select: {} files, {}",
+                        totals.files,
+                        human(totals.bytes)
+                    ));
+                }
+            }
+            Ok(())
+        })?;
+        if any {
+            totals
                 .sites
                 .extend(rule.spec.sites.iter().map(|s| s.to_string()));
         }
     }
-    found.progress(true);
-    if found.copies.is_empty() {
-        println!("nothing to copy");
-        return Ok(());
+    if let Some(sp) = spinner {
+        sp.finish_and_clear();
     }
-    let last = queue(state, &found.copies)?;
-    println!(
-        "queued copies of {} files ({}) for {}",
-        found.files,
-        human(found.bytes),
-        found.sites.iter().cloned().collect::<Vec<_>>().join(", ")
-    );
-    if args.wait {
-        if let Some(last) = last {
-            wait_acked(state, &found.sites, last, Duration::from_secs(args.timeout))?;
-        }
-    }
-    Ok(())
+    Ok(totals)
 }
 
-/// Appends the copies through mirrorfs, or directly when no mirrorfs runs.
-fn queue(state: &StateDir, copies: &[(u32, Vec<u8>)]) -> Result<Option<Position>> {
-    let sock = state.socket_path("mirrorfs");
-    let mut last = None;
-    if sock.exists() {
-        for chunk in copies.chunks(CHUNK) {
-            let req = Request::Copy {
-                copies: chunk.to_vec(),
-            };
-            match control::request(&sock, &req) {
-                Ok(Response::Queued { last: l }) => last = l.or(last),
-                Ok(Response::Error { reason }) => {
-                    bail!("mirrorfs refused the copies: {reason}")
-                }
-                Ok(other) => bail!("mirrorfs answered {other:?} to a copy request"),
-                Err(e) if last.is_none() && e.kind() == io::ErrorKind::ConnectionRefused => {
-                    // A socket left by a mirrorfs that is gone: write the journal ourselves.
-                    return queue_direct(state, copies);
-                }
+/// Where the copies go: the running mirrorfs, or the journal itself when none runs
+/// ([`Queue::open`], then [`Queue::push`] a chunk at a time).
+pub(crate) enum Queue {
+    Mount(PathBuf),
+    Direct(Box<Journal>),
+}
+
+impl Queue {
+    pub(crate) fn open(state: &StateDir) -> Result<Queue> {
+        let sock = state.socket_path("mirrorfs");
+        if sock.exists() {
+            match control::request::<_, Response>(&sock, &Request::Status) {
+                Ok(_) => return Ok(Queue::Mount(sock)),
+                // A socket left by a mirrorfs that is gone: write the journal ourselves.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => {
                     return Err(e).with_context(|| {
                         format!("cannot reach mirrorfs through {}", sock.display())
@@ -198,56 +393,202 @@ fn queue(state: &StateDir, copies: &[(u32, Vec<u8>)]) -> Result<Option<Position>
                 }
             }
         }
-        return Ok(last);
+        let journal = match Journal::open(&state.journal_dir(), JournalConfig::default()) {
+            Ok(j) => j,
+            Err(JournalError::Locked(e)) => bail!(
+                "the journal is held by a running mirrorfs ({e}) whose control socket {} does not answer",
+                sock.display()
+            ),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Queue::Direct(Box::new(journal)))
     }
-    queue_direct(state, copies)
+
+    /// Appends `copies` (durably); the position of the last.
+    pub(crate) fn push(&mut self, copies: &[(u32, Vec<u8>)]) -> Result<Option<Position>> {
+        match self {
+            Queue::Direct(j) => Ok(control::append_copies(j, copies)?),
+            Queue::Mount(sock) => {
+                let req = Request::Copy {
+                    copies: copies.to_vec(),
+                };
+                match control::request(sock, &req)
+                    .with_context(|| format!("cannot reach mirrorfs through {}", sock.display()))?
+                {
+                    Response::Queued { last } => Ok(last),
+                    Response::Error { reason } => bail!("mirrorfs refused the copies: {reason}"),
+                    other => bail!("mirrorfs answered {other:?} to a copy request"),
+                }
+            }
+        }
+    }
 }
 
-fn queue_direct(state: &StateDir, copies: &[(u32, Vec<u8>)]) -> Result<Option<Position>> {
-    let journal = match Journal::open(&state.journal_dir(), JournalConfig::default()) {
-        Ok(j) => j,
-        Err(JournalError::Locked(e)) => bail!(
-            "the journal is held by a running mirrorfs ({e}) whose control socket {} does not answer",
-            state.socket_path("mirrorfs").display()
+/// Fails at once, saying so, when mirror-sendd does not answer on its control socket; its
+/// sites otherwise.
+fn sender_running(state: &StateDir) -> Result<Vec<control::SiteState>> {
+    let sock = state.socket_path("mirror-sendd");
+    match control::request_within::<_, SenderResponse>(&sock, &SenderRequest::Status, SENDER_ANSWER)
+    {
+        Ok(SenderResponse::Status { sites }) => Ok(sites),
+        Ok(other) => bail!("mirror-sendd answered {other:?} to a status request"),
+        Err(e) => bail!(
+            "mirror-sendd is not running ({}: {e}), so nothing would be acknowledged; start it (`mirror-sendd --state {}`), or run `sync` without --wait to queue the copies for when it runs",
+            sock.display(),
+            state.root().display()
         ),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(control::append_copies(&journal, copies)?)
+    }
 }
 
-/// Waits until every site in `sites` acknowledged past `last`.
+/// Waits until every site in `sites` acknowledged past `last`, showing how much of `chunks`
+/// (the last position of each chunk queued, with the files and bytes queued up to it) is
+/// acknowledged.
 fn wait_acked(
     state: &StateDir,
     sites: &BTreeSet<String>,
     last: Position,
+    chunks: &[(Position, u64, u64)],
+    progress: &mut Progress,
     limit: Duration,
 ) -> Result<()> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(5);
+    let mut asked = Instant::now();
+    let mut note: Option<String> = None;
     loop {
         let sfa = Sfa::load(&state.sfa_path())?;
-        let pending: Vec<&String> = sites.iter().filter(|s| sfa.get(s) <= last).collect();
-        if pending.is_empty() {
-            eprintln!("\rsync: every site acknowledged the copies          ");
+        let acked = sites.iter().map(|s| sfa.get(s)).min().unwrap_or(last);
+        if acked > last {
             return Ok(());
         }
+        let (files, bytes) = chunks
+            .iter()
+            .take_while(|(p, _, _)| *p < acked)
+            .last()
+            .map_or((0, 0), |(_, f, b)| (*f, *b));
+        if asked.elapsed() >= SENDER_EVERY {
+            asked = Instant::now();
+            let states = sender_running(state).context("while waiting for the copies")?;
+            let blocked: Vec<String> = states
+                .iter()
+                .filter(|s| sites.contains(&s.site))
+                .filter_map(|s| {
+                    s.blocked
+                        .as_ref()
+                        .map(|b| format!("{} is blocked: {}", s.site, b.reason))
+                })
+                .collect();
+            note = (!blocked.is_empty()).then(|| blocked.join("; "));
+        }
+        progress.show(files, bytes, note.as_deref());
         if start.elapsed() > limit {
+            let pending: Vec<&str> = sites
+                .iter()
+                .filter(|s| sfa.get(s) <= last)
+                .map(|s| s.as_str())
+                .collect();
             bail!(
-                "timed out after {limit:?} waiting for {} to acknowledge the copies (is mirror-sendd running?)",
-                pending
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "timed out after {limit:?} waiting for {} to acknowledge the copies ({files} of {} files acknowledged)",
+                pending.join(", "),
+                progress.files,
             );
         }
-        eprint!(
-            "\rsync: waiting for {}/{} sites to acknowledge",
-            pending.len(),
-            sites.len()
-        );
-        let _ = io::stderr().flush();
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Progress of the copies: a bar on a terminal, a plain line every [`PLAIN_EVERY`] otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    files: u64,
+    bytes: u64,
+    what: &'static str,
+    start: Instant,
+    last_line: Option<Instant>,
+}
+
+impl Progress {
+    fn new(totals: &Totals, what: &'static str) -> Progress {
+        let bar = io::stderr().is_terminal().then(|| {
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            indicatif::ProgressBar::new(totals.bytes).with_style(style)
+        });
+        Progress {
+            bar,
+            files: totals.files,
+            bytes: totals.bytes,
+            what,
+            start: Instant::now(),
+            last_line: None,
+        }
+    }
+
+    /// `files` and `bytes` done (of the totals), with what else to say.
+    fn show(&mut self, files: u64, bytes: u64, note: Option<&str>) {
+        let (files, bytes) = (files.min(self.files), bytes.min(self.bytes));
+        let note = note.map(|n| format!(" ({n})")).unwrap_or_default();
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "sync: {files}/{} files {}{note}",
+                self.files, self.what
+            ));
+            bar.set_position(bytes);
+            return;
+        }
+        if self.last_line.is_some_and(|t| t.elapsed() < PLAIN_EVERY) {
+            return;
+        }
+        self.last_line = Some(Instant::now());
+        let secs = self.start.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+        let left = if rate > 0.0 && bytes > 0 {
+            let s = (self.bytes - bytes) as f64 / rate;
+            format!(", about {}s left", s.ceil() as u64)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "sync: {files}/{} files, {}/{} {}, {}/s{left}{note}",
+            self.files,
+            human(bytes),
+            human(self.bytes),
+            self.what,
+            human(rate as u64),
+        );
+    }
+
+    /// Everything done.
+    fn done(&mut self, files: u64, bytes: u64) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        eprintln!(
+            "sync: {files} files, {} {} in {secs:.1}s",
+            human(bytes),
+            self.what
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_made_absolute_and_plain() {
+        assert_eq!(
+            absolute(Path::new("/a/./b/../c/")).unwrap(),
+            PathBuf::from("/a/c")
+        );
+        assert!(is_under(b"/a/c/d", b"/a/c"));
+        assert!(is_under(b"/a/c", b"/a/c/"));
+        assert!(!is_under(b"/a/cd", b"/a/c"));
+        assert!(is_under(b"/a", b"/"));
     }
 }

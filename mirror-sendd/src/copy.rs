@@ -1,6 +1,9 @@
 //! Copy expansion (seeds/002 [0065]): a copy entry becomes the entries that recreate the file
-//! as it is now: its data as writes, then its final size (and, with `--attrs`, its mode,
-//! owner, times and xattrs). A directory becomes its subtree: a mkdir per selected directory
+//! as it is now: its data as writes, its holes as zero ranges (found with `SEEK_DATA` and
+//! `SEEK_HOLE`: a sparse file stays sparse, and its holes are neither read, stored at the
+//! router nor written into the backup), then its final size (and, with `--attrs`, its mode,
+//! owner, times and xattrs). Each write's buffer is as large as the data it carries, so what
+//! a frame of small files holds is what it sends. A directory becomes its subtree: a mkdir per selected directory
 //! and the above per selected file, symlink and fifo.
 //!
 //! A copy of a name that no longer exists becomes its deletion (the copy's job is to make the
@@ -40,10 +43,13 @@ enum Task {
         name: Vec<u8>,
         after: Vec<u8>,
     },
+    /// Read file `name` from `offset`; bytes before `data_end` are known to be data (past
+    /// it, where the next data starts is asked with `SEEK_DATA`).
     File {
         name: Vec<u8>,
         file: File,
         offset: u64,
+        data_end: u64,
     },
     Emit(WireEntry),
 }
@@ -71,8 +77,11 @@ enum Origin {
 /// Where a copy reads: its rule's base directory, held open, and every name beneath it
 /// reached through no symbolic link ([`mirrorfs::beneath`]), so that a directory swapped for a
 /// symlink while the copy runs cannot make it read anything the rule does not select.
+///
+/// The base is opened at the job's first look, not when the job is made: a dirty set or a
+/// resync queues a job per file, and only the one being sent holds a descriptor.
 struct Source {
-    root: io::Result<Root>,
+    root: std::cell::OnceCell<io::Result<Root>>,
     base: Vec<u8>,
 }
 
@@ -147,14 +156,14 @@ impl Source {
             _ => prefix.strip_suffix(b"/").unwrap_or(prefix).to_vec(),
         };
         Source {
-            root: Root::open(path_of(&base)),
+            root: std::cell::OnceCell::new(),
             base,
         }
     }
 
     /// `name` (a full name beneath the base, or the base itself).
     fn spot(&self, name: &[u8]) -> io::Result<Spot> {
-        let root = match &self.root {
+        let root = match self.root.get_or_init(|| Root::open(path_of(&self.base))) {
             Ok(r) => r,
             Err(e) => return Err(io::Error::new(e.kind(), e.to_string())),
         };
@@ -409,47 +418,122 @@ impl CopyJob {
                         return Some(e);
                     }
                 }
-                Task::File { name, file, offset } => {
-                    let mut buf = vec![0u8; CHUNK];
-                    match file.read_at(&mut buf, offset) {
-                        Ok(n) if n > 0 => {
-                            self.done.1 += n as u64;
-                            buf.truncate(n);
-                            let e = WireEntry {
-                                offset,
-                                size: n as u64,
-                                data: buf,
-                                ..entry(Command::Write, &self.rule, &name)
-                            };
-                            self.tasks.push(Task::File {
-                                name,
-                                file,
-                                offset: offset + n as u64,
-                            });
-                            return Some(e);
-                        }
-                        Ok(_) => {
-                            self.done.0 += 1;
-                            if let Ok(m) = file.metadata() {
-                                self.push_attrs(&name, &m);
-                            }
-                            return Some(WireEntry {
-                                size: offset,
-                                ..entry(Command::Truncate, &self.rule, &name)
-                            });
-                        }
-                        Err(e) => self.trouble(
-                            &format!(
-                                "copy of {}: read at offset {offset} (the rest is skipped)",
-                                shown(&name)
-                            ),
-                            &e,
-                        ),
+                Task::File {
+                    name,
+                    file,
+                    offset,
+                    data_end,
+                } => {
+                    if let Some(e) = self.read_file(name, file, offset, data_end) {
+                        return Some(e);
                     }
                 }
             }
         }
         None
+    }
+
+    /// The next part of the copy of file `name` at `offset`: a write of the data there (at
+    /// most [`CHUNK`], in a buffer as large as what it holds), a zero range for a hole (sent
+    /// as a hole: nothing is read, stored or written for it), or, at the end, the file's size
+    /// (and attributes).
+    fn read_file(
+        &mut self,
+        name: Vec<u8>,
+        file: File,
+        offset: u64,
+        data_end: u64,
+    ) -> Option<WireEntry> {
+        if offset >= data_end {
+            return match next_data(&file, offset) {
+                Ok(Some((start, end))) => {
+                    self.tasks.push(Task::File {
+                        name: name.clone(),
+                        file,
+                        offset: start,
+                        data_end: end,
+                    });
+                    // A hole counts as copied (status compares with the files' sizes).
+                    self.done.1 += start - offset;
+                    (start > offset).then(|| WireEntry {
+                        offset,
+                        size: start - offset,
+                        ..entry(Command::Zero, &self.rule, &name)
+                    })
+                }
+                Ok(None) => self.finish_file(&name, &file, offset),
+                Err(e) => {
+                    self.trouble(
+                        &format!(
+                            "copy of {}: looking for data at offset {offset} (the rest is skipped)",
+                            shown(&name)
+                        ),
+                        &e,
+                    );
+                    None
+                }
+            };
+        }
+        let want = (data_end - offset).min(CHUNK as u64) as usize;
+        let mut buf = vec![0u8; want];
+        match file.read_at(&mut buf, offset) {
+            Ok(n) if n > 0 => {
+                self.done.1 += n as u64;
+                buf.truncate(n);
+                let e = WireEntry {
+                    offset,
+                    size: n as u64,
+                    data: buf,
+                    ..entry(Command::Write, &self.rule, &name)
+                };
+                let offset = offset + n as u64;
+                // A short read: the file ended sooner than it said; look again there.
+                let data_end = if n < want { offset } else { data_end };
+                self.tasks.push(Task::File {
+                    name,
+                    file,
+                    offset,
+                    data_end,
+                });
+                Some(e)
+            }
+            Ok(_) => self.finish_file(&name, &file, offset),
+            Err(e) => {
+                self.trouble(
+                    &format!(
+                        "copy of {}: read at offset {offset} (the rest is skipped)",
+                        shown(&name)
+                    ),
+                    &e,
+                );
+                None
+            }
+        }
+    }
+
+    /// The end of the copy of a file read up to `offset`: a hole to its end if it has one, its
+    /// size, then its attributes.
+    fn finish_file(&mut self, name: &[u8], file: &File, offset: u64) -> Option<WireEntry> {
+        let m = file.metadata().ok();
+        let size = m.as_ref().map_or(offset, |m| m.len());
+        self.done.0 += 1;
+        self.done.1 += size.saturating_sub(offset);
+        if let Some(m) = &m {
+            self.push_attrs(name, m);
+        }
+        let truncate = WireEntry {
+            size,
+            ..entry(Command::Truncate, &self.rule, name)
+        };
+        if size <= offset {
+            return Some(truncate);
+        }
+        self.tasks.push(Task::Emit(truncate));
+        Some(WireEntry {
+            offset,
+            size: size - offset,
+            ..entry(Command::Zero, &self.rule, name)
+        })
     }
 
     /// One part of the listing of directory `name` for a reconcile: the names the rule
@@ -610,6 +694,7 @@ impl CopyJob {
                     name,
                     file,
                     offset: 0,
+                    data_end: 0,
                 }),
                 // Gone (or swapped for a symlink) since it was looked at.
                 Err(e) if gone(&e) => return Some(entry(Command::Delete, &self.rule, &name)),
@@ -686,6 +771,49 @@ impl CopyJob {
     }
 }
 
+/// Where the next data of `file` at or after `offset` is: `(start, end)` of that run of data
+/// (`SEEK_DATA`, `SEEK_HOLE`), `None` when only a hole (or nothing) follows. Where the file
+/// system cannot tell (`EINVAL`, `EOPNOTSUPP`), all of the file up to its size is data.
+fn next_data(file: &File, offset: u64) -> io::Result<Option<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let seek = |at: u64, whence: libc::c_int| -> io::Result<u64> {
+        let at =
+            libc::off_t::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: plain syscall on a descriptor we hold; it moves only that descriptor's
+        // position, which reads at explicit offsets never use.
+        let r = unsafe { libc::lseek(file.as_raw_fd(), at, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    };
+    let unsupported = |e: &io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+        )
+    };
+    let start = match seek(offset, libc::SEEK_DATA) {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+        Err(e) if unsupported(&e) => {
+            let size = file.metadata()?.len();
+            return Ok((size > offset).then_some((offset, size)));
+        }
+        Err(e) => return Err(e),
+    };
+    let end = match seek(start, libc::SEEK_HOLE) {
+        Ok(h) => h,
+        // Data at `start` but no hole after it: it ended (or changed) in between.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => start,
+        Err(e) if unsupported(&e) => file.metadata()?.len(),
+        Err(e) => return Err(e),
+    };
+    // A file that changed between the two looks may give an empty run: read one chunk.
+    Ok(Some((start, end.max(start + 1))))
+}
+
 /// The extended attributes of `path` (not following a symlink); empty on any error.
 fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
@@ -713,4 +841,110 @@ fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str) -> Arc<Rule> {
+        use mirrorfs::rule::{Dest, Mode, Pattern, RuleSpec, Site};
+        let spec = RuleSpec {
+            pattern: Pattern::parse(pattern).unwrap(),
+            sites: vec![Site::parse("127.0.0.1:1").unwrap()],
+            dest: Dest::parse("d").unwrap(),
+            attrs: false,
+            delete_suffix: None,
+            mode: Mode::Async,
+        };
+        Arc::new(Rule {
+            id: 1,
+            crc: spec.crc(),
+            spec,
+        })
+    }
+
+    fn parts(mut job: CopyJob) -> Vec<WireEntry> {
+        std::iter::from_fn(|| job.next_part()).collect()
+    }
+
+    /// Holes are sent as zero ranges, data as writes no larger than it.
+    #[test]
+    fn a_sparse_file_is_sent_as_its_data_and_its_holes() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().canonicalize().unwrap();
+        let p = dir.join("sparse");
+        let f = File::create(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&[7u8; 4096], 1 << 20).unwrap();
+        drop(f);
+        let name = p.as_os_str().as_bytes().to_vec();
+        let r = rule(&format!("{}/", dir.display()));
+        let got: Vec<(Command, u64, u64, usize)> = parts(CopyJob::new(Position::START, r, name))
+            .into_iter()
+            .map(|e| {
+                let data = if e.command == Command::SetAttr {
+                    0
+                } else {
+                    e.data.len()
+                };
+                (e.command, e.offset, e.size, data)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Command::Zero, 0, 1 << 20, 0),
+                (Command::Write, 1 << 20, 4096, 4096),
+                (Command::Zero, (1 << 20) + 4096, (7 << 20) - 4096, 0),
+                (Command::Truncate, 0, 8 << 20, 0),
+                (Command::SetAttr, 0, 0, 0),
+            ]
+        );
+    }
+
+    /// A write's buffer is as large as its data (a small file's part held 1 MiB: issue 13).
+    #[test]
+    fn a_small_files_write_holds_no_more_than_its_data() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().canonicalize().unwrap();
+        let p = dir.join("small");
+        std::fs::write(&p, b"tiny").unwrap();
+        let r = rule(&format!("{}/", dir.display()));
+        let write = parts(CopyJob::new(
+            Position::START,
+            r,
+            p.as_os_str().as_bytes().to_vec(),
+        ))
+        .into_iter()
+        .find(|e| e.command == Command::Write)
+        .unwrap();
+        assert_eq!(write.data, b"tiny");
+        assert!(write.data.capacity() < 64, "{}", write.data.capacity());
+    }
+
+    /// Jobs waiting in a queue (a dirty set, a resync) hold no descriptor: only the job being
+    /// sent opens its rule's base.
+    #[test]
+    fn queued_jobs_hold_no_descriptor() {
+        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().canonicalize().unwrap();
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        let r = rule(&format!("{}/", dir.display()));
+        let name = dir.join("f").as_os_str().as_bytes().to_vec();
+        let before = fds();
+        let jobs: Vec<CopyJob> = (0..2000)
+            .map(|_| CopyJob::extra(r.clone(), name.clone()))
+            .collect();
+        // (Other tests of this binary run beside it: a margin far below 2,000.)
+        assert!(
+            fds() < before + 500,
+            "{} descriptors for {} jobs",
+            fds() - before,
+            jobs.len()
+        );
+        let mut first = jobs.into_iter().next().unwrap();
+        assert!(first.next_part().is_some());
+    }
 }

@@ -8,7 +8,7 @@
 //! * `<state>/mirror-sendd.sock` ([`SenderRequest`]): status of the sites, unblock.
 //! * `<router state>/mirror-routerd.sock` ([`RouterRequest`]): unblock backup files.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -279,6 +279,10 @@ where
 /// take every thread of a daemon).
 const MAX_CONNECTIONS: usize = 32;
 
+/// The longest request line a control socket reads (a `sync` sends far less: at most
+/// 1,000 names or 1 MiB of them per request), so that no request makes a daemon hold more.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 /// How long a control connection may stay idle (or a client may stall reading) before it is
 /// closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -309,10 +313,15 @@ fn serve_one<Q: DeserializeOwned, A: Serialize + Refusal>(
     c.set_read_timeout(Some(IDLE_TIMEOUT))?;
     c.set_write_timeout(Some(IDLE_TIMEOUT))?;
     let mut w = c.try_clone()?;
-    let r = BufReader::new(c);
-    for line in r.lines() {
-        let line = match line {
-            Ok(l) => l,
+    let mut r = BufReader::new(c);
+    loop {
+        let mut line = Vec::new();
+        match (&mut r)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
             // Idle too long: the connection ends, nothing failed.
             Err(e)
                 if matches!(
@@ -323,8 +332,18 @@ fn serve_one<Q: DeserializeOwned, A: Serialize + Refusal>(
                 return Ok(())
             }
             Err(e) => return Err(e),
-        };
-        let resp = match serde_json::from_str::<Q>(&line) {
+        }
+        if line.len() > MAX_REQUEST_BYTES {
+            // Never held whole: refused, and the connection ends (the rest is not a request).
+            let resp = A::refusal(format!(
+                "request longer than {MAX_REQUEST_BYTES} bytes (send copies in smaller parts)"
+            ));
+            let mut out = serde_json::to_vec(&resp).map_err(io::Error::other)?;
+            out.push(b'\n');
+            w.write_all(&out)?;
+            return Ok(());
+        }
+        let resp = match serde_json::from_slice::<Q>(&line) {
             Ok(req) => handler(req),
             Err(e) => A::refusal(format!("malformed request: {e}")),
         };
@@ -332,7 +351,6 @@ fn serve_one<Q: DeserializeOwned, A: Serialize + Refusal>(
         out.push(b'\n');
         w.write_all(&out)?;
     }
-    Ok(())
 }
 
 /// How long a request waits for its answer by default.

@@ -67,3 +67,5 @@ mod test_setup;
 // a rule's first copy (`rule add`, `--no-sync`, status), no patchwork backups, `rule rm`
 // (issue 13 items 1 and 10).
 mod first_copy;
+// sync at scale (memory bounded in every process), its errors, --dry-run, sparse copies.
+mod sync_scale;
