@@ -508,7 +508,7 @@ pub fn targets(table: &RouterTable, r: &RtRecord) -> Vec<String> {
 
 /// Whether backup name `name` is a version the rule keeps of a deleted file (`NAME SUF`, or
 /// `NAME SUF.N`): history, never removed by a reconciliation.
-fn kept_version(rule: &RouterRule, name: &[u8]) -> bool {
+pub(crate) fn kept_version(rule: &RouterRule, name: &[u8]) -> bool {
     let Some(suf) = rule.delete_suffix.as_deref().map(str::as_bytes) else {
         return false;
     };

@@ -53,3 +53,6 @@ mod fs_setid;
 mod journal_full;
 // power losses of the source, the router and both under an fsync'ing ledger workload.
 mod power_loss;
+// restore: a backup fetched back (git fsck, cargo build in the copy), sub-paths, confinement
+// to the site's namespace (issue 13 item 9).
+mod restore;
