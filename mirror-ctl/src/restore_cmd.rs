@@ -640,7 +640,7 @@ impl Writer<'_> {
         }
         // After the owner: chown clears set-id bits.
         place
-            .chmod(item.mode & 0o7777)
+            .chmod(mode_of(item))
             .with_context(|| format!("chmod {at}"))?;
         if let Some(a) = &item.attrs {
             set_xattrs(&place.path(), a, at);
@@ -650,6 +650,12 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// The mode to give what `item` describes: set-id and sticky bits only with the attributes
+/// of an `--attrs` rule (the router sends none otherwise; a router that does is not obeyed).
+fn mode_of(item: &RestoreItem) -> u32 {
+    item.mode & if item.attrs.is_some() { 0o7777 } else { 0o777 }
 }
 
 fn times(a: &RestoreAttrs) -> [libc::timespec; 2] {
@@ -672,7 +678,7 @@ fn set_attrs_path(p: &Path, item: &RestoreItem, at: &str) -> Result<()> {
             }
         }
     }
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(item.mode & 0o7777))
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode_of(item)))
         .with_context(|| format!("chmod {at}"))?;
     if let Some(a) = &item.attrs {
         set_xattrs(p, a, at);
@@ -760,6 +766,10 @@ mod tests {
         );
         assert_eq!(rel(b"/p/a", RestoreKind::Dir).unwrap(), Path::new(""));
         assert_eq!(rel(b"/p/a", RestoreKind::File).unwrap(), Path::new("a"));
+        // Set-id bits only with an --attrs rule's attributes.
+        let mut setuid = item(b"/p/a/x", RestoreKind::File, b"");
+        setuid.mode = 0o4755;
+        assert_eq!(mode_of(&setuid), 0o755);
         for bad in [
             &b"/p/b"[..],
             b"/p/a/../b",
