@@ -55,7 +55,7 @@ key add SITE KEY`, and <state>/site-id if the host name changed).
 
 Permission bits are always restored; owners (as root), times and xattrs only where the rule
 had --attrs. Kept versions (--delete-suffix) are not restored. Hard links come back as
-separate files.
+hard links.
 
 Examples:
   mirror-ctl restore ~/proj --to /tmp/proj                 # ~/proj/src/a.rs -> /tmp/proj/src/a.rs

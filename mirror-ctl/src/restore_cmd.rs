@@ -590,6 +590,31 @@ impl Writer<'_> {
                 }
                 self.attrs_at(&place, &item, &at)?;
             }
+            RestoreKind::Link => {
+                // Another name of a file restored earlier in this answer.
+                let first = RestoreItem {
+                    name: item.target.clone(),
+                    kind: RestoreKind::File,
+                    mode: 0,
+                    size: 0,
+                    target: Vec::new(),
+                    attrs: None,
+                };
+                let from = self.rel_of(&first)?;
+                let linked = self
+                    .dest
+                    .place(&from, false)
+                    .and_then(|f| f.link_to(&place));
+                if let Err(e) = linked {
+                    eprintln!(
+                        "restore: {} on site {}: cannot be linked to {}: {e}",
+                        shown(&item.name),
+                        self.site,
+                        shown(&item.target)
+                    );
+                    self.totals.skipped += 1;
+                }
+            }
             RestoreKind::Fifo => {
                 let p = cstring(place.path().as_os_str().as_bytes())?;
                 // SAFETY: p is NUL-terminated.

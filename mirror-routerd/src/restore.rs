@@ -10,7 +10,8 @@
 //! namespace. Every backup name is reached beneath the root's descriptor through no symbolic
 //! link ([`crate::beneath`]); a name that would pass through one is skipped (and logged), never
 //! followed. Of the backup, only what the rule selects is sent (a wildcard rule's matching
-//! names; never the versions kept under its delete suffix).
+//! names; never the versions kept under its delete suffix). A file with several names (hard
+//! links) is sent once; its other names follow as links to the first.
 //!
 //! Memory is bounded: the tree is walked depth first, one directory's names at a time, and
 //! file data goes in chunks of [`RESTORE_CHUNK`] read with `SEEK_DATA`/`SEEK_HOLE`, so holes
@@ -18,6 +19,7 @@
 //! lasts) so that the client can show progress. Whatever fails (the connection, a write that
 //! stalls for a minute, a client idle for a minute between requests), the session ends.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, BufReader};
 use std::net::TcpStream;
@@ -127,6 +129,7 @@ fn request(
         files: 0,
         bytes: 0,
         beat: Instant::now(),
+        links: HashSet::new(),
     };
     for p in &parts {
         walk(&root, p, &mut count)?;
@@ -147,6 +150,7 @@ fn request(
         bytes: 0,
         skipped: 0,
         buf: vec![0u8; RESTORE_CHUNK],
+        links: HashMap::new(),
     };
     for p in &parts {
         walk(&root, p, &mut out)?;
@@ -345,6 +349,8 @@ struct Count<'a> {
     files: u64,
     bytes: u64,
     beat: Instant,
+    /// Files with several names counted (their data goes once).
+    links: HashSet<(u64, u64)>,
 }
 
 impl Visit for Count<'_> {
@@ -356,7 +362,10 @@ impl Visit for Count<'_> {
         meta: &Metadata,
     ) -> Result<(), SessionError> {
         self.files += 1;
-        if meta.is_file() {
+        let again = meta.nlink() > 1
+            && self.links.len() < MAX_LINKS
+            && !self.links.insert((meta.dev(), meta.ino()));
+        if meta.is_file() && !again {
             self.bytes += meta.len().min(meta.blocks() * 512);
         }
         if self.beat.elapsed() >= BEAT {
@@ -380,7 +389,13 @@ struct Stream<'a> {
     bytes: u64,
     skipped: u64,
     buf: Vec<u8>,
+    /// Files with several names sent so far in this answer: (device, inode) → the name sent.
+    links: HashMap<(u64, u64), Vec<u8>>,
 }
+
+/// The most files with several names remembered per answer (beyond, each name is sent as a
+/// file of its own).
+const MAX_LINKS: usize = 1 << 20;
 
 impl Visit for Stream<'_> {
     fn item(
@@ -398,6 +413,28 @@ impl Visit for Stream<'_> {
         let Some(kind) = kind_of(meta) else {
             return Ok(());
         };
+        if kind == RestoreKind::File && meta.nlink() > 1 {
+            if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
+                send(
+                    self.w,
+                    &Msg::RestoreItem {
+                        item: RestoreItem {
+                            name: name.to_vec(),
+                            kind: RestoreKind::Link,
+                            mode: 0,
+                            size: 0,
+                            target: first.clone(),
+                            attrs: None,
+                        },
+                    },
+                )?;
+                self.files += 1;
+                return Ok(());
+            }
+            if self.links.len() < MAX_LINKS {
+                self.links.insert((meta.dev(), meta.ino()), name.to_vec());
+            }
+        }
         // A file is opened first (it may have changed since its lstat).
         let file = if kind == RestoreKind::File {
             match open_file(place, meta) {

@@ -15,7 +15,8 @@
 //! namespace the site's key grants, and reads every backup name beneath its root through no
 //! symbolic link; a request it refuses is answered with [`super::Msg::Error`] and the session
 //! ends. Names are full source names (as the rules see them), beneath the requested path;
-//! directories come before what they hold, in name order. Items carry the permission bits
+//! directories come before what they hold, in name order; a file with several names comes
+//! once, its other names as [`RestoreKind::Link`] items naming the first. Items carry the permission bits
 //! always, and owner, times and xattrs (and set-id bits) when the rule mirrors attributes.
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,9 @@ pub enum RestoreKind {
     Symlink,
     /// A named pipe.
     Fifo,
+    /// Another name of a file sent earlier in the same answer (a hard link):
+    /// [`RestoreItem::target`] is that file's full source name.
+    Link,
 }
 
 /// One extended attribute.
@@ -80,7 +84,8 @@ pub struct RestoreItem {
     pub mode: u32,
     /// A file's size (its data may have holes); 0 for the others.
     pub size: u64,
-    /// A symbolic link's target; empty for the others.
+    /// A symbolic link's target, or the earlier name of a [`RestoreKind::Link`]; empty for
+    /// the others.
     #[serde(with = "serde_bytes")]
     pub target: Vec<u8>,
     /// Owner, times, xattrs: only for rules with `--attrs`.

@@ -271,6 +271,7 @@ fn a_sub_path_and_a_single_file_restore_alone_into_an_empty_directory() {
     let fifo = std::ffi::CString::new(l.path("src/pipe").as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    fs::hard_link(l.path("src/a.txt"), l.path("src/deep/hard.txt")).unwrap();
     fs::write(l.path("top.txt"), "top").unwrap();
     fs::set_permissions(l.path("top.txt"), fs::Permissions::from_mode(0o640)).unwrap();
     // A sparse file stays sparse.
@@ -291,6 +292,13 @@ fn a_sub_path_and_a_single_file_restore_alone_into_an_empty_directory() {
     );
     assert_same_tree(&src, &out);
     assert!(!out.join("top.txt").exists());
+    // A hard link in the backup comes back as one.
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        ino(&r.path("proj/src/a.txt")),
+        ino(&r.path("proj/src/deep/hard.txt"))
+    );
+    assert_eq!(ino(&out.join("a.txt")), ino(&out.join("deep/hard.txt")));
     let sparse = fs::metadata(out.join("sparse")).unwrap();
     assert_eq!(sparse.len(), 8 << 20);
     assert!(
