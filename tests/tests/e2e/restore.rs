@@ -135,11 +135,20 @@ fn a_restored_git_repository_passes_git_fsck() {
     wait_converged(&l.dir, &r.path("proj"), CONVERGE);
     let log = git(&repo, &["log", "--all", "--oneline"]);
 
-    // The disk dies: the repository is fetched back from the router alone.
+    // The disk dies with the state directory: a new one holding only this source's key (and
+    // its site id, the host name here) fetches the repository back from the router alone.
+    let fresh = Local::new();
+    assert!(!fresh.state.join("rules.db").exists());
     let out = l.tmp.path().join("restored");
     let stdout = ok(&restore(
-        &l,
-        &[repo.to_str().unwrap(), "--to", out.to_str().unwrap()],
+        &fresh,
+        &[
+            repo.to_str().unwrap(),
+            "--to",
+            out.to_str().unwrap(),
+            "--site",
+            &r.site(),
+        ],
     ));
     assert!(stdout.contains("restored"), "{stdout}");
     drop(m);
