@@ -365,6 +365,25 @@ fn a_sub_path_and_a_single_file_restore_alone_into_an_empty_directory() {
     assert!(e.contains("'..'"), "{e}");
     assert!(!none.exists() || fs::read_dir(&none).unwrap().count() == 0);
 
+    // Rules to two sites: the choice is the user's; a site that is down is named.
+    let two = Local::new();
+    let base = format!("{}/", two.dir.display());
+    two.add_rule(&base, "127.0.0.1:1", "d", &["--site", "127.0.0.1:2"]);
+    let to = two.tmp.path().join("out");
+    let e = fails(&restore(&two, &[&base, "--to", to.to_str().unwrap()]));
+    assert!(
+        e.contains("several sites") && e.contains("127.0.0.1:1, 127.0.0.1:2"),
+        "{e}"
+    );
+    let e = fails(&restore(
+        &two,
+        &[&base, "--to", to.to_str().unwrap(), "--site", "127.0.0.1:1"],
+    ));
+    assert!(
+        e.contains("cannot restore from site 127.0.0.1:1") && e.contains("refused"),
+        "{e}"
+    );
+
     // Everything (no PATH): DIR stands for `/`.
     let all = l.tmp.path().join("all");
     ok(&restore(&l, &["--to", all.to_str().unwrap()]));
