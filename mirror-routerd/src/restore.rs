@@ -241,8 +241,9 @@ fn kind_of(meta: &Metadata) -> Option<RestoreKind> {
 fn selects(rule: &RouterRule, name: &[u8], kind: RestoreKind, start: &[u8]) -> bool {
     let pk = rule.pattern.kind();
     if kind == RestoreKind::Dir {
-        // The directory the walk starts at, and those inside a subtree.
-        return name == start || pk.is_subtree();
+        // The directory the walk starts at, and those inside a subtree (but a directory kept
+        // under the delete suffix, with all it holds).
+        return name == start || (pk.is_subtree() && !crate::apply::kept_version(rule, name));
     }
     if pk == mirrorfs::rule::PatternKind::File {
         return name == rule.base().as_slice();
@@ -650,6 +651,7 @@ mod tests {
         assert!(!selects(&s, b"/p/a/x.del", RestoreKind::File, b"/p/a"));
         assert!(!selects(&s, b"/p/a/x.del.2", RestoreKind::File, b"/p/a"));
         assert!(selects(&s, b"/p/a/sub", RestoreKind::Dir, b"/p/a"));
+        assert!(!selects(&s, b"/p/a/sub.del", RestoreKind::Dir, b"/p/a"));
         let f = rule("/p/a/x.doc", None);
         assert!(selects(&f, b"/p/a/x.doc", RestoreKind::File, b"/p/a/x.doc"));
     }

@@ -522,3 +522,30 @@ fn a_site_restores_only_from_its_own_namespace_and_never_through_a_symlink() {
         ],
     );
 }
+
+#[test]
+fn versions_kept_under_the_delete_suffix_are_not_restored() {
+    let r = Router::start();
+    let (l, m, _s) = mirrored(&r, "proj", &["--delete-suffix", ".del"]);
+    fs::create_dir_all(l.path("d")).unwrap();
+    fs::write(l.path("d/gone.txt"), "deleted at the source").unwrap();
+    fs::write(l.path("kept.txt"), "still here").unwrap();
+    wait_converged(&l.dir, &r.path("proj"), CONVERGE);
+    fs::remove_file(l.path("d/gone.txt")).unwrap();
+    // (Kept as `gone.txt.del`, or a numbered or timed version of it.)
+    wait_until(CONVERGE, "the deleted file kept in the backup", || {
+        fs::read_dir(r.path("proj/d")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("gone.txt.del"))
+        })
+    });
+    let out = l.tmp.path().join("restored");
+    ok(&restore(
+        &l,
+        &[l.dir.to_str().unwrap(), "--to", out.to_str().unwrap()],
+    ));
+    drop(m);
+    assert_same_tree(&l.dir, &out);
+    l.assert_no_errors();
+    assert_log_only("router", &r.error_log(), &[]);
+}
