@@ -48,7 +48,8 @@ use crate::shared::{PeerOut, Router};
 const IDLE: Duration = Duration::from_secs(60);
 /// How often the count sends a heartbeat, so that the client's read does not time out.
 const BEAT: Duration = Duration::from_secs(2);
-/// Names sent between two looks at the key file (a key removed ends the session).
+/// Names (or data chunks) sent between two looks at the key file (a key removed ends the
+/// session).
 const KEY_CHECK_EVERY: u64 = 1000;
 
 /// One part of an answer: a rule, the source name to start from and its backup path.
@@ -151,6 +152,7 @@ fn request(
         skipped: 0,
         buf: vec![0u8; RESTORE_CHUNK],
         links: HashMap::new(),
+        chunks: 0,
     };
     for p in &parts {
         walk(&root, p, &mut out)?;
@@ -392,6 +394,8 @@ struct Stream<'a> {
     buf: Vec<u8>,
     /// Files with several names sent so far in this answer: (device, inode) → the name sent.
     links: HashMap<(u64, u64), Vec<u8>>,
+    /// Data chunks sent (the key file is looked at every [`KEY_CHECK_EVERY`]).
+    chunks: u64,
 }
 
 /// The most files with several names remembered per answer (beyond, each name is sent as a
@@ -480,11 +484,11 @@ impl Visit for Stream<'_> {
         )?;
         self.files += 1;
         if let Some(f) = file {
-            if let Err(e) = self.data(&f, size) {
-                if let SessionError::Wire(_) = e {
-                    return Err(e);
-                }
-                return self.skip(name, e.to_string());
+            match self.data(&f, size) {
+                Ok(()) => {}
+                // The file could not be read: the client drops what it got of it.
+                Err(SessionError::Protocol(why)) => return self.skip(name, why),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -510,7 +514,8 @@ impl Visit for Stream<'_> {
 impl Stream<'_> {
     /// Sends the data of `f` up to `size`, skipping holes.
     fn data(&mut self, f: &File, size: u64) -> Result<(), SessionError> {
-        let read_failed = |e: io::Error| SessionError::Protocol(format!("read failed: {e}"));
+        let read_failed =
+            |e: io::Error| SessionError::Protocol(format!("cannot be read on the router: {e}"));
         let mut pos = 0u64;
         while pos < size {
             let Some((start, end)) = next_data(f, pos, size).map_err(read_failed)? else {
@@ -531,6 +536,12 @@ impl Stream<'_> {
                         data: self.buf[..n].to_vec(),
                     },
                 )?;
+                self.chunks += 1;
+                if self.chunks % KEY_CHECK_EVERY == 0 {
+                    if let Some(why) = key_revoked(self.router, self.site, self.key) {
+                        return Err(refuse(self.w, why));
+                    }
+                }
                 self.bytes += n as u64;
                 at += n as u64;
             }

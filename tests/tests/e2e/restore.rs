@@ -394,30 +394,45 @@ fn a_sub_path_and_a_single_file_restore_alone_into_an_empty_directory() {
     assert_log_only("router", &r.error_log(), &[]);
 }
 
+/// A restore session of our own, as a given site.
+struct RawRestore {
+    rd: BufReader<TcpStream>,
+    w: TcpStream,
+    sess: auth::Session,
+}
+
+impl RawRestore {
+    fn open(r: &Router, site: &str) -> RawRestore {
+        let s = TcpStream::connect(r.site()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rd = BufReader::new(s.try_clone().unwrap());
+        let mut w = s.try_clone().unwrap();
+        let sess = auth::client(&mut rd, &mut w, site, 0, Role::Restore, &test_key()).unwrap();
+        RawRestore { rd, w, sess }
+    }
+
+    /// Asks for `path`: the router's answer, up to its end or a refusal.
+    fn request(&mut self, path: &[u8]) -> Vec<Msg> {
+        let m = Msg::Restore {
+            path: path.to_vec(),
+        };
+        let f = codec::encode_sealed(&m, &mut self.sess.send).unwrap();
+        self.w.write_all(&f).unwrap();
+        let mut got = Vec::new();
+        while let Ok(m) = read_sealed(&mut self.rd, &mut self.sess.recv) {
+            let end = matches!(m, Msg::Error { .. } | Msg::RestoreDone { .. });
+            got.push(m);
+            if end {
+                break;
+            }
+        }
+        got
+    }
+}
+
 /// A restore session as `site`, asking for `path`: the router's answer.
 fn raw_request(r: &Router, site: &str, path: &[u8]) -> Vec<Msg> {
-    let s = TcpStream::connect(r.site()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut rd = BufReader::new(s.try_clone().unwrap());
-    let mut w = s.try_clone().unwrap();
-    let mut sess = auth::client(&mut rd, &mut w, site, 0, Role::Restore, &test_key()).unwrap();
-    let f = codec::encode_sealed(
-        &Msg::Restore {
-            path: path.to_vec(),
-        },
-        &mut sess.send,
-    )
-    .unwrap();
-    w.write_all(&f).unwrap();
-    let mut got = Vec::new();
-    while let Ok(m) = read_sealed(&mut rd, &mut sess.recv) {
-        let end = matches!(m, Msg::Error { .. } | Msg::RestoreDone { .. });
-        got.push(m);
-        if end {
-            break;
-        }
-    }
-    got
+    RawRestore::open(r, site).request(path)
 }
 
 #[test]
@@ -431,7 +446,7 @@ fn a_site_restores_only_from_its_own_namespace_and_never_through_a_symlink() {
     r.trust("desk");
     a.add_rule_validated(&format!("{}/", a.dir.display()), &r.site(), "proj", &[]);
     let ma = a.mount(&[]);
-    let _sa = a.sender();
+    let sa = a.sender();
     fs::write(a.path("secret.txt"), "laptop's secret").unwrap();
     wait_converged(&a.dir, &r.path("laptop/proj"), CONVERGE);
     let adir = a.dir.to_str().unwrap().to_string();
@@ -511,6 +526,19 @@ fn a_site_restores_only_from_its_own_namespace_and_never_through_a_symlink() {
             .any(|m| matches!(m, Msg::RestoreItem { .. } | Msg::RestoreData { .. })),
         "{got:?}"
     );
+    // A key removed while a restore session is open: its next request is refused.
+    let mut open = RawRestore::open(&r, "laptop");
+    let first = open.request(adir.as_bytes());
+    assert!(
+        first.iter().any(|m| matches!(m, Msg::RestoreData { .. })),
+        "{first:?}"
+    );
+    drop(sa);
+    ok(&r.ctl(&["key", "rm", "laptop"]));
+    match open.request(adir.as_bytes()).as_slice() {
+        [Msg::Error { reason }] => assert!(reason.contains("no key on this router"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     drop(ma);
     assert_log_only(
         "router",
@@ -519,6 +547,10 @@ fn a_site_restores_only_from_its_own_namespace_and_never_through_a_symlink() {
             "passes through a symbolic link",
             "not a normalised absolute path",
             "no rule of site desk",
+            "has no key on this router any more",
+            // The sender stopped with kill -9 before its key was removed.
+            "session with 127.0.0.1:",
+            "closed its session",
         ],
     );
 }
