@@ -44,6 +44,24 @@ Examples:
   mirror-ctl sync ~/proj/src --wait     # one subtree; wait until the sites have it"
     )]
     Sync(SyncArgs),
+    /// Fetch the backup of what the rules select (all, or under PATH…) back from a site into
+    /// DIR: after a disk failure, or to look at an earlier state.
+    #[command(
+        after_help = "One PATH: DIR takes its place (a single file lands in DIR under its name). No PATH
+or several: DIR stands for /, each name at its full path beneath it. The site is the one the
+rules selecting PATH name; --site chooses among several, and names the backup host when the
+rules database was lost with the disk (this source's key and site id are needed: `mirror-ctl
+key add SITE KEY`, and <state>/site-id if the host name changed).
+
+Permission bits are always restored; owners (as root), times and xattrs only where the rule
+had --attrs. Kept versions (--delete-suffix) are not restored. Hard links come back as
+hard links.
+
+Examples:
+  mirror-ctl restore ~/proj --to /tmp/proj                 # ~/proj/src/a.rs -> /tmp/proj/src/a.rs
+  mirror-ctl restore --to /mnt/new --site backup.lan:7070  # everything, at full paths"
+    )]
+    Restore(RestoreArgs),
     /// Show each site: blocked or not (and why), queued entries and bytes, the oldest
     /// unacknowledged entry's age, the last error.
     Status {
@@ -189,6 +207,25 @@ pub struct SyncArgs {
     /// List what would be sent (each file and its size, and empty directories), queue nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+}
+
+/// Arguments of `restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Source paths to restore (absolute, or relative to the current directory) [default:
+    /// everything the rules select].
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Where to restore to: a directory that is empty or does not exist yet.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub to: PathBuf,
+    /// The backup host to restore from [default: the site of the rules selecting PATH].
+    #[arg(long, value_name = "HOST:PORT",
+          value_parser = |s: &str| Site::parse(s).map_err(|e| e.to_string()))]
+    pub site: Option<Site>,
+    /// Restore into a DIR that is not empty, replacing what has the same names there.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// `mirror-ctl rule …`

@@ -1,9 +1,10 @@
-//! `mirror-ctl`: the user's command for a mirror local system (rules, sync, unblock, status)
-//! and, with `router`, for a backup host.
+//! `mirror-ctl`: the user's command for a mirror local system (rules, sync, restore, unblock,
+//! status) and, with `router`, for a backup host.
 
 mod cli;
 mod first_copy;
 mod keys_cmd;
+mod restore_cmd;
 mod router_cmd;
 mod rules_cmd;
 mod status_cmd;
@@ -82,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rule(RuleCommand::List { json }) => rules_cmd::list(&state, json),
         Command::Rule(RuleCommand::Rm { id }) => rules_cmd::rm(&state, id),
         Command::Sync(args) => sync_cmd::sync(&state, args),
+        Command::Restore(args) => restore_cmd::restore(&state, &keys, args),
         Command::Status { json } => status_cmd::status(&state, json),
         Command::Unblock { site } => status_cmd::unblock(&state, site),
         Command::Router(RouterCommand::Status { json }) => router_cmd::status(&state, &keys, json),

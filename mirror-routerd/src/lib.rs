@@ -17,6 +17,7 @@
 //! * [`heartbeat`]: UDP heartbeats with the sources; closes the session of a silent one.
 //! * [`receive`]: the receive process: sessions with senders, configuration versions,
 //!   RT1/RT2 group commit, acknowledgements, validation requests.
+//! * [`restore`]: restore sessions: a site's backup sent back to it (`mirror-ctl restore`).
 //! * [`resync`]: the copies asked of the sources (durable until they arrive).
 //! * [`quarantine`]: damaged pairs of router logs moved aside, and what they held asked for
 //!   again.
@@ -33,6 +34,7 @@ pub mod durable;
 pub mod heartbeat;
 pub mod quarantine;
 pub mod receive;
+pub mod restore;
 pub mod resync;
 pub mod rtlog;
 pub mod shared;

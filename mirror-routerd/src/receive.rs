@@ -2,7 +2,8 @@
 //!
 //! A session starts with the authenticated hello ([`mirrorfs::wire::auth`]): a peer without
 //! the key of the site it names is refused before anything else is read. A session of role
-//! [`Role::Validate`] answers one [`Msg::Validate`] from `mirror-ctl` and ends. Every frame
+//! [`Role::Validate`] answers one [`Msg::Validate`] from `mirror-ctl` and ends; one of role
+//! [`Role::Restore`] sends backups back ([`crate::restore`]). Every frame
 //! after the hello carries the session's MAC. Connections still authenticating, and sessions
 //! per site, are limited ([`crate::shared::Limits`]); a peer over a limit of the protocol
 //! ([`Msg::check_limits`], the frame size) is disconnected with the reason in the log.
@@ -94,13 +95,14 @@ pub fn serve(router: Arc<Router>, listener: TcpListener) {
     }
 }
 
-fn send(w: &Mutex<PeerOut>, msg: &Msg) -> Result<(), SessionError> {
+/// Sends `msg` on the session.
+pub(crate) fn send(w: &Mutex<PeerOut>, msg: &Msg) -> Result<(), SessionError> {
     lock(w).send(msg)?;
     Ok(())
 }
 
 /// Refuses with a reason: tells the peer, then ends the session.
-fn refuse(w: &Mutex<PeerOut>, reason: String) -> SessionError {
+pub(crate) fn refuse(w: &Mutex<PeerOut>, reason: String) -> SessionError {
     let _ = send(
         w,
         &Msg::Error {
@@ -180,6 +182,12 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
                 format!("expected validate, got {}", other.kind()),
             )),
         };
+    }
+    if accepted.role == Role::Restore {
+        log::info!("source {site} opened a restore session");
+        let result = crate::restore::serve(router, &site, &key, &w, &mut r, &mut recv);
+        lock(&w).shutdown();
+        return result;
     }
     // A source may be idle for hours: its session waits for frames without a timeout (TCP
     // keepalive and the heartbeats notice a peer that is gone).
@@ -401,7 +409,7 @@ fn receive_frames(
 
 /// Why a session opened with `key` may not take entries any more: the key file no longer
 /// holds it for `site`. A key file that cannot be read changes nothing (the error is logged).
-fn key_revoked(router: &Router, site: &str, key: &Key) -> Option<String> {
+pub(crate) fn key_revoked(router: &Router, site: &str, key: &Key) -> Option<String> {
     match router.keys.get_exact(site) {
         Ok(Some(k)) if k == *key => None,
         Ok(Some(_)) => Some(format!(

@@ -7,6 +7,7 @@
 //!   resynchronisation requests and heartbeats.
 //! * [`heartbeat`]: the UDP heartbeats both ways and the monitor of their interruptions.
 //! * [`auth`]: pre-shared keys, the mutual challenge-response of the hello, frame MACs.
+//! * [`restore`]: the restore session's items and limits (`mirror-ctl restore`).
 //!
 //! A session: the sender connects and sends [`Msg::Hello`]; the router answers
 //! [`Msg::Challenge`], the sender [`Msg::Auth`] ([`auth`]); from then on every frame carries a
@@ -14,12 +15,14 @@
 //! the sender streams [`Msg::Entries`] (many in flight) and the router answers [`Msg::Ack`]
 //! once they are durable in RT1/RT2, or [`Msg::SendConfig`] when the configuration version is
 //! not the one it knows; the sender then sends [`Msg::Config`] and resends everything not
-//! acknowledged.
+//! acknowledged. A session of role [`Role::Restore`] asks for backups instead
+//! ([`restore`]).
 
 pub mod auth;
 pub mod codec;
 pub mod heartbeat;
 pub mod msg;
+pub mod restore;
 
 pub use codec::{read_frame, read_sealed, write_frame, WireError, MAX_FRAME};
 

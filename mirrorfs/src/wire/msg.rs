@@ -5,7 +5,12 @@ use serde::{Deserialize, Serialize};
 use crate::entry::{Command, Entry};
 use crate::journal::Position;
 
-/// Bumped on any incompatible change to [`Msg`].
+pub use super::restore::RestoreItem;
+
+/// Bumped on any incompatible change to [`Msg`]. New variants at the end of [`Msg`] and
+/// [`Role`] are compatible (every earlier message encodes as before): a peer that predates
+/// them fails to decode only the new ones, so a new kind of session needs no bump (restore,
+/// [`Role::Restore`], came so).
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The most entries in one [`Msg::Entries`] frame.
@@ -44,6 +49,9 @@ pub enum Role {
     Source = 1,
     /// `mirror-ctl rule add`: one [`Msg::Validate`], then the session ends.
     Validate = 2,
+    /// `mirror-ctl restore`: [`Msg::Restore`] requests, each answered with the backup
+    /// ([`super::restore`]).
+    Restore = 3,
 }
 
 /// Which part of a journal entry a [`WireEntry`] is.
@@ -269,6 +277,50 @@ pub enum Msg {
         /// What happened.
         text: String,
     },
+    /// Restore client → router: send the backup of what this site's rules select at or
+    /// beneath `path` (a normalised absolute source path, `/` for everything).
+    Restore {
+        /// The source path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+    },
+    /// Router → restore client: what the answer to [`Msg::Restore`] holds, before it comes.
+    RestoreTotal {
+        /// Names (files, directories, symlinks, fifos).
+        files: u64,
+        /// Bytes of file data (holes not counted).
+        bytes: u64,
+    },
+    /// Router → restore client: one name of the backup (a file's data follows).
+    RestoreItem {
+        /// The name and its attributes.
+        item: RestoreItem,
+    },
+    /// Router → restore client: data of the last [`Msg::RestoreItem`] file, at `offset`.
+    RestoreData {
+        /// Where in the file.
+        offset: u64,
+        /// At most [`super::restore::RESTORE_CHUNK`] bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Router → restore client: a backup name that could not be read (not sent).
+    RestoreSkipped {
+        /// The source name.
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        /// Why.
+        reason: String,
+    },
+    /// Router → restore client: the answer to [`Msg::Restore`] is complete.
+    RestoreDone {
+        /// Names sent.
+        files: u64,
+        /// Bytes of data sent.
+        bytes: u64,
+        /// Names skipped.
+        skipped: u64,
+    },
 }
 
 impl Msg {
@@ -290,6 +342,12 @@ impl Msg {
             Msg::Heartbeat => "heartbeat",
             Msg::Error { .. } => "error",
             Msg::Notice { .. } => "notice",
+            Msg::Restore { .. } => "restore",
+            Msg::RestoreTotal { .. } => "restore-total",
+            Msg::RestoreItem { .. } => "restore-item",
+            Msg::RestoreData { .. } => "restore-data",
+            Msg::RestoreSkipped { .. } => "restore-skipped",
+            Msg::RestoreDone { .. } => "restore-done",
         }
     }
 
@@ -323,6 +381,29 @@ impl Msg {
             }
             Msg::Validate { dest, .. } => over("destination length", dest.len(), MAX_NAME_LEN),
             Msg::Resync { name, .. } => over("name length", name.len(), MAX_NAME_LEN),
+            Msg::Restore { path } => over("restore path length", path.len(), MAX_NAME_LEN),
+            Msg::RestoreItem { item } => {
+                use super::restore::{MAX_XATTRS, MAX_XATTR_NAME, MAX_XATTR_VALUE};
+                over("restored name length", item.name.len(), MAX_NAME_LEN)?;
+                over("symlink target length", item.target.len(), MAX_NAME_LEN)?;
+                if let Some(a) = &item.attrs {
+                    over("xattrs of a name", a.xattrs.len(), MAX_XATTRS)?;
+                    for x in &a.xattrs {
+                        over("xattr name length", x.name.len(), MAX_XATTR_NAME)?;
+                        over("xattr value length", x.value.len(), MAX_XATTR_VALUE)?;
+                    }
+                }
+                Ok(())
+            }
+            Msg::RestoreData { data, .. } => over(
+                "restore data chunk",
+                data.len(),
+                super::restore::RESTORE_CHUNK,
+            ),
+            Msg::RestoreSkipped { name, reason } => {
+                over("skipped name length", name.len(), MAX_NAME_LEN)?;
+                over("reason length", reason.len(), MAX_TEXT_LEN)
+            }
             Msg::Validated { reason, .. }
             | Msg::Error { reason }
             | Msg::Notice { text: reason } => over("reason length", reason.len(), MAX_TEXT_LEN),

@@ -69,3 +69,6 @@ mod test_setup;
 mod first_copy;
 // sync at scale (memory bounded in every process), its errors, --dry-run, sparse copies.
 mod sync_scale;
+// restore: a backup fetched back (git fsck, cargo build in the copy), sub-paths, confinement
+// to the site's namespace (issue 13 item 9).
+mod restore;
