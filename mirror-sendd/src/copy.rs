@@ -645,16 +645,18 @@ impl CopyJob {
         let pattern = &rule.spec.pattern;
         if ft.is_dir() {
             let selected = self.is_base(&name) || pattern.match_dir(&name).is_some();
-            if selected {
-                self.push_attrs(&name, &meta);
-            }
             let mut children = match spot.list() {
                 Ok(c) => c,
+                // Removed since it was looked at: gone here, gone there too.
+                Err(e) if gone(&e) => return Some(entry(Command::Delete, &self.rule, &name)),
                 Err(e) => {
                     self.trouble(&format!("copy of {shown_name}: cannot list"), &e);
                     Vec::new()
                 }
             };
+            if selected {
+                self.push_attrs(&name, &meta);
+            }
             children.sort();
             let subtree = pattern.kind().is_subtree();
             for c in children.into_iter().rev() {

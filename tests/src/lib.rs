@@ -624,6 +624,33 @@ impl Router {
         self.daemon.kill9();
     }
 
+    /// Waits until the router process has made everything in its logs durable in the backup
+    /// and recorded it (its durable point, `<state>/applied`, at the end of the newest pair's
+    /// RT1): a kill after this leaves nothing for its next start to ask the sources again.
+    pub fn wait_durable(&self) {
+        let rt = self.state.join("rt");
+        wait_until(
+            Duration::from_secs(60),
+            "the router's durable point at the end of its logs",
+            || {
+                let newest = std::fs::read_dir(&rt).ok().and_then(|d| {
+                    d.flatten()
+                        .filter_map(|e| {
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            let n = name.strip_suffix(".rt1")?.parse::<u64>().ok()?;
+                            Some((n, e.metadata().ok()?.len()))
+                        })
+                        .max()
+                });
+                let point = std::fs::read_to_string(self.state.join("applied")).ok();
+                match (newest, point) {
+                    (Some((n, len)), Some(p)) => p.trim() == format!("{n} {len}"),
+                    _ => false,
+                }
+            },
+        );
+    }
+
     /// Starts it again (same port, root and state) after [`Router::kill9`].
     pub fn restart(&mut self) {
         self.daemon.kill9();
