@@ -596,42 +596,12 @@ fn open_file(place: &mirrorfs::beneath::Place, meta: &Metadata) -> io::Result<Fi
 /// The extended attributes of `path` (not following a symlink), within the protocol's
 /// limits; none where the file system has none.
 fn xattrs(path: &Path) -> Vec<Xattr> {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return Vec::new();
-    };
-    let mut names = vec![0u8; 64 << 10];
-    // SAFETY: c is NUL-terminated; names has names.len() bytes.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n <= 0 {
-        return Vec::new();
-    }
-    names.truncate(n as usize);
-    let mut out = Vec::new();
-    let mut value = vec![0u8; MAX_XATTR_VALUE];
-    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if out.len() >= MAX_XATTRS || name.len() > MAX_XATTR_NAME {
-            break;
-        }
-        let Ok(cn) = std::ffi::CString::new(name) else {
-            continue;
-        };
-        // SAFETY: both strings are NUL-terminated; value has value.len() bytes.
-        let len = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cn.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if len >= 0 {
-            out.push(Xattr {
-                name: name.to_vec(),
-                value: value[..len as usize].to_vec(),
-            });
-        }
-    }
-    out
+    mirrorfs::xattr::of(path)
+        .into_iter()
+        .filter(|(name, value)| name.len() <= MAX_XATTR_NAME && value.len() <= MAX_XATTR_VALUE)
+        .take(MAX_XATTRS)
+        .map(|(name, value)| Xattr { name, value })
+        .collect()
 }
 
 #[cfg(test)]

@@ -763,7 +763,7 @@ impl CopyJob {
             Ok(s) => s.path(),
             Err(_) => return,
         };
-        for (k, v) in xattrs(&path) {
+        for (k, v) in mirrorfs::xattr::of(&path) {
             self.tasks.push(Task::Emit(WireEntry {
                 aux: k,
                 data: v,
@@ -814,35 +814,6 @@ fn next_data(file: &File, offset: u64) -> io::Result<Option<(u64, u64)>> {
     };
     // A file that changed between the two looks may give an empty run: read one chunk.
     Ok(Some((start, end.max(start + 1))))
-}
-
-/// The extended attributes of `path` (not following a symlink); empty on any error.
-fn xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return Vec::new();
-    };
-    let mut names = vec![0u8; 64 << 10];
-    // SAFETY: c is valid; names has the given capacity.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n <= 0 {
-        return Vec::new();
-    }
-    names.truncate(n as usize);
-    let mut out = Vec::new();
-    for key in names.split(|&b| b == 0).filter(|k| !k.is_empty()) {
-        let Ok(k) = std::ffi::CString::new(key) else {
-            continue;
-        };
-        let mut val = vec![0u8; 64 << 10];
-        // SAFETY: c and k are valid; val has the given capacity.
-        let m =
-            unsafe { libc::lgetxattr(c.as_ptr(), k.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
-        if m >= 0 {
-            val.truncate(m as usize);
-            out.push((key.to_vec(), val));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod sfa;
 pub mod state;
 pub mod units;
 pub mod wire;
+pub mod xattr;
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> u64 {
