@@ -231,20 +231,37 @@ impl MirrorFs {
         }
     }
 
-    /// The status of node `ino`: by path, or through any open handle if it has no name left.
+    /// The status of node `ino`: by path when the path still leads to it, else through an
+    /// open file or directory of it (it has no name left, or its name now leads elsewhere:
+    /// `fstat` of a descriptor of a file that a rename replaced, xfstests generic/035).
     fn stat_node(&self, ino: u64) -> FsResult<Stat> {
+        let node = self.inodes.get(ino)?;
         match self.inodes.path(ino) {
-            Ok(p) => Ok(sys::stat_at(self.dir(), &p)?),
-            Err(FsError::Unlinked(_)) => {
-                let h = self
-                    .files
-                    .all()
-                    .into_iter()
-                    .find(|h| h.inode.ino == ino)
-                    .ok_or(FsError::Unlinked(ino))?;
-                Ok(sys::fstat(h.file.as_fd())?)
-            }
-            Err(e) => Err(e),
+            Ok(p) => match sys::stat_at(self.dir(), &p) {
+                Ok(st) if (st.dev, st.ino) == node.key => return Ok(st),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(FsError::Unlinked(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let open = self
+            .files
+            .all()
+            .into_iter()
+            .find(|h| h.inode.ino == ino)
+            .map(|h| sys::fstat(h.file.as_fd()));
+        let open = open.or_else(|| {
+            self.dirs
+                .all()
+                .into_iter()
+                .find(|d| d.ino == ino)
+                .map(|d| sys::fstat(d.file.as_fd()))
+        });
+        match open {
+            Some(st) => Ok(st?),
+            None => Err(FsError::Unlinked(ino)),
         }
     }
 
