@@ -225,9 +225,42 @@ impl MirrorFs {
     /// Records that the kernel now knows `name` in `parent` as the file with status `st`.
     fn entry(&self, parent: u64, name: &std::ffi::OsStr, st: &Stat) -> EntryOut {
         let (node, generation) = self.inodes.remember(parent, name, st);
+        self.drop_stale_names(&node, parent, name);
         EntryOut {
             attr: self.attr(node.ino, st),
             generation,
+        }
+    }
+
+    /// Forgets the names of `node`, other than `name` in `parent` (just found to lead to it),
+    /// that no longer lead to it underneath: something other than this mount (another mount
+    /// of the directory, or a process using it directly) moved or removed the file. Its path
+    /// is made of its first name, so a stale one would make every operation on it fail with
+    /// ENOENT (xfstests generic/732). Costs nothing for a node with one name.
+    fn drop_stale_names(&self, node: &inodes::Inode, parent: u64, name: &std::ffi::OsStr) {
+        if node.link_count() < 2 {
+            return;
+        }
+        for (p, n) in node.links() {
+            if p == parent && n == name {
+                continue;
+            }
+            let gone = match self.inodes.child_path(p, &n) {
+                Ok(path) => match sys::stat_at(self.dir(), &path) {
+                    Ok(s) => (s.dev, s.ino) != node.key,
+                    Err(e) => matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)),
+                },
+                // Its directory has no name left, or was forgotten: no path goes through it.
+                Err(_) => true,
+            };
+            if gone {
+                log::debug!(
+                    "node {}: {:?} in {p} no longer names it underneath",
+                    node.ino,
+                    n
+                );
+                self.inodes.unlink(node.ino, p, &n);
+            }
         }
     }
 

@@ -67,5 +67,6 @@ mod test_setup;
 // a rule's first copy (`rule add`, `--no-sync`, status), no patchwork backups, `rule rm`
 // (issue 13 items 1 and 10).
 mod first_copy;
-// conformance gaps against ext4 found by xfstests: fstat after a rename over an open file (issue 13 item 5).
+// conformance gaps against ext4 found by xfstests: fstat after a rename over an open file,
+// names moved through another mount (issue 13 item 5).
 mod fs_ext4_parity;
