@@ -2,7 +2,10 @@
 //! steps on a plain directory (ext4 here) and through a mirrorfs mount, and the two must
 //! agree. `docs/CONFORMANCE.md` lists the results beside ext4's.
 
+use std::ffi::CString;
 use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -169,5 +172,68 @@ fn a_file_moved_through_another_mount_of_the_directory_is_found_as_on_ext4() {
         "a mirrorfs mount and the directory underneath beside ext4"
     );
     m1.unmount();
+    l.assert_no_errors();
+}
+
+/// `name_to_handle_at` of `path`, then `open_by_handle_at` of that handle after the kernel
+/// dropped its caches (so the file system must find the file from the handle alone).
+fn handle_round_trip(path: &Path) -> String {
+    const MAX_HANDLE_SZ: usize = 128;
+    // A `struct file_handle` (two 32-bit fields, then the bytes), 4-byte aligned.
+    let mut buf = vec![0u32; 2 + MAX_HANDLE_SZ / 4];
+    buf[0] = MAX_HANDLE_SZ as u32;
+    let fh = buf.as_mut_ptr() as *mut libc::file_handle;
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut mount_id = 0;
+    // SAFETY: `c` is a NUL-terminated path; `fh` points at a buffer with room for the header
+    // and MAX_HANDLE_SZ bytes, as `handle_bytes` says.
+    let r = unsafe { libc::name_to_handle_at(libc::AT_FDCWD, c.as_ptr(), fh, &mut mount_id, 0) };
+    if r != 0 {
+        return format!(
+            "name_to_handle_at: {:?}",
+            std::io::Error::last_os_error().kind()
+        );
+    }
+    let mount_dir = fs::File::open(path.parent().unwrap()).unwrap();
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+    // SAFETY: `fh` holds the handle the kernel just wrote; the descriptor it returns is
+    // closed below.
+    let fd = unsafe { libc::open_by_handle_at(mount_dir.as_raw_fd(), fh, libc::O_RDONLY) };
+    if fd < 0 {
+        return format!(
+            "open_by_handle_at: {:?}",
+            std::io::Error::last_os_error().kind()
+        );
+    }
+    // SAFETY: `fd` is a descriptor we own.
+    unsafe { libc::close(fd) };
+    "handle opens".into()
+}
+
+/// The finding (xfstests generic/426, 467, 477, 756, 777): `name_to_handle_at` gave a handle
+/// that `open_by_handle_at` could not open (ESTALE) once the kernel had forgotten the file.
+/// mirrorfs cannot find a file from the kernel's handle (node id and generation) alone, so it
+/// says it has no file handles: `name_to_handle_at` fails with EOPNOTSUPP, as on any file
+/// system without export support, and tools fall back to names.
+#[test]
+fn file_handles_are_either_usable_or_not_offered() {
+    let l = Local::new();
+    subtree(&l);
+    let plain = l.tmp.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    fs::write(plain.join("f"), b"x").unwrap();
+    assert_eq!(handle_round_trip(&plain.join("f")), "handle opens", "ext4");
+    let m = l.mount(&[]);
+    fs::write(l.path("f"), b"x").unwrap();
+    let got = handle_round_trip(&l.path("f"));
+    assert!(
+        got == "handle opens" || got == "name_to_handle_at: Unsupported",
+        "a handle that cannot be used: {got}"
+    );
+    assert_eq!(
+        fs::read(l.path("f")).map_err(|e| e.kind()),
+        Ok(b"x".to_vec())
+    );
+    m.unmount();
     l.assert_no_errors();
 }

@@ -68,5 +68,5 @@ mod test_setup;
 // (issue 13 items 1 and 10).
 mod first_copy;
 // conformance gaps against ext4 found by xfstests: fstat after a rename over an open file,
-// names moved through another mount (issue 13 item 5).
+// names moved through another mount, file handles (issue 13 item 5).
 mod fs_ext4_parity;
