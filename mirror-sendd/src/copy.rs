@@ -773,6 +773,67 @@ impl CopyJob {
     }
 }
 
+/// The directories whose contents applying `e` changes on the backup: the parent of every
+/// name it makes or removes (a copy's parts make their file), and a reconciled directory
+/// itself (the router removes what it holds too many of).
+pub fn changed_dirs(e: &WireEntry) -> Vec<&[u8]> {
+    fn parent(n: &[u8]) -> Option<&[u8]> {
+        match n.iter().rposition(|&b| b == b'/') {
+            Some(0) => Some(&n[..1]),
+            Some(i) => Some(&n[..i]),
+            None => None,
+        }
+    }
+    match e.command {
+        Command::Create
+        | Command::Delete
+        | Command::Mkdir
+        | Command::Rmdir
+        | Command::Symlink
+        | Command::Mknod => parent(&e.name).into_iter().collect(),
+        Command::Link => parent(&e.aux).into_iter().collect(),
+        Command::Rename => parent(&e.name).into_iter().chain(parent(&e.aux)).collect(),
+        Command::Reconcile => vec![&e.name[..]],
+        Command::Write | Command::Truncate | Command::Zero if e.part != Part::Whole => {
+            parent(&e.name).into_iter().collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The times directory `dir` has at the source now, as an [`Part::Extra`] attribute change
+/// for `rule`: only with `--attrs`, and only for a directory the rule selects (its base, or
+/// one a subtree rule reaches), looked at beneath the rule's base through no symlink. Sent
+/// after the entries that changed what `dir` holds ([`changed_dirs`]), since applying those
+/// sets the backup directory's modification time to the router's clock; the last one sent
+/// carries the time the directory keeps, so the backup converges to it.
+pub fn dir_times(rule: &Rule, dir: &[u8]) -> Option<WireEntry> {
+    let pattern = &rule.spec.pattern;
+    let prefix = pattern.prefix();
+    let is_base = dir.len() + 1 == prefix.len() && prefix.starts_with(dir);
+    if !rule.spec.attrs || !(is_base || pattern.match_dir(dir).is_some()) {
+        return None;
+    }
+    let m = Source::open(rule).spot(dir).and_then(|s| s.meta()).ok()?;
+    if !m.is_dir() {
+        return None;
+    }
+    let ts = |sec: i64, nsec: i64| Timestamp {
+        sec,
+        nsec: nsec as u32,
+    };
+    let change = AttrChange {
+        atime: Some(ts(m.atime(), m.atime_nsec())),
+        mtime: Some(ts(m.mtime(), m.mtime_nsec())),
+        ..AttrChange::default()
+    };
+    Some(WireEntry {
+        part: Part::Extra,
+        data: change.encode().to_vec(),
+        ..entry(Command::SetAttr, rule, dir)
+    })
+}
+
 /// Where the next data of `file` at or after `offset` is: `(start, end)` of that run of data
 /// (`SEEK_DATA`, `SEEK_HOLE`), `None` when only a hole (or nothing) follows. Where the file
 /// system cannot tell (`EINVAL`, `EOPNOTSUPP`), all of the file up to its size is data.

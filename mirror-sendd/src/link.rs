@@ -931,10 +931,13 @@ impl Session<'_> {
         let mut table = self.shared.table.load_full();
         let mut version = table.version;
         let mut batch: Vec<WireEntry> = Vec::new();
+        // Directories (of rules with --attrs) whose contents the batch changes: their times
+        // follow the batch (`copy::dir_times`). An entry adds at most two.
+        let mut dirs: Vec<(Arc<mirrorfs::rule::Rule>, Vec<u8>)> = Vec::new();
         let mut bytes = 0usize;
         while self.inflight_bytes + bytes < WINDOW
             && bytes < BATCH_BYTES
-            && batch.len() < BATCH_ENTRIES
+            && batch.len() + dirs.len() + 3 <= BATCH_ENTRIES
         {
             if self.copy.is_none() {
                 if let Some(x) = self.extras.pop_front() {
@@ -952,6 +955,7 @@ impl Session<'_> {
                         }
                         let next = (e.part == Part::Last).then_some(*next);
                         bytes += self.track(&e, next);
+                        note_dirs(&mut dirs, table.sends_to(e.rule_crc, self.site), &e);
                         batch.push(e);
                     }
                     None if job.unreachable() => {
@@ -1036,7 +1040,14 @@ impl Session<'_> {
             }
             let we = WireEntry::whole(pos, e);
             bytes += self.track(&we, Some(next));
+            note_dirs(&mut dirs, Some(rule), &we);
             batch.push(we);
+        }
+        for (rule, dir) in dirs {
+            if let Some(e) = crate::copy::dir_times(&rule, &dir) {
+                self.track(&e, None);
+                batch.push(e);
+            }
         }
         let frame = self.frames + u64::from(!batch.is_empty());
         if let Some((_, last @ None)) = &mut self.dirty {
@@ -1115,6 +1126,23 @@ impl Session<'_> {
         });
         self.inflight_bytes += bytes;
         bytes
+    }
+}
+
+/// Notes the directories whose contents `e` changes on the backup, once each, when its rule
+/// mirrors attributes.
+fn note_dirs(
+    dirs: &mut Vec<(Arc<mirrorfs::rule::Rule>, Vec<u8>)>,
+    rule: Option<&Arc<mirrorfs::rule::Rule>>,
+    e: &WireEntry,
+) {
+    let Some(rule) = rule.filter(|r| r.spec.attrs) else {
+        return;
+    };
+    for d in crate::copy::changed_dirs(e) {
+        if !dirs.iter().any(|(r, x)| r.crc == rule.crc && x == d) {
+            dirs.push((rule.clone(), d.to_vec()));
+        }
     }
 }
 

@@ -122,7 +122,12 @@ impl Filesystem for FuseFs {
             // (`drop_setid`), and the file system below drops `security.capability` on every
             // change mirrorfs makes: the kernel then need not ask for that attribute before
             // every write (a GETXATTR round trip per write, half the speed of small writes).
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            // No file handles (`name_to_handle_at` fails with EOPNOTSUPP, as on a file system
+            // without export support): the kernel's handle is a node id and a generation, and
+            // once the kernel has forgotten the node mirrorfs cannot find the file from that
+            // alone, so `open_by_handle_at` would fail with ESTALE (xfstests generic/426).
+            | InitFlags::FUSE_NO_EXPORT_SUPPORT;
         let supported = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(supported) {
             log::debug!("kernel lacks FUSE capabilities {missing:?}");

@@ -90,6 +90,10 @@ impl Inode {
     pub fn is_linked(&self) -> bool {
         !lock(&self.names).links.is_empty()
     }
+    /// How many names the node has.
+    pub fn link_count(&self) -> usize {
+        lock(&self.names).links.len()
+    }
     /// All names, as (parent, name).
     pub fn links(&self) -> Vec<(u64, OsString)> {
         lock(&self.names).links.clone()

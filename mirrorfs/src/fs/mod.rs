@@ -225,26 +225,76 @@ impl MirrorFs {
     /// Records that the kernel now knows `name` in `parent` as the file with status `st`.
     fn entry(&self, parent: u64, name: &std::ffi::OsStr, st: &Stat) -> EntryOut {
         let (node, generation) = self.inodes.remember(parent, name, st);
+        self.drop_stale_names(&node, parent, name);
         EntryOut {
             attr: self.attr(node.ino, st),
             generation,
         }
     }
 
-    /// The status of node `ino`: by path, or through any open handle if it has no name left.
-    fn stat_node(&self, ino: u64) -> FsResult<Stat> {
-        match self.inodes.path(ino) {
-            Ok(p) => Ok(sys::stat_at(self.dir(), &p)?),
-            Err(FsError::Unlinked(_)) => {
-                let h = self
-                    .files
-                    .all()
-                    .into_iter()
-                    .find(|h| h.inode.ino == ino)
-                    .ok_or(FsError::Unlinked(ino))?;
-                Ok(sys::fstat(h.file.as_fd())?)
+    /// Forgets the names of `node`, other than `name` in `parent` (just found to lead to it),
+    /// that no longer lead to it underneath: something other than this mount (another mount
+    /// of the directory, or a process using it directly) moved or removed the file. Its path
+    /// is made of its first name, so a stale one would make every operation on it fail with
+    /// ENOENT (xfstests generic/732). Costs nothing for a node with one name.
+    fn drop_stale_names(&self, node: &inodes::Inode, parent: u64, name: &std::ffi::OsStr) {
+        if node.link_count() < 2 {
+            return;
+        }
+        for (p, n) in node.links() {
+            if p == parent && n == name {
+                continue;
             }
-            Err(e) => Err(e),
+            let gone = match self.inodes.child_path(p, &n) {
+                Ok(path) => match sys::stat_at(self.dir(), &path) {
+                    Ok(s) => (s.dev, s.ino) != node.key,
+                    Err(e) => matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)),
+                },
+                // Its directory has no name left, or was forgotten: no path goes through it.
+                Err(_) => true,
+            };
+            if gone {
+                log::debug!(
+                    "node {}: {:?} in {p} no longer names it underneath",
+                    node.ino,
+                    n
+                );
+                self.inodes.unlink(node.ino, p, &n);
+            }
+        }
+    }
+
+    /// The status of node `ino`: by path when the path still leads to it, else through an
+    /// open file or directory of it (it has no name left, or its name now leads elsewhere:
+    /// `fstat` of a descriptor of a file that a rename replaced, xfstests generic/035).
+    fn stat_node(&self, ino: u64) -> FsResult<Stat> {
+        let node = self.inodes.get(ino)?;
+        match self.inodes.path(ino) {
+            Ok(p) => match sys::stat_at(self.dir(), &p) {
+                Ok(st) if (st.dev, st.ino) == node.key => return Ok(st),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(FsError::Unlinked(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let open = self
+            .files
+            .all()
+            .into_iter()
+            .find(|h| h.inode.ino == ino)
+            .map(|h| sys::fstat(h.file.as_fd()));
+        let open = open.or_else(|| {
+            self.dirs
+                .all()
+                .into_iter()
+                .find(|d| d.ino == ino)
+                .map(|d| sys::fstat(d.file.as_fd()))
+        });
+        match open {
+            Some(st) => Ok(st?),
+            None => Err(FsError::Unlinked(ino)),
         }
     }
 
