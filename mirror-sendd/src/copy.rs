@@ -199,7 +199,14 @@ pub struct CopyJob {
     unreachable: bool,
     /// Files read whole and data bytes read so far ([`CopyJob::progress`]).
     done: (u64, u64),
+    /// The first name this job copied of each file with other hard links (device, inode):
+    /// its other names are sent as links to it, so the backup keeps one file with many names.
+    linked: std::collections::HashMap<(u64, u64), Vec<u8>>,
 }
+
+/// Files with several names a job remembers at most (beyond, they are copied as separate
+/// files: memory stays bounded).
+const MAX_LINKED: usize = 100_000;
 
 impl std::fmt::Debug for CopyJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -252,6 +259,7 @@ impl CopyJob {
             buffered: None,
             unreachable: false,
             done: (0, 0),
+            linked: std::collections::HashMap::new(),
         };
         let allowed = match mirrorfs::copycheck::may_copy(&job.rule.spec.pattern, &name) {
             Ok(()) => true,
@@ -686,6 +694,19 @@ impl CopyJob {
             });
         }
         pattern.match_file(&name)?;
+        if ft.is_file() && meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.linked.get(&key) {
+                // Another name of a file this job copied already.
+                return Some(WireEntry {
+                    aux: name,
+                    ..entry(Command::Link, &self.rule, first)
+                });
+            }
+            if self.linked.len() < MAX_LINKED {
+                self.linked.insert(key, name.clone());
+            }
+        }
         if ft.is_file() {
             match OpenOptions::new()
                 .read(true)

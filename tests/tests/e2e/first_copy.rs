@@ -87,6 +87,32 @@ fn files_that_existed_before_the_rule_reach_the_backup_before_their_first_change
     l.assert_no_errors();
 }
 
+/// Found by a new user: hard links that existed before the rule became separate files in the
+/// backup (the first copy, and `sync`, copied each name whole); now the other names of a file
+/// are sent as links to the first.
+#[test]
+fn hard_links_that_existed_before_the_rule_stay_links_in_the_backup() {
+    use std::os::unix::fs::MetadataExt;
+    let r = Router::start();
+    let l = Local::new();
+    fs::create_dir_all(l.path("d")).unwrap();
+    fs::write(l.path("a"), b"one file, three names").unwrap();
+    fs::hard_link(l.path("a"), l.path("b")).unwrap();
+    fs::hard_link(l.path("a"), l.path("d/c")).unwrap();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "proj", &[]);
+    let _s = l.sender();
+    wait_until(CONVERGE, "three names of one file in the backup", || {
+        let ino = |n: &str| fs::metadata(r.path(n)).ok().map(|m| (m.ino(), m.nlink()));
+        let a = ino("proj/a");
+        a.is_some_and(|(_, links)| links == 3) && a == ino("proj/b") && a == ino("proj/d/c")
+    });
+    assert_eq!(
+        fs::read(r.path("proj/d/c")).unwrap(),
+        b"one file, three names"
+    );
+    l.assert_no_errors();
+}
+
 /// Added while mounted: the mount queues the copy as it loads the rule.
 #[test]
 fn a_rule_added_while_mounted_copies_what_it_selects() {
