@@ -76,6 +76,29 @@ fn state_dir(cli: &Cli) -> anyhow::Result<StateDir> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // A configuring command that fails leaves no new local system behind (a typo'd --state,
+    // a key that is refused): the directory it made for itself goes again.
+    let made = match need(&cli) {
+        Need::Create => {
+            Some(mirrorfs::state::resolve(cli.state.as_deref())?).filter(|p| !p.exists())
+        }
+        _ => None,
+    };
+    let res = configure_or_read(cli);
+    if let (Err(_), Some(dir)) = (&res, made) {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!(
+                    "cannot remove {} made by the failed command: {e}",
+                    dir.display()
+                );
+            }
+        }
+    }
+    res
+}
+
+fn configure_or_read(cli: Cli) -> anyhow::Result<()> {
     let state = state_dir(&cli)?;
     let keys = KeyRing::new(cli.key_file.unwrap_or_else(|| state.keys_path()));
     match cli.command {

@@ -164,6 +164,58 @@ fn configuring_commands_make_the_local_system() {
     assert!(text(&out).contains("NOT running"), "{}", text(&out));
 }
 
+/// Found by a new user: a configuring command that failed still made its state directory
+/// (`rule add` with no key for the site wrote a site-id there), so a typo'd --state became a
+/// local system; a failed one now leaves nothing, and an existing directory keeps what it had.
+#[test]
+fn a_configuring_command_that_fails_leaves_no_state_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let pattern = format!("{}/", src.display());
+    let missing_src = format!("{}/", tmp.path().join("no-such-src").display());
+    let failing: &[&[&str]] = &[
+        // No key for the site (validation needs one).
+        &[
+            "rule",
+            "add",
+            &pattern,
+            "--site",
+            "127.0.0.1:9",
+            "--dest",
+            "d",
+        ],
+        &[
+            "rule",
+            "add",
+            &missing_src,
+            "--site",
+            "127.0.0.1:9",
+            "--dest",
+            "d",
+            "--no-validate",
+        ],
+        &["key", "add", "backup.lan:7070", "not-a-key"],
+        &["router", "key", "add", "bad/site"],
+    ];
+    for (i, args) in failing.iter().enumerate() {
+        let state = tmp.path().join(format!("new-{i}"));
+        let out = ctl(&state, args);
+        assert!(!out.status.success(), "{args:?} succeeded: {}", text(&out));
+        assert!(!state.exists(), "{args:?} left {}", state.display());
+    }
+    // An existing local system is not removed by a command that fails.
+    let kept = tmp.path().join("kept");
+    let out = ctl(
+        &kept,
+        &["key", "add", "backup.lan:7070", mirror_tests::TEST_KEY],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = ctl(&kept, &["key", "add", "backup.lan:7070", "not-a-key"]);
+    assert!(!out.status.success());
+    assert!(kept.join("keys").exists());
+}
+
 /// Before: `mirrorfs /no/such/dir --state NEW` failed and left NEW behind, a new local
 /// system made by a typo.
 #[test]
