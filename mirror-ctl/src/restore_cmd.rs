@@ -84,7 +84,7 @@ pub fn restore(state: &StateDir, keys: &KeyRing, args: RestoreArgs) -> Result<()
                 totals: Totals::default(),
             };
             let res = w.run(&mut session);
-            w.progress.finish();
+            w.progress.finish(res.is_ok());
             res?;
             if w.totals.names == 0 && w.totals.skipped == 0 {
                 bail!(
@@ -358,11 +358,14 @@ impl Progress {
         }
     }
 
-    fn finish(&mut self) {
+    /// The last progress line: `done` only when the restore of this path `ended` well (the
+    /// error follows otherwise).
+    fn finish(&mut self, ended: bool) {
+        let how = if ended { "done" } else { "stopped" };
         if self.tty {
-            eprintln!("\r\x1b[K{}", self.line());
+            eprintln!("\r\x1b[K{}, {how}", self.line());
         } else {
-            eprintln!("{}, done", self.line());
+            eprintln!("{}, {how}", self.line());
         }
     }
 }

@@ -459,6 +459,9 @@ fn a_site_restores_only_from_its_own_namespace_and_never_through_a_symlink() {
         e.contains("no rule of site desk") && e.contains(&adir),
         "{e}"
     );
+    // A restore that fails never says it is done (found by a new user: "…, done" then the
+    // error).
+    assert!(!e.contains(", done"), "{e}");
     assert_eq!(fs::read_dir(&out).map(|d| d.count()).unwrap_or(0), 0);
 
     // Desk gives itself a rule with laptop's pattern and destination: it maps beneath desk's
