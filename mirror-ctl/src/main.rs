@@ -11,6 +11,7 @@ mod status_cmd;
 mod sync_cmd;
 mod validate;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -45,9 +46,8 @@ fn need(cli: &Cli) -> Need {
     }
 }
 
-/// The state directory the command works on, created only by commands that configure.
-fn state_dir(cli: &Cli) -> anyhow::Result<StateDir> {
-    let path = mirrorfs::state::resolve(cli.state.as_deref())?;
+/// The state directory `path` the command works on, created only by commands that configure.
+fn state_dir(cli: &Cli, path: PathBuf) -> anyhow::Result<StateDir> {
     Ok(match need(cli) {
         Need::Create => StateDir::open(path)?,
         Need::Source => StateDir::existing(
@@ -78,19 +78,15 @@ fn state_dir(cli: &Cli) -> anyhow::Result<StateDir> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // A configuring command that fails leaves no new local system behind (a typo'd --state,
     // a key that is refused): the directory it made for itself goes again.
-    let made = match need(&cli) {
-        Need::Create => {
-            Some(mirrorfs::state::resolve(cli.state.as_deref())?).filter(|p| !p.exists())
-        }
-        _ => None,
-    };
-    let res = configure_or_read(cli);
-    if let (Err(_), Some(dir)) = (&res, made) {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
+    let path = mirrorfs::state::resolve(cli.state.as_deref())?;
+    let made = matches!(need(&cli), Need::Create) && !path.exists();
+    let res = configure_or_read(cli, path.clone());
+    if res.is_err() && made {
+        if let Err(e) = std::fs::remove_dir_all(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log::warn!(
                     "cannot remove {} made by the failed command: {e}",
-                    dir.display()
+                    path.display()
                 );
             }
         }
@@ -98,8 +94,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     res
 }
 
-fn configure_or_read(cli: Cli) -> anyhow::Result<()> {
-    let state = state_dir(&cli)?;
+fn configure_or_read(cli: Cli, path: PathBuf) -> anyhow::Result<()> {
+    let state = state_dir(&cli, path)?;
     let keys = KeyRing::new(cli.key_file.unwrap_or_else(|| state.keys_path()));
     match cli.command {
         Command::Rule(RuleCommand::Add(args)) => rules_cmd::add(&state, &keys, *args),

@@ -1007,12 +1007,7 @@ impl State {
             return Ok(());
         };
         if self.applier.has_unsynced() {
-            self.applier.make_durable().map_err(|e| {
-                format!(
-                    "cannot make the backup files under {} durable: {e}",
-                    router.cfg.root.display()
-                )
-            })?;
+            self.make_durable(router)?;
         }
         durable::store(&router.cfg.state, at).map_err(|e| {
             format!(
@@ -1023,6 +1018,16 @@ impl State {
         self.durable_at = at;
         self.durable_when = Instant::now();
         Ok(())
+    }
+
+    /// Makes everything applied so far durable in the backup ([`Applier::make_durable`]).
+    fn make_durable(&mut self, router: &crate::shared::Router) -> Result<(), String> {
+        self.applier.make_durable().map_err(|e| {
+            format!(
+                "cannot make the backup files under {} durable: {e}",
+                router.cfg.root.display()
+            )
+        })
     }
 }
 
@@ -1193,12 +1198,7 @@ fn apply_some(
         if n < wpair && pc.cursor >= end && pc.held_from.is_none() {
             // Finished and no longer written: make what was applied durable, keep what it
             // says about the sources, remove it.
-            st.applier.make_durable().map_err(|e| {
-                format!(
-                    "cannot make the backup files under {} durable: {e}",
-                    router.cfg.root.display()
-                )
-            })?;
+            st.make_durable(router)?;
             router.persist_sources().map_err(|e| e.to_string())?;
             if let Some(done) = st.pairs.remove(&n) {
                 done.pair.remove(dir).map_err(|e| e.to_string())?;
