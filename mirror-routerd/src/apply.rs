@@ -38,6 +38,7 @@ use crate::beneath::{is_confinement, Place, Root};
 use crate::config::{RouterRule, RouterTable};
 use crate::durable;
 use crate::rtlog::{list_pairs, RtPair, RtRecord, HEADER_LEN};
+use crate::staging::{self, Staging};
 
 /// What happened to an entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +92,8 @@ pub struct Applier {
     /// Backup paths (relative to the root) changed since they were last made durable: files
     /// and directories changed, and every directory above them.
     touched: BTreeSet<PathBuf>,
+    /// Copies being built aside.
+    staging: Staging,
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -118,8 +121,10 @@ fn remove_any(p: &Path) -> io::Result<()> {
 impl Applier {
     /// An applier writing under `root`, keeping at most `max_open` backup files open.
     pub fn new(root: &Path, max_open: usize) -> io::Result<Applier> {
+        let root = Root::open(root)?;
         Ok(Applier {
-            root: Root::open(root)?,
+            staging: Staging::load(&root)?,
+            root,
             open: OpenFiles::new(max_open),
             touched: BTreeSet::new(),
         })
@@ -244,45 +249,47 @@ impl Applier {
         if matches!(
             r.command,
             Command::Write | Command::Truncate | Command::Zero
-        ) && r.part == mirrorfs::wire::Part::Whole
-            && !self.backup_exists(&rel).map_err(fail("open", &shown))?
-        {
-            // A change to a file the backup does not have (made before its rule, or under a
-            // name the backup never got): applied alone it would leave zeros where the older
-            // content is. The source sends the file whole instead (a copy's own parts, which
-            // build the file, are applied).
-            return Ok(Outcome::NeedCopy {
-                rule_crc: rule.crc,
-                name: r.name.clone(),
-            });
+        ) {
+            if r.part != mirrorfs::wire::Part::Whole {
+                return self.apply_copy_part(rule, r, &rel, data);
+            }
+            if !self.backup_exists(&rel).map_err(fail("open", &shown))? {
+                // A change to a file the backup does not have (made before its rule, or
+                // under a name the backup never got): applied alone it would leave zeros
+                // where the older content is. The source sends the file whole instead (a
+                // copy's own parts, which build the file, are applied).
+                return Ok(Outcome::NeedCopy {
+                    rule_crc: rule.crc,
+                    name: r.name.clone(),
+                });
+            }
+            self.data_change(&rel, r, data)?;
+            if self.staging.has(&rel) {
+                // A copy of the file is being built aside and will replace it: it gets
+                // the change too.
+                let staged = staging::staged_rel(&rel);
+                self.touch(&staged, None);
+                self.data_change(&staged, r, data)?;
+            }
+            return Ok(Outcome::Done);
         }
         if matches!(
             r.command,
-            Command::Write | Command::Truncate | Command::Zero
-        ) && r.part != mirrorfs::wire::Part::Whole
-        {
-            // A copy builds a regular file: whatever else holds its name goes first (kept
-            // aside under the delete suffix).
-            self.clear_for_file(rule, &rel)
-                .map_err(fail("delete", &shown))?;
-        }
-        match r.command {
-            Command::Write => {
-                let f = self.file(&rel).map_err(fail("open", &shown))?;
-                crate::direct::write_at(f, data, r.offset).map_err(fail("write", &shown))?;
-                return Ok(Outcome::Done);
+            Command::Create
+                | Command::Delete
+                | Command::Rename
+                | Command::Mkdir
+                | Command::Rmdir
+                | Command::Symlink
+                | Command::Mknod
+        ) {
+            // The name is something else now: a copy of what it was, being built aside,
+            // must not replace it later.
+            for p in std::iter::once(rel.as_path()).chain(to.as_deref()) {
+                self.staging
+                    .discard(&self.root, p)
+                    .map_err(fail("delete", &self.root.path().join(p)))?;
             }
-            Command::Truncate => {
-                let f = self.file(&rel).map_err(fail("open", &shown))?;
-                f.set_len(r.size).map_err(fail("truncate", &shown))?;
-                return Ok(Outcome::Done);
-            }
-            Command::Zero => {
-                let f = self.file(&rel).map_err(fail("open", &shown))?;
-                zero_range(f, r.offset, r.size).map_err(fail("zero", &shown))?;
-                return Ok(Outcome::Done);
-            }
-            _ => {}
         }
         self.open.clear();
         // Removals and attribute changes need no parent directories; the rest create them.
@@ -443,6 +450,75 @@ impl Applier {
             }
             Command::Copy | Command::Mark => {}
             Command::Reconcile => return reconcile(rule, r, &rel, &at, data),
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// Applies a write, truncate or zero range to the file at `rel` beneath the root.
+    fn data_change(&mut self, rel: &Path, r: &RtRecord, data: &[u8]) -> Result<(), ApplyError> {
+        let shown = self.root.path().join(rel);
+        let fail = |op: &'static str| {
+            let p = shown.clone();
+            move |err| ApplyError { op, path: p, err }
+        };
+        let f = self.file(rel).map_err(fail("open"))?;
+        match r.command {
+            Command::Write => crate::direct::write_at(f, data, r.offset).map_err(fail("write")),
+            Command::Truncate => f.set_len(r.size).map_err(fail("truncate")),
+            Command::Zero => zero_range(f, r.offset, r.size).map_err(fail("zero")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies a part of a copy of the file `rel` ([`crate::staging`]): its first part (at
+    /// offset 0) starts a staging file, the parts go there, and its final size puts it in
+    /// place of the backup file. A backup file with other hard links, or a copy resumed
+    /// past its start with no staging file, is written in place.
+    fn apply_copy_part(
+        &mut self,
+        rule: &RouterRule,
+        r: &RtRecord,
+        rel: &Path,
+        data: &[u8],
+    ) -> Result<Outcome, ApplyError> {
+        let shown = self.root.path().join(rel);
+        let fail = |op: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |err| ApplyError { op, path: p, err }
+        };
+        let staged = staging::staged_rel(rel);
+        let staged_shown = self.root.path().join(&staged);
+        if matches!(r.command, Command::Write | Command::Zero) && r.offset == 0 {
+            self.open.forget(&staged);
+            if staging::has_other_links(&self.root, rel).map_err(fail("open", &shown))? {
+                self.staging
+                    .discard(&self.root, rel)
+                    .map_err(fail("delete", &staged_shown))?;
+            } else {
+                self.staging
+                    .start(&self.root, rel)
+                    .map_err(fail("create", &staged_shown))?;
+            }
+        }
+        if !self.staging.has(rel) {
+            // A copy builds a regular file: whatever else holds its name goes first (kept
+            // aside under the delete suffix).
+            self.clear_for_file(rule, rel)
+                .map_err(fail("delete", &shown))?;
+            self.data_change(rel, r, data)?;
+            return Ok(Outcome::Done);
+        }
+        self.touch(&staged, None);
+        self.data_change(&staged, r, data)?;
+        if r.command == Command::Truncate {
+            // The file's final size: its copy is whole.
+            self.open.forget(&staged);
+            self.open.forget(rel);
+            self.clear_for_file(rule, rel)
+                .map_err(fail("delete", &shown))?;
+            self.staging
+                .finish(&self.root, rel)
+                .map_err(fail("rename", &shown))?;
         }
         Ok(Outcome::Done)
     }
@@ -1542,16 +1618,102 @@ mod tests {
             );
             assert!(!root.path().join("d/old").exists());
         }
-        // A part of a copy creates it.
-        let mut part = record(Command::Write, "/p/old", "");
-        part.part = Part::Extra;
-        assert_eq!(a.apply(&table, &part, b"whole").unwrap(), Outcome::Done);
+        // A copy's parts create it.
+        for (command, size, data) in [
+            (Command::Write, 5, &b"whole"[..]),
+            (Command::Truncate, 5, b""),
+        ] {
+            let mut part = record(command, "/p/old", "");
+            part.part = Part::Extra;
+            part.size = size;
+            assert_eq!(a.apply(&table, &part, data).unwrap(), Outcome::Done);
+        }
         assert_eq!(std::fs::read(root.path().join("d/old")).unwrap(), b"whole");
         // Then later changes apply.
         let mut w = record(Command::Write, "/p/old", "");
         w.offset = 5;
         assert_eq!(a.apply(&table, &w, b"!").unwrap(), Outcome::Done);
         assert_eq!(std::fs::read(root.path().join("d/old")).unwrap(), b"whole!");
+    }
+
+    /// A copy's part of file `name` (`More`), of `command` at `offset`.
+    fn part(command: Command, name: &str, offset: u64, size: u64) -> RtRecord {
+        let mut r = record(command, name, "");
+        r.part = Part::More;
+        r.offset = offset;
+        r.size = size;
+        r
+    }
+
+    /// An adversarial finding of issue 13: a copy cut off midway (the sender stopped, or the
+    /// rule removed during its first copy) left the backup file with the new content's first
+    /// part and the old content's rest, and a restore gave that back. Now the backup file is
+    /// the old version until the copy's final size arrives, then the new one whole; changes
+    /// made meanwhile reach both; a copy started again begins anew; a file with other hard
+    /// links is still written in place; and a restarted router goes on with the copy.
+    #[test]
+    fn a_copy_cut_off_midway_leaves_the_backup_file_as_it_was() {
+        let root = tempfile::tempdir().unwrap();
+        let table = p_to_d();
+        let file = root.path().join("d/f");
+        std::fs::create_dir_all(root.path().join("d")).unwrap();
+        std::fs::write(&file, b"old-old-old-old!").unwrap();
+        let mut a = Applier::new(root.path(), 4).unwrap();
+        let apply = |a: &mut Applier, r: RtRecord, data: &[u8]| {
+            assert_eq!(a.apply(&table, &r, data).unwrap(), Outcome::Done, "{r:?}");
+        };
+        apply(&mut a, part(Command::Write, "/p/f", 0, 8), b"NEW-NEW-");
+        assert_eq!(std::fs::read(&file).unwrap(), b"old-old-old-old!");
+        // A change the source made meanwhile: on the backup file now, and in the copy.
+        let mut w = record(Command::Write, "/p/f", "");
+        w.offset = 15;
+        apply(&mut a, w, b"?");
+        assert_eq!(std::fs::read(&file).unwrap(), b"old-old-old-old?");
+        // The router stops here and starts again: the copy goes on.
+        a.make_durable().unwrap();
+        let mut a = Applier::new(root.path(), 4).unwrap();
+        apply(&mut a, part(Command::Write, "/p/f", 8, 7), b"NEW-NEW");
+        assert_eq!(std::fs::read(&file).unwrap(), b"old-old-old-old?");
+        apply(&mut a, part(Command::Truncate, "/p/f", 0, 16), b"");
+        assert_eq!(std::fs::read(&file).unwrap(), b"NEW-NEW-NEW-NEW?");
+        assert_eq!(
+            std::fs::read_dir(root.path().join(staging::DIR))
+                .unwrap()
+                .count(),
+            0,
+            "nothing is left aside once the copy is in place"
+        );
+        // A copy started again from its start begins anew.
+        apply(&mut a, part(Command::Write, "/p/f", 0, 3), b"abc");
+        apply(&mut a, part(Command::Zero, "/p/f", 0, 3), b"");
+        apply(&mut a, part(Command::Write, "/p/f", 3, 2), b"de");
+        assert_eq!(std::fs::read(&file).unwrap(), b"NEW-NEW-NEW-NEW?");
+        apply(&mut a, part(Command::Truncate, "/p/f", 0, 5), b"");
+        assert_eq!(std::fs::read(&file).unwrap(), b"\0\0\0de");
+        // A file with another name is written in place, and both names keep sharing it.
+        std::fs::hard_link(&file, root.path().join("d/g")).unwrap();
+        apply(&mut a, part(Command::Write, "/p/f", 0, 2), b"xy");
+        assert_eq!(std::fs::read(root.path().join("d/g")).unwrap(), b"xy\0de");
+        apply(&mut a, part(Command::Truncate, "/p/f", 0, 2), b"");
+        assert_eq!(std::fs::read(root.path().join("d/g")).unwrap(), b"xy");
+        // A file the source deleted while its copy was on the way: the copy is dropped.
+        std::fs::write(root.path().join("d/h"), b"kept").unwrap();
+        apply(&mut a, part(Command::Write, "/p/h", 0, 3), b"new");
+        apply(&mut a, record(Command::Delete, "/p/h", ""), b"");
+        assert!(!a.staging.has(Path::new("d/h")));
+        // And no source name is ever written where the copies are built.
+        let mut table = p_to_d();
+        table = RouterTable::with_rules([(
+            "s".to_string(),
+            RouterRule {
+                namespace: Some(PathBuf::from(staging::DIR)),
+                ..(*table.get("s", 5).unwrap().clone()).clone()
+            },
+        )]);
+        let out = a
+            .apply(&table, &record(Command::Create, "/p/x", ""), &[])
+            .unwrap();
+        assert!(matches!(out, Outcome::Refused(_)), "{out:?}");
     }
 
     /// Site s's rule 5 keeping deleted and replaced files under `.del`.

@@ -35,6 +35,12 @@ pub enum NameError {
         /// The rule's pattern.
         pattern: String,
     },
+    /// The name would be written where the router builds copies ([`crate::staging::DIR`]).
+    #[error("{name} maps to {}/ at the top of the backup root, which the router keeps for copies in progress", crate::staging::DIR)]
+    Reserved {
+        /// The name.
+        name: String,
+    },
     /// A component would leave the destination.
     #[error("{name} has an unsafe component {component:?}")]
     Unsafe {
@@ -45,8 +51,21 @@ pub enum NameError {
     },
 }
 
-/// The backup path relative to the root for `name` under `rule`.
+/// The backup path relative to the root for `name` under `rule`. Nothing is written under
+/// [`crate::staging::DIR`] at the top of the root (the router's copies in progress).
 pub fn backup_rel(rule: &RouterRule, name: &[u8]) -> Result<PathBuf, NameError> {
+    let rel = backup_rel_of(rule, name)?;
+    match rel.components().next() {
+        Some(std::path::Component::Normal(c)) if c == crate::staging::DIR => {
+            Err(NameError::Reserved {
+                name: String::from_utf8_lossy(name).into_owned(),
+            })
+        }
+        _ => Ok(rel),
+    }
+}
+
+fn backup_rel_of(rule: &RouterRule, name: &[u8]) -> Result<PathBuf, NameError> {
     let shown = || String::from_utf8_lossy(name).into_owned();
     let not_under = || NameError::NotUnderRule {
         name: shown(),
@@ -118,6 +137,11 @@ impl OpenFiles {
             self.files.push_front((path.to_path_buf(), f));
         }
         Ok(&self.files[0].1)
+    }
+
+    /// Closes `path` if it is open (its name now leads to another file).
+    pub fn forget(&mut self, path: &Path) {
+        self.files.retain(|(p, _)| p != path);
     }
 
     /// Whether `path` is open (and still has a name).

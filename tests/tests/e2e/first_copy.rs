@@ -403,3 +403,70 @@ fn rule_rm_drops_the_unsent_entries_and_leaves_the_backup() {
     assert_log_only("mirror-sendd", &l.error_log(), &[]);
     assert_log_only("the router", &r.error_log(), &[]);
 }
+
+/// Bytes the router has taken into its logs (RT2, the data).
+fn rt2_bytes(r: &Router) -> u64 {
+    fs::read_dir(r.state.join("rt"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".rt2"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// An adversarial finding of issue 13: a copy cut off midway (here the sender killed while it
+/// streams a `sync` of a changed 128 MiB file) left the backup file with the new content's
+/// first part and the old content's rest until the copy was sent again, and a restore in
+/// between gave that mix back. Now the backup file stays the old version whole until the
+/// copy is complete, then becomes the new one.
+#[test]
+fn a_copy_cut_off_midway_leaves_the_backup_file_whole() {
+    const SIZE: usize = 128 << 20;
+    let r = Router::start();
+    let l = Local::new();
+    let big = l.path("big.bin");
+    fs::write(&big, vec![b'A'; SIZE]).unwrap();
+    // Nothing mounted: the rule's first copy, then the sync, go into the journal directly.
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "proj", &[]);
+    let mut s = l.sender();
+    let backup = r.path("proj/big.bin");
+    wait_until(CONVERGE, "the first copy on the backup", || {
+        fs::metadata(&backup).is_ok_and(|m| m.len() == SIZE as u64)
+            && fs::read(&backup).is_ok_and(|d| d.iter().all(|&b| b == b'A'))
+    });
+    s.kill9();
+    r.wait_durable();
+    // Changed beneath (no mount records it), then sent again by a sync.
+    fs::write(&big, vec![b'B'; SIZE]).unwrap();
+    let out = l.ctl(&["sync", big.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = rt2_bytes(&r);
+    let mut s = l.sender();
+    wait_until(CONVERGE, "a part of the copy at the router", || {
+        rt2_bytes(&r) >= before + (4 << 20)
+    });
+    s.kill9();
+    r.wait_durable();
+    let got = fs::read(&backup).unwrap();
+    let news = got.iter().filter(|&&b| b == b'B').count();
+    assert!(
+        got.len() == SIZE && (news == 0 || news == SIZE),
+        "the backup file is a patchwork: {news} new bytes of {} after the copy was cut off",
+        got.len()
+    );
+    // Sent again, the copy completes.
+    let _s = l.sender();
+    wait_until(CONVERGE, "the new version on the backup", || {
+        fs::read(&backup).is_ok_and(|d| d.len() == SIZE && d.iter().all(|&b| b == b'B'))
+    });
+    assert_log_only("mirror-sendd", &l.error_log(), &[]);
+    // The killed sender's sessions.
+    assert_log_only("the router", &r.error_log(), &["connection: "]);
+}
