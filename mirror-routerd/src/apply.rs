@@ -438,6 +438,11 @@ impl Applier {
                 if !rule.attrs {
                     return Ok(Outcome::Skipped("attributes are not mirrored".into()));
                 }
+                if r.aux == KEPT_XATTR.as_bytes() {
+                    return Ok(Outcome::Skipped(format!(
+                        "{KEPT_XATTR} is the router's own mark of kept versions"
+                    )));
+                }
                 match xattr(
                     &path,
                     &r.aux,
@@ -592,6 +597,55 @@ pub fn kept_version(rule: &RouterRule, name: &[u8]) -> bool {
         .is_some_and(|suf| mirrorfs::rule::is_kept_version(name, suf))
 }
 
+/// The extended attribute the router sets on each version it keeps (a regular file or a
+/// directory), so that a source file that is itself named like a kept version (`c.del`) is
+/// told from one: restores give it back, reconciliations treat it as any file. No entry may
+/// set it (it would hide a file from restores).
+pub const KEPT_XATTR: &str = "user.mirror.kept";
+
+/// Whether the backup entry at `path` (named `name`, with metadata `m`) is a version kept
+/// under the rule's delete suffix: named like one and marked ([`KEPT_XATTR`]). Where the
+/// mark cannot be (a symlink, a fifo, a file system without user attributes) the name
+/// alone decides, as it did for versions kept before the mark existed.
+pub fn is_kept(rule: &RouterRule, name: &[u8], path: &Path, m: &fs::Metadata) -> bool {
+    if !kept_version(rule, name) {
+        return false;
+    }
+    if !(m.is_file() || m.is_dir()) {
+        return true;
+    }
+    match xattr_get(path, KEPT_XATTR) {
+        Ok(()) => true,
+        Err(e) => !errno_is(&e, libc::ENODATA),
+    }
+}
+
+/// Whether attribute `name` is on `path` (not following a symlink).
+fn xattr_get(path: &Path, name: &str) -> io::Result<()> {
+    let p = cpath(path)?;
+    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: both are NUL-terminated; a null buffer of size 0 asks for the size only.
+    let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks `place` as a kept version ([`KEPT_XATTR`]), where its kind and file system allow.
+fn mark_kept(place: &Place) {
+    let m = fs::symlink_metadata(place.path());
+    if !m.is_ok_and(|m| m.is_file() || m.is_dir()) {
+        return;
+    }
+    if let Err(e) = xattr(&place.path(), KEPT_XATTR.as_bytes(), Some(b"")) {
+        log::debug!(
+            "{}: cannot mark it as a kept version ({e}); its name tells it",
+            place.shown().display()
+        );
+    }
+}
+
 /// Kept versions of one name are numbered up to 2^this at most (far more than a directory
 /// holds): the search for a free number is bounded.
 const MAX_KEPT_BITS: u32 = 48;
@@ -695,6 +749,7 @@ fn keep_aside(place: &Place, suf: &str) -> io::Result<Option<PathBuf>> {
         };
         match kept {
             Ok(()) => {
+                mark_kept(&to);
                 log::debug!(
                     "kept {} as {}",
                     place.shown().display(),
@@ -823,7 +878,11 @@ fn reconcile(
     let mut gone = Vec::new();
     for (name, m) in &held {
         let other_kind = listed(name).is_some_and(|l| l.kind != kind(m));
-        if (in_range(name) && listed(name).is_none() && !kept_version(rule, name)) || other_kind {
+        let kept = || {
+            at.child(name)
+                .is_ok_and(|p| is_kept(rule, name, &p.path(), m))
+        };
+        if (in_range(name) && listed(name).is_none() && !kept()) || other_kind {
             gone.push(name.clone());
         }
     }

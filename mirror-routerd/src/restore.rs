@@ -239,18 +239,25 @@ fn kind_of(meta: &Metadata) -> Option<RestoreKind> {
     }
 }
 
-/// Whether `rule` selects `name` (a `kind`), `start` being where the walk began.
-fn selects(rule: &RouterRule, name: &[u8], kind: RestoreKind, start: &[u8]) -> bool {
+/// Whether `rule` selects `name` (a `kind`), `start` being where the walk began; `kept`
+/// tells whether it is a version kept under the delete suffix ([`crate::apply::is_kept`]).
+fn selects(
+    rule: &RouterRule,
+    name: &[u8],
+    kind: RestoreKind,
+    start: &[u8],
+    kept: impl Fn() -> bool,
+) -> bool {
     let pk = rule.pattern.kind();
     if kind == RestoreKind::Dir {
         // The directory the walk starts at, and those inside a subtree (but a directory kept
         // under the delete suffix, with all it holds).
-        return name == start || (pk.is_subtree() && !crate::apply::kept_version(rule, name));
+        return name == start || (pk.is_subtree() && !kept());
     }
     if pk == mirrorfs::rule::PatternKind::File {
         return name == rule.base().as_slice();
     }
-    rule.pattern.match_file(name).is_some() && !crate::apply::kept_version(rule, name)
+    rule.pattern.match_file(name).is_some() && !kept()
 }
 
 /// Walks the backup of `part` depth first, names in order, a directory before what it holds.
@@ -290,7 +297,8 @@ fn walk(root: &Root, part: &Part, v: &mut dyn Visit) -> Result<(), SessionError>
             }
             continue;
         };
-        if !selects(&part.rule, &name, kind, &part.start) {
+        let kept = || crate::apply::is_kept(&part.rule, &name, &place.path(), &meta);
+        if !selects(&part.rule, &name, kind, &part.start, kept) {
             continue;
         }
         v.item(&part.rule, &name, &place, &meta)?;
@@ -620,21 +628,36 @@ mod tests {
         }
     }
 
+    /// `selects`, with every name of the kept form marked as kept.
+    fn sel(rule: &RouterRule, name: &[u8], kind: RestoreKind, start: &[u8]) -> bool {
+        selects(rule, name, kind, start, || {
+            crate::apply::kept_version(rule, name)
+        })
+    }
+
     #[test]
     fn only_what_the_rule_selects_is_sent() {
         let w = rule("/p/a/*.doc", None);
-        assert!(selects(&w, b"/p/a/x.doc", RestoreKind::File, b"/p/a"));
-        assert!(!selects(&w, b"/p/a/x.txt", RestoreKind::File, b"/p/a"));
-        assert!(selects(&w, b"/p/a", RestoreKind::Dir, b"/p/a"));
-        assert!(!selects(&w, b"/p/a/sub", RestoreKind::Dir, b"/p/a"));
+        assert!(sel(&w, b"/p/a/x.doc", RestoreKind::File, b"/p/a"));
+        assert!(!sel(&w, b"/p/a/x.txt", RestoreKind::File, b"/p/a"));
+        assert!(sel(&w, b"/p/a", RestoreKind::Dir, b"/p/a"));
+        assert!(!sel(&w, b"/p/a/sub", RestoreKind::Dir, b"/p/a"));
         let s = rule("/p/a/", Some(".del"));
-        assert!(selects(&s, b"/p/a/x", RestoreKind::File, b"/p/a"));
-        assert!(!selects(&s, b"/p/a/x.del", RestoreKind::File, b"/p/a"));
-        assert!(!selects(&s, b"/p/a/x.del.2", RestoreKind::File, b"/p/a"));
-        assert!(selects(&s, b"/p/a/sub", RestoreKind::Dir, b"/p/a"));
-        assert!(!selects(&s, b"/p/a/sub.del", RestoreKind::Dir, b"/p/a"));
+        assert!(sel(&s, b"/p/a/x", RestoreKind::File, b"/p/a"));
+        assert!(!sel(&s, b"/p/a/x.del", RestoreKind::File, b"/p/a"));
+        assert!(!sel(&s, b"/p/a/x.del.2", RestoreKind::File, b"/p/a"));
+        assert!(sel(&s, b"/p/a/sub", RestoreKind::Dir, b"/p/a"));
+        assert!(!sel(&s, b"/p/a/sub.del", RestoreKind::Dir, b"/p/a"));
+        // A source file named like a kept version (not marked as one) is restored.
+        assert!(selects(
+            &s,
+            b"/p/a/x.del",
+            RestoreKind::File,
+            b"/p/a",
+            || false
+        ));
         let f = rule("/p/a/x.doc", None);
-        assert!(selects(&f, b"/p/a/x.doc", RestoreKind::File, b"/p/a/x.doc"));
+        assert!(sel(&f, b"/p/a/x.doc", RestoreKind::File, b"/p/a/x.doc"));
     }
 
     #[test]

@@ -585,3 +585,33 @@ fn versions_kept_under_the_delete_suffix_are_not_restored() {
     l.assert_no_errors();
     assert_log_only("router", &r.error_log(), &[]);
 }
+
+/// An adversarial finding of issue 13: with `--delete-suffix .del`, a source file that is
+/// itself named like a kept version (`notes.del`) was mirrored but never restored (restores
+/// told kept versions by their names only). Now the router marks each version it keeps, and
+/// the restore gives back the source's `notes.del` and leaves out the kept `notes.del.1`.
+#[test]
+fn a_source_file_named_like_a_kept_version_is_restored() {
+    let r = Router::start();
+    let (l, m, _s) = mirrored(&r, "proj", &["--delete-suffix", ".del"]);
+    fs::write(l.path("notes.del"), "a source file, not history").unwrap();
+    fs::write(l.path("notes"), "deleted at the source").unwrap();
+    wait_converged(&l.dir, &r.path("proj"), CONVERGE);
+    fs::remove_file(l.path("notes")).unwrap();
+    wait_until(CONVERGE, "the deleted file kept in the backup", || {
+        fs::read(r.path("proj/notes.del.1")).is_ok_and(|d| d == b"deleted at the source")
+    });
+    let out = l.tmp.path().join("restored");
+    ok(&restore(
+        &l,
+        &[l.dir.to_str().unwrap(), "--to", out.to_str().unwrap()],
+    ));
+    drop(m);
+    assert_same_tree(&l.dir, &out);
+    assert_eq!(
+        fs::read(out.join("notes.del")).unwrap(),
+        b"a source file, not history"
+    );
+    l.assert_no_errors();
+    assert_log_only("router", &r.error_log(), &[]);
+}
