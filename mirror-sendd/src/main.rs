@@ -141,6 +141,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // The segment below which acknowledged ones were last removed (looked at again every
     // second in any case).
     let mut removed_below = 0;
+    // Blocked sites no rule names, and since when (see `retire_sites`).
+    let mut absent: HashMap<String, Instant> = HashMap::new();
     loop {
         // Start a link for every site the rules name (and restart one that stopped while
         // its site was briefly absent).
@@ -157,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
         shared.refresh();
+        retire_sites(&shared, &links, &mut absent);
         if last_clean.elapsed() >= Duration::from_secs(1) {
             last_clean = Instant::now();
             dirty::track(&shared, cli.queue_limit);
@@ -174,6 +177,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 removed_below = p.segment;
             }
         }
+    }
+}
+
+/// How long a blocked site must be named by no rule before it is retired: a rule removed and
+/// added again at once (a `rule rm` then a `rule add`) keeps the site's dirty set.
+const RETIRE_AFTER: Duration = Duration::from_secs(5);
+
+/// Retires the blocked sites that no rule has named for [`RETIRE_AFTER`] and whose link has
+/// ended: they are no longer blocked (status stops showing them, nothing waits for an unblock
+/// that could not happen), and their dirty and resync sets go (the files they list belong to
+/// rules that no longer exist; a rule added later for the site starts with its first copy).
+fn retire_sites(
+    shared: &Shared,
+    links: &HashMap<String, JoinHandle<()>>,
+    absent: &mut HashMap<String, Instant>,
+) {
+    let table = shared.table.load();
+    let blocked: Vec<String> = shared
+        .sites
+        .all_blocked()
+        .into_iter()
+        .map(|b| b.site)
+        .filter(|s| !table.has_site(s))
+        .collect();
+    absent.retain(|s, _| blocked.contains(s));
+    'sites: for site in blocked {
+        let since = *absent.entry(site.clone()).or_insert_with(Instant::now);
+        let link_ended = links.get(&site).is_none_or(|h| h.is_finished());
+        if since.elapsed() < RETIRE_AFTER || !link_ended {
+            continue;
+        }
+        for p in [dirty::path(shared, &site), resync::path(shared, &site)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // Kept blocked: tried again at the next pass.
+                Err(e) => {
+                    log::warn!("site {site}: cannot remove {}: {e}", p.display());
+                    continue 'sites;
+                }
+            }
+        }
+        if shared.sites.retire(&site) {
+            log::info!("site {site}: no rule names it any more; it is no longer blocked");
+        }
+        absent.remove(&site);
     }
 }
 

@@ -161,6 +161,19 @@ impl Sites {
         }
     }
 
+    /// `site` is no longer named by any rule: it is no longer blocked (nothing is sent to it
+    /// any more, so nothing waits for it). `true` when it was.
+    pub fn retire(&self, site: &str) -> bool {
+        let mut b = lock(&self.blocked);
+        let was = b.remove(site).is_some();
+        if was {
+            self.store(&b);
+        }
+        drop(b);
+        lock(&self.live).remove(site);
+        was
+    }
+
     /// Records whether a session with `site` is up, and its last error.
     pub fn set_connected(&self, site: &str, connected: bool, error: Option<String>) {
         let mut l = lock(&self.live);

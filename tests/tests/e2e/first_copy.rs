@@ -470,3 +470,51 @@ fn a_copy_cut_off_midway_leaves_the_backup_file_whole() {
     // The killed sender's sessions.
     assert_log_only("the router", &r.error_log(), &["connection: "]);
 }
+
+/// An adversarial finding of issue 13: after `rule rm` of the last rule naming a blocked
+/// site, `status` showed the site BLOCKED for ever and `mirror-ctl unblock` did nothing (no
+/// link ran for it any more). Now, once no rule has named it for a few seconds, the site is
+/// retired: no longer blocked, gone from `status`, its dirty set removed.
+#[test]
+fn rule_rm_of_a_blocked_sites_last_rule_retires_the_site() {
+    let mut r = Router::start();
+    let l = Local::new();
+    fs::create_dir_all(l.path("a")).unwrap();
+    l.add_rule_validated(&format!("{}/a/", l.dir.display()), &r.site(), "a", &[]);
+    let m = l.mount(&[]);
+    let _s = l.sender_with(&["--queue-limit", "1"]);
+    fs::write(l.path("a/f"), b"sent").unwrap();
+    wait_converged(&l.path("a"), &r.path("a"), CONVERGE);
+    let site = r.site();
+    r.kill9();
+    let shown = |l: &Local| {
+        l.status()
+            .as_array()
+            .and_then(|rows| rows.iter().find(|x| x["site"] == site.as_str()).cloned())
+    };
+    wait_until(CONVERGE, "the site to be blocked", || {
+        fs::write(l.path("a/f"), b"changed while the site is down").unwrap();
+        shown(&l).is_some_and(|x| !x["blocked"].is_null())
+    });
+    let dirty = l.state.join("dirty");
+    wait_until(CONVERGE, "the backlog to become a dirty set", || {
+        fs::write(l.path("a/g"), b"more").unwrap();
+        fs::read_dir(&dirty).is_ok_and(|d| d.count() > 0)
+    });
+    let out = l.ctl(&["rule", "rm", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(CONVERGE, "the site gone from the status", || {
+        shown(&l).is_none()
+    });
+    assert!(
+        fs::read_dir(&dirty).is_ok_and(|d| d.count() == 0),
+        "the retired site's dirty set is removed"
+    );
+    let out = l.ctl(&["unblock"]);
+    assert!(!out.status.success(), "nothing is blocked any more");
+    drop(m);
+}
