@@ -41,6 +41,8 @@ use crate::sync_cmd::human;
 /// How long to wait for the router to connect, and for each of its frames.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the router may take to answer the hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `restore`.
 pub fn restore(state: &StateDir, keys: &KeyRing, args: RestoreArgs) -> Result<()> {
@@ -65,17 +67,34 @@ pub fn restore(state: &StateDir, keys: &KeyRing, args: RestoreArgs) -> Result<()
         };
         by_site.entry(site).or_default().push(p.clone());
     }
-    let dir = prepare(&args.to, args.overwrite)?;
-    let dest = Root::open(&dir).with_context(|| format!("restore into {}", dir.display()))?;
+    let (dir, created) = prepare(&args.to, args.overwrite)?;
+    let res = restore_into(state, keys, &dir, &anchor, &by_site);
+    if res.is_err() && created {
+        // Made for this restore, and nothing came: not left behind (kept if it holds
+        // anything, which may be of use).
+        let _ = std::fs::remove_dir(&dir);
+    }
+    res
+}
+
+/// The restore of `by_site`'s paths into `dir` (see [`restore`]).
+fn restore_into(
+    state: &StateDir,
+    keys: &KeyRing,
+    dir: &Path,
+    anchor: &[u8],
+    by_site: &BTreeMap<String, Vec<Vec<u8>>>,
+) -> Result<()> {
+    let dest = Root::open(dir).with_context(|| format!("restore into {}", dir.display()))?;
     let id = mirrorfs::state::site_id(state).context("this source's site id")?;
     let mut total = Totals::default();
-    for (site, paths) in &by_site {
+    for (site, paths) in by_site {
         let mut session = Session::open(keys, &id, site)?;
         for p in paths {
             let mut w = Writer {
                 dest: &dest,
-                dir: &dir,
-                anchor: &anchor,
+                dir,
+                anchor,
                 site,
                 path: p,
                 current: None,
@@ -96,7 +115,7 @@ pub fn restore(state: &StateDir, keys: &KeyRing, args: RestoreArgs) -> Result<()
         }
     }
     // What was restored is on disk before this says so.
-    if let Ok(f) = File::open(&dir) {
+    if let Ok(f) = File::open(dir) {
         // SAFETY: syncfs on an open descriptor.
         unsafe { libc::syncfs(f.as_raw_fd()) };
     }
@@ -193,8 +212,9 @@ fn site_for(rules: &[Rule], path: &[u8], state: &StateDir) -> Result<String> {
 }
 
 /// Makes sure `to` is an empty (or, with `overwrite`, any) directory, creating it if missing;
-/// its absolute path.
-fn prepare(to: &Path, overwrite: bool) -> Result<PathBuf> {
+/// its absolute path, and whether it was made here.
+fn prepare(to: &Path, overwrite: bool) -> Result<(PathBuf, bool)> {
+    let mut created = false;
     match std::fs::symlink_metadata(to) {
         Ok(m) if !m.is_dir() => bail!("{} exists and is not a directory", to.display()),
         Ok(_) => {
@@ -208,13 +228,16 @@ fn prepare(to: &Path, overwrite: bool) -> Result<PathBuf> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+            created = true;
             std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("{}", to.display()))?;
         }
         Err(e) => return Err(e).with_context(|| format!("{}", to.display())),
     }
-    to.canonicalize()
-        .with_context(|| format!("{}", to.display()))
+    let dir = to
+        .canonicalize()
+        .with_context(|| format!("{}", to.display()))?;
+    Ok((dir, created))
 }
 
 /// An authenticated restore session with one router.
@@ -242,7 +265,8 @@ impl Session {
             .next()
             .ok_or_else(|| unreachable(&"no address"))?;
         let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| unreachable(&e))?;
-        s.set_read_timeout(Some(READ_TIMEOUT))
+        // A router that accepts but does not answer (stopped, overloaded) is told at once.
+        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(|e| unreachable(&e))?;
         s.set_write_timeout(Some(READ_TIMEOUT))
             .map_err(|e| unreachable(&e))?;
@@ -259,6 +283,9 @@ impl Session {
             ),
             Err(e) => return Err(unreachable(&e)),
         };
+        r.get_ref()
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .map_err(|e| unreachable(&e))?;
         Ok(Session {
             site: site.to_string(),
             r,

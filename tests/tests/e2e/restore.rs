@@ -615,3 +615,31 @@ fn a_source_file_named_like_a_kept_version_is_restored() {
     l.assert_no_errors();
     assert_log_only("router", &r.error_log(), &[]);
 }
+
+/// Adversarial findings of issue 13: a restore from a router that accepts connections but
+/// does not answer (stopped with SIGSTOP) said nothing for a minute; and a restore that
+/// failed left behind the empty `--to` directory it had made. Now the hello has its own
+/// shorter timeout and the error names the site, and the directory made for the restore goes.
+#[test]
+fn a_restore_from_a_router_that_does_not_answer_fails_and_leaves_no_directory() {
+    let r = Router::start();
+    let (l, m, _s) = mirrored(&r, "proj", &[]);
+    fs::write(l.path("f"), "data").unwrap();
+    wait_converged(&l.dir, &r.path("proj"), CONVERGE);
+    let pid = r.daemon.pid().expect("the router runs") as i32;
+    // SAFETY: signals to the router this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let out = l.tmp.path().join("restored");
+    let err = fails(&restore(
+        &l,
+        &[l.dir.to_str().unwrap(), "--to", out.to_str().unwrap()],
+    ));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(err.contains(&r.site()), "{err}");
+    assert!(
+        !out.exists(),
+        "the directory made for the restore is removed"
+    );
+    drop(m);
+}
