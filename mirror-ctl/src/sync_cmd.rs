@@ -232,6 +232,19 @@ pub fn sync(state: &StateDir, args: SyncArgs) -> Result<()> {
     }
     let sites = totals.sites.iter().cloned().collect::<Vec<_>>().join(", ");
     if args.dry_run {
+        // Listed once every PATH is known to be selected: a list followed by an error would
+        // mislead.
+        for rule in &rules {
+            walk_rule(rule, &filter, &mut |s: Selected<'_>| {
+                let name = String::from_utf8_lossy(s.name);
+                if s.file {
+                    println!("{name} ({})", human(s.bytes));
+                } else {
+                    println!("{name}/");
+                }
+                Ok(())
+            })?;
+        }
         println!(
             "would queue copies of {} files ({}) for {}",
             totals.files,
@@ -318,7 +331,7 @@ pub fn sync(state: &StateDir, args: SyncArgs) -> Result<()> {
     Ok(())
 }
 
-/// The first walk: what would be queued (listed with `--dry-run`), per PATH too.
+/// The first walk: what would be queued, per PATH too.
 fn count(rules: &[Rule], filter: &[Vec<u8>], args: &SyncArgs) -> Result<Totals> {
     let mut totals = Totals {
         per_path: vec![0; filter.len()],
@@ -338,14 +351,6 @@ fn count(rules: &[Rule], filter: &[Vec<u8>], args: &SyncArgs) -> Result<Totals> 
             for (i, f) in filter.iter().enumerate() {
                 if is_under(s.name, f) {
                     totals.per_path[i] += 1;
-                }
-            }
-            if args.dry_run {
-                let name = String::from_utf8_lossy(s.name);
-                if s.file {
-                    println!("{name} ({})", human(s.bytes));
-                } else {
-                    println!("{name}/");
                 }
             }
             if let Some(sp) = &spinner {

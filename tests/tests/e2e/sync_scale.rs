@@ -269,6 +269,28 @@ fn sync_dry_run_lists_what_would_be_sent() {
     }
     assert!(text.contains("would queue copies of 2 files"), "{text}");
     assert!(queued(&l).is_empty(), "entries were queued");
+    // An adversarial finding: with a PATH no rule selects beside a good one, the good one's
+    // files were listed, then the command failed. Now it fails before listing anything.
+    let other = l.tmp.path().join("unselected");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("f"), b"x").unwrap();
+    let out = l.ctl(&[
+        "sync",
+        "--dry-run",
+        l.path("s").to_str().unwrap(),
+        other.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "listed before failing: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no rule selects"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Allocated bytes of `p` (`st_blocks`).
