@@ -302,7 +302,12 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
         }
     }
     if !running {
-        println!("mirror-sendd is not running (from its files)");
+        match &silent {
+            None => println!("mirror-sendd is not running (from its files)"),
+            // Otherwise each site's row says it.
+            Some(why) if rows.is_empty() => println!("{why}"),
+            Some(_) => {}
+        }
     }
     if rows.is_empty() {
         println!("no sites: add a rule with `mirror-ctl rule add`");

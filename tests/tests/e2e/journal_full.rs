@@ -317,4 +317,6 @@ fn status_does_not_hang_on_a_stopped_sender() {
     assert!(st.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("does not answer"), "{text}");
+    // An adversarial finding of issue 13: it also said "mirror-sendd is not running".
+    assert!(!text.contains("not running"), "{text}");
 }
