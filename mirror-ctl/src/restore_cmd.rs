@@ -68,6 +68,19 @@ pub fn restore(state: &StateDir, keys: &KeyRing, args: RestoreArgs) -> Result<()
         by_site.entry(site).or_default().push(p.clone());
     }
     let (dir, created) = prepare(&args.to, args.overwrite)?;
+    if let Some(r) = rules
+        .iter()
+        .find(|r| is_under(dir.as_os_str().as_bytes(), base(r)))
+    {
+        // Allowed (putting back what was lost in place is a use), but not silent.
+        eprintln!(
+            "note: {} is under rule {} ({}): where that tree is mounted, what is restored there is recorded and sent to {} again",
+            dir.display(),
+            r.id,
+            r.spec.pattern.as_str(),
+            r.spec.sites.iter().map(Site::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
     let res = restore_into(state, keys, &dir, &anchor, &by_site);
     if res.is_err() && created {
         // Made for this restore, and nothing came: not left behind (kept if it holds

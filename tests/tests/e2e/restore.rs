@@ -643,3 +643,31 @@ fn a_restore_from_a_router_that_does_not_answer_fails_and_leaves_no_directory() 
     );
     drop(m);
 }
+
+/// An adversarial finding of issue 13: a restore into the mounted source tree (under a rule)
+/// was accepted without a word, though what it writes there is recorded and sent again. It
+/// is still allowed (putting back in place what was lost is a use), with a note saying so.
+#[test]
+fn a_restore_into_a_tree_a_rule_selects_says_it_is_sent_again() {
+    let r = Router::start();
+    let (l, m, _s) = mirrored(&r, "proj", &[]);
+    fs::write(l.path("f"), "data").unwrap();
+    wait_converged(&l.dir, &r.path("proj"), CONVERGE);
+    let inside = l.path("put-back");
+    let out = restore(
+        &l,
+        &[
+            l.path("f").to_str().unwrap(),
+            "--to",
+            inside.to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is under rule 1") && err.contains("sent to"),
+        "{err}"
+    );
+    assert_eq!(fs::read(inside.join("f")).unwrap(), b"data");
+    drop(m);
+}
