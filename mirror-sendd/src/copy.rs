@@ -201,8 +201,12 @@ pub struct CopyJob {
     done: (u64, u64),
     /// The first name this job copied of each file with other hard links (device, inode):
     /// its other names are sent as links to it, so the backup keeps one file with many names.
-    linked: std::collections::HashMap<(u64, u64), Vec<u8>>,
+    /// Shared by the jobs of one rule that send a dirty set ([`CopyJob::sharing_links`]).
+    linked: Linked,
 }
+
+/// The first name copied of each file with other hard links, by (device, inode).
+pub type Linked = Arc<std::sync::Mutex<std::collections::HashMap<(u64, u64), Vec<u8>>>>;
 
 /// Files with several names a job remembers at most (beyond, they are copied as separate
 /// files: memory stays bounded).
@@ -259,7 +263,7 @@ impl CopyJob {
             buffered: None,
             unreachable: false,
             done: (0, 0),
-            linked: std::collections::HashMap::new(),
+            linked: Linked::default(),
         };
         let allowed = match mirrorfs::copycheck::may_copy(&job.rule.spec.pattern, &name) {
             Ok(()) => true,
@@ -356,6 +360,14 @@ impl CopyJob {
             self.name.clone(),
             self.origin,
         )
+        .sharing_links(&self.linked)
+    }
+
+    /// This job, knowing the files with several names that `linked` says were copied (by
+    /// earlier jobs of the same rule, sent before it): their other names go as links.
+    pub fn sharing_links(mut self, linked: &Linked) -> CopyJob {
+        self.linked = linked.clone();
+        self
     }
 
     /// Notes a failure to read the source: a transient one stops the job for a restart;
@@ -696,16 +708,21 @@ impl CopyJob {
         pattern.match_file(&name)?;
         if ft.is_file() && meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
-            if let Some(first) = self.linked.get(&key) {
-                // Another name of a file this job copied already.
+            let mut linked = self
+                .linked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(first) = linked.get(&key).filter(|f| **f != name) {
+                // Another name of a file this job (or one before it) copied already.
                 return Some(WireEntry {
                     aux: name,
                     ..entry(Command::Link, &self.rule, first)
                 });
             }
-            if self.linked.len() < MAX_LINKED {
-                self.linked.insert(key, name.clone());
+            if linked.len() < MAX_LINKED {
+                linked.insert(key, name.clone());
             }
+            drop(linked);
         }
         if ft.is_file() {
             match OpenOptions::new()

@@ -657,6 +657,8 @@ impl Session<'_> {
     fn queue_dirty(&mut self, set: DirtySet, file: std::path::PathBuf) {
         let table = self.shared.table.load();
         let mut n = 0;
+        // Names of one file (hard links) in the set stay one file on the backup.
+        let mut linked: std::collections::HashMap<u32, crate::copy::Linked> = Default::default();
         for (crc, name) in set.names {
             let Some(rule) = table.sends_to(crc, self.site) else {
                 continue;
@@ -665,7 +667,7 @@ impl Session<'_> {
             self.extras.push_back(if gone {
                 CopyJob::deletion(rule.clone(), name)
             } else {
-                CopyJob::extra(rule.clone(), name)
+                CopyJob::extra(rule.clone(), name).sharing_links(linked.entry(crc).or_default())
             });
             n += 1;
         }

@@ -518,3 +518,44 @@ fn rule_rm_of_a_blocked_sites_last_rule_retires_the_site() {
     assert!(!out.status.success(), "nothing is blocked any more");
     drop(m);
 }
+
+/// An adversarial finding of issue 13: two names of one file, both changed while their site
+/// was blocked past its queue limit (so both in its dirty set), became two separate files on
+/// the backup: each name was sent by a copy job of its own, and only a job knew the names it
+/// had sent. Now the jobs that send a dirty set share what they sent, and the second name
+/// goes as a link.
+#[test]
+fn hard_links_in_a_dirty_set_stay_links_in_the_backup() {
+    use std::os::unix::fs::MetadataExt;
+    let mut r = Router::start();
+    let l = Local::new();
+    fs::create_dir_all(l.path("a")).unwrap();
+    l.add_rule_validated(&format!("{}/a/", l.dir.display()), &r.site(), "a", &[]);
+    let m = l.mount(&[]);
+    let _s = l.sender_with(&["--queue-limit", "1"]);
+    fs::write(l.path("a/before"), b"sent").unwrap();
+    wait_converged(&l.path("a"), &r.path("a"), CONVERGE);
+    let site = r.site();
+    r.kill9();
+    wait_until(CONVERGE, "the site to be blocked", || {
+        fs::write(l.path("a/before"), b"changed while the site is down").unwrap();
+        l.status()
+            .as_array()
+            .and_then(|rows| rows.iter().find(|x| x["site"] == site.as_str()).cloned())
+            .is_some_and(|x| !x["blocked"].is_null())
+    });
+    fs::write(l.path("a/one"), b"one file, two names").unwrap();
+    fs::hard_link(l.path("a/one"), l.path("a/two")).unwrap();
+    let dirty = l.state.join("dirty");
+    wait_until(CONVERGE, "the backlog to become a dirty set", || {
+        fs::read_dir(&dirty).is_ok_and(|d| d.count() > 0)
+    });
+    r.restart();
+    wait_converged(&l.path("a"), &r.path("a"), CONVERGE);
+    let (one, two) = (
+        fs::metadata(r.path("a/one")).unwrap(),
+        fs::metadata(r.path("a/two")).unwrap(),
+    );
+    assert_eq!(one.ino(), two.ino(), "two names of one file on the backup");
+    drop(m);
+}
