@@ -429,7 +429,6 @@ fn proc_path<T>(
     rel: &[u8],
     call: impl FnOnce(&CString) -> io::Result<T>,
 ) -> io::Result<T> {
-    let prefix = format!("/proc/self/fd/{}", dir.as_raw_fd());
     let path = |d: RawFd, name: &[u8]| {
         let mut p = format!("/proc/self/fd/{d}").into_bytes();
         if !name.is_empty() {
@@ -438,12 +437,13 @@ fn proc_path<T>(
         }
         CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
     };
+    let whole = path(dir.as_raw_fd(), rel)?;
     match rel.iter().rposition(|&b| b == b'/') {
-        Some(i) if prefix.len() + 1 + rel.len() > beneath::ONE_CALL => {
+        Some(i) if whole.as_bytes().len() > beneath::ONE_CALL => {
             let parent = beneath::open_dir_in(dir, &rel[..i])?;
             call(&path(parent.as_raw_fd(), &rel[i + 1..])?)
         }
-        _ => call(&path(dir.as_raw_fd(), rel)?),
+        _ => call(&whole),
     }
 }
 

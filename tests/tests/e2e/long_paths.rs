@@ -315,10 +315,53 @@ fn a_file_at_a_path_longer_than_path_max_is_mirrored_live() {
     assert!(r.error_log().trim().is_empty(), "{}", r.error_log());
 }
 
+/// Changes made at the bottom of a chain longer than `PATH_MAX` while the tree is not mounted
+/// are found by the next mount's reconciliation (which walks there in steps) and reach the
+/// backup.
+#[test]
+fn a_change_at_a_long_path_while_unmounted_reaches_the_backup_after_the_next_mount() {
+    let r = Router::start();
+    let (l, m, _s) = mirrored(&r, "long", &[]);
+    let deep = chain(&l.dir, true).unwrap();
+    write_at(&deep, "f", b"before").unwrap();
+    drop(deep);
+    let backup = r.path("long");
+    wait_bottom(&backup, "f", b"before", "f on the backup");
+    m.unmount();
+
+    // Unwatched: the plain directory.
+    let deep = chain(&l.dir, false).unwrap();
+    write_at(&deep, "f", CONTENT).unwrap();
+    write_at(&deep, "n", b"new while unmounted").unwrap();
+    drop(deep);
+
+    let _m = l.mount(&[]);
+    wait_bottom(
+        &backup,
+        "f",
+        CONTENT,
+        "f changed while unmounted, on the backup",
+    );
+    wait_bottom(&backup, "n", b"new while unmounted", "n on the backup");
+    l.assert_no_errors();
+    assert!(r.error_log().trim().is_empty(), "{}", r.error_log());
+}
+
 /// `mirror-ctl sync` of a tree holding a path longer than `PATH_MAX` copies it (the walk of
 /// `sync`, the sender's copy and the router's apply all reach it in steps).
 #[test]
 fn sync_copies_a_path_longer_than_path_max() {
+    sync_case(false);
+}
+
+/// [`sync_copies_a_path_longer_than_path_max`] with the tree mounted (the copies are queued
+/// by mirrorfs).
+#[test]
+fn sync_copies_a_path_longer_than_path_max_through_the_mount() {
+    sync_case(true);
+}
+
+fn sync_case(mounted: bool) {
     let r = Router::start();
     let l = Local::new();
     let deep = chain(&l.dir, true).unwrap();
@@ -330,8 +373,9 @@ fn sync_copies_a_path_longer_than_path_max() {
         "long",
         &["--no-sync"],
     );
+    let m = mounted.then(|| l.mount(&[]));
     let _s = l.sender();
-    // Queued into the journal (nothing is mounted); the sender sends it.
+    // Queued into the journal (by mirrorfs when mounted); the sender sends it.
     let out = l.ctl(&["sync"]);
     assert!(
         out.status.success(),
@@ -348,6 +392,7 @@ fn sync_copies_a_path_longer_than_path_max() {
         CONTENT,
         "the synced file on the backup",
     );
+    drop(m);
     l.assert_no_errors();
     assert!(r.error_log().trim().is_empty(), "{}", r.error_log());
 }
