@@ -64,10 +64,9 @@ fn open_dir(dir: RawFd, name: &[u8]) -> io::Result<OwnedFd> {
 fn chain(base: &Path, make: bool) -> io::Result<OwnedFd> {
     let mut cur = open_dir(libc::AT_FDCWD, base.as_os_str().as_bytes())?;
     for i in 0..DEPTH {
-        let n = c(part(i).as_bytes());
+        let n = part(i);
         if make {
-            // SAFETY: n is NUL-terminated; cur is an open directory.
-            rc(unsafe { libc::mkdirat(cur.as_raw_fd(), n.as_ptr(), 0o755) })?;
+            In(&cur).mkdir(&n)?;
         }
         cur = open_dir(cur.as_raw_fd(), n.as_bytes())?;
     }
@@ -139,6 +138,77 @@ fn outcome<T: std::fmt::Debug>(r: io::Result<T>) -> String {
 /// The content of the file at the bottom.
 const CONTENT: &[u8] = b"at the bottom of a path longer than PATH_MAX\n";
 
+/// Calls on names in an open directory (the `*at` calls std has no form of).
+struct In<'a>(&'a OwnedFd);
+
+impl In<'_> {
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<libc::c_int> {
+        let (a, b) = (c(from.as_bytes()), c(to.as_bytes()));
+        // SAFETY: NUL-terminated names in an open directory.
+        rc(unsafe { libc::renameat(self.fd(), a.as_ptr(), self.fd(), b.as_ptr()) })
+    }
+
+    fn link(&self, from: &str, to: &str) -> io::Result<libc::c_int> {
+        let (a, b) = (c(from.as_bytes()), c(to.as_bytes()));
+        // SAFETY: NUL-terminated names in an open directory.
+        rc(unsafe { libc::linkat(self.fd(), a.as_ptr(), self.fd(), b.as_ptr(), 0) })
+    }
+
+    fn symlink(&self, target: &str, name: &str) -> io::Result<libc::c_int> {
+        let (t, n) = (c(target.as_bytes()), c(name.as_bytes()));
+        // SAFETY: NUL-terminated strings; an open directory.
+        rc(unsafe { libc::symlinkat(t.as_ptr(), self.fd(), n.as_ptr()) })
+    }
+
+    fn unlink(&self, name: &str, dir: bool) -> io::Result<libc::c_int> {
+        let n = c(name.as_bytes());
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: a NUL-terminated name in an open directory.
+        rc(unsafe { libc::unlinkat(self.fd(), n.as_ptr(), flags) })
+    }
+
+    fn mkdir(&self, name: &str) -> io::Result<libc::c_int> {
+        let n = c(name.as_bytes());
+        // SAFETY: a NUL-terminated name in an open directory.
+        rc(unsafe { libc::mkdirat(self.fd(), n.as_ptr(), 0o755) })
+    }
+
+    fn chmod(&self, name: &str, mode: libc::mode_t) -> io::Result<libc::c_int> {
+        let n = c(name.as_bytes());
+        // SAFETY: a NUL-terminated name in an open directory.
+        rc(unsafe { libc::fchmodat(self.fd(), n.as_ptr(), mode, 0) })
+    }
+
+    fn setxattr(&self, name: &str, key: &str, value: &[u8]) -> io::Result<libc::c_int> {
+        let (p, k) = (by_fd(self.0, name), c(key.as_bytes()));
+        // SAFETY: NUL-terminated strings; value is readable for its length.
+        rc(unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                k.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        })
+    }
+
+    fn getxattr(&self, name: &str, key: &str) -> io::Result<Vec<u8>> {
+        let (p, k) = (by_fd(self.0, name), c(key.as_bytes()));
+        let mut v = [0u8; 64];
+        // SAFETY: NUL-terminated strings; v is writable for its length.
+        let n = unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(v[..n as usize].to_vec())
+    }
+}
+
 /// The steps at the bottom of a chain made beneath `base`: what each gave.
 fn steps(base: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -146,71 +216,26 @@ fn steps(base: &Path) -> Vec<String> {
         Ok(d) => d,
         Err(e) => return vec![format!("mkdir chain: error {e}")],
     };
-    let d = deep.as_raw_fd();
+    let d = In(&deep);
     let mut step = |what: &str, r: String| out.push(format!("{what}: {r}"));
     step("create and write f", outcome(write_at(&deep, "f", CONTENT)));
-    // SAFETY (all calls below): NUL-terminated strings, valid buffers, an open directory.
-    step(
-        "rename f g",
-        outcome(rc(unsafe {
-            libc::renameat(d, c(b"f").as_ptr(), d, c(b"g").as_ptr())
-        })),
-    );
+    step("rename f g", outcome(d.rename("f", "g")));
     step(
         "setxattr g user.long",
-        outcome(rc(unsafe {
-            libc::lsetxattr(
-                by_fd(&deep, "g").as_ptr(),
-                c(b"user.long").as_ptr(),
-                b"v".as_ptr().cast(),
-                1,
-                0,
-            )
-        })),
+        outcome(d.setxattr("g", "user.long", b"v")),
     );
-    let mut v = [0u8; 8];
     step(
         "getxattr g user.long",
-        outcome(
-            rc(unsafe {
-                libc::lgetxattr(
-                    by_fd(&deep, "g").as_ptr(),
-                    c(b"user.long").as_ptr(),
-                    v.as_mut_ptr().cast(),
-                    v.len(),
-                ) as libc::c_int
-            })
-            .map(|n| v[..n as usize].to_vec()),
-        ),
+        outcome(d.getxattr("g", "user.long")),
     );
-    step(
-        "chmod g 640",
-        outcome(rc(unsafe { libc::fchmodat(d, c(b"g").as_ptr(), 0o640, 0) })),
-    );
-    step(
-        "link g g2",
-        outcome(rc(unsafe {
-            libc::linkat(d, c(b"g").as_ptr(), d, c(b"g2").as_ptr(), 0)
-        })),
-    );
-    step(
-        "symlink l -> g",
-        outcome(rc(unsafe {
-            libc::symlinkat(c(b"g").as_ptr(), d, c(b"l").as_ptr())
-        })),
-    );
+    step("chmod g 640", outcome(d.chmod("g", 0o640)));
+    step("link g g2", outcome(d.link("g", "g2")));
+    step("symlink l -> g", outcome(d.symlink("g", "l")));
     step("create h", outcome(write_at(&deep, "h", b"h")));
-    step(
-        "unlink h",
-        outcome(rc(unsafe { libc::unlinkat(d, c(b"h").as_ptr(), 0) })),
-    );
+    step("unlink h", outcome(d.unlink("h", false)));
     step(
         "mkdir s, rmdir s",
-        outcome(
-            rc(unsafe { libc::mkdirat(d, c(b"s").as_ptr(), 0o755) }).and_then(|_| {
-                rc(unsafe { libc::unlinkat(d, c(b"s").as_ptr(), libc::AT_REMOVEDIR) })
-            }),
-        ),
+        outcome(d.mkdir("s").and_then(|_| d.unlink("s", true))),
     );
     step(
         "read g",
@@ -226,21 +251,10 @@ fn assert_left(base: &Path, what: &str) {
     assert_eq!(read_at(&deep, "g2").unwrap(), CONTENT, "{what}: g2");
     assert!(!exists_at(&deep, "f"), "{what}: f renamed");
     assert!(!exists_at(&deep, "h"), "{what}: h unlinked");
-    let mut v = [0u8; 8];
-    // SAFETY: NUL-terminated strings and a buffer of v.len() bytes.
-    let n = unsafe {
-        libc::lgetxattr(
-            by_fd(&deep, "g").as_ptr(),
-            c(b"user.long").as_ptr(),
-            v.as_mut_ptr().cast(),
-            v.len(),
-        )
-    };
     assert_eq!(
-        n,
-        1,
-        "{what}: the xattr of g: {}",
-        io::Error::last_os_error()
+        In(&deep).getxattr("g", "user.long").unwrap(),
+        b"v",
+        "{what}: the xattr of g"
     );
 }
 
@@ -283,29 +297,13 @@ fn a_file_at_a_path_longer_than_path_max_is_mirrored_live() {
     write_at(&deep, "f", CONTENT).unwrap();
     let backup = r.path("long");
     wait_bottom(&backup, "f", CONTENT, "f on the backup");
-    let d = deep.as_raw_fd();
-    // SAFETY: NUL-terminated names in an open directory.
-    unsafe {
-        assert_eq!(libc::renameat(d, c(b"f").as_ptr(), d, c(b"g").as_ptr()), 0);
-        assert_eq!(
-            libc::linkat(d, c(b"g").as_ptr(), d, c(b"g2").as_ptr(), 0),
-            0
-        );
-        assert_eq!(
-            libc::lsetxattr(
-                by_fd(&deep, "g").as_ptr(),
-                c(b"user.long").as_ptr(),
-                b"v".as_ptr().cast(),
-                1,
-                0
-            ),
-            0
-        );
-    }
+    let d = In(&deep);
+    d.rename("f", "g").unwrap();
+    d.link("g", "g2").unwrap();
+    d.setxattr("g", "user.long", b"v").unwrap();
     write_at(&deep, "h", b"h").unwrap();
     wait_bottom(&backup, "h", b"h", "h on the backup");
-    // SAFETY: a NUL-terminated name in an open directory.
-    assert_eq!(unsafe { libc::unlinkat(d, c(b"h").as_ptr(), 0) }, 0);
+    d.unlink("h", false).unwrap();
     wait_until(CONVERGE, "h deleted on the backup", || {
         chain(&backup, false).is_ok_and(|b| !exists_at(&b, "h"))
     });
@@ -455,10 +453,7 @@ fn a_selected_name_longer_than_the_journal_takes_is_refused_with_a_clear_error()
         for i in 0.. {
             let n = part(i);
             len += 1 + n.len();
-            // SAFETY: a NUL-terminated name in an open directory.
-            if let Err(e) =
-                rc(unsafe { libc::mkdirat(cur.as_raw_fd(), c(n.as_bytes()).as_ptr(), 0o755) })
-            {
+            if let Err(e) = In(&cur).mkdir(&n) {
                 return (len, Err(e));
             }
             cur = open_dir(cur.as_raw_fd(), n.as_bytes()).unwrap();
