@@ -103,7 +103,9 @@ pub fn selected(rule: &Rule) -> (u64, u64, bool) {
     let (mut files, mut bytes, mut looked) = (0u64, 0u64, 0u64);
     let mut stack: Vec<PathBuf> = vec![pattern.source_dir().to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
+        // A directory deeper than one call takes is listed through its parent's descriptor.
+        let Ok(rd) = mirrorfs::beneath::Reach::new(&dir).and_then(|r| std::fs::read_dir(r.path()))
+        else {
             continue;
         };
         for e in rd.flatten() {
@@ -114,7 +116,7 @@ pub fn selected(rule: &Rule) -> (u64, u64, bool) {
             let Ok(m) = e.metadata() else {
                 continue;
             };
-            let path = e.path();
+            let path = dir.join(e.file_name());
             if m.is_dir() {
                 if subtree {
                     stack.push(path);

@@ -17,6 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use mirrorfs::beneath::Reach;
 use mirrorfs::control::{self, Request, Response, SenderRequest, SenderResponse};
 use mirrorfs::journal::{Journal, JournalConfig, JournalError, Position};
 use mirrorfs::rule::{PatternKind, Rule};
@@ -104,7 +105,7 @@ fn walk_rule(
         let name = pattern.prefix();
         let in_filter = filter.is_empty() || filter.iter().any(|f| is_under(name, f));
         if in_filter {
-            if let Ok(m) = fs::symlink_metadata(Path::new(std::ffi::OsStr::from_bytes(name))) {
+            if let Ok(m) = lstat(Path::new(std::ffi::OsStr::from_bytes(name))) {
                 if !m.is_dir() {
                     found(Selected {
                         rule,
@@ -127,20 +128,23 @@ fn walk(
     filter: &[Vec<u8>],
     found: &mut dyn FnMut(Selected<'_>) -> Result<()>,
 ) -> Result<u64> {
-    let rd = match fs::read_dir(dir) {
+    let rd = match Reach::new(dir).and_then(|r| fs::read_dir(r.path())) {
         Ok(rd) => rd,
         Err(e) => {
             eprintln!("sync: cannot list {}: {e}", dir.display());
             return Ok(0);
         }
     };
-    let mut names: Vec<PathBuf> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut names: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| dir.join(e.file_name()))
+        .collect();
     names.sort();
     let pattern = &rule.spec.pattern;
     let mut count = 0;
     for p in names {
         let name = p.as_os_str().as_bytes();
-        let Ok(meta) = fs::symlink_metadata(&p) else {
+        let Ok(meta) = lstat(&p) else {
             continue;
         };
         if meta.is_dir() {
@@ -182,6 +186,11 @@ fn walk(
     Ok(count)
 }
 
+/// `lstat` of `p`, reached in steps when it is longer than one call takes.
+fn lstat(p: &Path) -> io::Result<fs::Metadata> {
+    fs::symlink_metadata(Reach::new(p)?.path())
+}
+
 /// What the first walk counted.
 #[derive(Default)]
 struct Totals {
@@ -205,7 +214,7 @@ pub fn sync(state: &StateDir, args: SyncArgs) -> Result<()> {
     let mut missing = Vec::new();
     for p in &args.paths {
         let a = absolute(p)?;
-        if let Err(e) = fs::symlink_metadata(&a) {
+        if let Err(e) = lstat(&a) {
             missing.push(format!("{}: {e}", p.display()));
         }
         filter.push(a.as_os_str().as_bytes().to_vec());

@@ -108,8 +108,8 @@ pub const FLAG_OFFSET: u64 = 8;
 pub const RT2_ALIGN: u64 = direct::ALIGN;
 /// Longest source site id accepted.
 pub const MAX_SITE: usize = mirrorfs::wire::msg::MAX_SITE_LEN;
-/// Longest name or aux accepted.
-pub const MAX_NAME: usize = 64 << 10;
+/// Longest name or aux accepted (what the journal and the wire take).
+pub const MAX_NAME: usize = mirrorfs::entry::MAX_NAME_LEN;
 
 /// Errors of the router logs.
 #[derive(Debug, thiserror::Error)]

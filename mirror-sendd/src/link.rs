@@ -393,7 +393,9 @@ fn is_base(pattern: &mirrorfs::rule::Pattern, name: &[u8]) -> bool {
 /// Whether `name` is gone here (so the copy a router asks for is its deletion, which reads
 /// nothing).
 fn gone(name: &[u8]) -> bool {
-    match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(name)) {
+    match mirrorfs::beneath::Reach::new(std::path::Path::new(std::ffi::OsStr::from_bytes(name)))
+        .and_then(|r| std::fs::symlink_metadata(r.path()))
+    {
         Ok(_) => false,
         Err(e) => {
             e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
@@ -663,7 +665,11 @@ impl Session<'_> {
             let Some(rule) = table.sends_to(crc, self.site) else {
                 continue;
             };
-            let gone = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&name)).is_err();
+            let gone = mirrorfs::beneath::Reach::new(std::path::Path::new(
+                std::ffi::OsStr::from_bytes(&name),
+            ))
+            .and_then(|r| std::fs::symlink_metadata(r.path()))
+            .is_err();
             self.extras.push_back(if gone {
                 CopyJob::deletion(rule.clone(), name)
             } else {

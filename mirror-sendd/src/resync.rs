@@ -142,10 +142,16 @@ pub fn names_for(table: &SendTable, site: &str, skipped: &Skipped) -> Names {
     out
 }
 
+/// `lstat` of a full name, reached in steps when longer than one call takes.
+fn lstat(name: &[u8]) -> std::io::Result<std::fs::Metadata> {
+    let r = mirrorfs::beneath::Reach::new(std::path::Path::new(OsStr::from_bytes(name)))?;
+    std::fs::symlink_metadata(r.path())
+}
+
 /// What is there at `name` now: `Some(true)` something, `Some(false)` nothing, `None` the
 /// source cannot be looked at (a dead mount, say).
 fn exists(name: &[u8]) -> Option<bool> {
-    match std::fs::symlink_metadata(OsStr::from_bytes(name)) {
+    match lstat(name) {
         Ok(_) => Some(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
         Err(_) => None,
@@ -168,7 +174,7 @@ fn first_missing(rule: &Rule, name: &[u8]) -> Option<Vec<u8>> {
         .chain(std::iter::once((name.len(), &b'/')))
     {
         let prefix = &name[..i];
-        match std::fs::symlink_metadata(OsStr::from_bytes(prefix)) {
+        match lstat(prefix) {
             Ok(m) if m.is_dir() => continue,
             Ok(_) => return None,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -130,10 +130,13 @@ pub fn may_copy_with(
     Ok(())
 }
 
-/// [`may_copy_with`], looking at the directories by their full names.
+/// [`may_copy_with`], looking at the directories by their full names (reached in steps when
+/// longer than one call takes, [`crate::beneath::Reach`]).
 pub fn may_copy(pattern: &Pattern, name: &[u8]) -> Result<(), CopyRefused> {
     may_copy_with(pattern, name, |dir| {
-        match std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(dir)) {
+        let reach =
+            crate::beneath::Reach::new(std::path::Path::new(std::ffi::OsStr::from_bytes(dir)));
+        match reach.and_then(|r| std::fs::symlink_metadata(r.path())) {
             Ok(m) => Ok(m.file_type().is_symlink()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),

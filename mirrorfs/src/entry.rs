@@ -32,6 +32,14 @@
 
 use std::fmt;
 
+/// The longest name an entry carries, in bytes: its source name, and its second name (the new
+/// name of a rename or link, a symlink's target, an attribute's name). 65,535: the journal's
+/// 16-bit length field. The wire (`wire::msg::MAX_NAME_LEN`) and the router's RT1 take the
+/// same, so whatever is journaled reaches the router. A change to a selected file whose name is
+/// longer is refused before it is made (`ENAMETOOLONG`, and an error logged): ext4 holds
+/// paths of any length, but a full name this long is beyond what the journal records.
+pub const MAX_NAME_LEN: usize = u16::MAX as usize;
+
 /// What an entry asks the backup to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]

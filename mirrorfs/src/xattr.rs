@@ -10,9 +10,13 @@ pub const MAX_VALUE: usize = 64 << 10;
 
 /// Every extended attribute of `path` (name, value), not following a symlink in its last
 /// component; none where there are none or they cannot be read (an attribute that vanishes
-/// between the list and the read is left out).
+/// between the list and the read is left out). A path longer than one call takes is reached in
+/// steps ([`crate::beneath::Reach`]).
 pub fn of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+    let Ok(reach) = crate::beneath::Reach::new(path) else {
+        return Vec::new();
+    };
+    let Ok(c) = CString::new(reach.path().as_os_str().as_bytes()) else {
         return Vec::new();
     };
     let mut names = vec![0u8; 64 << 10];

@@ -31,6 +31,15 @@ pub enum FsError {
     /// An operation this filesystem refuses.
     #[error("{0}")]
     Errno(i32),
+    /// A change to a selected file whose full name is longer than a journal entry takes
+    /// ([`crate::entry::MAX_NAME_LEN`]): refused before it is made.
+    #[error("{name}… ({len} bytes): refused, a name longer than {max} bytes cannot be journaled", max = crate::entry::MAX_NAME_LEN)]
+    NameTooLong {
+        /// The name's start.
+        name: String,
+        /// Its length.
+        len: usize,
+    },
 }
 
 impl FsError {
@@ -48,6 +57,7 @@ impl FsError {
             FsError::Unlinked(_) => libc::ENOENT,
             FsError::BadHandle(_) => libc::EBADF,
             FsError::Errno(e) => *e,
+            FsError::NameTooLong { .. } => libc::ENAMETOOLONG,
         }
     }
 
@@ -57,7 +67,7 @@ impl FsError {
         match self {
             FsError::Io(_) | FsError::Errno(_) | FsError::Unlinked(_) => true,
             FsError::Stale(_) | FsError::BadHandle(_) => false,
-            FsError::Journal { .. } => false,
+            FsError::Journal { .. } | FsError::NameTooLong { .. } => false,
         }
     }
 }

@@ -243,8 +243,10 @@ impl InodeTable {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let mut parts: Vec<OsString> = Vec::new();
         let mut cur = ino;
-        // Bounded walk: a cycle would mean a broken table, not an infinite loop.
-        for _ in 0..4096 {
+        // Bounded walk: a cycle would mean a broken table, not an infinite loop. A path has
+        // at most as many components as the table has nodes (ext4 sets no depth limit, and a
+        // name longer than PATH_MAX is reached through `sys` in steps).
+        for _ in 0..=map.len() {
             if cur == ROOT {
                 let mut out = Vec::new();
                 for (i, p) in parts.iter().rev().enumerate() {

@@ -90,6 +90,7 @@ impl Recorder {
         if rules.is_empty() {
             return Ok(());
         }
+        journalable(name)?;
         let one = crate::journal::format::RECORD_HEADER_LEN + 2 * name.len() + data + 256;
         let need = (one * rules.len()) as u64;
         self.wait_for_room(need)
@@ -255,6 +256,18 @@ impl Recorder {
         let table = self.table();
         let mut done = Vec::new();
         for (crc, name) in &pending {
+            if journalable(name).is_err() {
+                // Never journaled (refused before the change): nothing to wait for.
+                log::error!(
+                    "{}",
+                    journalable(name)
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
+                );
+                done.push((*crc, name.clone()));
+                continue;
+            }
             let Some(rule) = table.rules().iter().find(|r| r.crc == *crc) else {
                 done.push((*crc, name.clone()));
                 continue;
@@ -283,6 +296,10 @@ impl Recorder {
 
     /// Room in the journal for the planned entries, before their change is made.
     pub fn room_for_plan(&self, plan: &[Planned]) -> FsResult<()> {
+        for p in plan {
+            journalable(&p.name)?;
+            journalable(&p.aux)?;
+        }
         let bytes: usize = plan
             .iter()
             .map(|p| crate::journal::format::RECORD_HEADER_LEN + p.name.len() + p.aux.len() + 64)
@@ -438,6 +455,18 @@ enum Place {
 }
 
 /// The directory a rule's names live under (for a fixed file: the file itself).
+/// Whether a journal entry takes `name` ([`crate::entry::MAX_NAME_LEN`]): a change to a name
+/// it does not take is refused before it is made, never left unrecorded.
+fn journalable(name: &[u8]) -> FsResult<()> {
+    if name.len() <= crate::entry::MAX_NAME_LEN {
+        return Ok(());
+    }
+    Err(FsError::NameTooLong {
+        name: String::from_utf8_lossy(&name[..200]).into_owned(),
+        len: name.len(),
+    })
+}
+
 fn rule_base(r: &Rule) -> &[u8] {
     let p = r.spec.pattern.prefix();
     match r.spec.pattern.kind() {

@@ -1,6 +1,12 @@
 //! Thin safe wrappers over the `*at()` system calls mirrorfs makes against the underlying
 //! directory. Every path here is relative to a directory descriptor (never absolute), so
 //! nothing goes back through the mount.
+//!
+//! A path too long for one call (over `PATH_MAX`; ext4 holds such names) is reached in
+//! steps at this one place ([`at`]): its parent directory opened one chunk of whole
+//! components at a time through no symlink ([`crate::beneath::open_dir_in`]), then the call
+//! made on the last component through that descriptor. A path short enough makes exactly the
+//! one call it always made.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
@@ -8,6 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+use crate::beneath;
 use crate::entry::Timestamp;
 
 /// Turns `-1` into the last OS error.
@@ -31,6 +38,20 @@ fn check_size(rc: libc::ssize_t) -> io::Result<usize> {
 pub fn cpath(rel: &[u8]) -> io::Result<CString> {
     let rel = if rel.is_empty() { b"." as &[u8] } else { rel };
     CString::new(rel).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Runs `call(dirfd, name)` for `rel` under `dir`: with `dir` and `rel` itself when one call
+/// takes it (the common case, no extra call), else with `rel`'s parent directory opened in
+/// steps beneath `dir` and its last component.
+fn at<T>(
+    dir: BorrowedFd<'_>,
+    rel: &[u8],
+    call: impl FnOnce(RawFd, &CString) -> io::Result<T>,
+) -> io::Result<T> {
+    match beneath::split_long(dir, rel)? {
+        None => call(dir.as_raw_fd(), &cpath(rel)?),
+        Some((parent, last)) => call(parent.as_raw_fd(), &cpath(last)?),
+    }
 }
 
 /// The file-status fields mirrorfs uses (from `statx`).
@@ -128,11 +149,13 @@ fn statx_raw(dirfd: RawFd, path: &CString, flags: libc::c_int) -> io::Result<Sta
 
 /// `statx` of `rel` under `dir`, not following a final symlink.
 pub fn stat_at(dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<Stat> {
-    statx_raw(
-        dir.as_raw_fd(),
-        &cpath(rel)?,
-        libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
-    )
+    at(dir, rel, |d, p| {
+        statx_raw(
+            d,
+            p,
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_SYNC_AS_STAT,
+        )
+    })
 }
 
 /// `statx` of an open descriptor.
@@ -146,15 +169,9 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
 
 /// `openat(dir, rel, flags, mode)`, always close-on-exec.
 pub fn open_at(dir: BorrowedFd<'_>, rel: &[u8], flags: i32, mode: u32) -> io::Result<File> {
-    let p = cpath(rel)?;
-    // SAFETY: p is NUL-terminated; the returned descriptor is owned by the File.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            p.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
+    let fd = at(dir, rel, |d, p| {
+        // SAFETY: p is NUL-terminated; the returned descriptor is owned by the File.
+        check(unsafe { libc::openat(d, p.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })
     })?;
     // SAFETY: fd is a fresh descriptor we own.
     Ok(unsafe { File::from_raw_fd(fd) })
@@ -162,63 +179,55 @@ pub fn open_at(dir: BorrowedFd<'_>, rel: &[u8], flags: i32, mode: u32) -> io::Re
 
 /// `mkdirat`.
 pub fn mkdir_at(dir: BorrowedFd<'_>, rel: &[u8], mode: u32) -> io::Result<()> {
-    let p = cpath(rel)?;
-    // SAFETY: p is NUL-terminated.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), p.as_ptr(), mode as libc::mode_t) }).map(drop)
+    at(dir, rel, |d, p| {
+        // SAFETY: p is NUL-terminated.
+        check(unsafe { libc::mkdirat(d, p.as_ptr(), mode as libc::mode_t) }).map(drop)
+    })
 }
 
 /// `mknodat`.
 pub fn mknod_at(dir: BorrowedFd<'_>, rel: &[u8], mode: u32, rdev: u64) -> io::Result<()> {
-    let p = cpath(rel)?;
-    // SAFETY: p is NUL-terminated.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), p.as_ptr(), mode as libc::mode_t, rdev) })
-        .map(drop)
+    at(dir, rel, |d, p| {
+        // SAFETY: p is NUL-terminated.
+        check(unsafe { libc::mknodat(d, p.as_ptr(), mode as libc::mode_t, rdev) }).map(drop)
+    })
 }
 
 /// `unlinkat` (`dir_flag`: remove a directory).
 pub fn unlink_at(dir: BorrowedFd<'_>, rel: &[u8], remove_dir: bool) -> io::Result<()> {
-    let p = cpath(rel)?;
     let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
-    // SAFETY: p is NUL-terminated.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), p.as_ptr(), flags) }).map(drop)
+    at(dir, rel, |d, p| {
+        // SAFETY: p is NUL-terminated.
+        check(unsafe { libc::unlinkat(d, p.as_ptr(), flags) }).map(drop)
+    })
 }
 
 /// `renameat2` within one directory tree.
 pub fn rename_at(dir: BorrowedFd<'_>, old: &[u8], new: &[u8], flags: u32) -> io::Result<()> {
-    let (o, n) = (cpath(old)?, cpath(new)?);
-    // SAFETY: both paths are NUL-terminated.
-    check(unsafe {
-        libc::renameat2(
-            dir.as_raw_fd(),
-            o.as_ptr(),
-            dir.as_raw_fd(),
-            n.as_ptr(),
-            flags as libc::c_uint,
-        )
+    at(dir, old, |od, o| {
+        at(dir, new, |nd, n| {
+            // SAFETY: both paths are NUL-terminated.
+            check(unsafe { libc::renameat2(od, o.as_ptr(), nd, n.as_ptr(), flags as libc::c_uint) })
+                .map(drop)
+        })
     })
-    .map(drop)
 }
 
 /// `symlinkat(target, dir, rel)`.
 pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<()> {
     let t = CString::new(target).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let p = cpath(rel)?;
-    // SAFETY: both strings are NUL-terminated.
-    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), p.as_ptr()) }).map(drop)
+    at(dir, rel, |d, p| {
+        // SAFETY: both strings are NUL-terminated.
+        check(unsafe { libc::symlinkat(t.as_ptr(), d, p.as_ptr()) }).map(drop)
+    })
 }
 
 /// `readlinkat`.
 pub fn readlink_at(dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<Vec<u8>> {
-    let p = cpath(rel)?;
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: buf is writable for its length.
-    let n = check_size(unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            p.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
+    let n = at(dir, rel, |d, p| {
+        // SAFETY: buf is writable for its length.
+        check_size(unsafe { libc::readlinkat(d, p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
     })?;
     buf.truncate(n);
     Ok(buf)
@@ -226,33 +235,29 @@ pub fn readlink_at(dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<Vec<u8>> {
 
 /// `linkat` without following symlinks.
 pub fn link_at(dir: BorrowedFd<'_>, old: &[u8], new: &[u8]) -> io::Result<()> {
-    let (o, n) = (cpath(old)?, cpath(new)?);
-    // SAFETY: both paths are NUL-terminated.
-    check(unsafe { libc::linkat(dir.as_raw_fd(), o.as_ptr(), dir.as_raw_fd(), n.as_ptr(), 0) })
-        .map(drop)
+    at(dir, old, |od, o| {
+        at(dir, new, |nd, n| {
+            // SAFETY: both paths are NUL-terminated.
+            check(unsafe { libc::linkat(od, o.as_ptr(), nd, n.as_ptr(), 0) }).map(drop)
+        })
+    })
 }
 
 /// `fchmodat` (symlinks have no mode of their own on Linux).
 pub fn chmod_at(dir: BorrowedFd<'_>, rel: &[u8], mode: u32) -> io::Result<()> {
-    let p = cpath(rel)?;
-    // SAFETY: p is NUL-terminated.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), p.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
+    at(dir, rel, |d, p| {
+        // SAFETY: p is NUL-terminated.
+        check(unsafe { libc::fchmodat(d, p.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
+    })
 }
 
 /// `fchownat` without following a final symlink; `u32::MAX` leaves a field as it is.
 pub fn chown_at(dir: BorrowedFd<'_>, rel: &[u8], uid: u32, gid: u32) -> io::Result<()> {
-    let p = cpath(rel)?;
-    // SAFETY: p is NUL-terminated.
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            p.as_ptr(),
-            uid,
-            gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
+    at(dir, rel, |d, p| {
+        // SAFETY: p is NUL-terminated.
+        check(unsafe { libc::fchownat(d, p.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })
+            .map(drop)
     })
-    .map(drop)
 }
 
 /// A time to set: a value, now, or unchanged.
@@ -290,18 +295,12 @@ pub fn utimens_at(
     atime: SetTime,
     mtime: SetTime,
 ) -> io::Result<()> {
-    let p = cpath(rel)?;
     let times = [timespec(atime), timespec(mtime)];
-    // SAFETY: p is NUL-terminated; times has two elements as required.
-    check(unsafe {
-        libc::utimensat(
-            dir.as_raw_fd(),
-            p.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
+    at(dir, rel, |d, p| {
+        // SAFETY: p is NUL-terminated; times has two elements as required.
+        check(unsafe { libc::utimensat(d, p.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+            .map(drop)
     })
-    .map(drop)
 }
 
 /// `futimens`.
@@ -416,19 +415,36 @@ pub fn statvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
 
 /// `faccessat` (real ids).
 pub fn access_at(dir: BorrowedFd<'_>, rel: &[u8], mask: i32) -> io::Result<()> {
-    let p = cpath(rel)?;
-    // SAFETY: p is NUL-terminated.
-    check(unsafe { libc::faccessat(dir.as_raw_fd(), p.as_ptr(), mask, 0) }).map(drop)
+    at(dir, rel, |d, p| {
+        // SAFETY: p is NUL-terminated.
+        check(unsafe { libc::faccessat(d, p.as_ptr(), mask, 0) }).map(drop)
+    })
 }
 
-/// A path that reaches `rel` under `dir` through procfs (for calls that have no `*at` form).
-fn proc_path(dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<CString> {
-    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
-    if !rel.is_empty() {
-        p.push(b'/');
-        p.extend_from_slice(rel);
+/// Runs `call(path)` with a path that reaches `rel` under `dir` through procfs (for calls
+/// that have no `*at` form): `/proc/self/fd/DIR/REL`, or for a `rel` too long for that, its
+/// parent opened in steps ([`at`]) and `/proc/self/fd/PARENT/LAST`.
+fn proc_path<T>(
+    dir: BorrowedFd<'_>,
+    rel: &[u8],
+    call: impl FnOnce(&CString) -> io::Result<T>,
+) -> io::Result<T> {
+    let path = |d: RawFd, name: &[u8]| {
+        let mut p = format!("/proc/self/fd/{d}").into_bytes();
+        if !name.is_empty() {
+            p.push(b'/');
+            p.extend_from_slice(name);
+        }
+        CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let whole = path(dir.as_raw_fd(), rel)?;
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) if whole.as_bytes().len() > beneath::ONE_CALL => {
+            let parent = beneath::open_dir_in(dir, &rel[..i])?;
+            call(&path(parent.as_raw_fd(), &rel[i + 1..])?)
+        }
+        _ => call(&whole),
     }
-    CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 fn xattr_name(name: &OsStr) -> io::Result<CString> {
@@ -442,12 +458,13 @@ pub fn getxattr_at(
     name: &OsStr,
     size: usize,
 ) -> io::Result<(usize, Vec<u8>)> {
-    let p = proc_path(dir, rel)?;
     let n = xattr_name(name)?;
     let mut buf = vec![0u8; size];
-    // SAFETY: buf is writable for `size` bytes (NULL-equivalent when size is 0).
-    let len = check_size(unsafe {
-        libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size)
+    let len = proc_path(dir, rel, |p| {
+        // SAFETY: buf is writable for `size` bytes (NULL-equivalent when size is 0).
+        check_size(unsafe {
+            libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size)
+        })
     })?;
     buf.truncate(len.min(size));
     Ok((len, buf))
@@ -455,10 +472,11 @@ pub fn getxattr_at(
 
 /// `llistxattr`, as for [`getxattr_at`].
 pub fn listxattr_at(dir: BorrowedFd<'_>, rel: &[u8], size: usize) -> io::Result<(usize, Vec<u8>)> {
-    let p = proc_path(dir, rel)?;
     let mut buf = vec![0u8; size];
-    // SAFETY: buf is writable for `size` bytes.
-    let len = check_size(unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), size) })?;
+    let len = proc_path(dir, rel, |p| {
+        // SAFETY: buf is writable for `size` bytes.
+        check_size(unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), size) })
+    })?;
     buf.truncate(len.min(size));
     Ok((len, buf))
 }
@@ -471,27 +489,29 @@ pub fn setxattr_at(
     value: &[u8],
     flags: i32,
 ) -> io::Result<()> {
-    let p = proc_path(dir, rel)?;
     let n = xattr_name(name)?;
-    // SAFETY: value is readable for its length; strings are NUL-terminated.
-    check(unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
+    proc_path(dir, rel, |p| {
+        // SAFETY: value is readable for its length; strings are NUL-terminated.
+        check(unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        })
+        .map(drop)
     })
-    .map(drop)
 }
 
 /// `lremovexattr`.
 pub fn removexattr_at(dir: BorrowedFd<'_>, rel: &[u8], name: &OsStr) -> io::Result<()> {
-    let p = proc_path(dir, rel)?;
     let n = xattr_name(name)?;
-    // SAFETY: strings are NUL-terminated.
-    check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) }).map(drop)
+    proc_path(dir, rel, |p| {
+        // SAFETY: strings are NUL-terminated.
+        check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) }).map(drop)
+    })
 }
 
 /// One directory entry.
@@ -608,4 +628,57 @@ pub fn in_group(pid: u32, gid: u32, group: u32) -> bool {
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
         .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(group)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn every_call_reaches_a_path_longer_than_path_max() {
+        let t = tempfile::tempdir().unwrap();
+        let root = open_dir(t.path()).unwrap();
+        let dir = root.as_fd();
+        let mut rel = Vec::new();
+        for i in 0..20 {
+            if i > 0 {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(format!("{i:02}{}", "d".repeat(248)).as_bytes());
+            mkdir_at(dir, &rel, 0o755).unwrap();
+        }
+        assert!(rel.len() > libc::PATH_MAX as usize);
+        let at = |name: &str| [rel.as_slice(), b"/", name.as_bytes()].concat();
+        let f = open_at(dir, &at("f"), libc::O_CREAT | libc::O_WRONLY, 0o644).unwrap();
+        drop(f);
+        rename_at(dir, &at("f"), &at("g"), 0).unwrap();
+        link_at(dir, &at("g"), &at("g2")).unwrap();
+        assert_eq!(stat_at(dir, &at("g")).unwrap().nlink, 2);
+        chmod_at(dir, &at("g"), 0o600).unwrap();
+        assert_eq!(stat_at(dir, &at("g")).unwrap().mode & 0o777, 0o600);
+        utimens_at(dir, &at("g"), SetTime::Omit, SetTime::Now).unwrap();
+        access_at(dir, &at("g"), libc::R_OK).unwrap();
+        symlink_at(b"g", dir, &at("l")).unwrap();
+        assert_eq!(readlink_at(dir, &at("l")).unwrap(), b"g");
+        let name = OsStr::new("user.k");
+        if setxattr_at(dir, &at("g"), name, b"v", 0).is_ok() {
+            assert_eq!(getxattr_at(dir, &at("g"), name, 8).unwrap().1, b"v");
+            assert!(listxattr_at(dir, &at("g"), 64)
+                .unwrap()
+                .1
+                .starts_with(b"user.k"));
+            removexattr_at(dir, &at("g"), name).unwrap();
+        }
+        unlink_at(dir, &at("g2"), false).unwrap();
+        mkdir_at(dir, &at("s"), 0o755).unwrap();
+        unlink_at(dir, &at("s"), true).unwrap();
+        assert!(stat_at(dir, &at("s")).is_err());
+        // What a call of the whole path says, for comparison: too long.
+        let whole = t.path().join(OsStr::from_bytes(&at("g")));
+        assert_eq!(
+            std::fs::metadata(whole).unwrap_err().raw_os_error(),
+            Some(libc::ENAMETOOLONG)
+        );
+    }
 }

@@ -65,8 +65,8 @@ pub const RECORD_MAGIC: [u8; 4] = *b"MJR1";
 pub const RECORD_HEADER_LEN: usize = 52;
 /// Index magic.
 pub const INDEX_MAGIC: [u8; 4] = *b"MJIX";
-/// Longest name or aux field.
-pub const MAX_NAME_LEN: usize = u16::MAX as usize;
+/// Longest name or aux field (the 16-bit length fields; [`crate::entry::MAX_NAME_LEN`]).
+pub const MAX_NAME_LEN: usize = crate::entry::MAX_NAME_LEN;
 /// Largest data field accepted (writes are at most a few MiB; xattr values 64 KiB).
 pub const MAX_DATA_LEN: usize = 64 << 20;
 /// Largest whole record accepted.

@@ -15,8 +15,10 @@ pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The most entries in one [`Msg::Entries`] frame.
 pub const MAX_ENTRIES_PER_FRAME: usize = 4096;
-/// The longest name (and second name or text) of an entry, in bytes.
-pub const MAX_NAME_LEN: usize = 8192;
+/// The longest name (and second name or text) of an entry, in bytes: what the journal takes
+/// ([`crate::entry::MAX_NAME_LEN`]; it was 8,192 before paths longer than `PATH_MAX` were
+/// mirrored). Also the longest restore path and restored name.
+pub const MAX_NAME_LEN: usize = crate::entry::MAX_NAME_LEN;
 /// The longest site id.
 pub const MAX_SITE_LEN: usize = 255;
 

@@ -75,3 +75,6 @@ mod restore;
 // conformance gaps against ext4 found by xfstests: fstat after a rename over an open file,
 // names moved through another mount, file handles (issue 13 item 5).
 mod fs_ext4_parity;
+// paths longer than PATH_MAX: reached through the mount as on ext4, mirrored live, synced and
+// restored (issue 13 item 5).
+mod long_paths;
