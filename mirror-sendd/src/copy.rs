@@ -203,7 +203,37 @@ pub struct CopyJob {
     /// its other names are sent as links to it, so the backup keeps one file with many names.
     /// Shared by the jobs of one rule that send a dirty set ([`CopyJob::sharing_links`]).
     linked: Linked,
+    /// Times a name looked gone through the mount while mirrorfs had it ([`CopyJob::vanished`]).
+    looks: u32,
 }
+
+/// The control socket of the mirrorfs serving the sources (set once at start).
+static MOUNT_SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Copies ask the mirrorfs listening at `socket` before taking a name that looks gone for a
+/// deletion ([`CopyJob::vanished`]).
+pub fn ask_mount_at(socket: PathBuf) {
+    let _ = MOUNT_SOCKET.set(socket);
+}
+
+/// Whether the running mirrorfs has full name `name` beneath it (`false` when none runs or
+/// it does not answer: then what the sender sees is all there is).
+fn mount_has(name: &[u8]) -> bool {
+    use mirrorfs::control::{Request, Response};
+    let Some(sock) = MOUNT_SOCKET.get() else {
+        return false;
+    };
+    let req = Request::Exists {
+        name: name.to_vec(),
+    };
+    matches!(
+        mirrorfs::control::request_within(sock, &req, std::time::Duration::from_secs(2)),
+        Ok(Response::Exists { exists: true })
+    )
+}
+
+/// Looks after which a name mirrorfs has but the mount does not show is reported.
+const LOOKS_BEFORE_WARNING: u32 = 25;
 
 /// The first name copied of each file with other hard links, by (device, inode).
 pub type Linked = Arc<std::sync::Mutex<std::collections::HashMap<(u64, u64), Vec<u8>>>>;
@@ -264,6 +294,7 @@ impl CopyJob {
             unreachable: false,
             done: (0, 0),
             linked: Linked::default(),
+            looks: 0,
         };
         let allowed = match mirrorfs::copycheck::may_copy(&job.rule.spec.pattern, &name) {
             Ok(()) => true,
@@ -361,6 +392,39 @@ impl CopyJob {
             self.origin,
         )
         .sharing_links(&self.linked)
+        .looked(self.looks)
+    }
+
+    fn looked(mut self, looks: u32) -> CopyJob {
+        self.looks = looks;
+        self
+    }
+
+    /// `name` looks gone through the mount: its deletion, unless mirrorfs has it. A rename
+    /// that replaces a file is journaled before the kernel shows its result (it updates its
+    /// names once mirrorfs answered), so for a moment the mount still shows the replaced
+    /// file, whose open fails: taken for a deletion, that removed the backup of a file the
+    /// source has. Then the job is made again a moment later (as for an unreachable source).
+    fn vanished(&mut self, name: &[u8]) -> Option<WireEntry> {
+        if !mount_has(name) {
+            return Some(entry(Command::Delete, &self.rule, name));
+        }
+        self.looks += 1;
+        if self.looks == LOOKS_BEFORE_WARNING {
+            log::warn!(
+                "copy of {}: mirrorfs has it but the mount does not show it yet; still trying",
+                shown(name)
+            );
+        } else {
+            log::debug!(
+                "copy of {}: not visible through the mount yet; looking again",
+                shown(name)
+            );
+        }
+        self.unreachable = true;
+        self.tasks.clear();
+        self.buffered = None;
+        None
     }
 
     /// This job, knowing the files with several names that `linked` says were copied (by
@@ -642,7 +706,7 @@ impl CopyJob {
         let shown_name = shown(&name);
         let spot = match self.source.spot(&name) {
             Ok(s) => s,
-            Err(e) if gone(&e) => return Some(entry(Command::Delete, &self.rule, &name)),
+            Err(e) if gone(&e) => return self.vanished(&name),
             Err(e) => {
                 self.trouble(&format!("copy of {shown_name}"), &e);
                 return None;
@@ -653,7 +717,7 @@ impl CopyJob {
             Ok(m) => m,
             Err(e) if gone(&e) => {
                 // The copy makes the backup equal the source: gone here, gone there too.
-                return Some(entry(Command::Delete, &self.rule, &name));
+                return self.vanished(&name);
             }
             Err(e) => {
                 self.trouble(&format!("copy of {shown_name}"), &e);
@@ -668,7 +732,7 @@ impl CopyJob {
             let mut children = match spot.list() {
                 Ok(c) => c,
                 // Removed since it was looked at: gone here, gone there too.
-                Err(e) if gone(&e) => return Some(entry(Command::Delete, &self.rule, &name)),
+                Err(e) if gone(&e) => return self.vanished(&name),
                 Err(e) => {
                     self.trouble(&format!("copy of {shown_name}: cannot list"), &e);
                     Vec::new()
@@ -737,7 +801,7 @@ impl CopyJob {
                     data_end: 0,
                 }),
                 // Gone (or swapped for a symlink) since it was looked at.
-                Err(e) if gone(&e) => return Some(entry(Command::Delete, &self.rule, &name)),
+                Err(e) if gone(&e) => return self.vanished(&name),
                 Err(e) => self.trouble(&format!("copy of {shown_name}: cannot open"), &e),
             }
             return None;

@@ -128,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         mirrorfs::wire::auth::KeyRing::new(cli.key_file.unwrap_or_else(|| state.keys_path()));
     keys.load()
         .with_context(|| format!("cannot read the key file {}", keys.path().display()))?;
+    copy::ask_mount_at(state.socket_path("mirrorfs"));
     let shared = Shared::new(site_id.clone(), &state, db, sfa, sites, keys)?;
     serve_control(&state, &shared)?;
     log::info!(

@@ -35,6 +35,14 @@ pub enum Request {
     /// added with one ([`crate::firstcopy`]); answered with [`Response::Queued`] (`last`: the
     /// last copy queued, if any).
     LoadRules,
+    /// Whether full source name `name` exists in the directory beneath the mount (as
+    /// mirrorfs itself sees it: every change it journaled is already there), asked by
+    /// mirror-sendd when a copy's name looks gone through the mount (the kernel may still
+    /// show a file a rename just replaced). Answered with [`Response::Exists`].
+    Exists {
+        /// The full source name.
+        name: Vec<u8>,
+    },
 }
 
 /// The answer.
@@ -49,6 +57,11 @@ pub enum Response {
     Mount {
         /// As its keeper last saw it.
         status: crate::keeper::MountStatus,
+    },
+    /// Whether the name asked for exists beneath the mount.
+    Exists {
+        /// It does.
+        exists: bool,
     },
     /// Refused.
     Error {

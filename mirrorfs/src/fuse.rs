@@ -271,6 +271,10 @@ impl Filesystem for FuseFs {
         let r = self
             .fs
             .rename(parent.0, name, newparent.0, newname, flags.bits());
+        if let Some(d) = rename_reply_delay() {
+            // Fault injection for the tests (see `rename_reply_delay`).
+            std::thread::sleep(d);
+        }
         Self::reply_empty("rename", parent.0, r, reply);
     }
 
@@ -734,4 +738,21 @@ fn dot_attr(ino: u64) -> fuser::FileAttr {
         blksize: 4096,
         flags: 0,
     }
+}
+
+/// Fault injection for the tests: with `MIRRORFS_TEST_RENAME_REPLY_DELAY_MS` set, every
+/// rename is answered that long after it was made and journaled. The kernel updates its
+/// names only once it has the answer, so this widens, to a length a test can rely on, the
+/// moment when the journal already holds a rename's entries and the mount still shows the
+/// file it replaced (mirror-sendd must not take that file's absence for a deletion). Read
+/// once; unset (the default), nothing waits.
+fn rename_reply_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("MIRRORFS_TEST_RENAME_REPLY_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map(std::time::Duration::from_millis)
+    })
 }

@@ -376,6 +376,12 @@ fn start_control(
                 crate::control::Response::Error { reason }
             }
         },
+        crate::control::Request::Exists { name } => match fs.exists_underneath(&name) {
+            Ok(exists) => crate::control::Response::Exists { exists },
+            Err(e) => crate::control::Response::Error {
+                reason: format!("{}: {e}", String::from_utf8_lossy(&name)),
+            },
+        },
         crate::control::Request::Copy { copies } => {
             let table = fs.recorder().table();
             let known = |crc: u32| table.rules().iter().any(|r| r.crc == crc);

@@ -148,6 +148,11 @@ impl Local {
         Mount::start(&self.dir, None, &self.state, extra)
     }
 
+    /// [`Local::mount`], with environment variables `env` for mirrorfs (its fault injection).
+    pub fn mount_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Mount {
+        Mount::start_with(&self.dir, None, &self.state, &self.state, extra, env)
+    }
+
     /// [`Local::mount`], with mirrorfs's own log in `logs` rather than in the state directory
     /// (e.g. when the state directory is on a power-loss layer, which drops that log).
     pub fn mount_logging(&self, logs: &Path, extra: &[&str]) -> Mount {
@@ -204,6 +209,18 @@ impl Mount {
         logs: &Path,
         extra: &[&str],
     ) -> Mount {
+        Mount::start_with(source, mountpoint, state, logs, extra, &[])
+    }
+
+    /// [`Mount::start_logging`], with environment variables `env` for mirrorfs.
+    pub fn start_with(
+        source: &Path,
+        mountpoint: Option<&Path>,
+        state: &Path,
+        logs: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
         static MOUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = logs.join(format!("mirrorfs-{}-{n}.log", std::process::id()));
@@ -220,6 +237,7 @@ impl Mount {
                 "RUST_LOG",
                 std::env::var("MIRROR_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf);

@@ -303,6 +303,25 @@ impl MirrorFs {
         self.inodes.forget(ino, n);
     }
 
+    /// Whether full source name `name` exists in the directory beneath the mount, not
+    /// following a symlink in its last component (for mirror-sendd, whose view through the
+    /// mount may lag a rename by a moment: [`crate::control::Request::Exists`]).
+    pub fn exists_underneath(&self, name: &[u8]) -> std::io::Result<bool> {
+        let Some(rel) = self.rec.relative(name) else {
+            return Ok(false);
+        };
+        match sys::stat_at(self.dir(), rel) {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether another tool may have this mount copy `name` for rule `crc` (a copy request on
     /// the control socket): a rule of the current table, a name beneath the mount that the
     /// rule selects, reached through no symbolic link ([`crate::copycheck`]).
