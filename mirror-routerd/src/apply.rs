@@ -1053,10 +1053,9 @@ fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets `a` on `at`: the owner first, since a change of owner clears set-id bits, then the
+/// mode, then the times.
 fn set_attrs(at: &Place, a: &AttrChange) -> io::Result<()> {
-    if let Some(mode) = a.mode {
-        at.chmod(mode & 0o7777)?;
-    }
     if a.uid.is_some() || a.gid.is_some() {
         let uid = a.uid.unwrap_or(u32::MAX);
         let gid = a.gid.unwrap_or(u32::MAX);
@@ -1066,6 +1065,9 @@ fn set_attrs(at: &Place, a: &AttrChange) -> io::Result<()> {
             }
             log::debug!("{}: ownership not permitted", at.shown().display());
         }
+    }
+    if let Some(mode) = a.mode {
+        at.chmod(mode & 0o7777)?;
     }
     if a.atime.is_some() || a.mtime.is_some() {
         let ts = |t: Option<mirrorfs::entry::Timestamp>| match t {
@@ -1773,6 +1775,52 @@ mod tests {
             .apply(&table, &record(Command::Create, "/p/x", ""), &[])
             .unwrap();
         assert!(matches!(out, Outcome::Refused(_)), "{out:?}");
+    }
+
+    /// An adversarial finding of issue 13: with `--attrs`, a copy dropped set-id bits (the
+    /// owner was set after the mode, and a chown clears them) and extended attributes.
+    #[test]
+    fn a_copy_with_attrs_keeps_set_id_bits_and_extended_attributes() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let mut table = p_to_d();
+        table = RouterTable::with_rules([(
+            "s".to_string(),
+            RouterRule {
+                attrs: true,
+                ..(*table.get("s", 5).unwrap().clone()).clone()
+            },
+        )]);
+        let mut a = Applier::new(root.path(), 4).unwrap();
+        let (uid, gid) = (unsafe { libc::geteuid() }, unsafe { libc::getegid() });
+        let change = AttrChange {
+            mode: Some(0o4755),
+            uid: Some(uid),
+            gid: Some(gid),
+            ..AttrChange::default()
+        };
+        let mut x = part(Command::SetXattr, "/p/f", 0, 0);
+        x.aux = b"user.k".to_vec();
+        let parts = [
+            (part(Command::Write, "/p/f", 0, 2), b"hi".to_vec()),
+            (part(Command::Truncate, "/p/f", 0, 2), Vec::new()),
+            (x, b"v".to_vec()),
+            (
+                part(Command::SetAttr, "/p/f", 0, 0),
+                change.encode().to_vec(),
+            ),
+        ];
+        for (r, data) in &parts {
+            assert_eq!(a.apply(&table, r, data).unwrap(), Outcome::Done, "{r:?}");
+        }
+        let f = root.path().join("d/f");
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o4755);
+        let c = std::ffi::CString::new(f.as_os_str().as_bytes()).unwrap();
+        let mut buf = [0u8; 8];
+        // SAFETY: NUL-terminated strings and a buffer of its length.
+        let n =
+            unsafe { libc::lgetxattr(c.as_ptr(), c"user.k".as_ptr(), buf.as_mut_ptr().cast(), 8) };
+        assert_eq!(n, 1, "the extended attribute is on the backup file");
     }
 
     /// Site s's rule 5 keeping deleted and replaced files under `.del`.

@@ -857,21 +857,24 @@ impl CopyJob {
             atime: Some(ts(m.atime(), m.atime_nsec())),
             mtime: Some(ts(m.mtime(), m.mtime_nsec())),
         };
-        self.tasks.push(Task::Emit(WireEntry {
-            data: change.encode().to_vec(),
-            ..entry(Command::SetAttr, &self.rule, name)
-        }));
-        let path = match self.source.spot(name) {
-            Ok(s) => s.path(),
-            Err(_) => return,
+        // The spot holds the directory descriptor its path goes through: read while it lives.
+        let xattrs = match self.source.spot(name) {
+            Ok(s) => mirrorfs::xattr::of(&s.path()),
+            Err(_) => Vec::new(),
         };
-        for (k, v) in mirrorfs::xattr::of(&path) {
+        // Tasks are taken from the end: the owner and mode go first (a change of owner clears
+        // set-id bits and `security.capability`), then the attributes.
+        for (k, v) in xattrs.into_iter().rev() {
             self.tasks.push(Task::Emit(WireEntry {
                 aux: k,
                 data: v,
                 ..entry(Command::SetXattr, &self.rule, name)
             }));
         }
+        self.tasks.push(Task::Emit(WireEntry {
+            data: change.encode().to_vec(),
+            ..entry(Command::SetAttr, &self.rule, name)
+        }));
     }
 }
 
@@ -1002,6 +1005,43 @@ mod tests {
 
     fn parts(mut job: CopyJob) -> Vec<WireEntry> {
         std::iter::from_fn(|| job.next_part()).collect()
+    }
+
+    /// An adversarial finding of issue 13: with `--attrs`, a copy sent no extended attributes.
+    #[test]
+    fn a_copy_with_attrs_sends_the_extended_attributes() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().canonicalize().unwrap();
+        let p = dir.join("f");
+        std::fs::write(&p, b"a").unwrap();
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings and a 1-byte value.
+        if unsafe { libc::lsetxattr(c.as_ptr(), c"user.k".as_ptr(), b"v".as_ptr().cast(), 1, 0) }
+            != 0
+        {
+            return; // no user xattrs here
+        }
+        let r = rule(&format!("{}/", dir.display()));
+        let mut spec = r.spec.clone();
+        spec.attrs = true;
+        let r = Arc::new(Rule {
+            id: 1,
+            crc: spec.crc(),
+            spec,
+        });
+        let name = p.as_os_str().as_bytes().to_vec();
+        let got = parts(CopyJob::new(Position::START, r, name));
+        let cmds: Vec<Command> = got.iter().map(|e| e.command).collect();
+        assert!(
+            got.iter()
+                .any(|e| e.command == Command::SetXattr && e.aux == b"user.k" && e.data == b"v"),
+            "{cmds:?}"
+        );
+        // After the file's final size (the router puts the file in place there), owner and
+        // mode before the attributes (a change of owner clears security.capability).
+        let at = |c: Command| cmds.iter().position(|&x| x == c).unwrap();
+        assert!(at(Command::Truncate) < at(Command::SetAttr), "{cmds:?}");
+        assert!(at(Command::SetAttr) < at(Command::SetXattr), "{cmds:?}");
     }
 
     /// Holes are sent as zero ranges, data as writes no larger than it.

@@ -602,3 +602,75 @@ fn a_file_moved_into_a_rule_over_a_backed_up_file_replaces_it() {
     assert_log_only("mirror-sendd", &l.error_log(), &[]);
     assert_log_only("the router", &r.error_log(), &[]);
 }
+
+/// An adversarial finding of issue 13: with `--attrs`, every copy (a rule's first copy, a
+/// `sync`) dropped set-id bits (the router set the owner after the mode, and a change of
+/// owner clears them) and extended attributes (mirror-sendd read them through a directory
+/// descriptor it had already closed), and a `sync` stripped them from a backup file that had
+/// them from live changes.
+#[test]
+fn with_attrs_copies_keep_set_id_bits_and_extended_attributes() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let r = Router::start();
+    let l = Local::new();
+    let (x, f) = (l.path("x.sh"), l.path("f"));
+    fs::write(&x, b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(&x, fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::write(&f, b"data").unwrap();
+    if !set_xattr(&f, "user.k", b"v") {
+        return; // no user xattrs on this file system
+    }
+    l.add_rule_validated(
+        &format!("{}/", l.dir.display()),
+        &r.site(),
+        "proj",
+        &["--attrs"],
+    );
+    let s = l.sender();
+    let (bx, bf) = (r.path("proj/x.sh"), r.path("proj/f"));
+    let kept = || {
+        fs::metadata(&bx).is_ok_and(|m| m.mode() & 0o7777 == 0o4755)
+            && get_xattr(&bf, "user.k").as_deref() == Some(&b"v"[..])
+    };
+    wait_until(
+        CONVERGE,
+        "the set-id bit and the attribute on the backup",
+        kept,
+    );
+    // A sync copies both files again: they keep both.
+    let out = l.ctl(&["sync", "--wait", l.dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(kept(), "a sync stripped them");
+    drop(s);
+}
+
+fn set_xattr(p: &std::path::Path, name: &str, value: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated strings and a value of its length.
+    unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        ) == 0
+    }
+}
+
+fn get_xattr(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings and a buffer of its length.
+    let len =
+        unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
