@@ -100,6 +100,11 @@ fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
+/// Whether `e` says the disk (or the quota) is full.
+fn is_no_room(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 fn errno_is(e: &io::Error, code: i32) -> bool {
     e.raw_os_error() == Some(code)
 }
@@ -514,7 +519,20 @@ impl Applier {
             return Ok(Outcome::Done);
         }
         self.touch(&staged, None);
-        self.data_change(&staged, r, data)?;
+        match self.data_change(&staged, r, data) {
+            Err(e) if is_no_room(&e.err) => {
+                // No room for a second copy beside the backup file: the copy goes on in
+                // place (the old content is overwritten as the new arrives).
+                log::warn!(
+                    "{}: no room on the backup disk to build its copy aside; writing it in place (a copy cut off now leaves the file part old, part new until it is sent again)",
+                    shown.display()
+                );
+                self.copy_in_place(rule, rel)?;
+                self.data_change(rel, r, data)?;
+                return Ok(Outcome::Done);
+            }
+            res => res?,
+        }
         if r.command == Command::Truncate {
             // The file's final size: its copy is whole.
             self.open.forget(&staged);
@@ -526,6 +544,48 @@ impl Applier {
                 .map_err(fail("rename", &shown))?;
         }
         Ok(Outcome::Done)
+    }
+
+    /// Gives up building `rel`'s copy aside: what its staging file holds is written into the
+    /// backup file in place (zero stretches as holes), and the staging file goes.
+    fn copy_in_place(&mut self, rule: &RouterRule, rel: &Path) -> Result<(), ApplyError> {
+        let staged = staging::staged_rel(rel);
+        let (shown, staged_shown) = (self.root.path().join(rel), self.root.path().join(&staged));
+        let fail = |op: &'static str, p: &Path| {
+            let p = p.to_path_buf();
+            move |err| ApplyError { op, path: p, err }
+        };
+        self.open.forget(&staged);
+        self.open.forget(rel);
+        self.clear_for_file(rule, rel)
+            .map_err(fail("delete", &shown))?;
+        let src = self
+            .root
+            .place(&staged, false)
+            .and_then(|p| File::open(p.path()))
+            .map_err(fail("open", &staged_shown))?;
+        let len = src.metadata().map_err(fail("open", &staged_shown))?.len();
+        let dst = self.file(rel).map_err(fail("open", &shown))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < len {
+            let n = src
+                .read_at(&mut buf, at)
+                .map_err(fail("read", &staged_shown))?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().all(|&b| b == 0) {
+                zero_range(dst, at, n as u64).map_err(fail("zero", &shown))?;
+            } else {
+                dst.write_all_at(&buf[..n], at)
+                    .map_err(fail("write", &shown))?;
+            }
+            at += n as u64;
+        }
+        self.staging
+            .discard(&self.root, rel)
+            .map_err(fail("delete", &staged_shown))
     }
 
     /// Whether the backup file `rel` exists (open already, or there beneath the root).

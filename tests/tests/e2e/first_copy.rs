@@ -674,3 +674,42 @@ fn get_xattr(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
         unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (len >= 0).then(|| buf[..len as usize].to_vec())
 }
+
+/// An adversarial finding of issue 13 (after copies were built aside): a copy of a file that
+/// the backup disk had no room for twice blocked the file for good (ENOSPC on its staging
+/// file; `router unblock` failed again). Now, out of room, the copy goes on in place, and
+/// the router's error log says so.
+#[test]
+fn a_copy_with_no_room_beside_the_backup_file_is_written_in_place() {
+    const SIZE: usize = 5 << 20;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let _small = crate::outage_faults::SmallFs::new(&root, "8m");
+    let r = Router::start_with(Some(&root));
+    let l = Local::new();
+    let big = l.path("big.bin");
+    fs::write(&big, vec![b'A'; SIZE]).unwrap();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "proj", &[]);
+    let _s = l.sender();
+    let backup = r.path("proj/big.bin");
+    let holds =
+        |b: u8| fs::read(&backup).is_ok_and(|d| d.len() == SIZE && d.iter().all(|&x| x == b));
+    wait_until(CONVERGE, "the first copy on the backup", || holds(b'A'));
+    fs::write(&big, vec![b'B'; SIZE]).unwrap();
+    let out = l.ctl(&["sync", big.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(CONVERGE, "the new version on the backup", || holds(b'B'));
+    assert!(
+        fs::read_dir(root.join(".mirror-staging")).is_ok_and(|d| d.count() == 0),
+        "the staging file is gone"
+    );
+    assert_log_only(
+        "the router",
+        &r.error_log(),
+        &["no room on the backup disk"],
+    );
+}
