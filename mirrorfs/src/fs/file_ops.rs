@@ -142,11 +142,13 @@ impl MirrorFs {
         Opened {
             fh: self.files.insert(h),
             mode,
+            fresh_cache: false,
         }
     }
 
     /// Opens node `ino` with `flags` for `caller`.
     pub fn open(&self, caller: Caller, ino: u64, flags: i32) -> FsResult<Opened> {
+        self.check_remount();
         let _ns = self.ns_read();
         let node = self.inodes.get(ino)?;
         let path = self.inodes.path(ino)?;
@@ -172,7 +174,9 @@ impl MirrorFs {
             st.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
             Ordering::Relaxed,
         );
-        Ok(self.new_handle(node, file, flags, recording))
+        let mut opened = self.new_handle(node, file, flags, recording);
+        opened.fresh_cache = opened.mode == IoMode::Cached && self.read_updates_atime(&st);
+        Ok(opened)
     }
 
     /// After `caller` truncated `path` (open with O_TRUNC): set-id bits go as the file system

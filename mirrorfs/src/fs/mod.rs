@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::FileAttr;
@@ -84,6 +84,11 @@ pub struct Opened {
     pub fh: u64,
     /// How the kernel should do I/O on it.
     pub mode: IoMode,
+    /// Drop the kernel's page cache of the file at this open (in [`IoMode::Cached`]): a read
+    /// now would change the access time under the mount's options, so the first read must
+    /// reach the file underneath rather than be served from the cache (the kernel never
+    /// updates a FUSE file's access time itself).
+    pub fresh_cache: bool,
 }
 
 /// An open directory.
@@ -107,6 +112,10 @@ pub struct MirrorFs {
     cfg: FsConfig,
     /// Kernel passthrough: [`PT_OFF`], [`PT_ON`] or [`PT_FAILED`].
     passthrough: AtomicU8,
+    /// The mount's VFS flags (`MS_*`: its atime options), as last seen.
+    mount_flags: Arc<AtomicU64>,
+    /// Follows remounts (crate::atime).
+    follower: std::sync::OnceLock<Arc<crate::atime::Follower>>,
 }
 
 /// Passthrough was never on: handles use the kernel page cache.
@@ -139,7 +148,53 @@ impl MirrorFs {
             names_gen: AtomicU64::new(0),
             cfg,
             passthrough: AtomicU8::new(PT_OFF),
+            mount_flags: Arc::new(AtomicU64::new(0)),
+            follower: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Where the mount's flags are kept (for a [`crate::atime::Follower`]).
+    pub fn mount_flags_cell(&self) -> Arc<AtomicU64> {
+        self.mount_flags.clone()
+    }
+
+    /// Follow remounts with `f` (checked at each open and `opendir`).
+    pub fn follow_remounts(&self, f: Arc<crate::atime::Follower>) {
+        let _ = self.follower.set(f);
+    }
+
+    /// Sees a remount that happened since the last check.
+    fn check_remount(&self) {
+        if let Some(f) = self.follower.get() {
+            f.check();
+        }
+    }
+
+    /// The mount's flags changed (at mount, or by a remount).
+    pub fn set_mount_flags(&self, flags: crate::mountopts::Flags) {
+        self.mount_flags.store(flags.0 as _, Ordering::Relaxed);
+    }
+
+    /// Whether a read of a file with attributes `st` changes its access time under the
+    /// mount's options now (the kernel's `atime_needs_update` and `relatime_need_update`).
+    pub fn read_updates_atime(&self, st: &Stat) -> bool {
+        let flags = crate::mountopts::Flags(self.mount_flags.load(Ordering::Relaxed) as _);
+        if flags.has(libc::MS_RDONLY) || flags.has(libc::MS_NOATIME) {
+            return false;
+        }
+        if flags.has(libc::MS_STRICTATIME) {
+            return true;
+        }
+        let (a, m, c) = (
+            (st.atime.sec, st.atime.nsec),
+            (st.mtime.sec, st.mtime.nsec),
+            (st.ctime.sec, st.ctime.nsec),
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        m >= a || c >= a || now - st.atime.sec >= 24 * 3600
     }
 
     /// Settings.
