@@ -8,20 +8,34 @@
 #   XFSTESTS_FS    which to run: "both" (default), "mirrorfs" or "passthrough_hp"
 #   XFSTESTS_OUT   where results are kept [/var/tmp/mirror-xfstests]: <fs>/check.out, the
 #                  xfstests results (<fs>/results/…), summary.txt
+#   XFSTESTS_SRC_SIZE, XFSTESTS_STATE_SIZE  sizes of the ext4 images made for the test and
+#                  scratch directories [2G] and mirrorfs's state directories [12G] (sparse;
+#                  tests that fill the file system fill those, not the disk)
 #
 # Both run the same tests with the same configuration (README.fuse's conventions: FSTYP=fuse,
 # device tags, `-osource=…`, a /sbin/mount.fuse.<subtype> helper). mirrorfs gets a state
 # directory per mount and a subtree rule selecting everything with --attrs, so every change is
 # journaled (no sender runs: the journal only fills). Prints a table (test, passthrough_hp,
 # mirrorfs) and the tests that pass on passthrough_hp but not on mirrorfs; exits 1 if there
-# are any. Unmounts everything and removes the helpers it installed when it ends, even when
-# interrupted.
+# are any. Runs in a private mount namespace; unmounts everything and removes the helpers it
+# installed when it ends, even when interrupted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
 die() { echo "xfstests.sh: $*" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || die "run as root (xfstests mounts and unmounts)"
+
+# In a private mount namespace: xfstests runs df over every mount, and a FUSE mount of
+# someone else's that does not answer (a stopped server) would hang it. Other FUSE mounts are
+# detached in this namespace only; everything mounted here goes when the script ends.
+if [ -z "${MIRROR_XFSTESTS_NS:-}" ]; then
+  MIRROR_XFSTESTS_NS=1 exec unshare -m --propagation private -- "$0" "$@"
+fi
+sed 's/ - /\t/' /proc/self/mountinfo | awk -F'\t' '{split($1, a, " "); split($2, b, " ")}
+  b[1] ~ /^fuse/ {print a[5]}' | sort -r | while read -r m; do
+  umount -l "$m" 2>/dev/null || true
+done
 
 xfstests=${XFSTESTS_DIR:-}
 if [ -z "$xfstests" ] || [ ! -f "$xfstests/check" ]; then
@@ -76,13 +90,19 @@ getent group fsgqa >/dev/null || groupadd fsgqa
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/mirror-xfstests.XXXXXX")
 marker="# installed by mirror's scripts/xfstests.sh"
 helpers=()
+# Unmounts everything under DIR: the FUSE mounts first, then the file systems under them.
+unmount_under() {
+  local m
+  for pass in fuse other; do
+    sed 's/ - /\t/' /proc/self/mountinfo | awk -F'\t' -v dir="$1/" -v pass=$pass '
+      {split($1, a, " "); split($2, b, " ")}
+      index(a[5], dir) == 1 && ((b[1] ~ /^fuse/) == (pass == "fuse")) {print a[5]}' |
+      sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
+  done
+}
 cleanup() {
   set +e
-  # Innermost first; lazily, so that nothing left busy keeps a mount.
-  for _ in 1 2 3; do
-    { grep -o " $work/[^ ]* " /proc/self/mountinfo || true; } | sort -r |
-      while read -r m; do umount -l "$m"; done
-  done
+  unmount_under "$work"
   for h in "${helpers[@]}"; do grep -q "$marker" "$h" 2>/dev/null && rm -f "$h"; done
   rm -rf "$work"
 }
@@ -124,18 +144,34 @@ fi
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(-g quick)
 
+XFSTESTS_SRC_SIZE=${XFSTESTS_SRC_SIZE:-2G}
+XFSTESTS_STATE_SIZE=${XFSTESTS_STATE_SIZE:-12G}
+loop_fs() { # DIR SIZE: a new ext4 of SIZE (sparse image DIR.img) mounted on DIR
+  mkdir -p "$1"
+  truncate -s "$2" "$1.img"
+  mkfs.ext4 -q -F "$1.img" >/dev/null
+  mount -o loop "$1.img" "$1"
+}
+
 run_fs() { # FS: runs the tests on FS, results in $out/FS
-  local fs=$1 w=$work/$fs extra_test= extra_scratch=
-  mkdir -p "$w/test" "$w/scratch" "$w/test-src" "$w/scratch-src"
+  local fs=$1 w=$work/$fs extra_test= extra_scratch= d
+  mkdir -p "$w/test" "$w/scratch"
   rm -rf "${out:?}/$fs"
   mkdir -p "$out/$fs"
+  # Each source directory is a fresh ext4 of its own (a sparse image, loop-mounted in this
+  # namespace only): the tests that fill the file system fill that, not the machine's disk.
+  for d in test-src scratch-src; do
+    loop_fs "$w/$d" "$XFSTESTS_SRC_SIZE"
+  done
   if [ "$fs" = mirrorfs ]; then
     for d in test scratch; do
-      "$bin/mirror-ctl" --state "$w/$d-state" rule add "$w/$d/" --site 127.0.0.1:9 \
+      # The journal keeps everything (no sender runs): a file system of its own too.
+      loop_fs "$w/$d-statefs" "$XFSTESTS_STATE_SIZE"
+      "$bin/mirror-ctl" --state "$w/$d-statefs/state" rule add "$w/$d/" --site 127.0.0.1:9 \
         --dest "$d" --attrs --no-sync --no-validate >/dev/null
     done
-    extra_test=",state=$w/test-state"
-    extra_scratch=",state=$w/scratch-state"
+    extra_test=",state=$w/test-statefs/state"
+    extra_scratch=",state=$w/scratch-statefs/state"
   fi
   cat >"$w/local.config" <<EOF
 export FSTYP=fuse
@@ -152,11 +188,12 @@ EOF
   (cd "$xfstests" && HOST_OPTIONS=$w/local.config ./check -R xunit "${tests[@]}") \
     >"$out/$fs/check.out" 2>&1 || true
   grep -E '^(Ran|Not run|Failures|Failed|Passed)' "$out/$fs/check.out" | cut -c1-200 || true
-  # Every mount of this run ends here (xfstests leaves TEST_DIR mounted).
-  { grep -o " $w/[^ ]* " /proc/self/mountinfo || true; } | sort -r |
-    while read -r m; do umount "$m" || umount -l "$m"; done
-  [ ! -f "$w/test-state/errors.log" ] || cp "$w/test-state/errors.log" "$out/$fs/test-errors.log"
-  [ ! -f "$w/scratch-state/errors.log" ] || cp "$w/scratch-state/errors.log" "$out/$fs/scratch-errors.log"
+  for d in test scratch; do
+    [ ! -f "$w/$d-statefs/state/errors.log" ] || cp "$w/$d-statefs/state/errors.log" "$out/$fs/$d-errors.log"
+  done
+  # Every mount of this run ends here (xfstests leaves TEST_DIR mounted), and the images go.
+  unmount_under "$w"
+  rm -f "$w"/*.img
 }
 
 for fs in $fss; do run_fs "$fs"; done
