@@ -9,7 +9,7 @@
 #   XFSTESTS_OUT   where results are kept [/var/tmp/mirror-xfstests]: <fs>/check.out, the
 #                  xfstests results (<fs>/results/…), summary.txt
 #   XFSTESTS_SRC_SIZE, XFSTESTS_STATE_SIZE  sizes of the ext4 images made for the test and
-#                  scratch directories [2G] and mirrorfs's state directories [12G] (sparse;
+#                  scratch directories [2G] and mirrorfs's state directories [40G] (sparse;
 #                  tests that fill the file system fill those, not the disk)
 #
 # Both run the same tests with the same configuration (README.fuse's conventions: FSTYP=fuse,
@@ -145,7 +145,7 @@ tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(-g quick)
 
 XFSTESTS_SRC_SIZE=${XFSTESTS_SRC_SIZE:-2G}
-XFSTESTS_STATE_SIZE=${XFSTESTS_STATE_SIZE:-12G}
+XFSTESTS_STATE_SIZE=${XFSTESTS_STATE_SIZE:-40G}
 loop_fs() { # DIR SIZE: a new ext4 of SIZE (sparse image DIR.img) mounted on DIR
   mkdir -p "$1"
   truncate -s "$2" "$1.img"

@@ -317,6 +317,25 @@ fn take_mount_lock(
     Ok(Locked::Mine(lock))
 }
 
+/// Opens the journal. With the state directory's lock held, a journal still locked is held by
+/// the mirrorfs that had this state before and is exiting (its mount is gone, its last threads
+/// drop the journal after the state lock): wait for it, a bounded time.
+fn open_journal(state: &StateDir, cfg: JournalConfig) -> Result<Journal, MountError> {
+    let deadline = std::time::Instant::now() + FINISHING_WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match Journal::open(&state.journal_dir(), cfg) {
+            Err(crate::journal::JournalError::Locked(crate::state::StateError::Locked {
+                ..
+            })) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 /// Shows the mirrorfs mount at `serving` at `mountpoint` too (a bind mount, as root), with
 /// `flags` for this place.
 fn mount_again(serving: &Path, mountpoint: &Path, flags: Flags) -> std::io::Result<()> {
@@ -700,7 +719,7 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     let (version, rules) = db.snapshot()?;
     log::info!("configuration version {version}, {} rules", rules.len());
     let matcher = Arc::new(Matcher::new(RuleTable::build(rules, version)));
-    let journal = Journal::open(&opts.state.journal_dir(), opts.journal)?;
+    let journal = open_journal(&opts.state, opts.journal)?;
     // How far the journal is known complete, read before this mount appends anything.
     let watermark = journal.watermark();
     let mut root = crate::fs::sys::open_dir(&source).map_err(|err| MountError::Path {

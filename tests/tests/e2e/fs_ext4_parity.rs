@@ -575,7 +575,8 @@ fn access_times_follow_the_mount_options_as_on_ext4() {
 /// mounted and serves in the background, the mount shows the tag as its source, `-o
 /// remount,ro` makes it read-only (and `rw` again), a second mount of the same source and
 /// state directory shows the same file system at a second place (as a second mount of one
-/// block device does), an unknown option is refused by name, and `umount` ends the daemon.
+/// block device does), an unknown option is refused by name, a mount right after an unmount
+/// works, and `umount` ends the daemon.
 #[test]
 fn the_mount_helper_form_mounts_in_the_background_with_a_device_tag_and_remounts() {
     use mirrorfs::mountopts::mount_at;
@@ -661,6 +662,19 @@ fn the_mount_helper_form_mounts_in_the_background_with_a_device_tag_and_remounts
     fs::rename(mnt2.join("b"), mnt2.join("c")).unwrap();
     assert_eq!(fs::read(l.path("c")).unwrap(), b"b");
     run(std::process::Command::new("umount").arg(&mnt2));
+    // `umount; mount` at once, as xfstests' cycle mounts do: the new mirrorfs waits for the
+    // one that is finishing (it still held the state directory, then the journal, for a
+    // moment after its mount was gone: "state directory in use", "journal/LOCK is locked").
+    for i in 0..10 {
+        run(std::process::Command::new("umount").arg(&l.dir));
+        let out = mirrorfs(&["tag1", dir, "-o", &opts]);
+        assert!(
+            out.status.success(),
+            "mount {i} right after an unmount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::write(l.path(&format!("cycle{i}")), b"c").unwrap();
+    }
     run(std::process::Command::new("umount").arg(&l.dir));
     // The daemon ends with its mount: the state directory's lock is free again.
     let state = mirrorfs::state::StateDir::at(l.state.clone());
@@ -672,11 +686,59 @@ fn the_mount_helper_form_mounts_in_the_background_with_a_device_tag_and_remounts
         .iter()
         .map(|e| format!("{:?} {}", e.command, mirror_tests::rel(&l.dir, &e.name)))
         .collect();
-    for want in ["Create a", "Create b", "Rename b"] {
+    for want in ["Create a", "Create b", "Rename b", "Create cycle9"] {
         assert!(
             names.iter().any(|n| n.starts_with(want)),
             "{want} journaled: {names:?}"
         );
     }
+    l.assert_no_errors();
+}
+
+/// The finding (xfstests generic/523, in a cycle mount): `umount; mount` at once failed with
+/// "journal/LOCK is locked by another running process": the mirrorfs that served the state
+/// directory before lets go of its state lock when its mount is gone, and of its journal a
+/// moment later (its last threads drop it). A new mount that holds the state lock now waits,
+/// a bounded time, for a journal held by that finishing process. Here the test itself holds
+/// the journal, as that process would, until the new mirrorfs has reached it.
+#[test]
+fn a_mount_waits_for_the_journal_of_the_mirrorfs_that_is_finishing() {
+    use std::time::Duration;
+    let l = Local::new();
+    subtree(&l);
+    let held = mirrorfs::journal::Journal::open(
+        &l.state.join("journal"),
+        mirrorfs::journal::JournalConfig::default(),
+    )
+    .expect("hold the journal");
+    let log = l.tmp.path().join("mirrorfs.log");
+    let logf = fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(mirror_tests::bin("mirrorfs"))
+        .arg(&l.dir)
+        .arg("--state")
+        .arg(&l.state)
+        .stdin(std::process::Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .expect("spawn mirrorfs");
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    // Its last step before the journal (or its end, had it given up at once).
+    mirror_tests::wait_until(
+        Duration::from_secs(20),
+        "mirrorfs to reach the journal",
+        || text().contains("configuration version") || child.try_wait().ok().flatten().is_some(),
+    );
+    drop(held);
+    mirror_tests::wait_until(Duration::from_secs(40), "mirrorfs to mount", || {
+        text().contains("] mounted ") || child.try_wait().ok().flatten().is_some()
+    });
+    let mounted = text().contains("] mounted ");
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&l.dir)
+        .status();
+    let status = child.wait().unwrap();
+    assert!(mounted && status.success(), "{}", text());
     l.assert_no_errors();
 }
