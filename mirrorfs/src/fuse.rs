@@ -96,15 +96,13 @@ impl FuseFs {
     }
 
     /// Open flags for a handle in `mode`. Every handle gets FOPEN_NOFLUSH: mirrorfs buffers
-    /// nothing and file locks stay in the kernel, so `close` need not wait for a FLUSH. The
-    /// page cache is kept across opens unless `fresh_cache` ([`Opened::fresh_cache`]).
-    fn open_flags(mode: IoMode, fresh_cache: bool) -> FopenFlags {
+    /// nothing and file locks stay in the kernel, so `close` need not wait for a FLUSH.
+    fn open_flags(mode: IoMode) -> FopenFlags {
         FopenFlags::FOPEN_NOFLUSH
             | match mode {
                 IoMode::Direct => {
                     FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
                 }
-                IoMode::Cached if fresh_cache => FopenFlags::empty(),
                 IoMode::Cached => FopenFlags::FOPEN_KEEP_CACHE,
                 IoMode::Passthrough => FopenFlags::empty(),
             }
@@ -680,10 +678,7 @@ impl FuseFs {
         } else {
             reply
         };
-        reply.opened(
-            fh,
-            Self::open_flags(self.fs.effective_mode(o.mode), o.fresh_cache),
-        );
+        reply.opened(fh, Self::open_flags(self.fs.effective_mode(o.mode)));
     }
 
     fn reply_create(&self, entry: EntryOut, o: Opened, reply: ReplyCreate) {
@@ -715,7 +710,7 @@ impl FuseFs {
             &entry.attr,
             generation,
             fh,
-            Self::open_flags(self.fs.effective_mode(o.mode), o.fresh_cache),
+            Self::open_flags(self.fs.effective_mode(o.mode)),
         );
     }
 }

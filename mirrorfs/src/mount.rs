@@ -805,6 +805,7 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
         config.mount_options = fusermount_options(&fsname, opts.flags);
         Session::new(FuseFs::new(fs.clone()), &mountpoint, &config).map_err(session_error)?
     };
+    fs.set_notifier(session.notifier());
     // Remounts change the flags later: the files underneath follow them.
     let follower = crate::mountopts::mount_at(&mountpoint).and_then(|m| {
         crate::atime::Follower::new(underneath.clone(), m.id, fs.mount_flags_cell())

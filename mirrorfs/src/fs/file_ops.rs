@@ -142,7 +142,6 @@ impl MirrorFs {
         Opened {
             fh: self.files.insert(h),
             mode,
-            fresh_cache: false,
         }
     }
 
@@ -174,8 +173,13 @@ impl MirrorFs {
             st.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
             Ordering::Relaxed,
         );
-        let mut opened = self.new_handle(node, file, flags, recording);
-        opened.fresh_cache = opened.mode == IoMode::Cached && self.read_updates_atime(&st);
+        let opened = self.new_handle(node, file, flags, recording);
+        let reads = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        if reads && opened.mode == IoMode::Cached && self.read_updates_atime(&st) {
+            if let Ok(h) = self.files.get(opened.fh) {
+                self.touch_atime(ino, &h.file);
+            }
+        }
         Ok(opened)
     }
 

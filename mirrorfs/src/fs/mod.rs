@@ -84,11 +84,6 @@ pub struct Opened {
     pub fh: u64,
     /// How the kernel should do I/O on it.
     pub mode: IoMode,
-    /// Drop the kernel's page cache of the file at this open (in [`IoMode::Cached`]): a read
-    /// now would change the access time under the mount's options, so the first read must
-    /// reach the file underneath rather than be served from the cache (the kernel never
-    /// updates a FUSE file's access time itself).
-    pub fresh_cache: bool,
 }
 
 /// An open directory.
@@ -116,6 +111,8 @@ pub struct MirrorFs {
     mount_flags: Arc<AtomicU64>,
     /// Follows remounts (crate::atime).
     follower: std::sync::OnceLock<Arc<crate::atime::Follower>>,
+    /// Tells the kernel that attributes changed (an access time mirrorfs caused).
+    notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 /// Passthrough was never on: handles use the kernel page cache.
@@ -150,7 +147,27 @@ impl MirrorFs {
             passthrough: AtomicU8::new(PT_OFF),
             mount_flags: Arc::new(AtomicU64::new(0)),
             follower: std::sync::OnceLock::new(),
+            notifier: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The session's notifier, to tell the kernel about attributes that changed by themselves.
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// At an open for reading in the page-cache mode, when a read now changes the access time
+    /// under the mount's options: reads may all be served from the kernel's page cache, which
+    /// never updates a FUSE file's access time, so mirrorfs reads one byte of the file
+    /// underneath itself (the file system there updates the time as its mount, the clone of
+    /// crate::atime, says), and tells the kernel the attributes of `ino` changed.
+    fn touch_atime(&self, ino: u64, file: &File) {
+        use std::os::unix::fs::FileExt;
+        let _ = file.read_at(&mut [0u8; 1], 0);
+        if let Some(n) = self.notifier.get() {
+            // A negative offset: the attributes only, not the cached pages.
+            let _ = n.inval_inode(fuser::INodeNo(ino), -1, 0);
+        }
     }
 
     /// Where the mount's flags are kept (for a [`crate::atime::Follower`]).
