@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod atime;
 pub mod beneath;
 pub mod blocked;
 pub mod control;
@@ -19,6 +20,7 @@ pub mod keeper;
 pub mod logging;
 pub mod matcher;
 pub mod mount;
+pub mod mountopts;
 pub mod notify;
 pub mod rule;
 pub mod rulesdb;

@@ -8,6 +8,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +21,17 @@ use crate::fs::{FsConfig, MirrorFs};
 use crate::fuse::FuseFs;
 use crate::journal::{Journal, JournalConfig};
 use crate::matcher::{Matcher, RuleTable};
+use crate::mountopts::{Flags, HelperOptions};
 use crate::rulesdb::RulesDb;
 use crate::state::{LockFile, StateDir};
 
 /// The file-system type of mirrorfs mounts made through fusermount3 (`fuse.mirrorfs`).
 pub const FS_TYPE: &str = "fuse.mirrorfs";
-/// Mount sources of mirrorfs mounts start with this (`mirrorfs:/the/source`); a mount made
-/// directly by root shows type `fuse` and this source.
-pub const FS_NAME_PREFIX: &str = "mirrorfs:";
+/// Mount sources of mirrorfs mounts start with this (`mirrorfs#/the/source`); a mount made
+/// directly by root shows type `fuse` and this source. It is mount.fuse3's `TYPE#SOURCE`
+/// form, so that `mount -o remount,ro DIR` finds its way back to `mirrorfs` (earlier versions
+/// showed `mirrorfs:/the/source`, still recognised).
+pub const FS_NAME_PREFIX: &str = "mirrorfs#";
 
 /// Why mirrorfs could not mount or serve.
 #[derive(Debug, thiserror::Error)]
@@ -95,44 +99,39 @@ pub struct MountOptions {
     pub fs: FsConfig,
     /// Journal settings.
     pub journal: JournalConfig,
+    /// The source the mount table shows (a device tag) [default: `mirrorfs#SOURCE`].
+    pub fsname: Option<String>,
+    /// The mount's VFS flags (`ro`, `nosuid`, `noatime`, `strictatime`…).
+    pub flags: Flags,
+    /// Let other users use the mount (root's mounts always do).
+    pub allow_other: bool,
+    /// Let root use the mount of a user.
+    pub allow_root: bool,
+    /// Told once the mount is up and served ([`run`] calls it once, after mounting).
+    pub on_mounted: Option<OnMounted>,
 }
 
-/// Whether `path` is currently a mirrorfs mount (from /proc/self/mountinfo).
-pub fn is_mirrorfs_mount(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines().any(|l| {
-        let mut halves = l.splitn(2, " - ");
-        let (Some(a), Some(b)) = (halves.next(), halves.next()) else {
-            return false;
-        };
-        let mp = a.split(' ').nth(4).map(unescape_mountinfo);
-        let mut fields = b.split(' ');
-        let fstype = fields.next().unwrap_or_default();
-        let source = fields.next().unwrap_or_default();
-        (fstype == FS_TYPE || (fstype == "fuse" && source.starts_with(FS_NAME_PREFIX)))
-            && mp.as_deref() == Some(path.as_os_str().as_bytes())
-    })
-}
+/// Called once the mount is up (the mount-helper form returns to mount(8) then).
+#[derive(Clone)]
+pub struct OnMounted(pub Arc<dyn Fn() + Send + Sync>);
 
-/// Undoes mountinfo's octal escapes (`\040` for space…).
-fn unescape_mountinfo(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
+impl std::fmt::Debug for OnMounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnMounted")
     }
-    out
+}
+
+/// Whether `path` is currently a mirrorfs mount (from /proc/self/mountinfo). A mount made
+/// with a device tag (the mount-helper form) shows the tag as its source and is not recognised
+/// here when it was made by root (type `fuse`): its state directory's lock still keeps a
+/// second mirrorfs from serving the same state.
+pub fn is_mirrorfs_mount(path: &Path) -> bool {
+    crate::mountopts::mounts().iter().any(|m| {
+        (m.fstype == FS_TYPE
+            || (m.fstype == "fuse"
+                && (m.source.starts_with(FS_NAME_PREFIX) || m.source.starts_with("mirrorfs:"))))
+            && m.mountpoint == path.as_os_str().as_bytes()
+    })
 }
 
 fn canonical(p: &Path) -> Result<PathBuf, MountError> {
@@ -247,21 +246,60 @@ fn check_fuse() -> Result<(), MountError> {
     Ok(())
 }
 
-fn take_mount_lock(state: &StateDir, mountpoint: &Path) -> Result<LockFile, MountError> {
-    let lock = match state.lock("mirrorfs") {
-        Ok(l) => l,
-        Err(crate::state::StateError::Locked { holder, path }) => {
-            let mounted = std::fs::read_to_string(path.with_extension("mount")).unwrap_or_default();
-            let holder = match mounted.trim() {
-                "" => holder,
-                m => format!("{holder}, mounted on {m}"),
-            };
-            return Err(MountError::StateLocked {
-                state: state.root().to_path_buf(),
-                holder,
-            });
+/// How long a mount waits for the state directory of a mirrorfs that is finishing (its mount
+/// is gone; it syncs the journal and exits): `umount DIR; mount DIR` at once must work.
+const FINISHING_WAIT: Duration = Duration::from_secs(30);
+
+/// What taking the state directory's mount lock gave.
+enum Locked {
+    /// The lock: this process serves the mount.
+    Mine(LockFile),
+    /// A mirrorfs serving the same source with this state directory is mounted there: the
+    /// same file system, which a second mount shows at one more place (as a second mount of
+    /// one block device does).
+    Serving(PathBuf),
+}
+
+fn take_mount_lock(
+    state: &StateDir,
+    mountpoint: &Path,
+    source: &Path,
+) -> Result<Locked, MountError> {
+    let deadline = std::time::Instant::now() + FINISHING_WAIT;
+    let mut pause = Duration::from_millis(5);
+    let lock = loop {
+        match state.lock("mirrorfs") {
+            Ok(l) => break l,
+            Err(crate::state::StateError::Locked { holder, path }) => {
+                // The note: the holder's mount point, then its source.
+                let note =
+                    std::fs::read_to_string(path.with_extension("mount")).unwrap_or_default();
+                let mut lines = note.lines();
+                let m = lines.next().unwrap_or_default().trim();
+                let their_source = lines.next().unwrap_or_default();
+                let mounted = !m.is_empty()
+                    && crate::mountopts::mount_at(Path::new(m))
+                        .is_some_and(|i| i.fstype.starts_with("fuse"));
+                if mounted && Path::new(their_source) == source && Path::new(m) != mountpoint {
+                    return Ok(Locked::Serving(PathBuf::from(m)));
+                }
+                // The holder's mount is gone: it is finishing, and lets go of the lock soon.
+                if !m.is_empty() && !mounted && std::time::Instant::now() < deadline {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                    continue;
+                }
+                let holder = match m {
+                    "" => holder,
+                    m => format!("{holder}, mounted on {m}"),
+                };
+                return Err(MountError::StateLocked {
+                    state: state.root().to_path_buf(),
+                    holder,
+                });
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     };
     let note = state.lock_path("mirrorfs").with_extension("mount");
     let private = {
@@ -274,9 +312,77 @@ fn take_mount_lock(state: &StateDir, mountpoint: &Path) -> Result<LockFile, Moun
             .open(&note)
     };
     if let Ok(mut f) = private {
-        let _ = writeln!(f, "{}", mountpoint.display());
+        let _ = writeln!(f, "{}\n{}", mountpoint.display(), source.display());
     }
-    Ok(lock)
+    Ok(Locked::Mine(lock))
+}
+
+/// Opens the journal. With the state directory's lock held, a journal still locked is held by
+/// the mirrorfs that had this state before and is exiting (its mount is gone, its last threads
+/// drop the journal after the state lock): wait for it, a bounded time.
+fn open_journal(state: &StateDir, cfg: JournalConfig) -> Result<Journal, MountError> {
+    let deadline = std::time::Instant::now() + FINISHING_WAIT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match Journal::open(&state.journal_dir(), cfg) {
+            Err(crate::journal::JournalError::Locked(crate::state::StateError::Locked {
+                ..
+            })) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+/// Shows the mirrorfs mount at `serving` at `mountpoint` too (a bind mount, as root), with
+/// `flags` for this place.
+fn mount_again(serving: &Path, mountpoint: &Path, flags: Flags) -> std::io::Result<()> {
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (from, to) = (cstr(serving)?, cstr(mountpoint)?);
+    // SAFETY: NUL-terminated paths; null type and data are allowed for a bind mount.
+    if unsafe {
+        libc::mount(
+            from.as_ptr(),
+            to.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The per-mount flags of a bind mount are set by a remount of it.
+    let per_mount = libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC
+        | libc::MS_NOATIME
+        | libc::MS_NODIRATIME
+        | libc::MS_RELATIME
+        | libc::MS_STRICTATIME;
+    // SAFETY: as above.
+    if unsafe {
+        libc::mount(
+            std::ptr::null(),
+            to.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_BIND | (flags.0 & per_mount),
+            std::ptr::null(),
+        )
+    } != 0
+    {
+        let err = std::io::Error::last_os_error();
+        // SAFETY: NUL-terminated path.
+        unsafe { libc::umount2(to.as_ptr(), libc::MNT_DETACH) };
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// Loads the rules into a running mount: installs a new rule table when the database
@@ -422,6 +528,135 @@ fn start_control(
     }
 }
 
+fn as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Mounts a FUSE file system at `mountpoint` with `mount(2)` (as root): the `/dev/fuse`
+/// descriptor to serve it on. Type `fuse`, source `fsname`, VFS `flags`.
+fn mount_fuse(mountpoint: &Path, fsname: &str, flags: Flags) -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let dev = OwnedFd::from(dev);
+    let mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let data = format!(
+        "fd={},rootmode={mode:o},user_id={uid},group_id={gid},default_permissions,allow_other",
+        dev.as_raw_fd()
+    );
+    let cstr = |s: &[u8]| {
+        std::ffi::CString::new(s).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (src, target, data) = (
+        cstr(fsname.as_bytes())?,
+        cstr(mountpoint.as_os_str().as_bytes())?,
+        cstr(data.as_bytes())?,
+    );
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            c"fuse".as_ptr(),
+            flags.0,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            err.kind(),
+            format!("mount(2) of type fuse with flags {:#x}: {err}", flags.0),
+        ));
+    }
+    Ok(dev)
+}
+
+/// The options fusermount3 gets for a mount by an ordinary user (it knows every VFS flag by
+/// name).
+fn fusermount_options(fsname: &str, flags: Flags) -> Vec<MountOption> {
+    let mut o = vec![
+        MountOption::FSName(fsname.to_string()),
+        MountOption::Subtype("mirrorfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    let named = [
+        (libc::MS_RDONLY, MountOption::RO),
+        (libc::MS_NOSUID, MountOption::NoSuid),
+        (libc::MS_NODEV, MountOption::NoDev),
+        (libc::MS_NOEXEC, MountOption::NoExec),
+        (libc::MS_NOATIME, MountOption::NoAtime),
+        (libc::MS_SYNCHRONOUS, MountOption::Sync),
+        (libc::MS_DIRSYNC, MountOption::DirSync),
+        (
+            libc::MS_STRICTATIME,
+            MountOption::CUSTOM("strictatime".into()),
+        ),
+        (
+            libc::MS_NODIRATIME,
+            MountOption::CUSTOM("nodiratime".into()),
+        ),
+        (libc::MS_LAZYTIME, MountOption::CUSTOM("lazytime".into())),
+    ];
+    o.extend(
+        named
+            .into_iter()
+            .filter(|(f, _)| flags.has(*f))
+            .map(|(_, opt)| opt),
+    );
+    o
+}
+
+/// `mirrorfs TAG DIR -o remount,…` (what `mount -o remount,ro DIR` runs through the
+/// mount helper): changes the flags of the FUSE mount at `mountpoint` as the options say,
+/// over its current ones, and returns. The mirrorfs serving it sees the change in the mount
+/// table and follows it (crate::atime).
+pub fn remount(mountpoint: &Path, opts: &HelperOptions) -> Result<(), MountError> {
+    let path_err = |err| MountError::Path {
+        path: mountpoint.to_path_buf(),
+        err,
+    };
+    let mountpoint = std::fs::canonicalize(mountpoint).map_err(path_err)?;
+    let current = crate::mountopts::mount_at(&mountpoint)
+        .filter(|m| m.fstype.starts_with("fuse"))
+        .ok_or_else(|| {
+            path_err(std::io::Error::other(
+                "not a FUSE mount: nothing to remount",
+            ))
+        })?;
+    let mut flags = current.flags;
+    for o in &opts.vfs {
+        flags.apply(o);
+    }
+    let target = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| path_err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: target is NUL-terminated; the other pointers may be null for a remount.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | flags.0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        let why = if err.raw_os_error() == Some(libc::EPERM) {
+            "a remount needs root".to_string()
+        } else {
+            format!("remount with flags {:#x}: {err}", flags.0)
+        };
+        return Err(path_err(std::io::Error::new(err.kind(), why)));
+    }
+    Ok(())
+}
+
 /// Blocks SIGINT/SIGTERM/SIGHUP in this thread (and the threads it starts), and returns the set.
 fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; the calls only fill and install the mask.
@@ -461,25 +696,72 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     // state directory behind (a mistyped path must not start a new local system).
     opts.state.create()?;
     crate::logging::attach_error_log(&opts.state.error_log());
-    let _lock = take_mount_lock(&opts.state, &mountpoint)?;
+    let _lock = match take_mount_lock(&opts.state, &mountpoint, &source)? {
+        Locked::Mine(l) => l,
+        Locked::Serving(at) if as_root() => {
+            mount_again(&at, &mountpoint, opts.flags).map_err(|err| MountError::Path {
+                path: mountpoint.clone(),
+                err,
+            })?;
+            log::info!(
+                "{} is served by the mirrorfs mounted on {} (same source and state directory): mounted it here too",
+                mountpoint.display(),
+                at.display()
+            );
+            if let Some(f) = &opts.on_mounted {
+                (f.0)();
+            }
+            return Ok(());
+        }
+        Locked::Serving(at) => {
+            return Err(MountError::StateLocked {
+                state: opts.state.root().to_path_buf(),
+                holder: format!("the mirrorfs mounted on {}", at.display()),
+            })
+        }
+    };
 
     let db = RulesDb::open(&opts.state.rules_db())?;
     let (version, rules) = db.snapshot()?;
     log::info!("configuration version {version}, {} rules", rules.len());
     let matcher = Arc::new(Matcher::new(RuleTable::build(rules, version)));
-    let journal = Journal::open(&opts.state.journal_dir(), opts.journal)?;
+    let journal = open_journal(&opts.state, opts.journal)?;
     // How far the journal is known complete, read before this mount appends anything.
     let watermark = journal.watermark();
-    let root = crate::fs::sys::open_dir(&source).map_err(|err| MountError::Path {
+    let mut root = crate::fs::sys::open_dir(&source).map_err(|err| MountError::Path {
         path: source.clone(),
         err,
     })?;
+    let as_root = as_root();
+    // The files are reached through a private clone of the mount underneath whose access-time
+    // policy follows this mount's options (crate::atime).
+    let underneath = if as_root {
+        match crate::atime::Underneath::clone_of(root.as_fd()) {
+            Ok((u, r)) => match u.follow(opts.flags) {
+                Ok(()) => {
+                    root = r;
+                    Some(Arc::new(u))
+                }
+                Err(e) => {
+                    log::warn!("access times follow the mount underneath, not this mount's options: cannot set them on a private clone of it ({e})");
+                    None
+                }
+            },
+            Err(e) => {
+                log::warn!("access times follow the mount underneath, not this mount's options: cannot clone it ({e})");
+                None
+            }
+        }
+    } else {
+        None
+    };
     // Modes from the kernel already have the caller's umask applied.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
     let rec = crate::fs::record::Recorder::new(journal, matcher, mountpoint.as_os_str().as_bytes())
         .with_marks(opts.state.root().join("unjournaled"));
     let fs = Arc::new(MirrorFs::new(root, rec, opts.fs.clone())?);
+    fs.set_mount_flags(opts.flags);
 
     warn_busy_processes(&source);
     // The first copies of rules added while nothing was mounted and not queued yet (their
@@ -498,28 +780,50 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     let watcher = spawn_rules_watcher(db, loader.clone(), stop.clone(), failed);
     let control = start_control(&opts.state, fs.clone(), loader, keeper.status());
 
-    // SAFETY: geteuid has no preconditions.
-    let acl = if unsafe { libc::geteuid() } == 0 {
+    let acl = if as_root || opts.allow_other {
         SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
     } else {
         SessionACL::Owner
     };
+    let fsname = opts
+        .fsname
+        .clone()
+        .unwrap_or_else(|| format!("{FS_NAME_PREFIX}{}", source.display()));
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(format!("{FS_NAME_PREFIX}{}", source.display())),
-        MountOption::Subtype("mirrorfs".into()),
-        MountOption::DefaultPermissions,
-    ];
     config.acl = acl;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-
-    let session = Session::new(FuseFs::new(fs.clone()), &mountpoint, &config).map_err(|err| {
-        MountError::Session {
-            path: mountpoint.clone(),
-            err,
-        }
-    })?;
+    let session_error = |err| MountError::Session {
+        path: mountpoint.clone(),
+        err,
+    };
+    let session = if as_root {
+        // Mounted here rather than by fuser, which knows only some of the flags (not
+        // strictatime, nodiratime, lazytime).
+        let dev = mount_fuse(&mountpoint, &fsname, opts.flags).map_err(session_error)?;
+        Session::from_fd(FuseFs::new(fs.clone()), dev, acl, config).map_err(|err| {
+            let _ = unmount(&mountpoint);
+            session_error(err)
+        })?
+    } else {
+        config.mount_options = fusermount_options(&fsname, opts.flags);
+        Session::new(FuseFs::new(fs.clone()), &mountpoint, &config).map_err(session_error)?
+    };
+    fs.set_notifier(session.notifier());
+    // Remounts change the flags later: the files underneath follow them.
+    let follower = crate::mountopts::mount_at(&mountpoint).and_then(|m| {
+        crate::atime::Follower::new(underneath.clone(), m.id, fs.mount_flags_cell())
+            .map_err(|e| log::warn!("cannot follow remounts: {e}"))
+            .ok()
+    });
+    let flags_watcher = follower.map(Arc::new).and_then(|f| {
+        fs.follow_remounts(f.clone());
+        crate::atime::spawn_watcher(f, stop.clone())
+            .map_err(|e| log::warn!("cannot watch the mount table for remounts: {e}"))
+            .ok()
+    });
     let shown = mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
@@ -556,12 +860,19 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
         mountpoint.display(),
         opts.state.root().display()
     );
+    if let Some(f) = &opts.on_mounted {
+        (f.0)();
+    }
     let result = session.run().map_err(|err| MountError::Session {
         path: mountpoint.clone(),
         err,
     });
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.join();
+    if let Some(w) = flags_watcher {
+        let _ = w.join();
+    }
+
     if let Some(p) = control {
         let _ = std::fs::remove_file(p);
     }
@@ -606,17 +917,5 @@ fn warn_busy_processes(dir: &Path) {
                 dir.display()
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), b"/a b");
-        assert_eq!(unescape_mountinfo("/plain"), b"/plain");
-        assert_eq!(unescape_mountinfo("/t\\"), b"/t\\");
     }
 }

@@ -35,6 +35,7 @@ fn is_dot(e: &DirEntry) -> bool {
 impl MirrorFs {
     /// Opens directory `ino`.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        self.check_remount();
         let _ns = self.ns_read();
         let path = self.inodes.path(ino)?;
         let file = sys::open_at(

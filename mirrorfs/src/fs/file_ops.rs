@@ -147,6 +147,7 @@ impl MirrorFs {
 
     /// Opens node `ino` with `flags` for `caller`.
     pub fn open(&self, caller: Caller, ino: u64, flags: i32) -> FsResult<Opened> {
+        self.check_remount();
         let _ns = self.ns_read();
         let node = self.inodes.get(ino)?;
         let path = self.inodes.path(ino)?;
@@ -172,7 +173,14 @@ impl MirrorFs {
             st.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
             Ordering::Relaxed,
         );
-        Ok(self.new_handle(node, file, flags, recording))
+        let opened = self.new_handle(node, file, flags, recording);
+        let reads = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        if reads && opened.mode == IoMode::Cached && self.read_updates_atime(&st) {
+            if let Ok(h) = self.files.get(opened.fh) {
+                self.touch_atime(ino, &h.file);
+            }
+        }
+        Ok(opened)
     }
 
     /// After `caller` truncated `path` (open with O_TRUNC): set-id bits go as the file system

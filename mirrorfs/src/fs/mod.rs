@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::FileAttr;
@@ -107,6 +107,12 @@ pub struct MirrorFs {
     cfg: FsConfig,
     /// Kernel passthrough: [`PT_OFF`], [`PT_ON`] or [`PT_FAILED`].
     passthrough: AtomicU8,
+    /// The mount's VFS flags (`MS_*`: its atime options), as last seen.
+    mount_flags: Arc<AtomicU64>,
+    /// Follows remounts (crate::atime).
+    follower: std::sync::OnceLock<Arc<crate::atime::Follower>>,
+    /// Tells the kernel that attributes changed (an access time mirrorfs caused).
+    notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 /// Passthrough was never on: handles use the kernel page cache.
@@ -139,7 +145,73 @@ impl MirrorFs {
             names_gen: AtomicU64::new(0),
             cfg,
             passthrough: AtomicU8::new(PT_OFF),
+            mount_flags: Arc::new(AtomicU64::new(0)),
+            follower: std::sync::OnceLock::new(),
+            notifier: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The session's notifier, to tell the kernel about attributes that changed by themselves.
+    pub fn set_notifier(&self, n: fuser::Notifier) {
+        let _ = self.notifier.set(n);
+    }
+
+    /// At an open for reading in the page-cache mode, when a read now changes the access time
+    /// under the mount's options: reads may all be served from the kernel's page cache, which
+    /// never updates a FUSE file's access time, so mirrorfs reads one byte of the file
+    /// underneath itself (the file system there updates the time as its mount, the clone of
+    /// crate::atime, says), and tells the kernel the attributes of `ino` changed.
+    fn touch_atime(&self, ino: u64, file: &File) {
+        use std::os::unix::fs::FileExt;
+        let _ = file.read_at(&mut [0u8; 1], 0);
+        if let Some(n) = self.notifier.get() {
+            // A negative offset: the attributes only, not the cached pages.
+            let _ = n.inval_inode(fuser::INodeNo(ino), -1, 0);
+        }
+    }
+
+    /// Where the mount's flags are kept (for a [`crate::atime::Follower`]).
+    pub fn mount_flags_cell(&self) -> Arc<AtomicU64> {
+        self.mount_flags.clone()
+    }
+
+    /// Follow remounts with `f` (checked at each open and `opendir`).
+    pub fn follow_remounts(&self, f: Arc<crate::atime::Follower>) {
+        let _ = self.follower.set(f);
+    }
+
+    /// Sees a remount that happened since the last check.
+    fn check_remount(&self) {
+        if let Some(f) = self.follower.get() {
+            f.check();
+        }
+    }
+
+    /// The mount's flags changed (at mount, or by a remount).
+    pub fn set_mount_flags(&self, flags: crate::mountopts::Flags) {
+        self.mount_flags.store(flags.0 as _, Ordering::Relaxed);
+    }
+
+    /// Whether a read of a file with attributes `st` changes its access time under the
+    /// mount's options now (the kernel's `atime_needs_update` and `relatime_need_update`).
+    pub fn read_updates_atime(&self, st: &Stat) -> bool {
+        let flags = crate::mountopts::Flags(self.mount_flags.load(Ordering::Relaxed) as _);
+        if flags.has(libc::MS_RDONLY) || flags.has(libc::MS_NOATIME) {
+            return false;
+        }
+        if flags.has(libc::MS_STRICTATIME) {
+            return true;
+        }
+        let (a, m, c) = (
+            (st.atime.sec, st.atime.nsec),
+            (st.mtime.sec, st.mtime.nsec),
+            (st.ctime.sec, st.ctime.nsec),
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        m >= a || c >= a || now - st.atime.sec >= 24 * 3600
     }
 
     /// Settings.

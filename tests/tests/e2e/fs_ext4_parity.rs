@@ -389,3 +389,357 @@ fn with_attrs_a_git_clone_keeps_every_directory_modification_time() {
     mirror_tests::assert_log_only("the source", &l.error_log(), &[]);
     mirror_tests::assert_log_only("the router", &r.error_log(), &[]);
 }
+
+/// Runs `cmd`, panicking with its output if it fails.
+fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().expect("run a command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sets the access and modification times of `path` (its change time becomes now).
+fn set_times(path: &Path, atime: std::time::SystemTime, mtime: std::time::SystemTime) {
+    let f = fs::File::options()
+        .read(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.set_times(fs::FileTimes::new().set_accessed(atime).set_modified(mtime))
+        .unwrap();
+}
+
+/// The access, modification and change times of `path`, in nanoseconds.
+fn times(path: &Path) -> (i128, i128, i128) {
+    let m = fs::metadata(path).unwrap();
+    let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+    (
+        ns(m.atime(), m.atime_nsec()),
+        ns(m.mtime(), m.mtime_nsec()),
+        ns(m.ctime(), m.ctime_nsec()),
+    )
+}
+
+/// xfstests generic/003's question, for each atime option: which accesses change an access
+/// time. In `dir`, mounted with `remount(OPTIONS)`: a file whose access time is older than its
+/// modification ("old": relatime updates it), a file read since its last change ("read":
+/// only strictatime updates it; its pages are in the page cache), and a directory as old as
+/// the first, listed. Each line: the option, then per object whether its access time changed
+/// (and that its modification and change times did not).
+fn atime_steps(dir: &Path, remount: &dyn Fn(&str)) -> Vec<String> {
+    use std::time::{Duration, SystemTime};
+    let mut out = Vec::new();
+    for (i, opts) in [
+        "relatime",
+        "strictatime",
+        "noatime",
+        "relatime,nodiratime",
+        "ro,strictatime",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        remount("rw,relatime");
+        let (old, read, d) = (
+            dir.join(format!("old{i}")),
+            dir.join(format!("read{i}")),
+            dir.join(format!("dir{i}")),
+        );
+        fs::write(&old, b"old").unwrap();
+        fs::write(&read, b"read").unwrap();
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("f"), b"f").unwrap();
+        let now = SystemTime::now();
+        let long_ago = now - Duration::from_secs(100);
+        set_times(&old, long_ago, long_ago);
+        set_times(&d, long_ago, long_ago);
+        // Read after its last change (an access time after the change time, once the clock
+        // has passed it): only strictatime updates it. Read once now, so that its pages are
+        // in the page cache (a change of its modification time would drop them).
+        let soon = now + Duration::from_millis(100);
+        set_times(&read, soon, long_ago);
+        assert_eq!(fs::read(&read).unwrap(), b"read");
+        remount(opts);
+        mirror_tests::wait_until(Duration::from_secs(5), "the clock to pass", || {
+            SystemTime::now() > soon + Duration::from_millis(20)
+        });
+        let before = [times(&old), times(&read), times(&d)];
+        assert_eq!(fs::read(&old).unwrap(), b"old");
+        assert_eq!(fs::read(&read).unwrap(), b"read");
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        let after = [times(&old), times(&read), times(&d)];
+        let what = |k: usize| {
+            let (b, a) = (before[k], after[k]);
+            format!(
+                "{}{}",
+                if a.0 != b.0 { "changed" } else { "unchanged" },
+                if (a.1, a.2) != (b.1, b.2) {
+                    " (and its modification or change time!)"
+                } else {
+                    ""
+                }
+            )
+        };
+        out.push(format!(
+            "{opts}: old file {}, read file {}, directory {}",
+            what(0),
+            what(1),
+            what(2)
+        ));
+    }
+    remount("rw,relatime");
+    out
+}
+
+/// The finding (xfstests generic/003): access times through mirrorfs ignored the mount's
+/// options. Reads happen on the files underneath, so the underlying mount's policy applied: a
+/// `noatime` or read-only mount still changed access times, and a `strictatime` one changed
+/// them only as `relatime` does (and not at all for a read served from the page cache, as the
+/// kernel never updates a FUSE file's access time itself). Same steps on ext4 mounted with
+/// each option (a bind mount of a directory, remounted) and on a mirrorfs mount in the
+/// mount-helper form (`-o source=…,relatime`), remounted with `mirrorfs DIR -o remount,…`.
+#[test]
+fn access_times_follow_the_mount_options_as_on_ext4() {
+    let l = Local::new();
+    let plain = l.tmp.path().join("plain");
+    let ext4 = l.tmp.path().join("ext4");
+    let src = l.tmp.path().join("src");
+    for d in [&plain, &ext4, &src] {
+        fs::create_dir(d).unwrap();
+    }
+    // ext4, mounted with each option: a bind mount whose flags are changed by remounts.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    run(std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&plain)
+        .arg(&ext4));
+    let bind = Unmount(ext4.clone());
+    // With exactly these flags (mount(8) would keep an earlier noatime beside relatime).
+    let on_ext4 = atime_steps(&ext4, &|opts| {
+        let mut flags = mirrorfs::mountopts::Flags::default();
+        for o in opts.split(',') {
+            assert!(flags.apply(o), "{o}");
+        }
+        let target = CString::new(ext4.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; null source, type and data are allowed here.
+        let rc = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_BIND | flags.0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "remount {opts}: {}", std::io::Error::last_os_error());
+    });
+    drop(bind);
+    assert_eq!(
+        on_ext4,
+        [
+            "relatime: old file changed, read file unchanged, directory changed",
+            "strictatime: old file changed, read file changed, directory changed",
+            "noatime: old file unchanged, read file unchanged, directory unchanged",
+            "relatime,nodiratime: old file changed, read file unchanged, directory unchanged",
+            "ro,strictatime: old file unchanged, read file unchanged, directory unchanged",
+        ],
+        "ext4"
+    );
+    // mirrorfs in the mount-helper form over `src`, every change journaled.
+    let mnt = l.dir.clone();
+    subtree(&l);
+    let source = format!("source={},relatime", src.display());
+    let m = Mount::start(&mnt, None, &l.state, &["-f", "-o", &source]);
+    let on_mirrorfs = atime_steps(&mnt, &|opts| {
+        run(std::process::Command::new(mirror_tests::bin("mirrorfs"))
+            .arg(&mnt)
+            .arg("-o")
+            .arg(format!("remount,{opts}")))
+    });
+    assert_eq!(on_mirrorfs, on_ext4, "mirrorfs beside ext4");
+    m.unmount();
+    l.assert_no_errors();
+}
+
+/// The mount-helper conventions xfstests' README.fuse uses (`mount -t fuse.mirrorfs TAG DIR
+/// -o source=…` runs `mirrorfs TAG DIR -o …` through mount.fuse3): the command returns once
+/// mounted and serves in the background, the mount shows the tag as its source, `-o
+/// remount,ro` makes it read-only (and `rw` again), a second mount of the same source and
+/// state directory shows the same file system at a second place (as a second mount of one
+/// block device does), an unknown option is refused by name, a mount right after an unmount
+/// works, and `umount` ends the daemon.
+#[test]
+fn the_mount_helper_form_mounts_in_the_background_with_a_device_tag_and_remounts() {
+    use mirrorfs::mountopts::mount_at;
+    use std::time::Duration;
+    let l = Local::new();
+    subtree(&l);
+    let src = l.tmp.path().join("src");
+    let mnt2 = l.tmp.path().join("mnt2");
+    fs::create_dir(&src).unwrap();
+    fs::create_dir(&mnt2).unwrap();
+    struct Unmount(Vec<std::path::PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for p in self.0.iter().rev() {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(p)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+    let _guard = Unmount(vec![l.dir.clone(), mnt2.clone()]);
+    let mirrorfs = |args: &[&str]| {
+        std::process::Command::new(mirror_tests::bin("mirrorfs"))
+            .args(args)
+            .output()
+            .expect("run mirrorfs")
+    };
+    let opts = format!(
+        "rw,source={},state={},allow_other,default_permissions,dev,suid",
+        src.display(),
+        l.state.display()
+    );
+    let dir = l.dir.to_str().unwrap();
+    let bad = mirrorfs(&["tag1", dir, "-o", &format!("{opts},frobnicate")]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown mount option 'frobnicate'"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(mount_at(&l.dir).is_none_or(|m| m.source != "tag1"));
+    // Returns once mounted (the daemon goes on in the background).
+    let out = mirrorfs(&["tag1", dir, "-o", &opts]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = mount_at(&l.dir).expect("mounted when the command returned");
+    assert_eq!((m.source.as_str(), m.fstype.as_str()), ("tag1", "fuse"));
+    fs::write(l.path("a"), b"a").unwrap();
+    assert_eq!(fs::read(src.join("a")).unwrap(), b"a");
+    // Read-only, then writable again.
+    let out = mirrorfs(&["tag1", dir, "-o", "remount,ro"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mount_at(&l.dir).unwrap().flags.has(libc::MS_RDONLY));
+    assert_eq!(
+        fs::write(l.path("b"), b"b").map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EROFS))
+    );
+    assert_eq!(fs::read(l.path("a")).unwrap(), b"a");
+    let out = mirrorfs(&["tag1", dir, "-o", "remount,rw"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(l.path("b"), b"b").unwrap();
+    // The same source and state directory at a second place: the same file system.
+    let out = mirrorfs(&["tag1", mnt2.to_str().unwrap(), "-o", &opts]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(mnt2.join("b")).unwrap(), b"b");
+    fs::rename(mnt2.join("b"), mnt2.join("c")).unwrap();
+    assert_eq!(fs::read(l.path("c")).unwrap(), b"b");
+    run(std::process::Command::new("umount").arg(&mnt2));
+    // `umount; mount` at once, as xfstests' cycle mounts do: the new mirrorfs waits for the
+    // one that is finishing (it still held the state directory, then the journal, for a
+    // moment after its mount was gone: "state directory in use", "journal/LOCK is locked").
+    for i in 0..10 {
+        run(std::process::Command::new("umount").arg(&l.dir));
+        let out = mirrorfs(&["tag1", dir, "-o", &opts]);
+        assert!(
+            out.status.success(),
+            "mount {i} right after an unmount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::write(l.path(&format!("cycle{i}")), b"c").unwrap();
+    }
+    run(std::process::Command::new("umount").arg(&l.dir));
+    // The daemon ends with its mount: the state directory's lock is free again.
+    let state = mirrorfs::state::StateDir::at(l.state.clone());
+    mirror_tests::wait_until(Duration::from_secs(20), "mirrorfs to end", || {
+        state.lock("mirrorfs").is_ok()
+    });
+    let names: Vec<String> = l
+        .journal()
+        .iter()
+        .map(|e| format!("{:?} {}", e.command, mirror_tests::rel(&l.dir, &e.name)))
+        .collect();
+    for want in ["Create a", "Create b", "Rename b", "Create cycle9"] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "{want} journaled: {names:?}"
+        );
+    }
+    l.assert_no_errors();
+}
+
+/// The finding (xfstests generic/523, in a cycle mount): `umount; mount` at once failed with
+/// "journal/LOCK is locked by another running process": the mirrorfs that served the state
+/// directory before lets go of its state lock when its mount is gone, and of its journal a
+/// moment later (its last threads drop it). A new mount that holds the state lock now waits,
+/// a bounded time, for a journal held by that finishing process. Here the test itself holds
+/// the journal, as that process would, until the new mirrorfs has reached it.
+#[test]
+fn a_mount_waits_for_the_journal_of_the_mirrorfs_that_is_finishing() {
+    use std::time::Duration;
+    let l = Local::new();
+    subtree(&l);
+    let held = mirrorfs::journal::Journal::open(
+        &l.state.join("journal"),
+        mirrorfs::journal::JournalConfig::default(),
+    )
+    .expect("hold the journal");
+    let log = l.tmp.path().join("mirrorfs.log");
+    let logf = fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(mirror_tests::bin("mirrorfs"))
+        .arg(&l.dir)
+        .arg("--state")
+        .arg(&l.state)
+        .stdin(std::process::Stdio::null())
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .expect("spawn mirrorfs");
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    // Its last step before the journal (or its end, had it given up at once).
+    mirror_tests::wait_until(
+        Duration::from_secs(20),
+        "mirrorfs to reach the journal",
+        || text().contains("configuration version") || child.try_wait().ok().flatten().is_some(),
+    );
+    drop(held);
+    mirror_tests::wait_until(Duration::from_secs(40), "mirrorfs to mount", || {
+        text().contains("] mounted ") || child.try_wait().ok().flatten().is_some()
+    });
+    let mounted = text().contains("] mounted ");
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&l.dir)
+        .status();
+    let status = child.wait().unwrap();
+    assert!(mounted && status.success(), "{}", text());
+    l.assert_no_errors();
+}
