@@ -491,7 +491,20 @@ fn validate_for(router: &Router, site: &str, dest: &str, dir: bool) -> (bool, St
     let Some(ns) = router.namespace(site) else {
         return (false, format!("site {site} has no key on this router"));
     };
-    validate(&router.cfg.root, &ns.path().join(d.as_str()), dir)
+    let rel = ns.path().join(d.as_str());
+    if let Some(std::path::Component::Normal(c)) = rel.components().next() {
+        if c == crate::staging::DIR {
+            return (
+                false,
+                format!(
+                    "{} is where the router builds copies ({}/ at the top of its root): choose another --dest",
+                    router.cfg.root.join(&rel).display(),
+                    crate::staging::DIR
+                ),
+            );
+        }
+    }
+    validate(&router.cfg.root, &rel, dir)
 }
 
 /// Whether `rel` (a directory when `dir`), a normalised path relative to `root`, can be

@@ -360,3 +360,28 @@ fn a_key_removed_during_a_session_loses_nothing() {
     wait_converged(&l.dir, &r.path("laptop/w"), CONVERGE);
     wait_until(CONVERGE, "nothing blocked", || r.blocked_paths().is_empty());
 }
+
+/// An adversarial finding of issue 13: with a namespace of the whole root (`.`), a rule
+/// whose `--dest` lies under `.mirror-staging/` (where the router builds copies) was accepted
+/// by `rule add`'s check with the router, and every entry for it was then refused when
+/// applied. Now the check refuses it, naming the reason.
+#[test]
+fn rule_add_refuses_a_dest_where_the_router_builds_copies() {
+    let r = Router::start();
+    let l = Local::new();
+    l.set_site_id("laptop");
+    r.trust("laptop");
+    ok(&r.ctl(&["namespace", "laptop", "."]));
+    let out = l.ctl(&[
+        "rule",
+        "add",
+        &format!("{}/", l.dir.display()),
+        "--site",
+        &r.site(),
+        "--dest",
+        ".mirror-staging/x",
+    ]);
+    assert!(!out.status.success(), "accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("where the router builds copies"), "{err}");
+}
