@@ -101,8 +101,12 @@ struct Cli {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let fresh = StateDir::at(mirrorfs::state::resolve(cli.state.as_deref())?).is_fresh();
     let state = StateDir::resolve_and_open(cli.state.as_deref())?;
     mirrorfs::logging::init("mirror-sendd", "info", Some(&state.error_log()));
+    if fresh {
+        mirrorfs::mount::warn_fresh("mirror-sendd", &state);
+    }
     let _lock = state.lock("mirror-sendd")?;
     let mut db = RulesDb::open(&state.rules_db())?;
     // Every start is a new configuration version (seeds/002 [0058]).

@@ -123,6 +123,12 @@ impl StateDir {
         Self { root: root.into() }
     }
 
+    /// Whether no local system is here yet: the directory does not exist (what a daemon
+    /// given a mistyped `--state` finds; `mirror-ctl rule add` makes it otherwise).
+    pub fn is_fresh(&self) -> bool {
+        !self.root.exists()
+    }
+
     /// Creates the directory if needed and makes it private (what [`StateDir::open`] does).
     pub fn create(&self) -> Result<(), StateError> {
         private_dir(&self.root).map_err(|err| StateError::Io {

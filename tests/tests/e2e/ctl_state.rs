@@ -319,3 +319,31 @@ fn status_gives_the_last_errors_time_and_says_when_it_is_past() {
     fs::write(l.path("b"), "2").unwrap();
     wait_until(CONVERGE, "b on the backup", || r.path("p/b").exists());
 }
+
+/// An adversarial finding of issue 13: `mirrorfs DIR --state TYPO` and `mirror-sendd --state
+/// TYPO` each started a new, empty local system and ran on, saying at most "0 rules" at info
+/// level. They still start (a first mount may come before the first rule), but warn, naming
+/// the directory, in their log and in the new error log.
+#[test]
+fn daemons_warn_when_their_state_directory_is_new() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("proj");
+    fs::create_dir(&dir).unwrap();
+    let typo = t.path().join("sttae");
+    let m = Mount::start_logging(&dir, None, &typo, t.path(), &[]);
+    assert!(
+        m.log_text().contains("there was no local system at"),
+        "{}",
+        m.log_text()
+    );
+    drop(m);
+    let typo2 = t.path().join("sttae2");
+    let mut s = mirror_tests::Daemon::spawn(
+        "mirror-sendd",
+        &[std::ffi::OsStr::new("--state"), typo2.as_os_str()],
+        t.path().join("sendd.log"),
+    );
+    s.wait_log("there was no local system at", CONVERGE);
+    let errors = fs::read_to_string(typo2.join("errors.log")).unwrap_or_default();
+    assert!(errors.contains("there was no local system at"), "{errors}");
+}
