@@ -347,3 +347,45 @@ fn daemons_warn_when_their_state_directory_is_new() {
     let errors = fs::read_to_string(typo2.join("errors.log")).unwrap_or_default();
     assert!(errors.contains("there was no local system at"), "{errors}");
 }
+
+/// An adversarial finding of issue 13: `rule add` over a directory of a mirrorfs stopped with
+/// SIGSTOP waited for good (in the kernel, for the mount's answer). Now it gives up after 30 s
+/// with an error naming the directory.
+#[test]
+fn rule_add_over_a_stopped_mount_gives_up_naming_the_directory() {
+    let l = mirror_tests::Local::new();
+    fs::create_dir(l.path("sub")).unwrap();
+    let m = l.mount(&[]);
+    let pid = m.pid() as i32;
+    // SAFETY: signals to the mirrorfs this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut child = Command::new(bin("mirror-ctl"))
+        .arg("--state")
+        .arg(&l.state)
+        .args(["rule", "add"])
+        .arg(format!("{}/", l.path("sub").display()))
+        .args(["--site", "127.0.0.1:9", "--dest", "d", "--no-validate"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let status = status.expect("rule add waited for good on a stopped mount");
+    let out = child.wait_with_output().unwrap();
+    assert!(!status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not answer"), "{err}");
+    drop(m);
+}
