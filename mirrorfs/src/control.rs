@@ -273,8 +273,14 @@ where
                             .name("control-conn".into())
                             .spawn(move || {
                                 let _seat = seat;
-                                if let Err(e) = serve_one(c, h) {
-                                    log::warn!("control connection: {e}");
+                                match serve_one(c, h) {
+                                    Ok(()) => {}
+                                    // The client went away (killed, or it gave up waiting):
+                                    // its own business, nothing wrong here.
+                                    Err(e) if client_gone(&e) => {
+                                        log::debug!("control connection: {e}")
+                                    }
+                                    Err(e) => log::warn!("control connection: {e}"),
                                 }
                             });
                     }
@@ -286,6 +292,14 @@ where
             }
         })?;
     Ok(path.to_path_buf())
+}
+
+/// Whether `e` says the client of a control connection went away before its answer.
+fn client_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Connections a control socket serves at once; more are refused (a local program cannot

@@ -492,10 +492,7 @@ fn rule_rm_of_a_blocked_sites_last_rule_retires_the_site() {
             .as_array()
             .and_then(|rows| rows.iter().find(|x| x["site"] == site.as_str()).cloned())
     };
-    wait_until(CONVERGE, "the site to be blocked", || {
-        fs::write(l.path("a/f"), b"changed while the site is down").unwrap();
-        shown(&l).is_some_and(|x| !x["blocked"].is_null())
-    });
+    block_site(&l, &site, &l.path("a/f"));
     let dirty = l.state.join("dirty");
     wait_until(CONVERGE, "the backlog to become a dirty set", || {
         fs::write(l.path("a/g"), b"more").unwrap();
@@ -537,13 +534,7 @@ fn hard_links_in_a_dirty_set_stay_links_in_the_backup() {
     wait_converged(&l.path("a"), &r.path("a"), CONVERGE);
     let site = r.site();
     r.kill9();
-    wait_until(CONVERGE, "the site to be blocked", || {
-        fs::write(l.path("a/before"), b"changed while the site is down").unwrap();
-        l.status()
-            .as_array()
-            .and_then(|rows| rows.iter().find(|x| x["site"] == site.as_str()).cloned())
-            .is_some_and(|x| !x["blocked"].is_null())
-    });
+    block_site(&l, &site, &l.path("a/before"));
     fs::write(l.path("a/one"), b"one file, two names").unwrap();
     fs::hard_link(l.path("a/one"), l.path("a/two")).unwrap();
     let dirty = l.state.join("dirty");
@@ -630,7 +621,7 @@ fn with_attrs_copies_keep_set_id_bits_and_extended_attributes() {
     let (bx, bf) = (r.path("proj/x.sh"), r.path("proj/f"));
     let kept = || {
         fs::metadata(&bx).is_ok_and(|m| m.mode() & 0o7777 == 0o4755)
-            && get_xattr(&bf, "user.k").as_deref() == Some(&b"v"[..])
+            && crate::restore::xattr(&bf, "user.k").as_deref() == Some(&b"v"[..])
     };
     wait_until(
         CONVERGE,
@@ -662,17 +653,6 @@ fn set_xattr(p: &std::path::Path, name: &str, value: &[u8]) -> bool {
             0,
         ) == 0
     }
-}
-
-fn get_xattr(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: NUL-terminated strings and a buffer of its length.
-    let len =
-        unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (len >= 0).then(|| buf[..len as usize].to_vec())
 }
 
 /// An adversarial finding of issue 13 (after copies were built aside): a copy of a file that
@@ -712,4 +692,13 @@ fn a_copy_with_no_room_beside_the_backup_file_is_written_in_place() {
         &r.error_log(),
         &["no room on the backup disk"],
     );
+}
+
+/// Waits, writing to `probe` meanwhile, until `status` shows `site` (whose router is down)
+/// blocked.
+fn block_site(l: &Local, site: &str, probe: &std::path::Path) {
+    wait_until(CONVERGE, "the site to be blocked", || {
+        fs::write(probe, b"changed while the site is down").unwrap();
+        !row(l, site)["blocked"].is_null()
+    });
 }

@@ -256,7 +256,8 @@ fn a_restored_cargo_project_builds_with_its_attributes() {
     assert_log_only("router", &r.error_log(), &[]);
 }
 
-fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+/// The value of extended attribute `name` of `p` (not following a symlink), if it has one.
+pub(crate) fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
     let n = std::ffi::CString::new(name).ok()?;
     let mut buf = vec![0u8; 256];
