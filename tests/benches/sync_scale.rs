@@ -163,7 +163,13 @@ fn main() {
     let rsync_time = rsync_time + t.elapsed();
 
     // mirror: the rule, the mount, the sender, then `sync --wait`.
-    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "b", &[]);
+    // `--no-sync`: what is measured is the `sync` alone, not the rule's first copy too.
+    l.add_rule_validated(
+        &format!("{}/", l.dir.display()),
+        &r.site(),
+        "b",
+        &["--no-sync"],
+    );
     let m = l.mount(&[]);
     let s = l.sender();
     let spid = s.pid().expect("sender runs");
