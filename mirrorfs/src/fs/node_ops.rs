@@ -369,7 +369,9 @@ impl MirrorFs {
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> FsResult<()> {
         let _ns = self.ns_read();
         let path = self.inodes.child_path(parent, name)?;
-        self.room_for(&path, dir, 0)?;
+        let full = self.rec.full_name(&path);
+        let rules = self.rec.rules(&self.rec.table(), &full, dir);
+        self.rec.room_to_remove(&rules, &full)?;
         let st = sys::stat_at(self.dir(), &path)?;
         let ino = self.inodes.node_id(&st);
         let node = self.inodes.get(ino).ok();

@@ -97,6 +97,31 @@ impl Recorder {
             .map_err(|err| self.refused(name, need, err))
     }
 
+    /// Room for the entries of a removal of `name` (unlink, rmdir). A removal frees space,
+    /// so where the journal's disk is full it goes ahead at once: its entry is appended once
+    /// the removal has made room, or else the name is marked unjournaled and sent as its
+    /// deletion (what [`Recorder::append`] does with any entry the journal cannot take).
+    /// Otherwise a full disk shared by the tree and the state directory could not be freed
+    /// through the mount at all.
+    pub fn room_to_remove(&self, rules: &[Arc<Rule>], name: &[u8]) -> FsResult<()> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        journalable(name)?;
+        let need =
+            ((crate::journal::format::RECORD_HEADER_LEN + name.len() + 256) * rules.len()) as u64;
+        match self.journal.room(need) {
+            Err(crate::journal::JournalError::Full { .. }) => {
+                log::info!(
+                    "{}: removed although the journal's disk is full (a removal makes room)",
+                    String::from_utf8_lossy(name)
+                );
+                Ok(())
+            }
+            r => r.map_err(|err| self.refused(name, need, err)),
+        }
+    }
+
     /// Room for `need` bytes, waiting up to [`ROOM_WAIT`] when the disk is full but the
     /// journal is not known to be in trouble yet: a sender removing acknowledged segments
     /// often makes room in that time, and a short wait is better than an error. Once the

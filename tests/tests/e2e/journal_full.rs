@@ -320,3 +320,61 @@ fn status_does_not_hang_on_a_stopped_sender() {
     // An adversarial finding of issue 13: it also said "mirror-sendd is not running".
     assert!(!text.contains("not running"), "{text}");
 }
+
+/// Found by xfstests (generic/103, issue 13): with the tree and the state directory on one
+/// file system, a file could not be removed through the mount once something had filled
+/// that file system (there a file made with fallocate, here one no rule selects): the unlink
+/// had to be journaled first and the journal had no room beyond its reserve, so the full
+/// disk could not be freed through the mount at all. A removal frees space: it now goes
+/// ahead, and its deletion is journaled once there is room (or the name is marked and sent
+/// as its deletion).
+#[test]
+fn a_full_disk_shared_with_the_journal_can_be_freed_through_the_mount() {
+    let mut l = Local::new();
+    let fs_dir = l.tmp.path().join("onefs");
+    let _small = SmallFs::new(&fs_dir, "24M");
+    let (dir, state) = (fs_dir.join("proj"), fs_dir.join("state"));
+    fs::create_dir_all(dir.join("sel")).unwrap();
+    fs::create_dir_all(&state).unwrap();
+    fs::copy(l.state.join("keys"), state.join("keys")).unwrap();
+    (l.dir, l.state) = (dir, state);
+    l.add_rule(
+        &format!("{}/sel/", l.dir.display()),
+        "127.0.0.1:9",
+        "w",
+        &[],
+    );
+    let m = l.mount(&[]);
+    fs::write(l.path("sel/old"), vec![1u8; 1 << 20]).unwrap();
+    // Mounted again (as xfstests does between tests): the journal goes on in a segment whose
+    // room is not known to be reserved, so each entry needs room on the disk itself.
+    m.unmount();
+    let m = l.mount(&[]);
+    // Filled by a file no rule selects (nothing journaled, nothing held back).
+    let chunk = vec![0x5au8; 256 << 10];
+    let mut f = fs::File::create(l.path("filler")).unwrap();
+    let mut written = 0u64;
+    let err = loop {
+        match f.write_all(&chunk) {
+            Ok(()) => written += chunk.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(written < 64 << 20, "the disk never filled");
+    };
+    drop(f);
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    fs::remove_file(l.path("sel/old")).expect("removing a selected file on the full disk");
+    assert!(!l.path("sel/old").exists());
+    // Its deletion is on record: in the journal, or marked to be sent (as its deletion).
+    let journaled = l
+        .journal()
+        .iter()
+        .any(|e| e.command == mirrorfs::entry::Command::Delete && e.name.ends_with(b"/sel/old"));
+    let marked = fs::read_to_string(l.state.join("unjournaled")).is_ok_and(|t| {
+        t.contains(&mirrorfs::blocked::hex(
+            l.path("sel/old").as_os_str().as_encoded_bytes(),
+        ))
+    });
+    assert!(journaled || marked, "the removal is on record");
+    drop(m);
+}
