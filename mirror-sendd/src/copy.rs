@@ -747,6 +747,18 @@ impl CopyJob {
                 let mut full = name.clone();
                 full.push(b'/');
                 full.extend_from_slice(&c);
+                if full.len() > mirrorfs::entry::MAX_NAME_LEN {
+                    // No entry, journal or wire carries it (the mount refuses changes to
+                    // such names): sent, it would end every session with the router.
+                    log::error!(
+                        "copy of {}: {} (a name of {} bytes under it) is longer than the {} bytes a name may have and cannot be mirrored; left out",
+                        shown_name,
+                        shown(&full[..full.len().min(200)]),
+                        full.len(),
+                        mirrorfs::entry::MAX_NAME_LEN
+                    );
+                    continue;
+                }
                 let is_dir = self
                     .source
                     .spot(&full)

@@ -370,7 +370,12 @@ impl MirrorFs {
         let _ns = self.ns_read();
         let path = self.inodes.child_path(parent, name)?;
         let full = self.rec.full_name(&path);
-        let rules = self.rec.rules(&self.rec.table(), &full, dir);
+        let mut rules = self.rec.rules(&self.rec.table(), &full, dir);
+        if full.len() > crate::entry::MAX_NAME_LEN {
+            // Never mirrored (no entry carries such a name): its removal has nothing to tell
+            // the backup, and must not be refused.
+            rules.clear();
+        }
         self.rec.room_to_remove(&rules, &full)?;
         let st = sys::stat_at(self.dir(), &path)?;
         let ino = self.inodes.node_id(&st);
@@ -381,7 +386,9 @@ impl MirrorFs {
         self.names_changed();
         let table = self.rec.table();
         let full = self.rec.full_name(&path);
-        let (rules, command) = if dir {
+        let (rules, command) = if full.len() > crate::entry::MAX_NAME_LEN {
+            (Vec::new(), Command::Delete)
+        } else if dir {
             (self.rec.dir_rules(&table, &full), Command::Rmdir)
         } else {
             (self.rec.file_rules(&table, &full), Command::Delete)

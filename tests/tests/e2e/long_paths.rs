@@ -477,3 +477,57 @@ fn a_selected_name_longer_than_the_journal_takes_is_refused_with_a_clear_error()
         l.error_log()
     );
 }
+
+/// An adversarial finding of issue 13: a tree holding a name longer than the 65,535 bytes an
+/// entry may carry, moved into a rule from a directory no rule selects, was copied by
+/// mirror-sendd with that name anyway; the router refused the frame and ended the session,
+/// again and again, so nothing of the site reached the backup any more (and the mount then
+/// refused to remove the file). Now the copy leaves that name out, with an error naming it,
+/// the rest flows, and the file can be removed through the mount.
+#[test]
+fn a_name_too_long_for_an_entry_moved_into_a_rule_is_left_out_and_the_rest_flows() {
+    let r = Router::start();
+    let l = Local::new();
+    std::fs::create_dir(l.path("sel")).unwrap();
+    std::fs::create_dir(l.path("free")).unwrap();
+    l.add_rule_validated(&format!("{}/sel/", l.dir.display()), &r.site(), "d", &[]);
+    let m = l.mount(&[]);
+    let _s = l.sender();
+    // Outside every rule: a chain of 250-byte directories past the limit, a file at its end.
+    let limit = mirrorfs::entry::MAX_NAME_LEN;
+    let top = l.path("free/deep");
+    std::fs::create_dir(&top).unwrap();
+    let mut cur = open_dir(libc::AT_FDCWD, top.as_os_str().as_bytes()).unwrap();
+    let mut len = l.path("sel/deep").as_os_str().len();
+    let mut i = 0;
+    while len <= limit + 300 {
+        let n = part(i);
+        In(&cur).mkdir(&n).unwrap();
+        cur = open_dir(cur.as_raw_fd(), n.as_bytes()).unwrap();
+        len += 1 + n.len();
+        i += 1;
+    }
+    write_at(&cur, "leaf", b"too deep to mirror").unwrap();
+    std::fs::write(l.path("free/deep/near"), b"near the top").unwrap();
+    std::fs::rename(&top, l.path("sel/deep")).unwrap();
+    std::fs::write(l.path("sel/probe"), b"after the move").unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the files after the move on the backup",
+        || {
+            std::fs::read(r.path("d/probe")).is_ok_and(|d| d == b"after the move")
+                && std::fs::read(r.path("d/deep/near")).is_ok_and(|d| d == b"near the top")
+        },
+    );
+    assert!(
+        l.error_log().contains("cannot be mirrored; left out"),
+        "{}",
+        l.error_log()
+    );
+    // The file that could not be mirrored can be removed through the mount.
+    In(&cur)
+        .unlink("leaf", false)
+        .expect("removing the file too deep to mirror");
+    drop(m);
+    mirror_tests::assert_log_only("mirror-sendd", &l.error_log(), &["cannot be mirrored"]);
+}
