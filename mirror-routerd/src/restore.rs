@@ -426,6 +426,24 @@ impl Visit for Stream<'_> {
         let Some(kind) = kind_of(meta) else {
             return Ok(());
         };
+        if kind == RestoreKind::File {
+            // A blocked backup file holds what its entries made of it before they stopped
+            // (a copy cut off by a full disk, for one): given back, it would pass for the
+            // source's file.
+            let blocked = crate::backup::backup_rel(rule, name)
+                .ok()
+                .and_then(|rel| self.router.blocked_file(&rel.to_string_lossy()));
+            if let Some(b) = blocked {
+                return self.skip(
+                    name,
+                    format!(
+                        "blocked on the router since {} ({}): its backup may be incomplete; not restored (`mirror-ctl router status` on the backup host)",
+                        mirrorfs::logging::utc_secs(b.since),
+                        b.reason
+                    ),
+                );
+            }
+        }
         if kind == RestoreKind::File && meta.nlink() > 1 {
             if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
                 send(
