@@ -1837,6 +1837,29 @@ mod tests {
         assert!(matches!(out, Outcome::Refused(_)), "{out:?}");
     }
 
+    /// An adversarial finding of issue 13 (second pass): a copy put in place showed the
+    /// staging file's mode 0600 until its attributes arrived (a restore or an rsync from
+    /// the backup host at that moment got it so). It keeps the old file's mode until then.
+    #[test]
+    fn a_copy_put_in_place_keeps_the_old_mode_until_its_attributes_arrive() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let root = tempfile::tempdir().unwrap();
+        let table = p_to_d();
+        let file = root.path().join("d/f");
+        std::fs::create_dir_all(root.path().join("d")).unwrap();
+        std::fs::write(&file, b"old").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut a = Applier::new(root.path(), 4).unwrap();
+        for (r, data) in [
+            (part(Command::Write, "/p/f", 0, 3), &b"new"[..]),
+            (part(Command::Truncate, "/p/f", 0, 3), b""),
+        ] {
+            assert_eq!(a.apply(&table, &r, data).unwrap(), Outcome::Done);
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o7777, 0o755);
+    }
+
     /// An adversarial finding of issue 13: with `--attrs`, a copy dropped set-id bits (the
     /// owner was set after the mode, and a chown clears them) and extended attributes.
     #[test]

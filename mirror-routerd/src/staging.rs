@@ -94,6 +94,14 @@ impl Staging {
     pub fn finish(&mut self, root: &Root, rel: &Path) -> io::Result<()> {
         let from = root.place(&staged_rel(rel), false)?;
         let to = root.place(rel, true)?;
+        // Until the copy's own attributes follow (just after), the file keeps the owner and
+        // mode the backup file had, rather than showing the staging file's 0600.
+        if let Ok(m) = fs::symlink_metadata(to.path()) {
+            if m.is_file() {
+                let _ = from.lchown(m.uid(), m.gid());
+                let _ = from.chmod(m.mode() & 0o7777);
+            }
+        }
         match from.rename_to(&to, 0) {
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                 let mut src = File::open(from.path())?;
