@@ -1,6 +1,7 @@
 //! `mirror-ctl`: the user's command for a mirror local system (rules, sync, restore, unblock,
 //! status) and, with `router`, for a backup host.
 
+mod bounded;
 mod cli;
 mod first_copy;
 mod keys_cmd;

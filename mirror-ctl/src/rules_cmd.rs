@@ -10,9 +10,6 @@ use serde::Serialize;
 
 use crate::cli::AddArgs;
 
-/// How long `rule add` waits for the source directory to answer.
-const LOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 fn open_db(state: &StateDir) -> Result<RulesDb> {
     Ok(RulesDb::open(&state.rules_db())?)
 }
@@ -20,25 +17,11 @@ fn open_db(state: &StateDir) -> Result<RulesDb> {
 /// `rule add`: validates, then stores the rule.
 pub fn add(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, args: AddArgs) -> Result<()> {
     let dir = args.pattern.source_dir().to_path_buf();
-    // Looked at in a thread of its own: a file system that does not answer (a mirrorfs
-    // stopped with SIGSTOP) holds its caller in the kernel, and `rule add` must not wait for
-    // good. The process can still end then (the kernel's wait gives way to its exit).
-    let looked = {
-        let at = dir.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let r = fs::metadata(&at).map(|m| (m.is_dir(), fs::read_dir(&at).map(drop)));
-            let _ = tx.send(r);
-        });
-        rx.recv_timeout(LOOK_TIMEOUT).map_err(|_| {
-            anyhow::anyhow!(
-                "source directory {} of pattern {} does not answer within {} s (a file system that is stopped or stuck, e.g. a mirrorfs stopped with SIGSTOP?)",
-                dir.display(),
-                args.pattern,
-                LOOK_TIMEOUT.as_secs()
-            )
-        })?
-    };
+    // Bounded: a file system that does not answer must not hold `rule add` for good.
+    let what = format!("source directory of pattern {}:", args.pattern);
+    let looked = crate::bounded::look(&what, &dir, |d| {
+        fs::metadata(d).map(|m| (m.is_dir(), fs::read_dir(d).map(drop)))
+    })?;
     let (is_dir, readable) = looked.with_context(|| {
         format!(
             "source directory {} of pattern {} cannot be used",

@@ -214,7 +214,16 @@ pub fn sync(state: &StateDir, args: SyncArgs) -> Result<()> {
     let mut missing = Vec::new();
     for p in &args.paths {
         let a = absolute(p)?;
-        if let Err(e) = lstat(&a) {
+        // Bounded: a file system that does not answer must not hold `sync` for good (a
+        // directory is opened too: its attributes may come from the kernel's cache, an open
+        // always asks the file system).
+        let probe = |a: &Path| -> io::Result<()> {
+            if lstat(a)?.is_dir() {
+                fs::read_dir(Reach::new(a)?.path())?;
+            }
+            Ok(())
+        };
+        if let Err(e) = crate::bounded::look("PATH", &a, probe)? {
             missing.push(format!("{}: {e}", p.display()));
         }
         filter.push(a.as_os_str().as_bytes().to_vec());

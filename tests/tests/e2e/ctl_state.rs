@@ -369,17 +369,7 @@ fn rule_add_over_a_stopped_mount_gives_up_naming_the_directory() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exit_within(&mut child, Duration::from_secs(120));
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let status = status.expect("rule add waited for good on a stopped mount");
@@ -388,4 +378,59 @@ fn rule_add_over_a_stopped_mount_gives_up_naming_the_directory() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not answer"), "{err}");
     drop(m);
+}
+
+/// An adversarial finding of issue 13 (second pass): `mirror-ctl sync PATH` on a mirrorfs
+/// stopped with SIGSTOP waited for good, like `rule add` did. Now it gives up after 30 s,
+/// naming the path.
+#[test]
+fn sync_over_a_stopped_mount_gives_up_naming_the_path() {
+    let l = mirror_tests::Local::new();
+    fs::create_dir(l.path("sub")).unwrap();
+    l.add_rule(
+        &format!("{}/", l.dir.display()),
+        "127.0.0.1:9",
+        "d",
+        &["--no-sync"],
+    );
+    let m = l.mount(&[]);
+    let pid = m.pid() as i32;
+    // SAFETY: signals to the mirrorfs this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let mut child = Command::new(bin("mirror-ctl"))
+        .arg("--state")
+        .arg(&l.state)
+        .arg("sync")
+        .arg(l.path("sub"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exit_within(&mut child, Duration::from_secs(120));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let status = status.expect("sync waited for good on a stopped mount");
+    let out = child.wait_with_output().unwrap();
+    assert!(!status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not answer"), "{err}");
+    drop(m);
+}
+
+/// The child's exit status once it ends, or `None` (and it is killed) after `limit`.
+fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
