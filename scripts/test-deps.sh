@@ -35,6 +35,7 @@ tools=(
   pkg-config:pkg-config
   git:git                # git repositories mirrored and checked in the backup
   cc:gcc                 # a program built in a mirrored tree runs from the backup
+  setfacl:acl            # an access ACL set through the mount shows in the mode at once
 )
 packages=()
 for t in "${tools[@]}"; do
