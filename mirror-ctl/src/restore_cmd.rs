@@ -82,10 +82,14 @@ pub fn restore(state: &StateDir, keys: &KeyRing, args: RestoreArgs) -> Result<()
         );
     }
     let res = restore_into(state, keys, &dir, &anchor, &by_site);
-    if res.is_err() && created {
+    if res.is_err() {
         // Made for this restore, and nothing came: not left behind (kept if it holds
         // anything, which may be of use).
-        let _ = std::fs::remove_dir(&dir);
+        for d in &created {
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
     }
     res
 }
@@ -225,9 +229,9 @@ fn site_for(rules: &[Rule], path: &[u8], state: &StateDir) -> Result<String> {
 }
 
 /// Makes sure `to` is an empty (or, with `overwrite`, any) directory, creating it if missing;
-/// its absolute path, and whether it was made here.
-fn prepare(to: &Path, overwrite: bool) -> Result<(PathBuf, bool)> {
-    let mut created = false;
+/// its absolute path, and the directories made here (deepest first).
+fn prepare(to: &Path, overwrite: bool) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let mut created = Vec::new();
     match std::fs::symlink_metadata(to) {
         Ok(m) if !m.is_dir() => bail!("{} exists and is not a directory", to.display()),
         Ok(_) => {
@@ -240,8 +244,13 @@ fn prepare(to: &Path, overwrite: bool) -> Result<(PathBuf, bool)> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // The directories made here, deepest first (removed again if the restore fails).
+            created = to
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+                .map(Path::to_path_buf)
+                .collect();
             std::fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
-            created = true;
             std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("{}", to.display()))?;
         }
@@ -294,6 +303,17 @@ impl Session {
             Err(HandshakeError::Wire(mirrorfs::wire::WireError::Closed)) => bail!(
                 "site {site} closed the connection at the hello: its mirror-routerd may be older than restore (upgrade it)"
             ),
+            Err(HandshakeError::Wire(mirrorfs::wire::WireError::Io(e)))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!(
+                    "cannot restore from site {site}: it took the connection but did not answer within {} s (is its mirror-routerd stopped or stuck?)",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                )
+            }
             Err(e) => return Err(unreachable(&e)),
         };
         r.get_ref()
