@@ -105,7 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let state = StateDir::resolve_and_open(cli.state.as_deref())?;
     mirrorfs::logging::init("mirror-sendd", "info", Some(&state.error_log()));
     if fresh {
-        mirrorfs::mount::warn_fresh("mirror-sendd", &state);
+        log::warn!("{}", state.fresh_warning("mirror-sendd"));
     }
     let _lock = state.lock("mirror-sendd")?;
     let mut db = RulesDb::open(&state.rules_db())?;

@@ -698,7 +698,7 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     opts.state.create()?;
     crate::logging::attach_error_log(&opts.state.error_log());
     if fresh {
-        warn_fresh("mirrorfs", &opts.state);
+        log::warn!("{}", opts.state.fresh_warning("mirrorfs"));
     }
     let _lock = match take_mount_lock(&opts.state, &mountpoint, &source)? {
         Locked::Mine(l) => l,
@@ -922,13 +922,4 @@ fn warn_busy_processes(dir: &Path) {
             );
         }
     }
-}
-
-/// Says that `state` held no local system: the daemon `who` starts a new one, with no rules,
-/// which is what a mistyped `--state` does too.
-pub fn warn_fresh(who: &str, state: &StateDir) {
-    log::warn!(
-        "{who}: there was no local system at {} (no such directory): starting a new one, with no rules; if --state is mistyped, stop {who} and start it with the right one",
-        state.root().display()
-    );
 }

@@ -129,6 +129,15 @@ impl StateDir {
         !self.root.exists()
     }
 
+    /// What a daemon `who` says when it starts a new local system here ([`StateDir::is_fresh`]):
+    /// what a mistyped `--state` does too.
+    pub fn fresh_warning(&self, who: &str) -> String {
+        format!(
+            "there was no local system at {} (no such directory): starting a new one, with no rules; if --state is mistyped, stop {who} and start it with the right one",
+            self.root.display()
+        )
+    }
+
     /// Creates the directory if needed and makes it private (what [`StateDir::open`] does).
     pub fn create(&self) -> Result<(), StateError> {
         private_dir(&self.root).map_err(|err| StateError::Io {
