@@ -356,26 +356,21 @@ fn rule_add_over_a_stopped_mount_gives_up_naming_the_directory() {
     let l = mirror_tests::Local::new();
     fs::create_dir(l.path("sub")).unwrap();
     let m = l.mount(&[]);
-    let pid = m.pid() as i32;
-    // SAFETY: signals to the mirrorfs this test started.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let mut child = Command::new(bin("mirror-ctl"))
-        .arg("--state")
-        .arg(&l.state)
-        .args(["rule", "add"])
-        .arg(format!("{}/", l.path("sub").display()))
-        .args(["--site", "127.0.0.1:9", "--dest", "d", "--no-validate"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = exit_within(&mut child, Duration::from_secs(120));
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
-    let status = status.expect("rule add waited for good on a stopped mount");
-    let out = child.wait_with_output().unwrap();
-    assert!(!status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let sub = format!("{}/", l.path("sub").display());
+    let err = ctl_on_stopped_mount(
+        &l,
+        &m,
+        &[
+            "rule",
+            "add",
+            &sub,
+            "--site",
+            "127.0.0.1:9",
+            "--dest",
+            "d",
+            "--no-validate",
+        ],
+    );
     assert!(err.contains("does not answer"), "{err}");
     drop(m);
 }
@@ -394,14 +389,21 @@ fn sync_over_a_stopped_mount_gives_up_naming_the_path() {
         &["--no-sync"],
     );
     let m = l.mount(&[]);
+    let err = ctl_on_stopped_mount(&l, &m, &["sync", l.path("sub").to_str().unwrap()]);
+    assert!(err.contains("does not answer"), "{err}");
+    drop(m);
+}
+
+/// Runs `mirror-ctl ARGS` on `l` while its mount `m` is stopped (SIGSTOP): it must end, with
+/// an error, within two minutes; what it said on stderr.
+fn ctl_on_stopped_mount(l: &mirror_tests::Local, m: &Mount, args: &[&str]) -> String {
     let pid = m.pid() as i32;
     // SAFETY: signals to the mirrorfs this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let mut child = Command::new(bin("mirror-ctl"))
         .arg("--state")
         .arg(&l.state)
-        .arg("sync")
-        .arg(l.path("sub"))
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -409,12 +411,11 @@ fn sync_over_a_stopped_mount_gives_up_naming_the_path() {
     let status = exit_within(&mut child, Duration::from_secs(120));
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    let status = status.expect("sync waited for good on a stopped mount");
+    let status =
+        status.unwrap_or_else(|| panic!("mirror-ctl {args:?} waited for good on a stopped mount"));
     let out = child.wait_with_output().unwrap();
-    assert!(!status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("does not answer"), "{err}");
-    drop(m);
+    assert!(!status.success(), "mirror-ctl {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The child's exit status once it ends, or `None` (and it is killed) after `limit`.

@@ -117,7 +117,14 @@ fn sync_copies_files_that_existed_before_the_rule() {
         w.step();
     }
     fs::create_dir_all(l.path("empty/inside")).unwrap();
-    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "old", &[]);
+    // `--no-sync`: what copies the files is the `sync` below (a first copy as well would
+    // still be on its way while the backup is removed further down).
+    l.add_rule_validated(
+        &format!("{}/", l.dir.display()),
+        &r.site(),
+        "old",
+        &["--no-sync"],
+    );
     // No mount: sync writes the journal itself.
     let out = l.ctl(&["sync"]);
     assert!(
@@ -129,6 +136,8 @@ fn sync_copies_files_that_existed_before_the_rule() {
     assert!(text.contains("queued copies of"), "{text}");
     let _s = l.sender();
     wait_converged(&l.dir, &r.path("old"), CONVERGE);
+    // Everything the router received is applied before its backup goes.
+    r.wait_durable();
     // With a mount, through its control socket, while files change.
     let _m = l.mount(&[]);
     fs::remove_dir_all(r.path("old")).unwrap();

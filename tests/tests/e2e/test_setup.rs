@@ -37,6 +37,7 @@ const TOOLS: &[&str] = &[
     "pkg-config",
     "git",
     "cc",
+    "setfacl",
     "pjdfstest",
     "cargo",
     "id",
