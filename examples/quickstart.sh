@@ -64,11 +64,11 @@ wait_for 20 "the mount" grep -q "mounted" "$demo/mirrorfs.log"
 "$bin/mirror-sendd" --state "$demo/state" >"$demo/sendd.log" 2>&1 &
 echo $! > "$demo/sendd.pid"
 
-# Files that existed before the rule: copy them once.
-"$bin/mirror-ctl" --state "$demo/state" sync --wait --timeout 60
+# Files that existed before the rule: the rule's first copy brings them over.
+wait_for 30 "the first copy" cmp -s "$demo/project/src/main.rs" "$demo/backup/quickstart/project/src/main.rs"
 echo "// saved at $(date)" >> "$demo/project/src/main.rs"
-wait_for 30 "the change to reach the backup" cmp -s "$demo/project/src/main.rs" "$demo/backup/project/src/main.rs"
-echo "mirror is running: $demo/project is mirrored to $demo/backup/project"
+wait_for 30 "the change to reach the backup" cmp -s "$demo/project/src/main.rs" "$demo/backup/quickstart/project/src/main.rs"
+echo "mirror is running: $demo/project is mirrored to $demo/backup/quickstart/project"
 echo "  rules:  $bin/mirror-ctl --state $demo/state rule list"
 echo "  logs:   $demo/*.log"
 echo "  stop:   $0 stop"
