@@ -3,6 +3,7 @@
 
 mod bounded;
 mod cli;
+mod dial;
 mod first_copy;
 mod keys_cmd;
 mod restore_cmd;

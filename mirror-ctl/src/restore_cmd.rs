@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, IsTerminal, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
@@ -281,14 +281,8 @@ impl Session {
                 keys.path().display()
             )
         })?;
-        let addr = site
-            .to_socket_addrs()
-            .map_err(|e| unreachable(&e))?
-            .next()
-            .ok_or_else(|| unreachable(&"no address"))?;
-        let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| unreachable(&e))?;
         // A router that accepts but does not answer (stopped, overloaded) is told at once.
-        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        let s = crate::dial::dial(site, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT)
             .map_err(|e| unreachable(&e))?;
         s.set_write_timeout(Some(READ_TIMEOUT))
             .map_err(|e| unreachable(&e))?;

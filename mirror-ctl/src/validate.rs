@@ -3,7 +3,6 @@
 //! an authenticated session of role `Validate`, with this source's key for the site.
 
 use std::io::{BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -29,15 +28,7 @@ pub fn check(state: &StateDir, keys: &KeyRing, site: &Site, dest: &Dest, dir: bo
             keys.path().display()
         )
     })?;
-    let addr = site
-        .to_string()
-        .to_socket_addrs()
-        .map_err(|e| unreachable(&e))?
-        .next()
-        .ok_or_else(|| unreachable(&"no address"))?;
-    let s = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| unreachable(&e))?;
-    s.set_read_timeout(Some(TIMEOUT))
-        .map_err(|e| unreachable(&e))?;
+    let s = crate::dial::dial(&site.to_string(), TIMEOUT, TIMEOUT).map_err(|e| unreachable(&e))?;
     let mut w = s.try_clone().map_err(|e| unreachable(&e))?;
     let mut r = BufReader::new(s);
     let mut session = match auth::client(&mut r, &mut w, &id, 0, Role::Validate, &key) {
