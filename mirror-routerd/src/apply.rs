@@ -1650,17 +1650,21 @@ mod tests {
 
     /// Site s's rule 5: `/p/` to `d`, in the whole root.
     fn p_to_d() -> RouterTable {
-        RouterTable::with_rules([(
-            "s".to_string(),
-            RouterRule {
-                crc: 5,
-                pattern: Pattern::parse("/p/").unwrap(),
-                dest: Dest::parse("d").unwrap(),
-                attrs: false,
-                delete_suffix: None,
-                namespace: Some(PathBuf::new()),
-            },
-        )])
+        p_to_d_with(|_| {})
+    }
+
+    /// [`p_to_d`], with the rule changed by `change`.
+    fn p_to_d_with(change: impl FnOnce(&mut RouterRule)) -> RouterTable {
+        let mut rule = RouterRule {
+            crc: 5,
+            pattern: Pattern::parse("/p/").unwrap(),
+            dest: Dest::parse("d").unwrap(),
+            attrs: false,
+            delete_suffix: None,
+            namespace: Some(PathBuf::new()),
+        };
+        change(&mut rule);
+        RouterTable::with_rules([("s".to_string(), rule)])
     }
 
     /// Found by the restore tests: a directory of the backup replaced by a symlink on the
@@ -1823,14 +1827,7 @@ mod tests {
         apply(&mut a, record(Command::Delete, "/p/h", ""), b"");
         assert!(!a.staging.has(Path::new("d/h")));
         // And no source name is ever written where the copies are built.
-        let mut table = p_to_d();
-        table = RouterTable::with_rules([(
-            "s".to_string(),
-            RouterRule {
-                namespace: Some(PathBuf::from(staging::DIR)),
-                ..(*table.get("s", 5).unwrap().clone()).clone()
-            },
-        )]);
+        let table = p_to_d_with(|r| r.namespace = Some(PathBuf::from(staging::DIR)));
         let out = a
             .apply(&table, &record(Command::Create, "/p/x", ""), &[])
             .unwrap();
@@ -1866,14 +1863,7 @@ mod tests {
     fn a_copy_with_attrs_keeps_set_id_bits_and_extended_attributes() {
         use std::os::unix::fs::MetadataExt;
         let root = tempfile::tempdir().unwrap();
-        let mut table = p_to_d();
-        table = RouterTable::with_rules([(
-            "s".to_string(),
-            RouterRule {
-                attrs: true,
-                ..(*table.get("s", 5).unwrap().clone()).clone()
-            },
-        )]);
+        let table = p_to_d_with(|r| r.attrs = true);
         let mut a = Applier::new(root.path(), 4).unwrap();
         let (uid, gid) = (unsafe { libc::geteuid() }, unsafe { libc::getegid() });
         let change = AttrChange {
@@ -1908,17 +1898,7 @@ mod tests {
 
     /// Site s's rule 5 keeping deleted and replaced files under `.del`.
     fn p_to_d_keeping() -> RouterTable {
-        RouterTable::with_rules([(
-            "s".to_string(),
-            RouterRule {
-                crc: 5,
-                pattern: Pattern::parse("/p/").unwrap(),
-                dest: Dest::parse("d").unwrap(),
-                attrs: false,
-                delete_suffix: Some(".del".into()),
-                namespace: Some(PathBuf::new()),
-            },
-        )])
+        p_to_d_with(|r| r.delete_suffix = Some(".del".into()))
     }
 
     /// Issue 13 item 4: a delete suffix keeps every version a delete or a replacing rename

@@ -803,6 +803,17 @@ pub fn tree_diff(
     out
 }
 
+/// The standard output of a command that must have succeeded; fails the test with its
+/// standard error otherwise.
+pub fn succeeded(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Fails the test if a line of the error log `log` (of `who`) contains none of `expected`:
 /// a fault test names what its faults may log, and anything else is a finding.
 pub fn assert_log_only(who: &str, log: &str, expected: &[&str]) {

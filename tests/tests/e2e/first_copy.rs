@@ -35,11 +35,7 @@ fn initial_copies(l: &Local, site: &str) -> Vec<(u64, u64)> {
 
 fn status_text(l: &Local) -> String {
     let out = l.ctl(&["status"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -130,11 +126,7 @@ fn a_rule_added_while_mounted_copies_what_it_selects() {
         "--dest",
         "src",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("first copy queued by the mount"),
         "{}",
@@ -370,11 +362,7 @@ fn rule_rm_drops_the_unsent_entries_and_leaves_the_backup() {
         .count();
     assert!(unsent >= 2, "the changes are in the journal");
     let out = l.ctl(&["rule", "rm", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     // Another rule, whose file is journaled after everything above: once it arrives, the
     // sender has gone past the removed rule's entries.
     l.add_rule_validated(
@@ -442,11 +430,7 @@ fn a_copy_cut_off_midway_leaves_the_backup_file_whole() {
     // Changed beneath (no mount records it), then sent again by a sync.
     fs::write(&big, vec![b'B'; SIZE]).unwrap();
     let out = l.ctl(&["sync", big.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     let before = rt2_bytes(&r);
     let mut s = l.sender();
     wait_until(CONVERGE, "a part of the copy at the router", || {
@@ -499,11 +483,7 @@ fn rule_rm_of_a_blocked_sites_last_rule_retires_the_site() {
         fs::read_dir(&dirty).is_ok_and(|d| d.count() > 0)
     });
     let out = l.ctl(&["rule", "rm", "1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     wait_until(CONVERGE, "the site gone from the status", || {
         shown(&l).is_none()
     });
@@ -630,11 +610,7 @@ fn with_attrs_copies_keep_set_id_bits_and_extended_attributes() {
     );
     // A sync copies both files again: they keep both.
     let out = l.ctl(&["sync", "--wait", l.dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     assert!(kept(), "a sync stripped them");
     drop(s);
 }
@@ -677,11 +653,7 @@ fn a_copy_with_no_room_beside_the_backup_file_is_written_in_place() {
     wait_until(CONVERGE, "the first copy on the backup", || holds(b'A'));
     fs::write(&big, vec![b'B'; SIZE]).unwrap();
     let out = l.ctl(&["sync", big.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     wait_until(CONVERGE, "the new version on the backup", || holds(b'B'));
     assert!(
         fs::read_dir(root.join(".mirror-staging")).is_ok_and(|d| d.count() == 0),

@@ -51,11 +51,7 @@ fn one_rule_to_two_routers() {
         "--dest",
         "twice",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     let _m = l.mount(&[]);
     let _s = l.sender();
     let mut w = Workload::new(&l.dir, 21, 30);
@@ -100,11 +96,7 @@ fn a_rule_added_while_everything_runs_starts_mirroring() {
         "--timeout",
         "60",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     wait_converged(&l.path("second"), &r.path("two"), CONVERGE);
 }
 
@@ -127,11 +119,7 @@ fn sync_copies_files_that_existed_before_the_rule() {
     );
     // No mount: sync writes the journal itself.
     let out = l.ctl(&["sync"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("queued copies of"), "{text}");
     let _s = l.sender();
@@ -145,11 +133,7 @@ fn sync_copies_files_that_existed_before_the_rule() {
         w.step();
     }
     let out = l.ctl(&["sync", "--wait", "--timeout", "60"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("every site acknowledged"), "{err}");
     wait_converged(&l.dir, &r.path("old"), CONVERGE);

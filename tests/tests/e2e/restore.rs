@@ -14,7 +14,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use mirror_tests::{
-    assert_log_only, test_key, tree, tree_diff, wait_converged, wait_until, Local, Router,
+    assert_log_only, succeeded, test_key, tree, tree_diff, wait_converged, wait_until, Local,
+    Router,
 };
 use mirrorfs::wire::{auth, codec, read_sealed, Msg, Role};
 
@@ -52,15 +53,6 @@ fn restore(l: &Local, args: &[&str]) -> Output {
     let mut a = vec!["restore"];
     a.extend_from_slice(args);
     l.ctl(&a)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "restore failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn fails(out: &Output) -> String {
@@ -140,7 +132,7 @@ fn a_restored_git_repository_passes_git_fsck() {
     let fresh = Local::new();
     assert!(!fresh.state.join("rules.db").exists());
     let out = l.tmp.path().join("restored");
-    let stdout = ok(&restore(
+    let stdout = succeeded(&restore(
         &fresh,
         &[
             repo.to_str().unwrap(),
@@ -224,7 +216,7 @@ fn a_restored_cargo_project_builds_with_its_attributes() {
     });
 
     let out = l.tmp.path().join("restored");
-    ok(&restore(
+    succeeded(&restore(
         &l,
         &[p.to_str().unwrap(), "--to", out.to_str().unwrap()],
     ));
@@ -294,7 +286,7 @@ fn a_sub_path_and_a_single_file_restore_alone_into_an_empty_directory() {
     let out = l.tmp.path().join("src-copy");
     let src = l.path("src");
     let o = restore(&l, &[src.to_str().unwrap(), "--to", out.to_str().unwrap()]);
-    ok(&o);
+    succeeded(&o);
     let progress = String::from_utf8_lossy(&o.stderr);
     assert!(
         progress.contains("names"),
@@ -319,7 +311,7 @@ fn a_sub_path_and_a_single_file_restore_alone_into_an_empty_directory() {
 
     // A single file lands in DIR under its name.
     let one = l.tmp.path().join("one");
-    ok(&restore(
+    succeeded(&restore(
         &l,
         &[
             l.path("top.txt").to_str().unwrap(),
@@ -343,7 +335,7 @@ fn a_sub_path_and_a_single_file_restore_alone_into_an_empty_directory() {
         e.contains("is not empty") && e.contains("--overwrite"),
         "{e}"
     );
-    ok(&restore(
+    succeeded(&restore(
         &l,
         &[
             src.to_str().unwrap(),
@@ -387,7 +379,7 @@ fn a_sub_path_and_a_single_file_restore_alone_into_an_empty_directory() {
 
     // Everything (no PATH): DIR stands for `/`.
     let all = l.tmp.path().join("all");
-    ok(&restore(&l, &["--to", all.to_str().unwrap()]));
+    succeeded(&restore(&l, &["--to", all.to_str().unwrap()]));
     let full = all.join(l.dir.strip_prefix("/").unwrap());
     assert_same_tree(&l.dir, &full);
     drop(m);
@@ -496,7 +488,7 @@ fn a_site_restores_only_from_its_own_namespace_and_never_through_a_symlink() {
     fs::write(outside.join("host-file"), "not a backup").unwrap();
     std::os::unix::fs::symlink(&outside, r.path("laptop/proj/planted")).unwrap();
     let mine = a.tmp.path().join("mine");
-    ok(&restore(&a, &[&adir, "--to", mine.to_str().unwrap()]));
+    succeeded(&restore(&a, &[&adir, "--to", mine.to_str().unwrap()]));
     assert_eq!(
         fs::read_to_string(mine.join("secret.txt")).unwrap(),
         "laptop's secret"
@@ -539,7 +531,7 @@ fn a_site_restores_only_from_its_own_namespace_and_never_through_a_symlink() {
         "{first:?}"
     );
     drop(sa);
-    ok(&r.ctl(&["key", "rm", "laptop"]));
+    succeeded(&r.ctl(&["key", "rm", "laptop"]));
     match open.request(adir.as_bytes()).as_slice() {
         [Msg::Error { reason }] => assert!(reason.contains("no key on this router"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
@@ -577,7 +569,7 @@ fn versions_kept_under_the_delete_suffix_are_not_restored() {
         })
     });
     let out = l.tmp.path().join("restored");
-    ok(&restore(
+    succeeded(&restore(
         &l,
         &[l.dir.to_str().unwrap(), "--to", out.to_str().unwrap()],
     ));
@@ -603,7 +595,7 @@ fn a_source_file_named_like_a_kept_version_is_restored() {
         fs::read(r.path("proj/notes.del.1")).is_ok_and(|d| d == b"deleted at the source")
     });
     let out = l.tmp.path().join("restored");
-    ok(&restore(
+    succeeded(&restore(
         &l,
         &[l.dir.to_str().unwrap(), "--to", out.to_str().unwrap()],
     ));
@@ -667,7 +659,7 @@ fn a_restore_into_a_tree_a_rule_selects_says_it_is_sent_again() {
             inside.to_str().unwrap(),
         ],
     );
-    ok(&out);
+    succeeded(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("is under rule 1") && err.contains("sent to"),

@@ -229,11 +229,7 @@ fn sync_of_a_path_that_is_missing_or_unselected_is_an_error_naming_it() {
         .args(["sync", "./in/../in"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     let copies: Vec<Vec<u8>> = queued(&l).into_iter().map(|e| e.name).collect();
     assert_eq!(
         copies,
@@ -255,11 +251,7 @@ fn sync_dry_run_lists_what_would_be_sent() {
         &["--no-sync"],
     );
     let out = l.ctl(&["sync", "--dry-run"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     let one = format!("{} (5 bytes)", l.path("s/one").display());
     let two = format!("{} (2.9 KiB)", l.path("s/two").display());
@@ -370,11 +362,7 @@ fn sparse_files_stay_sparse_through_every_copy() {
         "--timeout",
         "120",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mirror_tests::succeeded(&out);
     // The copy is acknowledged: stored in the router logs.
     let stored = rt2_bytes(&r);
     let backup = r.path("sp/sparse");

@@ -7,20 +7,11 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use mirror_tests::{bin, wait_converged, wait_until, Local, Router, TEST_KEY};
+use mirror_tests::{bin, succeeded, wait_converged, wait_until, Local, Router, TEST_KEY};
 
 use crate::outage_faults::run;
 
 const CONVERGE: Duration = Duration::from_secs(60);
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The finding: site A, with its own valid key, adds a rule whose `--dest` is the one site B
 /// mirrors to; before namespaces A's writes and deletes landed in B's backup.
@@ -58,7 +49,7 @@ fn a_site_writes_only_beneath_its_namespace() {
     );
 
     // The operator moves A's namespace; its next changes land there, with no restart.
-    ok(&r.ctl(&["namespace", "laptop", "shared/laptop"]));
+    succeeded(&r.ctl(&["namespace", "laptop", "shared/laptop"]));
     fs::write(a.path("after.txt"), "moved").unwrap();
     wait_until(CONVERGE, "after.txt under the new namespace", || {
         fs::read_to_string(r.path("shared/laptop/proj/after.txt")).is_ok_and(|s| s == "moved")
@@ -72,15 +63,15 @@ fn a_site_writes_only_beneath_its_namespace() {
 fn router_key_add_grants_a_namespace_and_prints_only_the_key() {
     let r = Router::start();
     let out = r.ctl(&["key", "add", "laptop"]);
-    let stdout = ok(&out);
+    let stdout = succeeded(&out);
     assert_eq!(
         stdout.trim().len(),
         64,
         "only the key on stdout: {stdout:?}"
     );
     assert!(stdout.trim().bytes().all(|b| b.is_ascii_hexdigit()));
-    ok(&r.ctl(&["key", "add", "peer", "--namespace", "."]));
-    let listed = ok(&r.ctl(&["key", "list"]));
+    succeeded(&r.ctl(&["key", "add", "peer", "--namespace", "."]));
+    let listed = succeeded(&r.ctl(&["key", "list"]));
     assert!(listed.contains("laptop  namespace laptop"), "{listed}");
     assert!(listed.contains("peer  namespace ."), "{listed}");
     // Site ids unfit for a directory name are refused, and so are namespaces that leave the root.
@@ -153,10 +144,10 @@ fn keys_made_before_namespaces_are_reported_as_unconfined() {
         .cloned()
         .unwrap();
     assert_eq!(old["unconfined"], true, "{st}");
-    let text = ok(&r.ctl(&["status"]));
+    let text = succeeded(&r.ctl(&["status"]));
     assert!(text.contains("UNCONFINED key of source old-site"), "{text}");
     // Confining it takes it off the list.
-    ok(&r.ctl(&["namespace", "old-site", "old-site"]));
+    succeeded(&r.ctl(&["namespace", "old-site", "old-site"]));
     let st = r.status();
     assert!(st["keys"]
         .as_array()
@@ -288,7 +279,7 @@ fn a_namespace_through_a_symlink_is_refused_and_the_source_is_told() {
 #[test]
 fn nested_namespaces_of_two_sites_are_refused() {
     let r = Router::start();
-    ok(&r.ctl(&["key", "add", "web1", "--namespace", "hosts/web1"]));
+    succeeded(&r.ctl(&["key", "add", "web1", "--namespace", "hosts/web1"]));
     for args in [
         &["key", "add", "hosts"][..],
         &["key", "add", "other", "--namespace", "hosts/web1/etc"],
@@ -298,14 +289,14 @@ fn nested_namespaces_of_two_sites_are_refused() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("would nest with namespace"), "{err}");
     }
-    ok(&r.ctl(&["key", "add", "web2", "--namespace", "hosts/web2"]));
-    ok(&r.ctl(&["key", "add", "twin", "--namespace", "hosts/web1"]));
+    succeeded(&r.ctl(&["key", "add", "web2", "--namespace", "hosts/web2"]));
+    succeeded(&r.ctl(&["key", "add", "twin", "--namespace", "hosts/web1"]));
     let out = r.ctl(&["namespace", "web2", "hosts"]);
     assert!(!out.status.success());
     let out = r.ctl(&["key", "add", "peer", "--namespace", "."]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("may write anywhere under the root"));
-    let listed = ok(&r.ctl(&["key", "list"]));
+    let listed = succeeded(&r.ctl(&["key", "list"]));
     assert!(!listed.contains("hosts/web1/etc"), "{listed}");
 }
 
@@ -334,9 +325,9 @@ fn a_key_removed_during_a_session_loses_nothing() {
     wait_until(CONVERGE, "held.txt to be blocked", || {
         r.blocked_paths().iter().any(|p| p == "laptop/w/held.txt")
     });
-    ok(&r.ctl(&["key", "rm", "laptop"]));
+    succeeded(&r.ctl(&["key", "rm", "laptop"]));
     run("chattr", &["-i", backup.to_str().unwrap()]);
-    ok(&r.ctl(&["unblock"]));
+    succeeded(&r.ctl(&["unblock"]));
     wait_until(CONVERGE, "the held entry to wait for a key", || {
         r.blocked_paths()
             .iter()
@@ -371,7 +362,7 @@ fn rule_add_refuses_a_dest_where_the_router_builds_copies() {
     let l = Local::new();
     l.set_site_id("laptop");
     r.trust("laptop");
-    ok(&r.ctl(&["namespace", "laptop", "."]));
+    succeeded(&r.ctl(&["namespace", "laptop", "."]));
     let out = l.ctl(&[
         "rule",
         "add",
