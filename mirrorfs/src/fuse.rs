@@ -132,17 +132,35 @@ impl Filesystem for FuseFs {
         if let Err(missing) = config.add_capabilities(supported) {
             log::debug!("kernel lacks FUSE capabilities {missing:?}");
         }
+        // Writes land in the kernel's page cache and come to mirrorfs as it writes them back,
+        // in large batches (docs/ARCHITECTURE.md, "Buffered writes"). The kernel does not
+        // pass files through on a connection with the writeback cache (it refuses the backing
+        // files with EPERM), so the two exclude each other: files no rule selects are then
+        // buffered in the page cache as well.
+        if self.fs.config().writeback_cache
+            && config
+                .capabilities()
+                .contains(InitFlags::FUSE_WRITEBACK_CACHE)
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok()
+        {
+            self.fs.enable_writeback();
+        }
         let passthrough = self.fs.config().passthrough
+            && !self.fs.writeback()
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.set_max_stack_depth(1).is_ok()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
         if passthrough {
             self.fs.enable_passthrough();
         }
+        let on_off = |b: bool| if b { "on" } else { "off" };
         log::info!(
-            "FUSE ABI {:?}; kernel passthrough {}",
+            "FUSE ABI {:?}; kernel passthrough {}; writeback cache {}",
             config.kernel_abi(),
-            if passthrough { "on" } else { "off" }
+            on_off(passthrough),
+            on_off(self.fs.writeback())
         );
         Ok(())
     }
@@ -154,7 +172,16 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.reply_entry("lookup", parent.0, self.fs.lookup(parent.0, name), reply);
+        match self.fs.lookup(parent.0, name) {
+            // A name that is not there is cached as such (node id 0), for as long as the
+            // names that are, unless another mirrorfs serves the directory too: only this
+            // mount changes it (a build or `git status` asks for many names that do not
+            // exist, again and again).
+            Err(e) if e.errno() == libc::ENOENT && self.fs.serves_alone() => {
+                reply.entry(&self.ttl(), &dot_attr(0), Generation(0))
+            }
+            r => self.reply_entry("lookup", parent.0, r, reply),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -325,12 +352,13 @@ impl Filesystem for FuseFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(caller(req), fh.0, offset, data) {
+        let written_back = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        match self.fs.write(caller(req), fh.0, offset, data, written_back) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", ino.0, e)),
         }
@@ -344,7 +372,11 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty("flush", ino.0, self.fs.flush(fh.0), reply);
+        // Nothing to do at `close`: mirrorfs buffers nothing, and file locks stay in the
+        // kernel. The kernel has written the file's buffered pages back before it asks, and
+        // ENOSYS tells it not to ask again (a round trip saved at every close).
+        let _ = (ino, fh);
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -373,6 +405,13 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
+            // The kernel keeps the listing it read (only this mount changes the directory,
+            // and the kernel drops it when the directory changes through the mount); not
+            // beside another mirrorfs of the directory.
+            Ok(fh) if self.fs.serves_alone() => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", ino.0, e)),
         }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod copycheck;
 pub mod entry;
 pub mod firstcopy;
+pub mod flusher;
 pub mod fs;
 pub mod fuse;
 pub mod journal;

@@ -766,6 +766,7 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
         .with_marks(opts.state.root().join("unjournaled"));
     let fs = Arc::new(MirrorFs::new(root, rec, opts.fs.clone())?);
     fs.set_mount_flags(opts.flags);
+    fs.set_covers_source(source == mountpoint);
 
     warn_busy_processes(&source);
     // The first copies of rules added while nothing was mounted and not queued yet (their
@@ -867,12 +868,18 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     if let Some(f) = &opts.on_mounted {
         (f.0)();
     }
+    let flusher = crate::flusher::spawn(fs.clone(), mountpoint.clone(), stop.clone())
+        .map_err(|e| log::warn!("cannot start the flusher of buffered writes: {e}"))
+        .ok();
     let result = session.run().map_err(|err| MountError::Session {
         path: mountpoint.clone(),
         err,
     });
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.join();
+    if let Some(f) = flusher {
+        let _ = f.join();
+    }
     if let Some(w) = flags_watcher {
         let _ = w.join();
     }

@@ -66,6 +66,12 @@ struct Cli {
     /// Never use kernel passthrough (serve all file I/O through mirrorfs).
     #[arg(long, help_heading = "Tuning")]
     no_passthrough: bool,
+    /// Never let the kernel buffer writes (its writeback cache): every write of a selected
+    /// file then reaches mirrorfs, and its journal, before it returns. Slower for small and
+    /// buffered writes; fsync, close and the one-second flush still bound what a crash of
+    /// mirrorfs can take with the default.
+    #[arg(long, help_heading = "Tuning")]
+    no_writeback_cache: bool,
     /// Journal segment size in bytes.
     #[arg(long, default_value_t = 64 << 20, value_name = "BYTES", help_heading = "Tuning")]
     segment_size: u64,
@@ -114,6 +120,7 @@ fn run(
         fs: FsConfig {
             ttl: Duration::from_secs(cli.ttl),
             passthrough: !cli.no_passthrough,
+            writeback_cache: !cli.no_writeback_cache,
         },
         journal: JournalConfig {
             segment_size: cli.segment_size,

@@ -1,7 +1,9 @@
 //! Directory streams: opendir, readdir, readdirplus, releasedir, fsyncdir.
 //!
 //! A directory's entries are read in one go when the stream starts (or is rewound to offset 0)
-//! and served from memory; the offset of an entry is its index plus one.
+//! and served from memory; the offset of an entry is its index plus one. The kernel keeps
+//! what it read (`FOPEN_CACHE_DIR`) and lists the directory again from its cache until the
+//! directory changes through the mount.
 
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
@@ -44,6 +46,9 @@ impl MirrorFs {
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )?;
+        if self.read_updates_atime(&sys::fstat(file.as_fd())?) {
+            self.touch_dir_atime(ino, &file);
+        }
         Ok(self.dirs.insert(DirHandle {
             ino,
             file,

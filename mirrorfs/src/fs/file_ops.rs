@@ -40,6 +40,16 @@ fn writable(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY
 }
 
+/// `flags` opened for reading too, if write-only: with the writeback cache the kernel reads
+/// the rest of a page before it writes part of it, through any writable handle.
+fn readable(flags: i32) -> i32 {
+    if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        (flags & !libc::O_ACCMODE) | libc::O_RDWR
+    } else {
+        flags
+    }
+}
+
 impl MirrorFs {
     /// The I/O mode of a new handle of `node`, and counts it (see [`super::inodes::NodeIo`]):
     /// the mode of the node's open handles if it has any, else the page cache for a file a
@@ -128,6 +138,10 @@ impl MirrorFs {
             recording.late_rules = std::mem::take(&mut recording.rules);
         }
         let recorded = w && !recording.rules.is_empty();
+        let buffered = recorded && mode == IoMode::Cached && self.writeback();
+        if buffered {
+            self.buffered_writers.fetch_add(1, Ordering::Relaxed);
+        }
         let h = Handle {
             inode: node,
             file,
@@ -138,6 +152,7 @@ impl MirrorFs {
             recording: std::sync::Mutex::new(recording),
             passthrough_attached: std::sync::atomic::AtomicBool::new(false),
             unflushed: std::sync::atomic::AtomicU64::new(0),
+            buffered,
         };
         Opened {
             fh: self.files.insert(h),
@@ -154,7 +169,11 @@ impl MirrorFs {
         let trunc = flags & libc::O_TRUNC != 0;
         // Read-only opens need the rules too: they choose the node's I/O mode.
         let recording = self.recording_for(&path);
-        let own_flags = (flags & !STRIP) | libc::O_NOFOLLOW;
+        let mut own_flags = (flags & !STRIP) | libc::O_NOFOLLOW;
+        if self.writeback() {
+            // mirrorfs opens as root here: the kernel checked the caller's access already.
+            own_flags = readable(own_flags);
+        }
         let file = if trunc {
             let _op = lock(&node.op_lock);
             self.rec.room(&recording.rules, &recording.name, 0)?;
@@ -251,7 +270,7 @@ impl MirrorFs {
         flags: i32,
         mode: u32,
     ) -> FsResult<(std::fs::File, bool)> {
-        let open = |f: i32| {
+        let as_caller = |f: i32| {
             if caller.uid == 0 && caller.gid == 0 {
                 return sys::open_at(self.dir(), path, f, mode);
             }
@@ -265,6 +284,15 @@ impl MirrorFs {
                     sys::fchown(file.as_fd(), caller.uid, caller.gid)?;
                     Ok(file)
                 }
+                r => r,
+            }
+        };
+        // Readable too when the kernel buffers writes (see `readable`), unless the caller may
+        // only write an existing file: then the kernel's reads of it come through `read`.
+        let open = |f: i32| {
+            let rw = if self.writeback() { readable(f) } else { f };
+            match as_caller(rw) {
+                Err(e) if rw != f && e.raw_os_error() == Some(libc::EACCES) => as_caller(f),
                 r => r,
             }
         };
@@ -326,8 +354,15 @@ impl MirrorFs {
         let h = self.files.get(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut got = 0;
+        // A write-only handle the kernel reads through (writeback cache: the rest of a page
+        // it writes part of) reads from the same file opened again for reading.
+        let mut reopened: Option<std::fs::File> = None;
         while got < buf.len() {
-            match h.file.read_at(&mut buf[got..], offset + got as u64) {
+            let file = reopened.as_ref().unwrap_or(&h.file);
+            match file.read_at(&mut buf[got..], offset + got as u64) {
+                Err(e) if e.raw_os_error() == Some(libc::EBADF) && reopened.is_none() => {
+                    reopened = Some(sys::reopen_readable(h.file.as_fd())?);
+                }
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -366,11 +401,21 @@ impl MirrorFs {
     }
 
     /// Writes `data` at `offset` through handle `fh`, recording it for every selecting rule.
+    /// `written_back`: the kernel writes back pages it buffered (the writer was told of its
+    /// write already), so a journal without room does not refuse it: the file gets it, and is
+    /// marked to be sent whole ([`super::record::Recorder::room_or_mark`]).
     ///
     /// Large writes copy into the file and into the journal at the same time (two threads,
     /// both done before the reply, under the node's op lock). Should the file write then fail
     /// or come up short, a copy entry follows, so the backup still converges on the file.
-    pub fn write<'a>(&self, caller: Caller, fh: u64, offset: u64, data: &'a [u8]) -> FsResult<u32> {
+    pub fn write<'a>(
+        &self,
+        caller: Caller,
+        fh: u64,
+        offset: u64,
+        data: &'a [u8],
+        written_back: bool,
+    ) -> FsResult<u32> {
         let h = self.files.get(fh)?;
         if !h.writable {
             return Err(FsError::Errno(libc::EBADF));
@@ -384,7 +429,12 @@ impl MirrorFs {
         if r.rules.is_empty() {
             return Ok(h.file.write_at(data, offset)? as u32);
         }
-        self.rec.room(&r.rules, &r.name, data.len())?;
+        if written_back && !self.rec.room_or_mark(&r.rules, &r.name, data.len())? {
+            return Ok(h.file.write_at(data, offset)? as u32);
+        }
+        if !written_back {
+            self.rec.room(&r.rules, &r.name, data.len())?;
+        }
         let name = r.name.as_slice();
         let entry = |d: &'a [u8]| EntryRef {
             offset,
@@ -431,14 +481,12 @@ impl MirrorFs {
         Ok(n as u32)
     }
 
-    /// `close` of one descriptor of handle `fh`; nothing is buffered, so nothing to do.
-    pub fn flush(&self, fh: u64) -> FsResult<()> {
-        self.files.get(fh).map(drop)
-    }
-
     /// The last descriptor of handle `fh` is closed.
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.files.remove(fh)?;
+        if h.buffered {
+            self.buffered_writers.fetch_sub(1, Ordering::Relaxed);
+        }
         if h.passthrough_attached.load(Ordering::Relaxed) {
             let mut pt = lock(&h.inode.passthrough);
             pt.users = pt.users.saturating_sub(1);
@@ -484,14 +532,22 @@ impl MirrorFs {
         Ok(())
     }
 
-    /// `fsync` of handle `fh`: the file's data, then the journal (its entries become durable).
+    /// `fsync` of handle `fh` (the kernel wrote its buffered pages back first, through
+    /// `write`): the file and the journal at once, so the call costs one flush of the disk, not
+    /// two in a row. The journal is synced whichever handle asks: the written pages may have
+    /// come through another handle of the file, and a sync with nothing new returns at once.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let h = self.files.get(fh)?;
-        sys::fsync(h.file.as_fd(), datasync)?;
-        if h.writable {
-            self.rec.sync()?;
+        if self.rec.durable() {
+            return Ok(sys::fsync(h.file.as_fd(), datasync)?);
         }
-        Ok(())
+        let (file, journal) = std::thread::scope(|s| {
+            let j = s.spawn(|| self.rec.sync());
+            let f = sys::fsync(h.file.as_fd(), datasync);
+            (f, j.join())
+        });
+        file?;
+        journal.unwrap_or(Err(FsError::Errno(libc::EIO)))
     }
 
     /// Current rules of a writable handle (refreshed).

@@ -5,10 +5,13 @@
 //! open of a node chooses, and every open while any handle of it is open takes the same mode
 //! ([`super::inodes::NodeIo`]).
 //!
-//! * **Cached**: files a rule selects. Reads come from the kernel's page cache; every write
-//!   (a `write` call, or the writeback of a shared mapping) reaches mirrorfs before it
-//!   succeeds, to be recorded. All handles of the file share one page cache, so readers,
-//!   writers and mappings see the same bytes.
+//! * **Cached**: files a rule selects. Reads come from the kernel's page cache. With the
+//!   kernel's writeback cache (the default) writes land in that cache and reach mirrorfs,
+//!   to be recorded, when the kernel writes them back: at fsync/msync/close, under memory
+//!   pressure, and at least every [`crate::flusher::EVERY`]; without it (`--no-writeback-cache`)
+//!   every write reaches mirrorfs before it succeeds. Nothing reaches the file underneath
+//!   but through mirrorfs, so the file and its journal never differ. All handles of the file
+//!   share one page cache, so readers, writers and mappings see the same bytes.
 //! * **Passthrough**: files no rule selects (Linux 6.9+): the kernel reads and writes the
 //!   underlying file itself. A rule that begins to select a file while it is open in
 //!   passthrough cannot see its writes: the file is copied when such a writer closes.
@@ -82,6 +85,9 @@ pub struct Handle {
     pub passthrough_attached: AtomicBool,
     /// Bytes written in large writes since writeback of the file was last started.
     pub unflushed: AtomicU64,
+    /// Counted in [`super::MirrorFs::buffered_writers`] (writable, selected, page cache, with
+    /// the kernel's writeback cache on) until released.
+    pub buffered: bool,
 }
 
 /// All open files (and directories, which have their own table).

@@ -22,7 +22,7 @@ pub mod unjournaled;
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +46,10 @@ pub struct FsConfig {
     pub ttl: Duration,
     /// Use kernel passthrough where nothing needs recording (if the kernel offers it).
     pub passthrough: bool,
+    /// Let the kernel buffer writes (`FUSE_WRITEBACK_CACHE`, if the kernel offers it): they
+    /// reach mirrorfs, to be recorded, as the kernel writes them back (at fsync, close, under
+    /// memory pressure, and at least every [`crate::flusher::EVERY`]).
+    pub writeback_cache: bool,
 }
 
 impl Default for FsConfig {
@@ -53,6 +57,7 @@ impl Default for FsConfig {
         FsConfig {
             ttl: Duration::from_secs(3600),
             passthrough: true,
+            writeback_cache: true,
         }
     }
 }
@@ -113,6 +118,13 @@ pub struct MirrorFs {
     follower: std::sync::OnceLock<Arc<crate::atime::Follower>>,
     /// Tells the kernel that attributes changed (an access time mirrorfs caused).
     notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// The kernel buffers writes in its page cache (it took `FUSE_WRITEBACK_CACHE` at init).
+    writeback: AtomicBool,
+    /// The mount covers its source directory ([`MirrorFs::serves_alone`]).
+    covers_source: AtomicBool,
+    /// Open writable handles of selected files whose writes the kernel may hold back
+    /// (writeback on): while there are any, [`crate::flusher`] has the kernel write back.
+    buffered_writers: AtomicUsize,
 }
 
 /// Passthrough was never on: handles use the kernel page cache.
@@ -135,6 +147,9 @@ impl MirrorFs {
     /// A filesystem over the directory `root` (opened before mounting over it), recording with `rec`.
     pub fn new(root: OwnedFd, rec: Recorder, cfg: FsConfig) -> FsResult<MirrorFs> {
         let st = sys::fstat(root.as_fd())?;
+        if let Err(e) = sys::ofd_lock(root.as_fd(), libc::F_OFD_SETLK, libc::F_RDLCK) {
+            log::warn!("cannot mark the directory as served by this mirrorfs ({e}): another mirrorfs of it would not be noticed");
+        }
         Ok(MirrorFs {
             inodes: InodeTable::new(&st),
             root,
@@ -148,7 +163,31 @@ impl MirrorFs {
             mount_flags: Arc::new(AtomicU64::new(0)),
             follower: std::sync::OnceLock::new(),
             notifier: std::sync::OnceLock::new(),
+            writeback: AtomicBool::new(false),
+            covers_source: AtomicBool::new(false),
+            buffered_writers: AtomicUsize::new(0),
         })
+    }
+
+    /// The mount covers its source directory (mounted over it): nothing but processes that
+    /// were inside it before can change the directory underneath.
+    pub fn set_covers_source(&self, covers: bool) {
+        self.covers_source.store(covers, Ordering::Relaxed);
+    }
+
+    /// Whether names and listings change only through this mount: it covers its source, and
+    /// no other mirrorfs serves the same directory (each holds a read lock on it, an
+    /// open-file-description lock, `F_OFD_SETLK`, and a write lock would conflict with
+    /// another's). Then mirrorfs lets the kernel cache names that do not exist and directory
+    /// listings for as long as the names that do; otherwise (a mount elsewhere, with the
+    /// source open to other programs, or xfstests mounting one directory twice) it answers
+    /// each time, as names may come and go by the other way.
+    pub fn serves_alone(&self) -> bool {
+        self.covers_source.load(Ordering::Relaxed)
+            && matches!(
+                sys::ofd_lock(self.root.as_fd(), libc::F_OFD_GETLK, libc::F_WRLCK),
+                Ok(t) if t == libc::F_UNLCK
+            )
     }
 
     /// The session's notifier, to tell the kernel about attributes that changed by themselves.
@@ -164,6 +203,20 @@ impl MirrorFs {
     fn touch_atime(&self, ino: u64, file: &File) {
         use std::os::unix::fs::FileExt;
         let _ = file.read_at(&mut [0u8; 1], 0);
+        self.attrs_changed(ino);
+    }
+
+    /// At an `opendir`, when reading the directory now changes its access time under the
+    /// mount's options: the kernel may list it from its cache (`FOPEN_CACHE_DIR`) without
+    /// asking, so mirrorfs reads the directory underneath itself, as [`Self::touch_atime`]
+    /// reads a file.
+    fn touch_dir_atime(&self, ino: u64, dir: &File) {
+        let _ = sys::touch_dir(dir.as_fd());
+        self.attrs_changed(ino);
+    }
+
+    /// Tells the kernel that the attributes of `ino` changed by themselves.
+    pub(crate) fn attrs_changed(&self, ino: u64) {
         if let Some(n) = self.notifier.get() {
             // A negative offset: the attributes only, not the cached pages.
             let _ = n.inval_inode(fuser::INodeNo(ino), -1, 0);
@@ -196,7 +249,11 @@ impl MirrorFs {
     /// mount's options now (the kernel's `atime_needs_update` and `relatime_need_update`).
     pub fn read_updates_atime(&self, st: &Stat) -> bool {
         let flags = crate::mountopts::Flags(self.mount_flags.load(Ordering::Relaxed) as _);
-        if flags.has(libc::MS_RDONLY) || flags.has(libc::MS_NOATIME) {
+        let dir = st.mode & libc::S_IFMT == libc::S_IFDIR;
+        if flags.has(libc::MS_RDONLY)
+            || flags.has(libc::MS_NOATIME)
+            || (dir && flags.has(libc::MS_NODIRATIME))
+        {
             return false;
         }
         if flags.has(libc::MS_STRICTATIME) {
@@ -229,6 +286,21 @@ impl MirrorFs {
         if self.cfg.passthrough {
             self.passthrough.store(PT_ON, Ordering::Relaxed);
         }
+    }
+
+    /// The kernel agreed at init to buffer writes (`FUSE_WRITEBACK_CACHE`).
+    pub fn enable_writeback(&self) {
+        self.writeback.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the kernel buffers writes: they reach mirrorfs as it writes them back.
+    pub fn writeback(&self) -> bool {
+        self.writeback.load(Ordering::Relaxed)
+    }
+
+    /// How many open handles may have writes of selected files buffered in the kernel.
+    pub fn buffered_writers(&self) -> usize {
+        self.buffered_writers.load(Ordering::Relaxed)
     }
 
     /// The kernel refused a backing file: no more passthrough.

@@ -549,6 +549,11 @@ impl MirrorFs {
             Some((value, flags)) => sys::setxattr_at(self.dir(), &path, name, value, flags)?,
             None => sys::removexattr_at(self.dir(), &path, name)?,
         }
+        if name.as_bytes() == b"system.posix_acl_access" {
+            // The access ACL's mask is the mode's group bits: the kernel, which keeps a
+            // regular file's ctime itself with the writeback cache, would not ask again.
+            self.attrs_changed(ino);
+        }
         let table = self.rec.table();
         let full = self.rec.full_name(&path);
         let is_dir = node.kind == fuser::FileType::Directory;

@@ -97,6 +97,25 @@ impl Recorder {
             .map_err(|err| self.refused(name, need, err))
     }
 
+    /// [`Recorder::room`] for a change the application was told of already (a write the
+    /// kernel buffered and writes back now): it must reach the file, so without room its
+    /// name is marked to be sent whole ([`super::unjournaled`]) and `false` says to journal
+    /// nothing; an error only when even the mark fails.
+    pub fn room_or_mark(&self, rules: &[Arc<Rule>], name: &[u8], data: usize) -> FsResult<bool> {
+        let err = match self.room(rules, name, data) {
+            Ok(()) => return Ok(true),
+            Err(e) => e,
+        };
+        let names: Vec<(u32, Vec<u8>)> = rules.iter().map(|r| (r.crc, name.to_vec())).collect();
+        match &self.unjournaled {
+            Some(u) if u.mark(names) => {
+                log::error!("{err}; the file is sent whole once the journal takes entries");
+                Ok(false)
+            }
+            _ => Err(err),
+        }
+    }
+
     /// Room for the entries of a removal of `name` (unlink, rmdir). A removal frees space,
     /// so where the journal's disk is full it goes ahead at once: its entry is appended once
     /// the removal has made room, or else the name is marked unjournaled and sent as its
@@ -348,6 +367,11 @@ impl Recorder {
             self.append(std::slice::from_ref(&p.rule), e)?;
         }
         Ok(())
+    }
+
+    /// Whether every appended entry is durable already.
+    pub fn durable(&self) -> bool {
+        self.journal.is_durable()
     }
 
     /// Makes every appended entry durable.

@@ -391,6 +391,31 @@ pub fn copy_file_range(
     })
 }
 
+/// An open-file-description lock of the first byte of `fd`: `cmd` `F_OFD_SETLK` takes a lock
+/// of type `kind`; `F_OFD_GETLK` asks whether one would conflict with a lock another open
+/// file holds. Returns the type found (`F_UNLCK`: none).
+pub fn ofd_lock(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_int,
+    kind: libc::c_int,
+) -> io::Result<libc::c_int> {
+    // SAFETY: a zeroed flock is valid; fields set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 1;
+    // SAFETY: plain fcntl on a descriptor we hold, with a valid flock.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut fl) })?;
+    Ok(fl.l_type as libc::c_int)
+}
+
+/// The file open at `fd` opened again, for reading (through `/proc/self/fd`, so it works
+/// for a file with no name left).
+pub fn reopen_readable(fd: BorrowedFd<'_>) -> io::Result<File> {
+    File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 /// `fsync` or `fdatasync`.
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor we hold.
@@ -523,6 +548,25 @@ pub struct DirEntry {
     pub kind: u8,
     /// Name.
     pub name: OsString,
+}
+
+/// Reads the start of directory `fd` (which updates its access time as the file system's
+/// mount says) and rewinds it.
+pub fn touch_dir(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = [0u8; 1024];
+    // SAFETY: buf is writable for its length.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    lseek(fd, 0, libc::SEEK_SET).map(drop)
 }
 
 /// All entries of the open directory `fd` (from its start), `.` and `..` included.

@@ -550,6 +550,13 @@ impl Journal {
         a.carry(mark)
     }
 
+    /// Whether every entry appended so far is durable already ([`Journal::sync`] would return
+    /// at once).
+    pub fn is_durable(&self) -> bool {
+        let target = self.end();
+        lock(&self.sync_state).durable >= target
+    }
+
     /// Makes every entry appended before this call durable (group commit: while one caller
     /// runs `fdatasync`, later callers wait and the next one syncs for all of them).
     pub fn sync(&self) -> Result<(), JournalError> {

@@ -32,7 +32,9 @@ fn subtree(l: &Local, sub: &str, extra: &[&str]) -> String {
 fn create_and_writes_record_offsets_sizes_and_data() {
     let l = Local::new();
     subtree(&l, "src", &[]);
-    let m = l.mount(&[]);
+    // Each write recorded as it is made, which the writeback cache (the default)
+    // merges into the pages it writes back (tests/e2e/buffered_writes.rs).
+    let m = l.mount(&["--no-writeback-cache"]);
     let mut f = fs::File::create(l.path("src/a.txt")).unwrap();
     f.write_all(b"hello").unwrap();
     f.write_at(b"xy", 10).unwrap();
@@ -225,7 +227,9 @@ fn attributes_are_recorded_only_for_rules_with_attrs() {
     subtree(&l, "full", &["--attrs"]);
     fs::write(l.path("plain/f"), b"x").unwrap();
     fs::write(l.path("full/f"), b"x").unwrap();
-    let m = l.mount(&[]);
+    // Each write recorded as it is made, which the writeback cache (the default)
+    // merges into the pages it writes back (tests/e2e/buffered_writes.rs).
+    let m = l.mount(&["--no-writeback-cache"]);
     for d in ["plain", "full"] {
         fs::set_permissions(l.path(&format!("{d}/f")), fs::Permissions::from_mode(0o640)).unwrap();
         xattr_set(&l.path(&format!("{d}/f")), "user.k", b"v");
@@ -395,7 +399,9 @@ fn appends_record_the_offsets_they_landed_at() {
     let l = Local::new();
     subtree(&l, "src", &[]);
     fs::write(l.path("src/log"), b"12345").unwrap();
-    let m = l.mount(&[]);
+    // Each write recorded as it is made, which the writeback cache (the default)
+    // merges into the pages it writes back (tests/e2e/buffered_writes.rs).
+    let m = l.mount(&["--no-writeback-cache"]);
     let mut f = fs::OpenOptions::new()
         .append(true)
         .open(l.path("src/log"))

@@ -15,7 +15,7 @@ use crate::outage_faults::SmallFs;
 const CONVERGE: Duration = Duration::from_secs(120);
 
 /// A local system whose state directory is on a tmpfs of `size`.
-fn local_on_small_state(size: &str) -> (Local, SmallFs) {
+pub(crate) fn local_on_small_state(size: &str) -> (Local, SmallFs) {
     let mut l = Local::new();
     let fs_dir = l.tmp.path().join("statefs");
     let small = SmallFs::new(&fs_dir, size);
@@ -26,7 +26,7 @@ fn local_on_small_state(size: &str) -> (Local, SmallFs) {
     (l, small)
 }
 
-fn mount_status(l: &Local) -> serde_json::Value {
+pub(crate) fn mount_status(l: &Local) -> serde_json::Value {
     l.status()
         .as_array()
         .and_then(|a| a.first().cloned())
@@ -36,6 +36,8 @@ fn mount_status(l: &Local) -> serde_json::Value {
 
 /// The finding: when the journal append failed (ENOSPC) the data was already in the source
 /// file and the application got EIO; nothing marked the file, and status said `ok, 0 queued`.
+/// Without the writeback cache, so that `write` itself is refused (with it, the kernel
+/// reports errors at fsync and close: tests/e2e/buffered_writes.rs).
 #[test]
 fn a_full_journal_refuses_changes_with_enospc_and_loses_nothing() {
     let mut r = Router::start();
@@ -43,7 +45,7 @@ fn a_full_journal_refuses_changes_with_enospc_and_loses_nothing() {
     r.kill9();
     let (l, _small) = local_on_small_state("24M");
     l.add_rule(&format!("{}/", l.dir.display()), &site, "w", &[]);
-    let m = l.mount(&[]);
+    let m = l.mount(&["--no-writeback-cache"]);
     // No sender yet: nothing is acknowledged, so the journal only grows.
     let chunk = vec![0x5au8; 256 << 10];
     let mut written = 0u64;
@@ -232,11 +234,13 @@ fn a_blocked_sites_backlog_on_a_small_disk_becomes_a_dirty_set_and_writes_go_on(
 /// The finding: with the state disk filled to the last byte by another program, mirrorfs
 /// refused writes (ENOSPC, right) but could not write its status file, and `mirror-ctl
 /// status` showed the mount as fine. Status now asks the mount itself.
+/// Without the writeback cache, so that `write` itself is refused (with it, the kernel
+/// reports errors at fsync and close: tests/e2e/buffered_writes.rs).
 #[test]
 fn status_tells_a_full_journal_when_the_state_disk_is_filled_by_another_program() {
     let (l, small) = local_on_small_state("24M");
     l.add_rule(&format!("{}/", l.dir.display()), "127.0.0.1:9", "w", &[]);
-    let m = l.mount(&[]);
+    let m = l.mount(&["--no-writeback-cache"]);
     fs::write(l.path("before"), b"taken").unwrap();
     let filler = small.path().join("filler");
     let mut f = fs::File::create(&filler).unwrap();
@@ -328,6 +332,8 @@ fn status_does_not_hang_on_a_stopped_sender() {
 /// disk could not be freed through the mount at all. A removal frees space: it now goes
 /// ahead, and its deletion is journaled once there is room (or the name is marked and sent
 /// as its deletion).
+/// Without the writeback cache, so that `write` itself is refused (with it, the kernel
+/// reports errors at fsync and close: tests/e2e/buffered_writes.rs).
 #[test]
 fn a_full_disk_shared_with_the_journal_can_be_freed_through_the_mount() {
     let mut l = Local::new();
@@ -344,12 +350,12 @@ fn a_full_disk_shared_with_the_journal_can_be_freed_through_the_mount() {
         "w",
         &[],
     );
-    let m = l.mount(&[]);
+    let m = l.mount(&["--no-writeback-cache"]);
     fs::write(l.path("sel/old"), vec![1u8; 1 << 20]).unwrap();
     // Mounted again (as xfstests does between tests): the journal goes on in a segment whose
     // room is not known to be reserved, so each entry needs room on the disk itself.
     m.unmount();
-    let m = l.mount(&[]);
+    let m = l.mount(&["--no-writeback-cache"]);
     // Filled by a file no rule selects (nothing journaled, nothing held back).
     let chunk = vec![0x5au8; 256 << 10];
     let mut f = fs::File::create(l.path("filler")).unwrap();

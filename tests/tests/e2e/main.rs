@@ -51,6 +51,8 @@ mod fs_iomode;
 mod fs_setid;
 // a full or failing journal disk: ENOSPC before the change, marks, small state disks.
 mod journal_full;
+// Buffered writes through the kernel's writeback cache (issue 14).
+mod buffered_writes;
 // power losses of the source, the router and both under an fsync'ing ledger workload.
 mod power_loss;
 // the delete suffix: replaced and deleted files kept, earlier versions never overwritten
