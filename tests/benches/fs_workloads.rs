@@ -14,10 +14,13 @@
 //! is reported).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
-use mirror_tests::{bin, Mount};
+use mirror_tests::bench::{
+    base_dir, bindfs, drop_caches, env_num, median, mirrorfs_everything, run, Ext4, FuseDaemon,
+};
+use mirror_tests::Mount;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Target {
@@ -28,105 +31,37 @@ enum Target {
 
 const TARGETS: [Target; 3] = [Target::Plain, Target::Bindfs, Target::Mirrorfs];
 
-/// A prepared target: the directory workloads run in, and what keeps it mounted. Every
-/// target gets a freshly made ext4 file system (a loop device with direct I/O, so its pages
-/// are cached once), so no run inherits another's allocator state: ext4 searches longer for
-/// free inodes right after many deletions, which would penalise whichever target runs later.
+/// A prepared target: the directory workloads run in, and what keeps it mounted (fields drop
+/// in order: the FUSE mounts before the file system under them). Every target gets a freshly
+/// made ext4 file system ([`Ext4`]).
 struct Setup {
     dir: PathBuf,
-    fs_mount: PathBuf,
-    loopdev: String,
     mount: Option<Mount>,
-    bindfs: Option<PathBuf>,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        if let Some(m) = self.bindfs.take() {
-            let _ = Command::new("fusermount3").arg("-u").arg(&m).status();
-        }
-        drop(self.mount.take());
-        let _ = Command::new("umount").arg(&self.fs_mount).status();
-        let _ = Command::new("losetup")
-            .arg("-d")
-            .arg(&self.loopdev)
-            .status();
-    }
-}
-
-/// A fresh ext4 file system from image `img`, mounted on `at`; returns the loop device.
-fn fresh_fs(img: &Path, at: &Path) -> String {
-    let _ = std::fs::remove_file(img);
-    run(Command::new("truncate").arg("-s").arg("16G").arg(img));
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-        .arg(img));
-    let dev = run(Command::new("losetup")
-        .args(["-f", "--show", "--direct-io=on"])
-        .arg(img))
-    .trim()
-    .to_string();
-    std::fs::create_dir_all(at).unwrap();
-    run(Command::new("mount").arg(&dev).arg(at));
-    dev
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.stderr(Stdio::inherit()).output().expect("run command");
-    assert!(out.status.success(), "{cmd:?} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Writes back everything (the fresh file system's image included) and empties the page
-/// cache, so that a measurement starts with an idle disk and cold caches.
-fn drop_caches() {
-    run(&mut Command::new("sync"));
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    bindfs: Option<FuseDaemon>,
+    _fs: Ext4,
 }
 
 fn setup(target: Target, base: &Path) -> Setup {
     let name = format!("{target:?}").to_lowercase();
     let fs_mount = base.join(&name);
-    let loopdev = fresh_fs(&base.join(format!("{name}.img")), &fs_mount);
+    let fs = Ext4::fresh(&base.join(format!("{name}.img")), &fs_mount, "16G");
     let data = fs_mount.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let mut s = Setup {
         dir: data.clone(),
-        fs_mount: fs_mount.clone(),
-        loopdev,
         mount: None,
         bindfs: None,
+        _fs: fs,
     };
     match target {
         Target::Plain => {}
         Target::Bindfs => {
             let mnt = fs_mount.join("mnt");
-            std::fs::create_dir_all(&mnt).unwrap();
-            run(Command::new("bindfs")
-                .arg("--multithreaded")
-                .arg(&data)
-                .arg(&mnt));
-            s.dir = mnt.clone();
-            s.bindfs = Some(mnt);
+            s.bindfs = Some(bindfs(&data, &mnt, &fs_mount.join("bindfs.log")));
+            s.dir = mnt;
         }
         Target::Mirrorfs => {
-            let state = fs_mount.join("state");
-            std::fs::create_dir_all(&state).unwrap();
-            let pattern = format!("{}/", data.display());
-            run(Command::new(bin("mirror-ctl"))
-                .arg("--state")
-                .arg(&state)
-                .args([
-                    "rule",
-                    "add",
-                    &pattern,
-                    "--site",
-                    "127.0.0.1:9",
-                    "--dest",
-                    "bench",
-                    "--no-validate",
-                ]));
-            s.mount = Some(Mount::start(&data, None, &state, &[]));
+            s.mount = Some(mirrorfs_everything(None, &data, &fs_mount.join("state")));
         }
     }
     s
@@ -143,10 +78,7 @@ fn seq_write(dir: &Path) -> f64 {
 }
 
 fn secs() -> u64 {
-    std::env::var("MIRROR_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(15)
+    env_num("MIRROR_BENCH_SECS", 15)
 }
 
 /// fio 4 KiB random I/O on a 256 MiB file for a fixed time; returns IOPS.
@@ -223,15 +155,7 @@ struct Row {
 
 /// Runs per target and workload (`MIRROR_BENCH_RUNS`, default 3); the median is reported.
 fn repeats() -> usize {
-    std::env::var("MIRROR_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    env_num("MIRROR_BENCH_RUNS", 3) as usize
 }
 
 /// Runs `f` on each target, [`repeats`] times (fresh file system, cold caches each time).
@@ -244,14 +168,14 @@ fn measure(
 ) -> Row {
     let mut values = Vec::new();
     for t in TARGETS {
-        let mut runs: Vec<f64> = (0..repeats())
+        let runs: Vec<f64> = (0..repeats())
             .map(|_| {
                 let s = setup(t, base);
                 drop_caches();
                 f(&s.dir)
             })
             .collect();
-        let v = median(&mut runs);
+        let v = median(&runs);
         eprintln!("{name:<12} {t:<9?} {v:>12.2} {unit} (runs: {runs:.2?})");
         values.push(v);
     }
@@ -267,9 +191,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let base = std::env::var_os("MIRROR_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/mirror-bench"));
+    let base = base_dir("/var/tmp/mirror-bench");
     let tarball = std::env::var_os("MIRROR_BENCH_TARBALL")
         .map(PathBuf::from)
         .unwrap_or_else(|| base.join("cache/linux.tar"));
@@ -298,7 +220,7 @@ fn main() {
                 ws.push(fio(&s.dir, "randwrite"));
                 rs.push(fio(&s.dir, "randread"));
             }
-            let (iw, ir) = (median(&mut ws), median(&mut rs));
+            let (iw, ir) = (median(&ws), median(&rs));
             eprintln!("fio          {t:<9?} write {iw:>10.0} IOPS, read {ir:>10.0} IOPS (runs: {ws:.0?} {rs:.0?})");
             w.push(iw);
             r.push(ir);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mirrorfs::entry::Entry;
 use mirrorfs::journal::{JournalReader, Position};
 
+pub mod bench;
 pub mod lossy;
 pub mod lossyfs;
 pub use lossy::{LossyFs, LossyOpts};
@@ -221,11 +222,33 @@ impl Mount {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Mount {
+        Mount::start_exe(
+            &bin("mirrorfs"),
+            source,
+            mountpoint,
+            state,
+            logs,
+            extra,
+            env,
+        )
+    }
+
+    /// [`Mount::start_with`], running the mirrorfs binary `exe` (e.g. another build's, for a
+    /// benchmark) rather than the workspace's own.
+    pub fn start_exe(
+        exe: &Path,
+        source: &Path,
+        mountpoint: Option<&Path>,
+        state: &Path,
+        logs: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
         static MOUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = logs.join(format!("mirrorfs-{}-{n}.log", std::process::id()));
         let logf = private_log(&log);
-        let mut cmd = Command::new(bin("mirrorfs"));
+        let mut cmd = Command::new(exe);
         cmd.arg(source);
         if let Some(m) = mountpoint {
             cmd.arg(m);
