@@ -7,6 +7,7 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::error::FsResult;
@@ -30,6 +31,11 @@ fn dt_kind(dt: u8) -> fuser::FileType {
     }
 }
 
+/// `t` in nanoseconds since the epoch (0 before it).
+fn nanos(t: crate::entry::Timestamp) -> u64 {
+    u64::try_from(t.sec).map_or(0, |s| s * 1_000_000_000 + u64::from(t.nsec))
+}
+
 fn is_dot(e: &DirEntry) -> bool {
     matches!(e.name.as_bytes(), b"." | b"..")
 }
@@ -46,7 +52,15 @@ impl MirrorFs {
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
         )?;
-        if self.read_updates_atime(&sys::fstat(file.as_fd())?) {
+        // The kernel lists from its cache only what mirrorfs listed since the directory last
+        // changed; a listing it must ask for reads the directory underneath anyway.
+        let st = sys::fstat(file.as_fd())?;
+        let cached = self.serves_alone()
+            && self
+                .inodes
+                .get(ino)
+                .is_ok_and(|n| n.listed.load(Ordering::Relaxed) == nanos(st.mtime));
+        if cached && self.read_updates_atime(&st) {
             self.touch_dir_atime(ino, &file);
         }
         Ok(self.dirs.insert(DirHandle {
@@ -62,6 +76,9 @@ impl MirrorFs {
         let mut entries = lock(&d.entries);
         if offset == 0 {
             *entries = sys::read_dir_all(d.file.as_fd())?;
+            if let (Ok(st), Ok(node)) = (sys::fstat(d.file.as_fd()), self.inodes.get(d.ino)) {
+                node.listed.store(nanos(st.mtime), Ordering::Relaxed);
+            }
         }
         let out = entries
             .iter()

@@ -68,6 +68,10 @@ pub struct Inode {
     /// Whether the file had a set-user-id or set-group-id bit when last looked at (so that
     /// writes by other users look again, to clear it as the file system would).
     pub setid: std::sync::atomic::AtomicBool,
+    /// A directory's modification time (ns since the epoch) when mirrorfs last gave the
+    /// kernel its whole listing, which the kernel may then serve from its cache until the
+    /// directory changes (0: never).
+    pub listed: AtomicU64,
 }
 
 /// The I/O mode of a node's handles: the kernel will not mix passthrough opens of one inode
@@ -139,6 +143,7 @@ impl InodeTable {
             passthrough: Mutex::new(Passthrough::default()),
             io: Mutex::new(NodeIo::default()),
             setid: std::sync::atomic::AtomicBool::new(false),
+            listed: AtomicU64::new(0),
         });
         let mut map = HashMap::new();
         map.insert(ROOT, node);
@@ -330,6 +335,7 @@ fn new_node(
         passthrough: Mutex::new(Passthrough::default()),
         io: Mutex::new(NodeIo::default()),
         setid: std::sync::atomic::AtomicBool::new(st.mode & (libc::S_ISUID | libc::S_ISGID) != 0),
+        listed: AtomicU64::new(0),
     })
 }
 

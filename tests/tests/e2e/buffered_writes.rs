@@ -146,7 +146,10 @@ fn buffered_writes_on_a_full_journal_reach_the_file_and_are_sent_whole_later() {
         .journal()
         .iter()
         .any(|e| e.command == Command::Copy && mirror_tests::rel(&l.dir, &e.name) == "big");
-    assert!(marked.contains(&hex) || queued, "neither marked nor queued: {marked}");
+    assert!(
+        marked.contains(&hex) || queued,
+        "neither marked nor queued: {marked}"
+    );
     assert!(l
         .error_log()
         .contains("the file is sent whole once the journal takes entries"));
