@@ -16,7 +16,9 @@
 # names an existing xfstests checkout holding that tag; without it the tag is cloned from
 # https://git.kernel.org/pub/scm/fs/xfs/xfstests-dev.git.
 #
-# MIRROR_BENCH_BIN=DIR measures the mirrorfs and mirror-ctl in DIR (another build) instead of
+# MIRROR_BENCH_BIN_BEFORE=DIR adds a column "mirrorfs-before" for the build in DIR (a change
+# measured before and after in one run). MIRROR_BENCH_BIN=DIR measures the mirrorfs and
+# mirror-ctl in DIR (another build) instead of
 # this workspace's release build. MIRROR_BENCH_RUNS (default 5), MIRROR_BENCH_ONLY (rows:
 # dd,seqwrite,randwrite,randread,create,stat,untar,clone,status,sqlite-delete,sqlite-wal,fsync),
 # MIRROR_BENCH_TARGETS (plain,mirrorfs,passthrough_hp,bindfs), MIRROR_BENCH_DIR (default

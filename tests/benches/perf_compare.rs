@@ -16,7 +16,9 @@
 //! Environment: `MIRROR_BENCH_DIR` (default /var/tmp/mirror-bench-perf; images, mounts, cache),
 //! `MIRROR_BENCH_RUNS` (repetitions, default 5), `MIRROR_BENCH_ONLY` (comma list of row keys,
 //! see [`ROWS`]), `MIRROR_BENCH_TARGETS` (comma list of plain, mirrorfs, passthrough_hp,
-//! bindfs), `MIRROR_BENCH_BIN` (a directory holding the `mirrorfs` and `mirror-ctl` to measure;
+//! bindfs, and mirrorfs-before with `MIRROR_BENCH_BIN_BEFORE`: a directory holding another
+//! build's `mirrorfs` and `mirror-ctl`, as a column of its own), `MIRROR_BENCH_BIN` (a directory
+//! holding the `mirrorfs` and `mirror-ctl` to measure;
 //! default the workspace's release build), `MIRROR_BENCH_PASSTHROUGH_HP` (the passthrough_hp
 //! binary; the column is skipped without it), `MIRROR_BENCH_TAR` (the source tree as an
 //! uncompressed tar; default <dir>/cache/tree.tar) and `MIRROR_BENCH_REPO` (a git repository
@@ -43,13 +45,16 @@ const LIMIT: Duration = Duration::from_secs(900);
 enum Target {
     Plain,
     Mirrorfs,
+    /// Another build of mirrorfs (`MIRROR_BENCH_BIN_BEFORE`), to compare a change in one run.
+    MirrorfsBefore,
     PassthroughHp,
     Bindfs,
 }
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 5] = [
     Target::Plain,
     Target::Mirrorfs,
+    Target::MirrorfsBefore,
     Target::PassthroughHp,
     Target::Bindfs,
 ];
@@ -59,6 +64,7 @@ impl Target {
         match self {
             Target::Plain => "plain",
             Target::Mirrorfs => "mirrorfs",
+            Target::MirrorfsBefore => "mirrorfs-before",
             Target::PassthroughHp => "passthrough_hp",
             Target::Bindfs => "bindfs",
         }
@@ -70,6 +76,7 @@ struct Config {
     base: PathBuf,
     runs: usize,
     bin_dir: Option<PathBuf>,
+    bin_before: Option<PathBuf>,
     passthrough_hp: Option<PathBuf>,
     tar: PathBuf,
     repo: PathBuf,
@@ -101,6 +108,10 @@ fn setup(t: Target, cfg: &Config) -> Setup {
         Target::Plain => (data, None, None),
         Target::Mirrorfs => {
             let m = mirrorfs_everything(cfg.bin_dir.as_deref(), &data, &root.join("state"));
+            (data, Some(m), None)
+        }
+        Target::MirrorfsBefore => {
+            let m = mirrorfs_everything(cfg.bin_before.as_deref(), &data, &root.join("state"));
             (data, Some(m), None)
         }
         Target::PassthroughHp => {
@@ -620,6 +631,9 @@ fn main() {
     let cfg = Config {
         runs: env_num("MIRROR_BENCH_RUNS", 5) as usize,
         bin_dir: std::env::var_os("MIRROR_BENCH_BIN").map(PathBuf::from),
+        bin_before: std::env::var_os("MIRROR_BENCH_BIN_BEFORE")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
         passthrough_hp: std::env::var_os("MIRROR_BENCH_PASSTHROUGH_HP")
             .filter(|p| !p.is_empty())
             .map(PathBuf::from),
@@ -646,6 +660,7 @@ fn main() {
     let targets: Vec<Target> = TARGETS
         .into_iter()
         .filter(|t| wanted_targets.is_empty() || wanted_targets.iter().any(|w| w == t.name()))
+        .filter(|t| *t != Target::MirrorfsBefore || cfg.bin_before.is_some())
         .filter(|t| {
             let ok = *t != Target::PassthroughHp || cfg.passthrough_hp.is_some();
             if !ok {
