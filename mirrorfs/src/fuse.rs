@@ -136,8 +136,11 @@ impl Filesystem for FuseFs {
         // in large batches (docs/ARCHITECTURE.md, "Buffered writes"). The kernel does not
         // pass files through on a connection with the writeback cache (it refuses the backing
         // files with EPERM), so the two exclude each other: files no rule selects are then
-        // buffered in the page cache as well.
+        // buffered in the page cache as well. Only when names change through this mount
+        // alone (mounted over its source, no other mirrorfs of it): another way of changing
+        // a file would be overwritten by pages the kernel holds.
         if self.fs.config().writeback_cache
+            && self.fs.serves_alone()
             && config
                 .capabilities()
                 .contains(InitFlags::FUSE_WRITEBACK_CACHE)
@@ -404,6 +407,12 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.fs.opendir_unneeded() {
+            // The kernel then opens directories without asking (and never asks again), keeps
+            // their listings, and reads with no handle (`fh` 0).
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         match self.fs.opendir(ino.0) {
             // The kernel keeps the listing it read (only this mount changes the directory,
             // and the kernel drops it when the directory changes through the mount); not
@@ -425,7 +434,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
+        match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(entries) => {
                 for e in entries {
                     if reply.add(INodeNo(e.ino), e.next, e.kind, &e.name) {
@@ -447,7 +456,7 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl();
-        let r = self.fs.readdirplus(fh.0, offset, |e, out| {
+        let r = self.fs.readdirplus(ino.0, fh.0, offset, |e, out| {
             let (attr, generation) = match out {
                 Some(o) => (o.attr, o.generation),
                 None => (dot_attr(e.ino), 0),
@@ -486,7 +495,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty("fsyncdir", ino.0, self.fs.fsyncdir(fh.0, datasync), reply);
+        Self::reply_empty(
+            "fsyncdir",
+            ino.0,
+            self.fs.fsyncdir(ino.0, fh.0, datasync),
+            reply,
+        );
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {

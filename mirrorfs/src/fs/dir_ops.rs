@@ -15,8 +15,8 @@ use super::inodes::{lock, ROOT};
 use super::sys::{self, DirEntry};
 use super::{DirHandle, DirListEntry, EntryOut, MirrorFs};
 
-/// An open directory and its entries from some offset, each with the offset of the next.
-type Listing = (Arc<DirHandle>, Vec<(u64, DirEntry)>);
+/// A directory's entries from some offset, each with the offset of the next.
+type Listing = Vec<(u64, DirEntry)>;
 
 fn dt_kind(dt: u8) -> fuser::FileType {
     use fuser::FileType::*;
@@ -70,8 +70,21 @@ impl MirrorFs {
         }))
     }
 
-    /// The entries of directory stream `fh` from `offset` on (re-read at offset 0).
-    fn dir_entries(&self, fh: u64, offset: u64) -> FsResult<Listing> {
+    /// The entries of directory `ino` from `offset` on, through stream `fh` (re-read at
+    /// offset 0), or without one (`fh` 0: the kernel opened the directory without asking,
+    /// [`MirrorFs::opendir_unneeded`]).
+    fn dir_entries(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Listing> {
+        let list = |entries: &[DirEntry]| -> Listing {
+            entries
+                .iter()
+                .enumerate()
+                .skip(offset as usize)
+                .map(|(i, e)| (i as u64 + 1, e.clone()))
+                .collect()
+        };
+        if fh == 0 {
+            return Ok(list(&self.unopened_listing(ino, offset)?));
+        }
         let d = self.dirs.get(fh)?;
         let mut entries = lock(&d.entries);
         if offset == 0 {
@@ -80,23 +93,46 @@ impl MirrorFs {
                 node.listed.store(nanos(st.mtime), Ordering::Relaxed);
             }
         }
-        let out = entries
-            .iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, e)| (i as u64 + 1, e.clone()))
-            .collect();
-        drop(entries);
-        Ok((d, out))
+        Ok(list(&entries))
     }
 
-    fn dot_ino(&self, d: &DirHandle, e: &DirEntry) -> u64 {
+    /// The listing of directory `ino` without a stream: read afresh at offset 0 (or when it
+    /// is no longer kept), kept for the reads of the rest.
+    fn unopened_listing(&self, ino: u64, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
+        /// Listings kept: one per directory being read at once is enough.
+        const KEPT: usize = 16;
+        let mut kept = lock(&self.unopened);
+        if offset > 0 {
+            if let Some((_, l)) = kept.iter().find(|(i, _)| *i == ino) {
+                return Ok(l.clone());
+            }
+        }
+        drop(kept);
+        let fresh = {
+            let _ns = self.ns_read();
+            let path = self.inodes.path(ino)?;
+            let file = sys::open_at(
+                self.dir(),
+                &path,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?;
+            Arc::new(sys::read_dir_all(file.as_fd())?)
+        };
+        kept = lock(&self.unopened);
+        kept.retain(|(i, _)| *i != ino);
+        kept.insert(0, (ino, fresh.clone()));
+        kept.truncate(KEPT);
+        Ok(fresh)
+    }
+
+    fn dot_ino(&self, dir: u64, e: &DirEntry) -> u64 {
         match e.name.as_bytes() {
-            b"." => d.ino,
-            _ if d.ino == ROOT => ROOT,
+            b"." => dir,
+            _ if dir == ROOT => ROOT,
             _ => self
                 .inodes
-                .get(d.ino)
+                .get(dir)
                 .ok()
                 .and_then(|n| n.links().first().map(|(p, _)| *p))
                 .unwrap_or(ROOT),
@@ -104,13 +140,13 @@ impl MirrorFs {
     }
 
     /// `readdir`: names from `offset`, for the kernel to fill its buffer with.
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirListEntry>> {
-        let (d, entries) = self.dir_entries(fh, offset)?;
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<DirListEntry>> {
+        let entries = self.dir_entries(ino, fh, offset)?;
         Ok(entries
             .into_iter()
             .map(|(next, e)| DirListEntry {
                 ino: if is_dot(&e) {
-                    self.dot_ino(&d, &e)
+                    self.dot_ino(ino, &e)
                 } else {
                     e.ino
                 },
@@ -125,13 +161,14 @@ impl MirrorFs {
     /// and says whether it fitted; only entries that fitted count as lookups.
     pub fn readdirplus(
         &self,
+        dir: u64,
         fh: u64,
         offset: u64,
         mut fit: impl FnMut(&DirListEntry, Option<&EntryOut>) -> bool,
     ) -> FsResult<()> {
+        let entries = self.dir_entries(dir, fh, offset)?;
         let _ns = self.ns_read();
-        let (d, entries) = self.dir_entries(fh, offset)?;
-        let dir_path = self.inodes.path(d.ino)?;
+        let dir_path = self.inodes.path(dir)?;
         for (next, e) in entries {
             let item = DirListEntry {
                 ino: e.ino,
@@ -142,7 +179,7 @@ impl MirrorFs {
             if is_dot(&e) {
                 // The kernel takes no lookup for these; it needs only the name.
                 let item = DirListEntry {
-                    ino: self.dot_ino(&d, &e),
+                    ino: self.dot_ino(dir, &e),
                     ..item
                 };
                 if !fit(&item, None) {
@@ -161,7 +198,7 @@ impl MirrorFs {
                 Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
                 Err(err) => return Err(err.into()),
             };
-            let out = self.entry(d.ino, &e.name, &st);
+            let out = self.entry(dir, &e.name, &st);
             let ino = out.attr.ino.0;
             if !fit(&DirListEntry { ino, ..item }, Some(&out)) {
                 // Not sent: take the lookup back.
@@ -178,9 +215,23 @@ impl MirrorFs {
     }
 
     /// `fsync` of a directory: its entries, and the journal (namespace entries become durable).
-    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> FsResult<()> {
-        let d = self.dirs.get(fh)?;
-        sys::fsync(d.file.as_fd(), datasync)?;
+    /// `fh` 0: the kernel opened the directory without asking.
+    pub fn fsyncdir(&self, ino: u64, fh: u64, datasync: bool) -> FsResult<()> {
+        if fh == 0 {
+            let file = {
+                let _ns = self.ns_read();
+                let path = self.inodes.path(ino)?;
+                sys::open_at(
+                    self.dir(),
+                    &path,
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )?
+            };
+            sys::fsync(file.as_fd(), datasync)?;
+        } else {
+            sys::fsync(self.dirs.get(fh)?.file.as_fd(), datasync)?;
+        }
         self.rec.sync()
     }
 }

@@ -127,7 +127,13 @@ impl MirrorFs {
         mut recording: Recording,
     ) -> Opened {
         let w = writable(flags);
-        let mode = self.io_mode(&node, !recording.rules.is_empty());
+        let mode = match self.io_mode(&node, !recording.rules.is_empty()) {
+            // Buffered writes that fail when the kernel writes them back leave the mount
+            // showing what the file does not hold: where that may happen, this opening writes
+            // through mirrorfs instead (direct I/O), and its errors reach `write` itself.
+            IoMode::Cached if w && self.writeback() && !self.may_buffer() => IoMode::Direct,
+            m => m,
+        };
         if w && mode == IoMode::Passthrough && !recording.rules.is_empty() {
             // A rule began to select the file while it was open in passthrough: its writes
             // never reach mirrorfs, so the file is copied when this handle closes.
@@ -408,12 +414,12 @@ impl MirrorFs {
     /// Large writes copy into the file and into the journal at the same time (two threads,
     /// both done before the reply, under the node's op lock). Should the file write then fail
     /// or come up short, a copy entry follows, so the backup still converges on the file.
-    pub fn write<'a>(
+    pub fn write(
         &self,
         caller: Caller,
         fh: u64,
         offset: u64,
-        data: &'a [u8],
+        data: &[u8],
         written_back: bool,
     ) -> FsResult<u32> {
         let h = self.files.get(fh)?;
@@ -422,10 +428,43 @@ impl MirrorFs {
         }
         let _ns = self.ns_read();
         let _op = lock(&h.inode.op_lock);
+        // Pages the kernel writes back keep the modification time it gave the file (it sends
+        // it with SETATTR, before or after these pages): writing them must not move it.
+        let keep_mtime = if written_back {
+            Some(sys::fstat(h.file.as_fd())?.mtime)
+        } else {
+            None
+        };
+        let n = match self.write_locked(caller, &h, offset, data, written_back) {
+            Err(e) if written_back => {
+                // The writer was told of this write already; it learns at fsync or close.
+                log::error!(
+                    "{}: writing back what the kernel had buffered failed ({e}); the program is told at fsync or close, and the mount may show data the file does not hold until the file is opened again",
+                    String::from_utf8_lossy(&lock(&h.recording).name)
+                );
+                return Err(e);
+            }
+            r => r?,
+        };
+        if let Some(t) = keep_mtime {
+            sys::futimens(h.file.as_fd(), sys::SetTime::Omit, sys::SetTime::At(t))?;
+        }
+        Ok(n)
+    }
+
+    /// [`MirrorFs::write`] under the node's op lock.
+    fn write_locked<'a>(
+        &self,
+        caller: Caller,
+        h: &Handle,
+        offset: u64,
+        data: &'a [u8],
+        written_back: bool,
+    ) -> FsResult<u32> {
         let mut r = lock(&h.recording);
-        self.refresh(&h, &mut r);
+        self.refresh(h, &mut r);
         r.wrote = true;
-        self.changed_by(caller, &h, &r.name)?;
+        self.changed_by(caller, h, &r.name)?;
         if r.rules.is_empty() {
             return Ok(h.file.write_at(data, offset)? as u32);
         }

@@ -72,6 +72,10 @@ pub struct Inode {
     /// kernel its whole listing, which the kernel may then serve from its cache until the
     /// directory changes (0: never).
     pub listed: AtomicU64,
+    /// A directory's attributes as last given to the kernel: what `fstat` of a descriptor of
+    /// it shows once it has no name left, when no directory stream of mirrorfs has it open
+    /// (the kernel opens directories without asking, `MirrorFs::opendir_unneeded`).
+    pub last_stat: Mutex<Option<Stat>>,
 }
 
 /// The I/O mode of a node's handles: the kernel will not mix passthrough opens of one inode
@@ -144,6 +148,7 @@ impl InodeTable {
             io: Mutex::new(NodeIo::default()),
             setid: std::sync::atomic::AtomicBool::new(false),
             listed: AtomicU64::new(0),
+            last_stat: Mutex::new(None),
         });
         let mut map = HashMap::new();
         map.insert(ROOT, node);
@@ -336,6 +341,7 @@ fn new_node(
         io: Mutex::new(NodeIo::default()),
         setid: std::sync::atomic::AtomicBool::new(st.mode & (libc::S_ISUID | libc::S_ISGID) != 0),
         listed: AtomicU64::new(0),
+        last_stat: Mutex::new(None),
     })
 }
 

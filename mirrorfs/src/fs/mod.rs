@@ -31,7 +31,7 @@ use fuser::FileAttr;
 use crate::entry::Timestamp;
 use error::FsResult;
 use handles::{Handle, HandleTable};
-use inodes::{file_type, InodeTable};
+use inodes::{file_type, lock, InodeTable};
 use record::Recorder;
 use sys::Stat;
 
@@ -106,6 +106,12 @@ pub struct MirrorFs {
     inodes: InodeTable,
     files: HandleTable<Handle>,
     dirs: HandleTable<DirHandle>,
+    /// Listings read without a directory stream (the kernel's zero-message opendir: `fh` 0),
+    /// kept for the reads that follow the first: the most recent few, newest first.
+    unopened: Mutex<Vec<(u64, Arc<Vec<sys::DirEntry>>)>>,
+    /// OPENDIR was answered ENOSYS: the kernel opens directories without asking and keeps
+    /// their listings ([`MirrorFs::opendir_unneeded`]).
+    no_opendir: AtomicBool,
     rec: Recorder,
     ns: RwLock<()>,
     names_gen: AtomicU64,
@@ -126,6 +132,11 @@ pub struct MirrorFs {
     /// (writeback on): while there are any, [`crate::flusher`] has the kernel write back.
     buffered_writers: AtomicUsize,
 }
+
+/// Free space underneath below which new openings write through mirrorfs rather than let the
+/// kernel buffer: the kernel holds at most some tens of MiB of a FUSE mount's pages dirty (a
+/// strict share of its dirty limit), written back in turn.
+const BUFFER_ROOM: u64 = 256 << 20;
 
 /// Passthrough was never on: handles use the kernel page cache.
 const PT_OFF: u8 = 0;
@@ -155,6 +166,8 @@ impl MirrorFs {
             root,
             files: HandleTable::new(),
             dirs: HandleTable::new(),
+            unopened: Mutex::new(Vec::new()),
+            no_opendir: AtomicBool::new(false),
             rec,
             ns: RwLock::new(()),
             names_gen: AtomicU64::new(0),
@@ -245,6 +258,40 @@ impl MirrorFs {
         self.mount_flags.store(flags.0 as _, Ordering::Relaxed);
     }
 
+    /// Whether directories need no OPENDIR (and so no RELEASEDIR): asked at the first
+    /// OPENDIR, and once the answer is yes the kernel never asks again (it answers ENOSYS,
+    /// after which the kernel opens directories itself and keeps their listings). Yes when
+    /// names change only through this mount ([`MirrorFs::serves_alone`]), listings may be
+    /// cached (`--ttl` not 0) and the mount is not `strictatime` (every listing from the
+    /// cache would then have to update the directory's access time, which only an OPENDIR
+    /// lets mirrorfs see). A listing then comes back to mirrorfs whenever the directory or
+    /// its attributes changed, which is when `relatime` updates an access time.
+    pub fn opendir_unneeded(&self) -> bool {
+        if self.no_opendir.load(Ordering::Relaxed) {
+            return true;
+        }
+        let flags = crate::mountopts::Flags(self.mount_flags.load(Ordering::Relaxed) as _);
+        let yes =
+            !self.cfg.ttl.is_zero() && !flags.has(libc::MS_STRICTATIME) && self.serves_alone();
+        if yes {
+            self.no_opendir.store(true, Ordering::Relaxed);
+        }
+        yes
+    }
+
+    /// After a change of directory `ino`'s own attributes: with the kernel listing
+    /// directories from its cache without asking ([`MirrorFs::opendir_unneeded`]), its
+    /// listing is dropped, so that the next one reaches mirrorfs and the directory
+    /// underneath (which updates the access time as `relatime` says once the change time
+    /// moved past it).
+    pub(crate) fn dir_attrs_changed(&self, ino: u64) {
+        if self.no_opendir.load(Ordering::Relaxed) {
+            if let Some(n) = self.notifier.get() {
+                let _ = n.inval_inode(fuser::INodeNo(ino), 0, 0);
+            }
+        }
+    }
+
     /// Whether a read of a file with attributes `st` changes its access time under the
     /// mount's options now (the kernel's `atime_needs_update` and `relatime_need_update`).
     pub fn read_updates_atime(&self, st: &Stat) -> bool {
@@ -298,6 +345,18 @@ impl MirrorFs {
         self.writeback.load(Ordering::Relaxed)
     }
 
+    /// Whether a new opening for writing may let the kernel buffer its writes: names change
+    /// only through this mount ([`MirrorFs::serves_alone`]; another way would change the file
+    /// under pages the kernel holds, which its writeback would then write over), and the file
+    /// system underneath has room for more than the kernel holds back (else a full disk
+    /// would fail writes the writer was told of already).
+    pub fn may_buffer(&self) -> bool {
+        self.serves_alone()
+            && sys::statvfs(self.root.as_fd())
+                .map(|v| v.f_bavail.saturating_mul(v.f_frsize) >= BUFFER_ROOM)
+                .unwrap_or(false)
+    }
+
     /// How many open handles may have writes of selected files buffered in the kernel.
     pub fn buffered_writers(&self) -> usize {
         self.buffered_writers.load(Ordering::Relaxed)
@@ -347,6 +406,11 @@ impl MirrorFs {
 
     /// FUSE attributes for node `ino` with underlying status `st`.
     fn attr(&self, ino: u64, st: &Stat) -> FileAttr {
+        if st.mode & libc::S_IFMT == libc::S_IFDIR && self.no_opendir.load(Ordering::Relaxed) {
+            if let Ok(node) = self.inodes.get(ino) {
+                *lock(&node.last_stat) = Some(*st);
+            }
+        }
         FileAttr {
             ino: fuser::INodeNo(ino),
             size: st.size,
@@ -438,7 +502,11 @@ impl MirrorFs {
         });
         match open {
             Some(st) => Ok(st?),
-            None => Err(FsError::Unlinked(ino)),
+            None => match *lock(&node.last_stat) {
+                // A directory removed (or renamed over) while open: as its file system shows it.
+                Some(st) => Ok(Stat { nlink: 0, ..st }),
+                None => Err(FsError::Unlinked(ino)),
+            },
         }
     }
 

@@ -147,6 +147,9 @@ impl MirrorFs {
             st.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
             std::sync::atomic::Ordering::Relaxed,
         );
+        if node.kind == fuser::FileType::Directory {
+            self.dir_attrs_changed(ino);
+        }
         if let Some(path) = path {
             self.record_setattr(&path, &st, &ch)?;
         }
@@ -549,10 +552,21 @@ impl MirrorFs {
             Some((value, flags)) => sys::setxattr_at(self.dir(), &path, name, value, flags)?,
             None => sys::removexattr_at(self.dir(), &path, name)?,
         }
+        if node.kind == fuser::FileType::Directory {
+            self.dir_attrs_changed(ino);
+        }
         if name.as_bytes() == b"system.posix_acl_access" {
             // The access ACL's mask is the mode's group bits: the kernel, which keeps a
             // regular file's ctime itself with the writeback cache, would not ask again.
             self.attrs_changed(ino);
+            // And the permission bits it set are kept for every rule, as a chmod's are (`cp
+            // -a` and setfacl set modes this way).
+            let st = sys::stat_at(self.dir(), &path)?;
+            let ch = super::SetAttrs {
+                mode: Some(st.mode & 0o7777),
+                ..super::SetAttrs::default()
+            };
+            self.record_setattr(&path, &st, &ch)?;
         }
         let table = self.rec.table();
         let full = self.rec.full_name(&path);

@@ -42,7 +42,14 @@ struct State {
     /// When the error log last heard of a trouble: a disk that fills and empties again and
     /// again is reported once a minute, not at every turn.
     reported: Option<std::time::Instant>,
+    /// When a change was last refused (or marked for lack of room).
+    refused: Option<std::time::Instant>,
 }
+
+/// How long a trouble is shown after the last refusal, at least: with buffered writes the
+/// journal refuses large entries while small ones still fit, and a status that cleared at the
+/// next small entry would never show it.
+const SHOWN_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often, at most, a new trouble is written to the error log.
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -73,6 +80,7 @@ impl Unjournaled {
                 names,
                 trouble: None,
                 reported: None,
+                refused: None,
             }),
         }
     }
@@ -81,10 +89,11 @@ impl Unjournaled {
     /// error log).
     pub fn trouble(&self, reason: &str, need: u64) {
         let mut s = lock(&self.state);
+        s.refused = Some(std::time::Instant::now());
         if s.trouble.is_none() {
             if s.reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
                 log::error!(
-                    "the journal cannot take entries ({reason}): changes to files the rules select are refused with ENOSPC until it can (sent segments are removed as sites acknowledge them)"
+                    "the journal cannot take entries ({reason}): changes to files the rules select are refused with ENOSPC until it can, and what the kernel writes back of buffered writes goes to the files, which are sent whole later (sent segments are removed as sites acknowledge them)"
                 );
                 s.reported = Some(std::time::Instant::now());
             } else {
@@ -155,7 +164,8 @@ impl Unjournaled {
     /// The journal took entries again: the trouble is over once nothing waits.
     pub fn recovered(&self) {
         let mut s = lock(&self.state);
-        if s.names.is_empty() && s.trouble.take().is_some() {
+        let lately = s.refused.is_some_and(|t| t.elapsed() < SHOWN_AFTER);
+        if s.names.is_empty() && !lately && s.trouble.take().is_some() {
             log::info!("the journal takes entries again");
         }
     }

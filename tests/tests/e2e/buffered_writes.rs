@@ -150,6 +150,12 @@ fn buffered_writes_on_a_full_journal_reach_the_file_and_are_sent_whole_later() {
         marked.contains(&hex) || queued,
         "neither marked nor queued: {marked}"
     );
+    // Status says so (the trouble stays shown a while after the last refusal, although
+    // small entries still fit).
+    assert!(
+        !mount_status(&l)["journal_trouble"].is_null(),
+        "status does not show the journal's trouble"
+    );
     assert!(l
         .error_log()
         .contains("the file is sent whole once the journal takes entries"));
@@ -170,5 +176,73 @@ fn buffered_writes_on_a_full_journal_reach_the_file_and_are_sent_whole_later() {
             "is blocked",
             "no heartbeat",
         ],
+    );
+}
+
+/// The finding (adversarial pass): on a full source disk, writes the kernel had buffered
+/// failed when written back, after `write` had succeeded: the file lacked data the mount still
+/// showed, and the backup (copied through the mount) held a third version. With little room
+/// underneath, an opening for writing now writes through mirrorfs, so `write` itself gets
+/// ENOSPC and the file, the mount and the backup agree.
+#[test]
+fn on_a_nearly_full_source_disk_write_itself_is_refused_and_the_backup_equals_the_file() {
+    let r = Router::start();
+    let mut l = Local::new();
+    let small = crate::outage_faults::SmallFs::new(&l.tmp.path().join("srcfs"), "8M");
+    l.dir = small.path().join("proj");
+    fs::create_dir_all(&l.dir).unwrap();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "w", &[]);
+    let m = l.mount(&[]);
+    let _s = l.sender();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut f = fs::File::create(l.path("big")).unwrap();
+    let mut written = 0u64;
+    let err = loop {
+        match f.write_all(&chunk) {
+            Ok(()) => written += chunk.len() as u64,
+            Err(e) => break e,
+        }
+        assert!(written < 64 << 20, "the disk never filled");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    wait_converged(&l.dir, &r.path("w"), CONVERGE);
+    drop(m);
+    // What the mount showed is what the file holds underneath.
+    let shown = fs::metadata(l.path("big")).unwrap().len();
+    assert!(
+        shown >= written,
+        "the file holds less than was written: {shown} < {written}"
+    );
+    assert_eq!(
+        fs::metadata(r.path("w/big")).unwrap().len(),
+        shown,
+        "the backup equals the file"
+    );
+}
+
+/// The finding (adversarial pass): mounted at another mount point than its source, the
+/// kernel's buffered pages of a file changed directly in the source were written back over the
+/// newer data. Mounted elsewhere, mirrorfs does not let the kernel buffer writes.
+#[test]
+fn mounted_elsewhere_an_append_after_a_change_underneath_lands_after_it() {
+    let l = Local::new();
+    subtree(&l);
+    let mnt = l.tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = mirror_tests::Mount::start(&l.dir, Some(&mnt), &l.state, &[]);
+    fs::write(mnt.join("f"), b"v1\n").unwrap();
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"v1\n");
+    fs::write(l.dir.join("f"), b"version2-longer\n").unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("f"))
+        .unwrap()
+        .write_all(b"APPENDED\n")
+        .unwrap();
+    m.unmount();
+    assert_eq!(
+        fs::read(l.dir.join("f")).unwrap(),
+        b"version2-longer\nAPPENDED\n"
     );
 }

@@ -778,3 +778,61 @@ fn an_access_acl_shows_in_the_mode_at_once_as_on_ext4() {
     m.unmount();
     l.assert_no_errors();
 }
+
+/// Relatime steps on directory listings: listed, listed again, its mode changed (its change
+/// time moves), listed twice more; whether each listing changed the access time.
+fn relatime_listings(dir: &Path) -> Vec<String> {
+    use std::time::{Duration, SystemTime};
+    let d = dir.join("listed");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f"), b"f").unwrap();
+    let mut out = Vec::new();
+    let mut list = |what: &str| {
+        // The clock must pass the change time for an access time after it to differ.
+        let t0 = SystemTime::now();
+        mirror_tests::wait_until(Duration::from_secs(5), "the clock to pass", || {
+            SystemTime::now() > t0 + Duration::from_millis(20)
+        });
+        let before = times(&d);
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        let after = times(&d);
+        out.push(format!(
+            "{what}: access time {}",
+            if after.0 != before.0 {
+                "changed"
+            } else {
+                "unchanged"
+            }
+        ));
+    };
+    list("first listing after the create");
+    list("listed again");
+    // A change of mode moves the change time past the access time (not the modification
+    // time, which the kernel would notice itself).
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+    list("listed after a chmod");
+    list("listed again");
+    out
+}
+
+/// Issue 14: mounted over its own directory, mirrorfs lets the kernel open directories without
+/// asking and list them from its cache. Under relatime a listing must still update the
+/// access time when ext4 would: after the directory's change, and after its attributes
+/// changed (its change time moved past the access time).
+#[test]
+fn a_cached_listing_keeps_relatime_access_times_as_on_ext4() {
+    let l = Local::new();
+    subtree(&l);
+    let plain = l.tmp.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let on_ext4 = relatime_listings(&plain);
+    assert!(
+        on_ext4.iter().any(|s| s.ends_with(" changed")),
+        "ext4 under relatime: {on_ext4:#?}"
+    );
+    let m = l.mount(&[]);
+    assert_eq!(relatime_listings(&l.dir), on_ext4, "mirrorfs beside ext4");
+    m.unmount();
+    l.assert_no_errors();
+}

@@ -126,3 +126,34 @@ fn without_attrs_a_built_program_runs_from_the_backup_and_git_sees_no_mode_chang
     l.assert_no_errors();
     assert!(r.error_log().trim().is_empty(), "{}", r.error_log());
 }
+
+/// The finding (adversarial pass): permission bits set through the access ACL (`setfacl`,
+/// `cp -a`) were not mirrored by a rule without `--attrs` (a chmod's are): the backup kept the
+/// old mode. They are recorded as a mode change for every rule now.
+#[test]
+fn permission_bits_set_through_an_acl_reach_the_backup_without_attrs() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = mirror_tests::Router::start();
+    let (l, m, _s) = crate::mirror_ops::mirrored(&r, "acl", &[]);
+    std::fs::write(l.path("f"), b"x").unwrap();
+    std::fs::set_permissions(l.path("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = std::process::Command::new("setfacl")
+        // A named user: an extended ACL (set as the xattr), whose mask is the group bits.
+        .args(["-m", "u:nobody:r,g::r-x,o::r--"])
+        .arg(l.path("f"))
+        .output()
+        .expect("setfacl (apt-get install acl)");
+    mirror_tests::succeeded(&out);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let source = mode(&l.path("f"));
+    assert_eq!(source, 0o654, "the ACL set the mode");
+    mirror_tests::wait_until(
+        std::time::Duration::from_secs(60),
+        "the mode in the backup",
+        || {
+            std::fs::metadata(r.path("acl/f"))
+                .is_ok_and(|m| m.permissions().mode() & 0o7777 == source)
+        },
+    );
+    drop(m);
+}
