@@ -99,13 +99,7 @@ fn fio(dir: &Path, rw: &str) -> f64 {
         .arg(format!("--runtime={}", secs()))
         .arg(format!("--rw={rw}"))
         .arg("--output-format=json"));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("fio json");
-    let side = if rw.contains("write") {
-        "write"
-    } else {
-        "read"
-    };
-    v["jobs"][0][side]["iops"].as_f64().expect("iops")
+    mirror_tests::bench::fio_iops(&out, rw)
 }
 
 /// Seconds to create (100 bytes each), stat, and delete 20,000 files in 200 directories.

@@ -183,13 +183,7 @@ fn fio_random(dir: &Path, rw: &str, secs: u64, extra: &[&str]) -> f64 {
             .args(extra)
             .arg("--output-format=json"),
     );
-    let v: serde_json::Value = serde_json::from_str(&out).expect("fio json");
-    let side = if rw.contains("write") {
-        "write"
-    } else {
-        "read"
-    };
-    v["jobs"][0][side]["iops"].as_f64().expect("iops")
+    mirror_tests::bench::fio_iops(&out, rw)
 }
 
 /// Row 1: seconds of `dd` writing 1 GiB in 1 MiB blocks, with `conv=fsync`.

@@ -172,20 +172,8 @@ impl Drop for FuseDaemon {
             .stderr(Stdio::null())
             .status();
         if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    _ => {
-                        eprintln!("{} did not exit after unmounting: killed", self.name);
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                }
+            if !crate::reap(&mut c, Duration::from_secs(10)) {
+                eprintln!("{} did not exit after unmounting: killed", self.name);
             }
         }
         if mounted_type(&self.mountpoint).is_some_and(|t| t.starts_with("fuse")) {
@@ -248,4 +236,15 @@ pub fn mirrorfs_everything(bin_dir: Option<&Path>, data: &Path, state: &Path) ->
             "--no-validate",
         ]));
     crate::Mount::start_exe(&exe("mirrorfs"), data, None, state, state, &[], &[])
+}
+
+/// The IOPS of the reads or writes (as `rw` says) in fio's JSON output `out`.
+pub fn fio_iops(out: &str, rw: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(out).expect("fio json");
+    let side = if rw.contains("write") {
+        "write"
+    } else {
+        "read"
+    };
+    v["jobs"][0][side]["iops"].as_f64().expect("iops")
 }

@@ -34,6 +34,22 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Waits up to `limit` for `child` to exit, then kills it; whether it exited by itself.
+pub fn reap(child: &mut std::process::Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
 /// Polls `cond` every few milliseconds until it holds; panics with `what` after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -326,20 +342,7 @@ impl Mount {
                 .status();
         }
         if let Some(mut c) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    _ => {
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                }
-            }
+            reap(&mut c, Duration::from_secs(10));
         }
         // A dead mount (after kill -9) still needs detaching.
         if is_mounted(&self.mountpoint) {

@@ -41,17 +41,22 @@ fn is_dot(e: &DirEntry) -> bool {
 }
 
 impl MirrorFs {
-    /// Opens directory `ino`.
-    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        self.check_remount();
-        let _ns = self.ns_read();
+    /// Directory `ino` underneath, opened for reading (under the namespace lock).
+    fn open_dir(&self, ino: u64) -> FsResult<std::fs::File> {
         let path = self.inodes.path(ino)?;
-        let file = sys::open_at(
+        Ok(sys::open_at(
             self.dir(),
             &path,
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
-        )?;
+        )?)
+    }
+
+    /// Opens directory `ino`.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        self.check_remount();
+        let _ns = self.ns_read();
+        let file = self.open_dir(ino)?;
         // The kernel lists from its cache only what mirrorfs listed since the directory last
         // changed; a listing it must ask for reads the directory underneath anyway.
         let st = sys::fstat(file.as_fd())?;
@@ -110,14 +115,7 @@ impl MirrorFs {
         drop(kept);
         let fresh = {
             let _ns = self.ns_read();
-            let path = self.inodes.path(ino)?;
-            let file = sys::open_at(
-                self.dir(),
-                &path,
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?;
-            Arc::new(sys::read_dir_all(file.as_fd())?)
+            Arc::new(sys::read_dir_all(self.open_dir(ino)?.as_fd())?)
         };
         kept = lock(&self.unopened);
         kept.retain(|(i, _)| *i != ino);
@@ -220,13 +218,7 @@ impl MirrorFs {
         if fh == 0 {
             let file = {
                 let _ns = self.ns_read();
-                let path = self.inodes.path(ino)?;
-                sys::open_at(
-                    self.dir(),
-                    &path,
-                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                    0,
-                )?
+                self.open_dir(ino)?
             };
             sys::fsync(file.as_fd(), datasync)?;
         } else {

@@ -15,8 +15,10 @@
 //! * **Passthrough**: files no rule selects (Linux 6.9+): the kernel reads and writes the
 //!   underlying file itself. A rule that begins to select a file while it is open in
 //!   passthrough cannot see its writes: the file is copied when such a writer closes.
-//! * **Direct**: direct I/O through mirrorfs (no page cache); kept for files whose every
-//!   write must reach mirrorfs before it is done (two-way files).
+//! * **Direct**: direct I/O through mirrorfs (no page cache): openings for writing while the
+//!   kernel buffers writes but may not safely (little room underneath, another mirrorfs of
+//!   the directory: `MirrorFs::may_buffer`), so that their errors reach `write` itself; and
+//!   later files whose every write must reach mirrorfs before it is done (two-way files).
 //!
 //! Without kernel passthrough (an older kernel, or one that refused a backing file), every
 //! new node uses the page cache.

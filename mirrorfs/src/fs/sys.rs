@@ -553,8 +553,13 @@ pub struct DirEntry {
 /// Reads the start of directory `fd` (which updates its access time as the file system's
 /// mount says) and rewinds it.
 pub fn touch_dir(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut buf = [0u8; 1024];
-    // SAFETY: buf is writable for its length.
+    getdents(fd, &mut [0u8; 1024])?;
+    lseek(fd, 0, libc::SEEK_SET).map(drop)
+}
+
+/// One `getdents64` into `buf`: the bytes of whole records it filled (0 at the end).
+fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is writable for its length; getdents64 fills whole records.
     let n = unsafe {
         libc::syscall(
             libc::SYS_getdents64,
@@ -566,7 +571,7 @@ pub fn touch_dir(fd: BorrowedFd<'_>) -> io::Result<()> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    lseek(fd, 0, libc::SEEK_SET).map(drop)
+    Ok(n as usize)
 }
 
 /// All entries of the open directory `fd` (from its start), `.` and `..` included.
@@ -575,24 +580,13 @@ pub fn read_dir_all(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buf is writable for its length; getdents64 fills whole records.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                fd.as_raw_fd(),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let n = getdents(fd, &mut buf)?;
         if n == 0 {
             return Ok(out);
         }
         let mut off = 0usize;
-        while off + 19 <= n as usize {
-            let rec = &buf[off..n as usize];
+        while off + 19 <= n {
+            let rec = &buf[off..n];
             let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or_default());
             let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
             if reclen == 0 || reclen > rec.len() {

@@ -14,6 +14,15 @@ use crate::outage_faults::SmallFs;
 
 const CONVERGE: Duration = Duration::from_secs(120);
 
+/// The error-log lines a full journal with its site away is expected to cause.
+pub(crate) const FULL_JOURNAL_LOG: &[&str] = &[
+    "the journal cannot take entries",
+    "is full: no room for",
+    "cannot connect",
+    "is blocked",
+    "no heartbeat",
+];
+
 /// A local system whose state directory is on a tmpfs of `size`.
 pub(crate) fn local_on_small_state(size: &str) -> (Local, SmallFs) {
     let mut l = Local::new();
@@ -88,17 +97,7 @@ fn a_full_journal_refuses_changes_with_enospc_and_loses_nothing() {
         mount_status(&l)["journal_trouble"].is_null()
     });
     drop(m);
-    assert_log_only(
-        "the source",
-        &l.error_log(),
-        &[
-            "the journal cannot take entries",
-            "is full: no room for",
-            "cannot connect",
-            "is blocked",
-            "no heartbeat",
-        ],
-    );
+    assert_log_only("the source", &l.error_log(), FULL_JOURNAL_LOG);
 }
 
 /// A change that reached the file before the journal failed is marked durably and sent whole
