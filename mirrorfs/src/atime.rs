@@ -69,42 +69,52 @@ pub struct Underneath {
     applied: Mutex<Option<u64>>,
 }
 
+/// A detached clone of the mount at `path` (relative to `at`; `flags` beside
+/// `OPEN_TREE_CLONE`, such as `AT_RECURSIVE`): the clone, which no mount table shows and which
+/// keeps no unmount of the original busy, and a directory descriptor of its root.
+pub(crate) fn detached_clone(
+    at: libc::c_int,
+    path: &std::ffi::CStr,
+    flags: libc::c_uint,
+) -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: plain system call with a NUL-terminated path; the result is a new descriptor.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            at,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | flags,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    // SAFETY: openat on a valid descriptor with a NUL-terminated path.
+    let root = unsafe {
+        libc::openat(
+            tree.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if root < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: root is a fresh descriptor we own.
+    Ok((tree, unsafe { OwnedFd::from_raw_fd(root) }))
+}
+
 impl Underneath {
     /// Clones the mount tree at directory `dir` (with the mounts inside it); the clone and a
     /// directory descriptor of its root, to reach the files through.
     pub fn clone_of(dir: BorrowedFd<'_>) -> io::Result<(Underneath, OwnedFd)> {
-        let empty = c"";
-        // SAFETY: plain system call on a valid descriptor and a NUL-terminated empty path.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_open_tree,
-                dir.as_raw_fd(),
-                empty.as_ptr(),
-                OPEN_TREE_CLONE
-                    | libc::O_CLOEXEC as libc::c_uint
-                    | libc::AT_EMPTY_PATH as libc::c_uint
-                    | AT_RECURSIVE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let tree = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-        let dot = c".";
-        // SAFETY: openat on a valid descriptor with a NUL-terminated path.
-        let root = unsafe {
-            libc::openat(
-                tree.as_raw_fd(),
-                dot.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if root < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: root is a fresh descriptor we own.
-        let root = unsafe { OwnedFd::from_raw_fd(root) };
+        let (tree, root) = detached_clone(
+            dir.as_raw_fd(),
+            c"",
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+        )?;
         Ok((
             Underneath {
                 tree,

@@ -12,7 +12,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,8 +40,6 @@ fn gone(e: &io::Error) -> bool {
 
 /// Failed flushes in a row before a warning.
 const WARN_AFTER: u32 = 6;
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
 
 /// Starts the flusher of the mount of `fs` at `mountpoint`; it ends once `stop` is set.
 pub fn spawn(
@@ -91,22 +89,11 @@ pub fn spawn(
 pub fn flush(mountpoint: &Path) -> io::Result<()> {
     let path = CString::new(mountpoint.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: plain system call with a NUL-terminated path; the result is a new descriptor.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    };
-    let dir = if tree >= 0 {
-        // SAFETY: a fresh descriptor we own.
-        let tree = unsafe { OwnedFd::from_raw_fd(tree as libc::c_int) };
-        open_dir(tree.as_raw_fd(), c".")?
-    } else {
+    let dir: OwnedFd = match crate::atime::detached_clone(libc::AT_FDCWD, &path, 0) {
+        // The clone goes with `_tree` at the end of this call.
+        Ok((_tree, root)) => root,
         // Without the right to clone mounts (mirrorfs not run as root): the mount itself.
-        open_dir(libc::AT_FDCWD, &path)?
+        Err(_) => std::fs::File::open(mountpoint)?.into(),
     };
     // SAFETY: a zeroed statfs is valid output space; plain system call.
     let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
@@ -123,20 +110,4 @@ pub fn flush(mountpoint: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn open_dir(at: libc::c_int, path: &std::ffi::CStr) -> io::Result<OwnedFd> {
-    // SAFETY: openat with a NUL-terminated path; the result is a new descriptor.
-    let fd = unsafe {
-        libc::openat(
-            at,
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
