@@ -106,11 +106,17 @@ impl Recorder {
             Ok(()) => return Ok(true),
             Err(e) => e,
         };
-        let names: Vec<(u32, Vec<u8>)> = rules.iter().map(|r| (r.crc, name.to_vec())).collect();
+        let names = rules.iter().map(|r| (r.crc, name.to_vec())).collect();
+        self.mark_instead(names, err).map(|()| false)
+    }
+
+    /// For a change the journal could not take (`err`): `names` are marked to be sent whole
+    /// ([`super::unjournaled`]) and the change stands; `err` only when even the mark fails.
+    fn mark_instead(&self, names: Vec<(u32, Vec<u8>)>, err: FsError) -> FsResult<()> {
         match &self.unjournaled {
             Some(u) if u.mark(names) => {
                 log::error!("{err}; the file is sent whole once the journal takes entries");
-                Ok(false)
+                Ok(())
             }
             _ => Err(err),
         }
@@ -260,13 +266,7 @@ impl Recorder {
                         names.push((r.crc, proto.aux.to_vec()));
                     }
                 }
-                return match &self.unjournaled {
-                    Some(u) if u.mark(names) => {
-                        log::error!("{err}; the file is sent whole once the journal takes entries");
-                        Ok(())
-                    }
-                    _ => Err(err),
-                };
+                return self.mark_instead(names, err);
             }
         }
         self.unjournaled_ok();
