@@ -417,11 +417,11 @@ impl Filesystem for FuseFs {
             // The kernel keeps the listing it read (only this mount changes the directory,
             // and the kernel drops it when the directory changes through the mount); not
             // beside another mirrorfs of the directory.
-            Ok(fh) if self.fs.serves_alone() => reply.opened(
+            Ok((fh, true)) => reply.opened(
                 FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", ino.0, e)),
         }
     }

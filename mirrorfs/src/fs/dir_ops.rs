@@ -52,15 +52,17 @@ impl MirrorFs {
         )?)
     }
 
-    /// Opens directory `ino`.
-    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+    /// Opens directory `ino`; its handle, and whether the kernel may keep the listing
+    /// (names change only through this mount: [`MirrorFs::serves_alone`]).
+    pub fn opendir(&self, ino: u64) -> FsResult<(u64, bool)> {
         self.check_remount();
         let _ns = self.ns_read();
         let file = self.open_dir(ino)?;
         // The kernel lists from its cache only what mirrorfs listed since the directory last
         // changed; a listing it must ask for reads the directory underneath anyway.
         let st = sys::fstat(file.as_fd())?;
-        let cached = self.serves_alone()
+        let alone = self.serves_alone();
+        let cached = alone
             && self
                 .inodes
                 .get(ino)
@@ -68,11 +70,12 @@ impl MirrorFs {
         if cached && self.read_updates_atime(&st) {
             self.touch_dir_atime(ino, &file);
         }
-        Ok(self.dirs.insert(DirHandle {
+        let fh = self.dirs.insert(DirHandle {
             ino,
             file,
             entries: std::sync::Mutex::new(Vec::new()),
-        }))
+        });
+        Ok((fh, alone))
     }
 
     /// The entries of directory `ino` from `offset` on, through stream `fh` (re-read at

@@ -465,14 +465,16 @@ impl MirrorFs {
         self.refresh(h, &mut r);
         r.wrote = true;
         self.changed_by(caller, h, &r.name)?;
-        if r.rules.is_empty() {
+        // Room for the entry first; pages written back without room are marked instead.
+        let journaled = !r.rules.is_empty()
+            && if written_back {
+                self.rec.room_or_mark(&r.rules, &r.name, data.len())?
+            } else {
+                self.rec.room(&r.rules, &r.name, data.len())?;
+                true
+            };
+        if !journaled {
             return Ok(h.file.write_at(data, offset)? as u32);
-        }
-        if written_back && !self.rec.room_or_mark(&r.rules, &r.name, data.len())? {
-            return Ok(h.file.write_at(data, offset)? as u32);
-        }
-        if !written_back {
-            self.rec.room(&r.rules, &r.name, data.len())?;
         }
         let name = r.name.as_slice();
         let entry = |d: &'a [u8]| EntryRef {
