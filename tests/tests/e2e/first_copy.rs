@@ -461,22 +461,12 @@ fn a_copy_cut_off_midway_leaves_the_backup_file_whole() {
 /// retired: no longer blocked, gone from `status`, its dirty set removed.
 #[test]
 fn rule_rm_of_a_blocked_sites_last_rule_retires_the_site() {
-    let mut r = Router::start();
-    let l = Local::new();
-    fs::create_dir_all(l.path("a")).unwrap();
-    l.add_rule_validated(&format!("{}/a/", l.dir.display()), &r.site(), "a", &[]);
-    let m = l.mount(&[]);
-    let _s = l.sender_with(&["--queue-limit", "1"]);
-    fs::write(l.path("a/f"), b"sent").unwrap();
-    wait_converged(&l.path("a"), &r.path("a"), CONVERGE);
-    let site = r.site();
-    r.kill9();
+    let (_r, l, m, _s, site) = blocked_with_a_small_queue("f");
     let shown = |l: &Local| {
         l.status()
             .as_array()
             .and_then(|rows| rows.iter().find(|x| x["site"] == site.as_str()).cloned())
     };
-    block_site(&l, &site, &l.path("a/f"));
     let dirty = l.state.join("dirty");
     wait_until(CONVERGE, "the backlog to become a dirty set", || {
         fs::write(l.path("a/g"), b"more").unwrap();
@@ -504,17 +494,7 @@ fn rule_rm_of_a_blocked_sites_last_rule_retires_the_site() {
 #[test]
 fn hard_links_in_a_dirty_set_stay_links_in_the_backup() {
     use std::os::unix::fs::MetadataExt;
-    let mut r = Router::start();
-    let l = Local::new();
-    fs::create_dir_all(l.path("a")).unwrap();
-    l.add_rule_validated(&format!("{}/a/", l.dir.display()), &r.site(), "a", &[]);
-    let m = l.mount(&[]);
-    let _s = l.sender_with(&["--queue-limit", "1"]);
-    fs::write(l.path("a/before"), b"sent").unwrap();
-    wait_converged(&l.path("a"), &r.path("a"), CONVERGE);
-    let site = r.site();
-    r.kill9();
-    block_site(&l, &site, &l.path("a/before"));
+    let (mut r, l, m, _s, _site) = blocked_with_a_small_queue("before");
     fs::write(l.path("a/one"), b"one file, two names").unwrap();
     fs::hard_link(l.path("a/one"), l.path("a/two")).unwrap();
     let dirty = l.state.join("dirty");
@@ -668,6 +648,32 @@ fn a_copy_with_no_room_beside_the_backup_file_is_written_in_place() {
 
 /// Waits, writing to `probe` meanwhile, until `status` shows `site` (whose router is down)
 /// blocked.
+/// A rule on `a/` sending to a router with a queue limit of one byte: file `a/NAME` sent and
+/// acknowledged, then the router killed and the site blocked (NAME changed meanwhile).
+fn blocked_with_a_small_queue(
+    name: &str,
+) -> (
+    Router,
+    Local,
+    mirror_tests::Mount,
+    mirror_tests::Daemon,
+    String,
+) {
+    let mut r = Router::start();
+    let l = Local::new();
+    fs::create_dir_all(l.path("a")).unwrap();
+    l.add_rule_validated(&format!("{}/a/", l.dir.display()), &r.site(), "a", &[]);
+    let m = l.mount(&[]);
+    let s = l.sender_with(&["--queue-limit", "1"]);
+    let probe = l.path("a").join(name);
+    fs::write(&probe, b"sent").unwrap();
+    wait_converged(&l.path("a"), &r.path("a"), CONVERGE);
+    let site = r.site();
+    r.kill9();
+    block_site(&l, &site, &probe);
+    (r, l, m, s, site)
+}
+
 fn block_site(l: &Local, site: &str, probe: &std::path::Path) {
     wait_until(CONVERGE, "the site to be blocked", || {
         fs::write(probe, b"changed while the site is down").unwrap();
