@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use mirrorfs::rule::{parse_delete_suffix, Dest, Pattern, Site};
+use mirrorfs::rule::{
+    parse_delete_suffix, Dest, Mode, OnSyncLoss, Pattern, Site, SyncOpts, SyncPoint,
+};
 
 const STATE: &str = "State options";
 const RULE: &str = "Rule options";
@@ -254,6 +256,20 @@ Example:
         #[arg(long)]
         json: bool,
     },
+    /// Change the mode or sync options of rule ID on a running system (the mount and
+    /// mirror-sendd pick it up at once, like any rule change).
+    #[command(
+        after_help = "Only what the rule's CRC does not cover can change: --mode, --sync-point,
+--sync-timeout and --on-sync-loss. To change the pattern, destination or sites, remove the
+rule and add it again.
+
+Switching to sync makes every later durability point (fsync, fdatasync, O_SYNC writes,
+fsyncdir, and every namespace change of a selected name) wait for the rule's sites.
+
+Example:
+  mirror-ctl rule set 3 --mode sync --on-sync-loss fail --sync-timeout 5s"
+    )]
+    Set(SetArgs),
     /// Remove rule ID (see `rule list`).
     #[command(
         after_help = "The rule stops at once: mirrorfs records nothing more for it (within a fraction of
@@ -313,9 +329,85 @@ pub struct AddArgs {
     #[arg(long, help_heading = RULE)]
     pub no_validate: bool,
 
+    #[command(flatten)]
+    pub sync: RuleSyncArgs,
+
     /// Do not copy what the rule selects now (its first copy): for a backup seeded
     /// beforehand (rsync, a restored disk…), whose files are then trusted as they are. Only
     /// later changes are sent; `mirror-ctl sync` copies files again at any time.
     #[arg(long, help_heading = RULE)]
     pub no_sync: bool,
+}
+
+const SYNC: &str = "Sync options";
+
+/// The mode and sync options of a rule (`rule add`, `rule set`); each one left out keeps its
+/// default (`rule add`) or its current value (`rule set`).
+#[derive(Debug, Args, Default)]
+pub struct RuleSyncArgs {
+    /// async: the journal is the durability point, sites follow within milliseconds.
+    /// sync: every durability point of a selected file (fsync, fdatasync, O_SYNC writes,
+    /// fsyncdir, namespace changes: create, rename, unlink, link, symlink, mkdir, rmdir,
+    /// setattr) returns only once every site of the rule acknowledged it [default: async]
+    #[arg(long, value_name = "async|sync", help_heading = SYNC,
+          value_parser = |s: &str| Mode::parse(s).map_err(|e| e.to_string()))]
+    pub mode: Option<Mode>,
+
+    /// What a sync rule waits for: durable (in the site's router logs) or applied (written to
+    /// the backup file) [default: durable]
+    #[arg(long, value_name = "durable|applied", help_heading = SYNC,
+          value_parser = |s: &str| SyncPoint::parse(s).map_err(|e| e.to_string()))]
+    pub sync_point: Option<SyncPoint>,
+
+    /// How long a durability point waits for a site before the site counts as lost (500ms,
+    /// 10s, 2m) [default: 10s]
+    #[arg(long, value_name = "DURATION", help_heading = SYNC,
+          value_parser = parse_sync_timeout)]
+    pub sync_timeout: Option<std::time::Duration>,
+
+    /// When a site is lost (blocked, or silent past --sync-timeout): degrade (the calls
+    /// return; the rule is degraded for that site until its backlog drained) or fail (the
+    /// calls fail with EIO, and namespace changes and fsyncs fail with EIO while the site is
+    /// out of sync; nothing written is lost) [default: degrade]
+    #[arg(long, value_name = "degrade|fail", help_heading = SYNC,
+          value_parser = |s: &str| OnSyncLoss::parse(s).map_err(|e| e.to_string()))]
+    pub on_sync_loss: Option<OnSyncLoss>,
+}
+
+impl RuleSyncArgs {
+    /// Whether any option was given.
+    pub fn any(&self) -> bool {
+        self.mode.is_some()
+            || self.sync_point.is_some()
+            || self.sync_timeout.is_some()
+            || self.on_sync_loss.is_some()
+    }
+
+    /// `mode` and `sync` with the options given applied.
+    pub fn apply(&self, mode: Mode, sync: SyncOpts) -> (Mode, SyncOpts) {
+        (
+            self.mode.unwrap_or(mode),
+            SyncOpts {
+                point: self.sync_point.unwrap_or(sync.point),
+                timeout: self.sync_timeout.unwrap_or(sync.timeout),
+                on_loss: self.on_sync_loss.unwrap_or(sync.on_loss),
+            },
+        )
+    }
+}
+
+fn parse_sync_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let d = mirrorfs::units::parse_duration(s)?;
+    SyncOpts::timeout_from_ms(d.as_millis() as u64)
+        .map_err(|e| e.to_string())
+        .map(|_| d)
+}
+
+/// Arguments of `rule set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// The rule's id (see `rule list`).
+    pub id: i64,
+    #[command(flatten)]
+    pub sync: RuleSyncArgs,
 }

@@ -103,6 +103,7 @@ fn configure_or_read(cli: Cli, path: PathBuf) -> anyhow::Result<()> {
         Command::Rule(RuleCommand::Add(args)) => rules_cmd::add(&state, &keys, *args),
         Command::Rule(RuleCommand::List { json }) => rules_cmd::list(&state, json),
         Command::Rule(RuleCommand::Rm { id }) => rules_cmd::rm(&state, id),
+        Command::Rule(RuleCommand::Set(args)) => rules_cmd::set(&state, args),
         Command::Sync(args) => sync_cmd::sync(&state, args),
         Command::Restore(args) => restore_cmd::restore(&state, &keys, args),
         Command::Status { json } => status_cmd::status(&state, json),

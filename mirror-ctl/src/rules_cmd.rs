@@ -3,12 +3,12 @@
 use std::fs;
 
 use anyhow::{bail, Context, Result};
-use mirrorfs::rule::{Mode, Rule, RuleSpec};
+use mirrorfs::rule::{Mode, Rule, RuleSpec, SyncOpts};
 use mirrorfs::rulesdb::RulesDb;
 use mirrorfs::state::StateDir;
 use serde::Serialize;
 
-use crate::cli::AddArgs;
+use crate::cli::{AddArgs, SetArgs};
 
 fn open_db(state: &StateDir) -> Result<RulesDb> {
     Ok(RulesDb::open(&state.rules_db())?)
@@ -54,13 +54,15 @@ pub fn add(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, args: AddArgs
             )?;
         }
     }
+    let (mode, sync) = args.sync.apply(Mode::Async, SyncOpts::default());
     let spec = RuleSpec {
         pattern: args.pattern,
         sites: args.sites,
         dest: args.dest,
         attrs: args.attrs,
         delete_suffix: args.delete_suffix,
-        mode: Mode::Async,
+        mode,
+        sync,
     };
     let mut db = open_db(state)?;
     let rule = db.add_with(spec, !args.no_sync)?;
@@ -95,7 +97,67 @@ fn describe(r: &Rule) -> String {
             ", deleted and replaced files kept as NAME{suf}, NAME{suf}.1, …"
         ));
     }
+    out.push_str(", ");
+    out.push_str(&mode_text(s));
     out
+}
+
+/// `async`, or `sync (durable, 10s, degrade)`.
+fn mode_text(s: &RuleSpec) -> String {
+    match s.mode {
+        Mode::Async => "async".into(),
+        Mode::Sync => format!(
+            "sync ({}, timeout {}, on loss {})",
+            s.sync.point.as_str(),
+            show_duration(s.sync.timeout),
+            s.sync.on_loss.as_str()
+        ),
+    }
+}
+
+/// `10s`, `1500ms`.
+fn show_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// `rule set ID …`: the mode and sync options, on a running system.
+pub fn set(state: &StateDir, args: SetArgs) -> Result<()> {
+    if !args.sync.any() {
+        bail!(
+            "rule set {}: nothing to change; give --mode, --sync-point, --sync-timeout or --on-sync-loss",
+            args.id
+        );
+    }
+    let mut db = match RulesDb::open_existing(&state.rules_db())? {
+        Some(db) => db,
+        None => bail!("no rule with id {} (there are no rules)", args.id),
+    };
+    let old = db
+        .list()?
+        .into_iter()
+        .find(|r| r.id == args.id)
+        .ok_or(mirrorfs::rulesdb::RulesDbError::NoSuchRule(args.id))?;
+    let (mode, sync) = args.sync.apply(old.spec.mode, old.spec.sync);
+    if (mode, sync) == (old.spec.mode, old.spec.sync) {
+        println!("rule {} unchanged: {}", old.id, describe(&old));
+        return Ok(());
+    }
+    let rule = db.set_sync(args.id, mode, sync)?;
+    println!("rule {}: {}", rule.id, describe(&rule));
+    if old.spec.mode != mode {
+        println!(
+            "{}",
+            match mode {
+                Mode::Sync => "durability points of its files wait for its sites from now on (the mount picks the change up within a fraction of a second)",
+                Mode::Async => "durability points of its files no longer wait for its sites",
+            }
+        );
+    }
+    Ok(())
 }
 
 /// `rule rm ID`.
@@ -117,6 +179,9 @@ struct JsonRule<'a> {
     attrs: bool,
     delete_suffix: Option<&'a str>,
     mode: &'static str,
+    sync_point: &'static str,
+    sync_timeout_ms: u64,
+    on_sync_loss: &'static str,
     crc: u32,
 }
 
@@ -139,6 +204,9 @@ pub fn list(state: &StateDir, json: bool) -> Result<()> {
                 attrs: r.spec.attrs,
                 delete_suffix: r.spec.delete_suffix.as_deref(),
                 mode: r.spec.mode.as_str(),
+                sync_point: r.spec.sync.point.as_str(),
+                sync_timeout_ms: r.spec.sync.timeout.as_millis() as u64,
+                on_sync_loss: r.spec.sync.on_loss.as_str(),
                 crc: r.crc,
             })
             .collect();
@@ -149,7 +217,7 @@ pub fn list(state: &StateDir, json: bool) -> Result<()> {
         println!("no rules (configuration version {version}); add one with `mirror-ctl rule add`");
         return Ok(());
     }
-    let rows: Vec<[String; 7]> = rules
+    let rows: Vec<[String; 8]> = rules
         .iter()
         .map(|r| {
             let s = &r.spec;
@@ -165,6 +233,7 @@ pub fn list(state: &StateDir, json: bool) -> Result<()> {
                 s.dest.to_string(),
                 if s.attrs { "yes" } else { "no" }.to_string(),
                 s.delete_suffix.clone().unwrap_or_else(|| "-".into()),
+                mode_text(s),
             ]
         })
         .collect();
@@ -176,6 +245,7 @@ pub fn list(state: &StateDir, json: bool) -> Result<()> {
         "DEST",
         "ATTRS",
         "DELETE-SUFFIX",
+        "MODE",
     ];
     print!("{}", table(&header, &rows));
     println!("configuration version {version}");

@@ -45,6 +45,8 @@ struct Row {
     initial_copies: Vec<crate::first_copy::Left>,
     /// The running mirrorfs of this local system, if one runs (the same in every row).
     mount: Option<mirrorfs::keeper::MountStatus>,
+    /// The sync rules naming this site, as the mount sees them (none while not mounted).
+    sync: Vec<mirrorfs::syncwait::SyncStatus>,
 }
 
 /// How long `status` waits for a daemon's answer before it shows what the files say.
@@ -249,7 +251,14 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
                 Vec::new()
             }
         };
+        let sync = mount
+            .iter()
+            .flat_map(|m| m.sync.iter())
+            .filter(|x| x.site == s.site)
+            .cloned()
+            .collect();
         rows.push(Row {
+            sync,
             state: s,
             queued_entries: q.entries,
             queued_bytes: q.bytes,
@@ -357,6 +366,20 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
                 }
             );
         }
+        for x in &r.sync {
+            println!("  sync rule {} ({}): {}", x.rule, x.pattern, sync_text(x));
+        }
+        if mount.is_none() {
+            for rule in rules.iter().filter(|x| {
+                x.spec.mode == mirrorfs::rule::Mode::Sync
+                    && x.spec.sites.iter().any(|y| y.to_string() == s.site)
+            }) {
+                println!(
+                    "  sync rule {} ({}): not mounted, nothing waits",
+                    rule.id, rule.spec.pattern
+                );
+            }
+        }
         for d in &r.journal_damage {
             println!("  journal damaged: {d}");
         }
@@ -401,6 +424,28 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `in sync`, `DEGRADED since … (why)`, `OUT OF SYNC since … (why); catching up: 3 MiB left`.
+fn sync_text(x: &mirrorfs::syncwait::SyncStatus) -> String {
+    let mut out = match (&x.since, &x.why) {
+        (Some(since), why) => format!(
+            "{} since {} ({} ago){}",
+            x.state.to_uppercase(),
+            mirrorfs::logging::utc_secs(*since),
+            age(blocked::now_secs().saturating_sub(*since)),
+            why.as_ref().map_or(String::new(), |w| format!(": {w}"))
+        ),
+        (None, _) => x.state.clone(),
+    };
+    if x.state == "out of sync" {
+        out.push_str("; fsync and namespace changes of its files fail with EIO");
+    }
+    if let Some(left) = x.catching_up {
+        out.push_str(&format!("; catching up: {} to acknowledge", human(left)));
+    }
+    out.push_str(&format!(" [{}, on loss {}]", x.sync_point, x.on_sync_loss));
+    out
 }
 
 fn age(secs: u64) -> String {

@@ -21,7 +21,7 @@
 //! symbolic link. An entry whose name would leave the root or pass through a symlink is
 //! refused (logged, marked complete, never retried); the rest keep flowing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -32,6 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mirrorfs::entry::{AttrChange, Command};
+use mirrorfs::journal::Position;
+use mirrorfs::wire::Msg;
 
 use crate::backup::{backup_rel, NameError, OpenFiles};
 use crate::beneath::{is_confinement, Place, Root};
@@ -1182,6 +1184,9 @@ struct State {
     durable_at: durable::Point,
     /// When it was last recorded.
     durable_when: Instant,
+    /// Per source: the journal position of its last entry applied (or found applied), with
+    /// none of its entries held before it; and what its session was last told of it, when.
+    applied: HashMap<String, AppliedAt>,
 }
 
 impl State {
@@ -1252,6 +1257,7 @@ pub fn run(router: Arc<crate::shared::Router>) {
         ahead: crate::direct::ReadAhead::default(),
         durable_at: durable::load(&router.cfg.state),
         durable_when: Instant::now(),
+        applied: HashMap::new(),
     };
     let mut backoff = Duration::from_millis(100);
     let mut last_unblock = std::time::Instant::now();
@@ -1298,6 +1304,7 @@ pub fn run(router: Arc<crate::shared::Router>) {
             }
             Ok(moved)
         });
+        tell_applied(&router, &mut st.applied);
         match result {
             Ok(true) => backoff = Duration::from_millis(100),
             Ok(false) => {
@@ -1316,6 +1323,27 @@ pub fn run(router: Arc<crate::shared::Router>) {
         }
     }
 }
+
+/// Tells each connected source how far its entries are applied (`Msg::Applied`), when that
+/// moved since it was last told, and again every [`APPLIED_AGAIN`] (for a session that
+/// connected since).
+fn tell_applied(
+    router: &crate::shared::Router,
+    applied: &mut HashMap<String, AppliedAt>,
+) {
+    for (site, (at, told)) in applied.iter_mut() {
+        let due = told.is_none_or(|(p, when)| p != *at || when.elapsed() >= APPLIED_AGAIN);
+        if due && router.tell(site, &Msg::Applied { upto: *at }) {
+            *told = Some((*at, Instant::now()));
+        }
+    }
+}
+
+/// A source's last applied position, and what it was last told of it, when.
+type AppliedAt = (Position, Option<(Position, Instant)>);
+
+/// How often a source is told again how far its entries are applied.
+const APPLIED_AGAIN: Duration = Duration::from_secs(1);
 
 /// One pass over every pair, oldest first; whether anything moved. A damaged pair is
 /// quarantined ([`crate::quarantine`]) and the others keep flowing.
@@ -1387,6 +1415,12 @@ fn apply_some(
                     )?;
                 if held {
                     pc.held_from = Some(pc.held_from.map_or(off, |h| h.min(off)));
+                } else if r.part.completes() && !router.source_blocked(&r.site) {
+                    let a = st
+                        .applied
+                        .entry(r.site.clone())
+                        .or_insert((Position::START, None));
+                    a.0 = a.0.max(r.pos);
                 }
                 pc.cursor = off + r.len() as u64;
                 moved = true;

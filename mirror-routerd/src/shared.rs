@@ -403,6 +403,11 @@ impl Router {
         !lock(&self.blocked).0.is_empty()
     }
 
+    /// Whether some backup file of source `site` is blocked (its entries held back).
+    pub fn source_blocked(&self, site: &str) -> bool {
+        lock(&self.blocked).0.values().any(|b| b.site == site)
+    }
+
     /// Blocks backup file `b.path` (durably); whether it was not blocked before.
     pub fn block_file(&self, b: BlockedFile) -> bool {
         let mut g = lock(&self.blocked);
@@ -579,6 +584,21 @@ impl Router {
         if let Some(p) = self.peer(site) {
             if let Err(e) = lock(&p).send(&Msg::Notice { text }) {
                 log::debug!("cannot tell {site}: {e}");
+            }
+        }
+    }
+
+    /// Sends `msg` to the newest session of source `site`; whether it has one and it went.
+    pub fn tell(&self, site: &str, msg: &Msg) -> bool {
+        let Some(p) = self.peer(site) else {
+            return false;
+        };
+        let sent = lock(&p).send(msg);
+        match sent {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("cannot tell {site}: {e}");
+                false
             }
         }
     }

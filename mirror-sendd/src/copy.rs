@@ -163,7 +163,7 @@ impl Source {
 
     /// `name` (a full name beneath the base, or the base itself).
     fn spot(&self, name: &[u8]) -> io::Result<Spot> {
-        let root = match self.root.get_or_init(|| Root::open(path_of(&self.base))) {
+        let root = match self.root.get_or_init(|| source_root(&self.base)) {
             Ok(r) => r,
             Err(e) => return Err(io::Error::new(e.kind(), e.to_string())),
         };
@@ -210,10 +210,35 @@ pub struct CopyJob {
 /// The control socket of the mirrorfs serving the sources (set once at start).
 static MOUNT_SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
-/// Copies ask the mirrorfs listening at `socket` before taking a name that looks gone for a
-/// deletion ([`CopyJob::vanished`]).
-pub fn ask_mount_at(socket: PathBuf) {
-    let _ = MOUNT_SOCKET.set(socket);
+/// The state directory of that mirrorfs.
+static MOUNT_STATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Copies ask the mirrorfs of the state directory `state` before taking a name that looks
+/// gone for a deletion ([`CopyJob::vanished`]), and read beneath its mount ([`source_root`]).
+pub fn ask_mount_at(state: &mirrorfs::state::StateDir) {
+    let _ = MOUNT_SOCKET.set(state.socket_path("mirrorfs"));
+    let _ = MOUNT_STATE.set(state.root().to_path_buf());
+}
+
+/// Where a copy of rule base `base` reads: beneath the mount that serves it, when its
+/// mirrorfs runs and lets this process in ([`mirrorfs::keeper::MountStatus::beneath_path`]),
+/// so that a copy never waits on a directory a change holds locked in the kernel while that
+/// change waits for this copy (a namespace change of a sync rule); else through the path.
+fn source_root(base: &[u8]) -> io::Result<Root> {
+    let beneath = MOUNT_STATE
+        .get()
+        .and_then(|state| mirrorfs::keeper::MountStatus::load(state))
+        .and_then(|st| st.beneath_path(base));
+    if let Some(p) = beneath {
+        match Root::open_as(&p, path_of(base)) {
+            Ok(r) => return Ok(r),
+            Err(e) => log::debug!(
+                "cannot read {} beneath its mount ({e}); reading through it",
+                String::from_utf8_lossy(base)
+            ),
+        }
+    }
+    Root::open(path_of(base))
 }
 
 /// Whether the running mirrorfs has full name `name` beneath it (`false` when none runs or
@@ -1007,6 +1032,7 @@ mod tests {
             attrs: false,
             delete_suffix: None,
             mode: Mode::Async,
+            sync: Default::default(),
         };
         Arc::new(Rule {
             id: 1,

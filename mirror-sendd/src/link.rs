@@ -480,7 +480,18 @@ struct Session<'a> {
     resync_pending: resync::Names,
     /// Those being sent, and the frame that carried the last part once that is sent.
     resync_sending: Option<(resync::Names, Option<u64>)>,
+    /// Acknowledgements not yet known applied at the router: the journal position the
+    /// router had received up to, and where this site's acknowledged position was then.
+    applied_pending: VecDeque<(Position, Position)>,
+    /// The router's last word on what it applied ([`Msg::Applied`]).
+    applied_upto: Option<Position>,
+    /// The newest position the router said it received, in this session's acks.
+    last_received: Option<Position>,
 }
+
+/// Acknowledgements waiting for the router's applied position, at most (beyond, the newest
+/// two merge: a wait for "applied" only grows coarser).
+const MAX_APPLIED_PENDING: usize = 4096;
 
 fn session(
     shared: &Shared,
@@ -593,6 +604,9 @@ fn session(
         skips,
         resync_pending,
         resync_sending: None,
+        applied_pending: VecDeque::new(),
+        applied_upto: None,
+        last_received: None,
     };
     if let Some(set) = dirty {
         s.queue_dirty(set, dirty_file);
@@ -824,7 +838,7 @@ impl Session<'_> {
         match ev {
             Event::Grew => Ok(()),
             Event::Closed(e) => Err(e.into()),
-            Event::Msg(Msg::Ack { frames, .. }) => {
+            Event::Msg(Msg::Ack { frames, upto }) => {
                 self.acked_frames = self.acked_frames.max(frames);
                 while let Some(f) = self.inflight.front() {
                     if f.frame > frames {
@@ -836,9 +850,22 @@ impl Session<'_> {
                     self.inflight_bytes -= f.bytes;
                     self.inflight.pop_front();
                 }
+                if upto != Position::START {
+                    if self.applied_pending.len() >= MAX_APPLIED_PENDING {
+                        self.applied_pending.pop_back();
+                    }
+                    self.applied_pending.push_back((upto, self.acked_next));
+                    self.last_received = self.last_received.max(Some(upto));
+                }
                 self.finish_dirty(frames);
                 self.finish_resync(frames);
                 self.note_progress();
+                self.note_applied();
+                Ok(())
+            }
+            Event::Msg(Msg::Applied { upto }) => {
+                self.applied_upto = self.applied_upto.max(Some(upto));
+                self.note_applied();
                 Ok(())
             }
             Event::Msg(Msg::SendConfig { have }) => {
@@ -925,6 +952,30 @@ impl Session<'_> {
         }
     }
 
+    /// Acknowledged positions the router has applied since become this site's applied
+    /// position (the wait of sync rules with `--sync-point applied`); with nothing in flight
+    /// and everything acknowledged applied, all that was read is.
+    fn note_applied(&mut self) {
+        let Some(applied) = self.applied_upto else {
+            return;
+        };
+        let mut next = None;
+        while let Some(&(received, acked)) = self.applied_pending.front() {
+            if received > applied {
+                break;
+            }
+            next = Some(acked);
+            self.applied_pending.pop_front();
+        }
+        let all_applied = self.last_received.is_none_or(|r| applied >= r);
+        if self.applied_pending.is_empty() && self.inflight.is_empty() && all_applied {
+            next = Some(self.acked_next);
+        }
+        if let Some(n) = next {
+            self.shared.set_applied(self.site, n);
+        }
+    }
+
     /// With nothing in flight, everything read so far is done for this site.
     fn note_progress(&mut self) {
         if self.inflight.is_empty() && self.copy.is_none() && self.extras.is_empty() {
@@ -932,6 +983,9 @@ impl Session<'_> {
         }
         self.shared
             .set_acked(self.site, self.acked_next, self.inflight.is_empty());
+        if self.inflight.is_empty() {
+            self.note_applied();
+        }
     }
 
     /// Sends one frame of entries if there is room and anything to send; whether it did.

@@ -132,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         mirrorfs::wire::auth::KeyRing::new(cli.key_file.unwrap_or_else(|| state.keys_path()));
     keys.load()
         .with_context(|| format!("cannot read the key file {}", keys.path().display()))?;
-    copy::ask_mount_at(state.socket_path("mirrorfs"));
+    copy::ask_mount_at(&state);
     let shared = Shared::new(site_id.clone(), &state, db, sfa, sites, keys)?;
     serve_control(&state, &shared)?;
     log::info!(
@@ -249,6 +249,10 @@ fn serve_control(state: &StateDir, shared: &Arc<Shared>) -> anyhow::Result<()> {
                     .map(|s| sh.sites.state(s, sh.acked(s)))
                     .collect(),
             }
+        }
+        SenderRequest::Acks { after, wait_ms } => {
+            let (generation, sites) = sh.acks_after(after, Duration::from_millis(wait_ms));
+            SenderResponse::Acks { generation, sites }
         }
         SenderRequest::Unblock { site } => {
             let sites = sh.sites.request_unblock(site.as_deref());

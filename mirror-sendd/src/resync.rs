@@ -229,6 +229,7 @@ mod tests {
             attrs: false,
             delete_suffix: None,
             mode: Mode::Async,
+            sync: Default::default(),
         };
         Rule {
             id: 1,

@@ -2,11 +2,13 @@
 //! change), the SFA log (acknowledged positions, written at most every few milliseconds and
 //! whenever a link goes idle), the sites' states (blocked or not), and the site id and journal.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use mirrorfs::control::SiteAck;
 use mirrorfs::journal::Position;
 use mirrorfs::rulesdb::{RulesDb, RulesDbError};
 use mirrorfs::sfa::Sfa;
@@ -51,6 +53,17 @@ pub struct Shared {
     sfa_path: PathBuf,
     sfa: Mutex<SfaState>,
     db: Mutex<(RulesDb, i64)>,
+    /// Grows whenever a site's acknowledged or applied position moves (the long poll of
+    /// sync rules, [`Shared::acks_after`]).
+    acks: Mutex<Acks>,
+    acks_moved: Condvar,
+}
+
+#[derive(Default)]
+struct Acks {
+    generation: u64,
+    /// Where each site's router applied up to, as it last said.
+    applied: HashMap<String, Position>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -90,6 +103,8 @@ impl Shared {
                 written: Instant::now(),
             }),
             db: Mutex::new((db, seen)),
+            acks: Mutex::new(Acks::default()),
+            acks_moved: Condvar::new(),
         }))
     }
 
@@ -147,10 +162,66 @@ impl Shared {
         if next > cur {
             s.sfa.acked.insert(site.to_string(), next);
             s.dirty = true;
+            self.acks_moved();
         }
         if s.dirty && (now || s.written.elapsed() >= SFA_DELAY) {
             self.write(&mut s);
         }
+    }
+
+    /// `site`'s router applied everything before `next` to the backup files.
+    pub fn set_applied(&self, site: &str, next: Position) {
+        let mut a = lock(&self.acks);
+        let cur = a.applied.entry(site.to_string()).or_insert(Position::START);
+        if next > *cur {
+            *cur = next;
+            a.generation += 1;
+            self.acks_moved.notify_all();
+        }
+    }
+
+    fn acks_moved(&self) {
+        lock(&self.acks).generation += 1;
+        self.acks_moved.notify_all();
+    }
+
+    /// Every site's positions once they moved past generation `after`, or after `wait`
+    /// (the long poll of a mount's sync rules, `SenderRequest::Acks`).
+    pub fn acks_after(&self, after: u64, wait: Duration) -> (u64, Vec<SiteAck>) {
+        let deadline = Instant::now() + wait.min(Duration::from_secs(1));
+        let mut a = lock(&self.acks);
+        while a.generation <= after {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            a = self
+                .acks_moved
+                .wait_timeout(a, left)
+                .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+        }
+        let (generation, applied) = (a.generation, a.applied.clone());
+        drop(a);
+        let mut names = self.table.load().sites();
+        for b in self.sites.all_blocked() {
+            if !names.contains(&b.site) {
+                names.push(b.site);
+            }
+        }
+        let sites = names
+            .into_iter()
+            .map(|site| {
+                let st = self.sites.state(&site, self.acked(&site));
+                SiteAck {
+                    applied: applied.get(&site).copied(),
+                    site,
+                    acked: st.acked,
+                    connected: st.connected,
+                    blocked: st.blocked.map(|b| b.reason),
+                }
+            })
+            .collect();
+        (generation, sites)
     }
 
     /// Writes pending changes of the log.

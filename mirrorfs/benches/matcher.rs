@@ -16,6 +16,7 @@ fn rule(id: usize, pattern: String) -> Rule {
         attrs: false,
         delete_suffix: None,
         mode: Mode::Async,
+        sync: Default::default(),
     };
     let crc = spec.crc();
     Rule {

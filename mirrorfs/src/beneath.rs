@@ -250,6 +250,12 @@ fn open_dir_at(dir: libc::c_int, name: &CString) -> io::Result<OwnedFd> {
 impl Root {
     /// Opens the root directory `path`.
     pub fn open(path: &Path) -> io::Result<Root> {
+        Root::open_as(path, path)
+    }
+
+    /// [`Root::open`] of `path`, named `shown` in messages (a path through `/proc/PID/fd`
+    /// that stands for another).
+    pub fn open_as(path: &Path, shown: &Path) -> io::Result<Root> {
         let c = cstr(path.as_os_str().as_bytes())?;
         let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
         // SAFETY: c is NUL-terminated; the descriptor is owned by the OwnedFd.
@@ -257,7 +263,7 @@ impl Root {
         Ok(Root {
             // SAFETY: fd was just opened and is owned by nobody else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
         })
     }
 

@@ -80,6 +80,30 @@ pub enum SenderRequest {
         /// `HOST:PORT`, or every blocked site.
         site: Option<String>,
     },
+    /// Every site's acknowledged position, once it changed past generation `after` or
+    /// `wait_ms` passed (at most a second): the long poll of a mount's sync rules
+    /// ([`crate::syncwait`]). Answered with [`SenderResponse::Acks`].
+    Acks {
+        /// The generation the asker knows.
+        after: u64,
+        /// How long to wait for a newer one, in milliseconds.
+        wait_ms: u64,
+    },
+}
+
+/// Where one site stands, for the durability points of sync rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteAck {
+    /// `HOST:PORT`.
+    pub site: String,
+    /// Everything before it is durable in the site's router logs (or not for the site).
+    pub acked: Position,
+    /// Everything before it is applied to the site's backup files, once its router said so.
+    pub applied: Option<Position>,
+    /// A session with the router is up.
+    pub connected: bool,
+    /// Why it is blocked, if it is.
+    pub blocked: Option<String>,
 }
 
 /// One site as mirror-sendd sees it.
@@ -133,6 +157,13 @@ pub enum SenderResponse {
     Unblocking {
         /// Sites.
         sites: Vec<String>,
+    },
+    /// Every site's positions ([`SenderRequest::Acks`]).
+    Acks {
+        /// Grows whenever a position moves.
+        generation: u64,
+        /// The sites.
+        sites: Vec<SiteAck>,
     },
     /// Refused.
     Error {
@@ -396,43 +427,74 @@ pub fn request_within<Q: Serialize, A: DeserializeOwned>(
     req: &Q,
     timeout: Duration,
 ) -> io::Result<A> {
-    let mut c = UnixStream::connect(path)?;
-    c.set_read_timeout(Some(timeout))?;
-    c.set_write_timeout(Some(timeout))?;
-    let silent = |e: io::Error| {
-        if matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "no answer from {} within {}s (is the daemon stopped or stuck?)",
-                    path.display(),
-                    timeout.as_secs()
-                ),
-            )
-        } else {
-            e
-        }
-    };
-    let mut out = serde_json::to_vec(req).map_err(io::Error::other)?;
-    out.push(b'\n');
-    c.write_all(&out).map_err(silent)?;
-    let mut line = String::new();
-    BufReader::new(c).read_line(&mut line).map_err(silent)?;
-    if line.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("{} closed the connection without an answer", path.display()),
-        ));
+    Client::connect(path, timeout)?.ask(req)
+}
+
+/// A connection to a control socket kept open for many requests, each answered within the
+/// timeout it was made with.
+#[derive(Debug)]
+pub struct Client {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+    path: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects to the socket at `path`.
+    pub fn connect(path: &Path, timeout: Duration) -> io::Result<Client> {
+        let c = UnixStream::connect(path)?;
+        c.set_read_timeout(Some(timeout))?;
+        c.set_write_timeout(Some(timeout))?;
+        Ok(Client {
+            r: BufReader::new(c.try_clone()?),
+            w: c,
+            path: path.to_path_buf(),
+            timeout,
+        })
     }
-    serde_json::from_str(&line).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("malformed answer from {}: {e}", path.display()),
-        )
-    })
+
+    /// Sends `req` and returns the answer.
+    pub fn ask<Q: Serialize, A: DeserializeOwned>(&mut self, req: &Q) -> io::Result<A> {
+        let (path, timeout) = (&self.path, self.timeout);
+        let silent = |e: io::Error| {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from {} within {}s (is the daemon stopped or stuck?)",
+                        path.display(),
+                        timeout.as_secs()
+                    ),
+                )
+            } else {
+                e
+            }
+        };
+        let mut out = serde_json::to_vec(req).map_err(io::Error::other)?;
+        out.push(b'\n');
+        self.w.write_all(&out).map_err(silent)?;
+        let mut line = String::new();
+        (&mut self.r)
+            .take(MAX_REQUEST_BYTES as u64)
+            .read_line(&mut line)
+            .map_err(silent)?;
+        if line.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} closed the connection without an answer", path.display()),
+            ));
+        }
+        serde_json::from_str(&line).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed answer from {}: {e}", path.display()),
+            )
+        })
+    }
 }
 
 /// Appends one copy entry per `(rule CRC, name)` to `journal` and makes them durable; the

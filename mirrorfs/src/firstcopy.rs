@@ -123,6 +123,7 @@ mod tests {
             attrs: false,
             delete_suffix: None,
             mode: Mode::Async,
+            sync: Default::default(),
         }
     }
 

@@ -17,6 +17,7 @@ use fuser::{
 use crate::entry::Timestamp;
 use crate::fs::sys::SetTime;
 use crate::fs::{Caller, EntryOut, FsError, IoMode, MirrorFs, Opened, SetAttrs};
+use crate::syncwait::collect;
 
 /// Largest write the kernel sends in one request.
 pub const MAX_WRITE: u32 = 1 << 20;
@@ -93,6 +94,79 @@ impl FuseFs {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(op, ino, e)),
         }
+    }
+
+    /// Sends a reply once the durability points the request reached are met: at once when
+    /// it reached none (or failed), else when the sites of its sync rules acknowledged it
+    /// ([`crate::syncwait`]); no request thread waits meanwhile. Should a sync rule's
+    /// policy fail the call after its change was made, `undo` gives back what the reply
+    /// would have handed the kernel (a node's lookup, an open handle).
+    fn settle<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        ino: u64,
+        (r, needs): (Result<T, FsError>, Vec<crate::syncwait::Need>),
+        undo: fn(&MirrorFs, &T),
+        send: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) {
+        let v = match r {
+            Err(e) => return send(Err(errno(op, ino, e))),
+            Ok(v) if needs.is_empty() => return send(Ok(v)),
+            Ok(v) => v,
+        };
+        let fs = self.fs.clone();
+        let done = move |res: Result<(), i32>| match res {
+            Ok(()) => send(Ok(v)),
+            Err(e) => {
+                log::warn!(
+                    "{op} ino {ino}: failed with EIO: a site of its sync rule is out of sync (with --on-sync-loss fail; what was changed stands and is sent once the site is back)"
+                );
+                undo(&fs, &v);
+                send(Err(Errno::from_i32(e)))
+            }
+        };
+        self.fs.recorder().sync_wait().defer(needs, Box::new(done));
+    }
+
+    /// [`FuseFs::settle`] for an empty reply.
+    fn settle_empty(
+        &self,
+        op: &'static str,
+        ino: u64,
+        r: (Result<(), FsError>, Vec<crate::syncwait::Need>),
+        reply: ReplyEmpty,
+    ) {
+        self.settle(
+            op,
+            ino,
+            r,
+            |_, _| {},
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+        );
+    }
+
+    /// [`FuseFs::settle`] for a new entry (its lookup is given back if the call fails).
+    fn settle_entry(
+        &self,
+        op: &'static str,
+        ino: u64,
+        r: (Result<EntryOut, FsError>, Vec<crate::syncwait::Need>),
+        reply: ReplyEntry,
+    ) {
+        let ttl = self.ttl();
+        self.settle(
+            op,
+            ino,
+            r,
+            |fs, e| fs.forget(e.attr.ino.0, 1),
+            move |r| match r {
+                Ok(e) => reply.entry(&ttl, &e.attr, Generation(e.generation)),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     /// Open flags for a handle in `mode`. Every handle gets FOPEN_NOFLUSH: mirrorfs buffers
@@ -224,10 +298,20 @@ impl Filesystem for FuseFs {
             atime: set_time(atime),
             mtime: set_time(mtime),
         };
-        match self.fs.setattr(caller(req), ino.0, ch, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.ttl(), &a),
-            Err(e) => reply.error(errno("setattr", ino.0, e)),
-        }
+        let r = collect(true, || {
+            self.fs.setattr(caller(req), ino.0, ch, fh.map(|f| f.0))
+        });
+        let ttl = self.ttl();
+        self.settle(
+            "setattr",
+            ino.0,
+            r,
+            |_, _| {},
+            move |r| match r {
+                Ok(a) => reply.attr(&ttl, &a),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -247,10 +331,11 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .fs
-            .mknod(caller(req), parent.0, name, mode, rdev as u64);
-        self.reply_entry("mknod", parent.0, r, reply);
+        let r = collect(true, || {
+            self.fs
+                .mknod(caller(req), parent.0, name, mode, rdev as u64)
+        });
+        self.settle_entry("mknod", parent.0, r, reply);
     }
 
     fn mkdir(
@@ -262,16 +347,18 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.fs.mkdir(caller(req), parent.0, name, mode);
-        self.reply_entry("mkdir", parent.0, r, reply);
+        let r = collect(true, || self.fs.mkdir(caller(req), parent.0, name, mode));
+        self.settle_entry("mkdir", parent.0, r, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::reply_empty("unlink", parent.0, self.fs.unlink(parent.0, name), reply);
+        let r = collect(true, || self.fs.unlink(parent.0, name));
+        self.settle_empty("unlink", parent.0, r, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::reply_empty("rmdir", parent.0, self.fs.rmdir(parent.0, name), reply);
+        let r = collect(true, || self.fs.rmdir(parent.0, name));
+        self.settle_empty("rmdir", parent.0, r, reply);
     }
 
     fn symlink(
@@ -282,10 +369,11 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .fs
-            .symlink(caller(req), parent.0, link_name, target.as_os_str());
-        self.reply_entry("symlink", parent.0, r, reply);
+        let r = collect(true, || {
+            self.fs
+                .symlink(caller(req), parent.0, link_name, target.as_os_str())
+        });
+        self.settle_entry("symlink", parent.0, r, reply);
     }
 
     fn rename(
@@ -298,14 +386,15 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self
-            .fs
-            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        let r = collect(true, || {
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, flags.bits())
+        });
         if let Some(d) = rename_reply_delay() {
             // Fault injection for the tests (see `rename_reply_delay`).
             std::thread::sleep(d);
         }
-        Self::reply_empty("rename", parent.0, r, reply);
+        self.settle_empty("rename", parent.0, r, reply);
     }
 
     fn link(
@@ -316,12 +405,8 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(
-            "link",
-            ino.0,
-            self.fs.link(ino.0, newparent.0, newname),
-            reply,
-        );
+        let r = collect(true, || self.fs.link(ino.0, newparent.0, newname));
+        self.settle_entry("link", ino.0, r, reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -361,10 +446,20 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let written_back = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
-        match self.fs.write(caller(req), fh.0, offset, data, written_back) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", ino.0, e)),
-        }
+        // A write through an O_SYNC/O_DSYNC handle is a durability point; others note none.
+        let r = collect(false, || {
+            self.fs.write(caller(req), fh.0, offset, data, written_back)
+        });
+        self.settle(
+            "write",
+            ino.0,
+            r,
+            |_, _| {},
+            move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn flush(
@@ -403,7 +498,8 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty("fsync", ino.0, self.fs.fsync(fh.0, datasync), reply);
+        let r = collect(false, || self.fs.fsync(fh.0, datasync));
+        self.settle_empty("fsync", ino.0, r, reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -495,12 +591,8 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty(
-            "fsyncdir",
-            ino.0,
-            self.fs.fsyncdir(ino.0, fh.0, datasync),
-            reply,
-        );
+        let r = collect(false, || self.fs.fsyncdir(ino.0, fh.0, datasync));
+        self.settle_empty("fsyncdir", ino.0, r, reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
@@ -529,12 +621,8 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        Self::reply_empty(
-            "setxattr",
-            ino.0,
-            self.fs.setxattr(ino.0, name, value, flags),
-            reply,
-        );
+        let r = collect(true, || self.fs.setxattr(ino.0, name, value, flags));
+        self.settle_empty("setxattr", ino.0, r, reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -554,12 +642,8 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::reply_empty(
-            "removexattr",
-            ino.0,
-            self.fs.removexattr(ino.0, name),
-            reply,
-        );
+        let r = collect(true, || self.fs.removexattr(ino.0, name));
+        self.settle_empty("removexattr", ino.0, r, reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -576,10 +660,23 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(caller(req), parent.0, name, mode, flags) {
-            Ok((entry, opened)) => self.reply_create(entry, opened, reply),
-            Err(e) => reply.error(errno("create", parent.0, e)),
-        }
+        let r = collect(true, || {
+            self.fs.create(caller(req), parent.0, name, mode, flags)
+        });
+        let me = FuseFs::new(self.fs.clone());
+        self.settle(
+            "create",
+            parent.0,
+            r,
+            |fs, (e, o)| {
+                let _ = fs.release(o.fh);
+                fs.forget(e.attr.ino.0, 1);
+            },
+            move |r| match r {
+                Ok((entry, opened)) => me.reply_create(entry, opened, reply),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     // Locks: FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS are not requested, so the kernel keeps

@@ -49,6 +49,52 @@ pub struct MountStatus {
     pub journal_trouble: Option<crate::fs::unjournaled::Trouble>,
     /// Files changed while the journal could not take them, to send whole.
     pub unjournaled: usize,
+    /// Every sync rule with each of its sites: in sync, degraded or out of sync.
+    #[serde(default)]
+    pub sync: Vec<crate::syncwait::SyncStatus>,
+    /// The directory underneath the mount, as this process holds it open.
+    #[serde(default)]
+    pub beneath: Option<Beneath>,
+}
+
+/// The directory underneath a mount, held open by its mirrorfs: mirror-sendd reads the
+/// sources of copies through `/proc/PID/fd/FD` ([`Beneath::path`]) rather than through the
+/// mount, so that no copy ever waits on the kernel's lock of a directory whose change waits
+/// for that very copy (a namespace change of a sync rule waits for the sites with the
+/// directory locked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beneath {
+    /// mirrorfs's descriptor of the directory.
+    pub fd: i32,
+    /// The directory's device and inode (to check that the descriptor is still it).
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+impl MountStatus {
+    /// The path beneath the mount of the full name `name` (at or under the mount point),
+    /// checked to lead to the directory this mount serves; `None` when it cannot be used
+    /// (another user's mirrorfs, a mirrorfs gone).
+    pub fn beneath_path(&self, name: &[u8]) -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStringExt;
+        use std::os::unix::fs::MetadataExt;
+        let b = self.beneath?;
+        let mp = self.mountpoint.as_bytes();
+        let mp = mp.strip_suffix(b"/").unwrap_or(mp);
+        let rest = name.strip_prefix(mp)?;
+        if !(rest.is_empty() || rest.starts_with(b"/")) {
+            return None;
+        }
+        let fd_path = PathBuf::from(format!("/proc/{}/fd/{}", self.pid, b.fd));
+        let m = std::fs::metadata(&fd_path).ok()?;
+        if (m.dev(), m.ino()) != (b.dev, b.ino) {
+            return None;
+        }
+        let mut p = fd_path.into_os_string().into_vec();
+        p.extend_from_slice(rest);
+        Some(PathBuf::from(std::ffi::OsString::from_vec(p)))
+    }
 }
 
 impl MountStatus {
@@ -108,6 +154,8 @@ impl Keeper {
             scan: None,
             journal_trouble: None,
             unjournaled: 0,
+            sync: Vec::new(),
+            beneath: fs.beneath(),
         };
         let mut threads = Vec::new();
         let scan_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
@@ -199,6 +247,7 @@ impl Keeper {
                         }
                         marked_at = std::time::Instant::now();
                     }
+                    status.sync = fs2.recorder().sync_wait().status();
                     let left = fs2.retry_unjournaled();
                     status.unjournaled = left;
                     status.journal_trouble = fs2

@@ -27,6 +27,7 @@ pub mod rule;
 pub mod rulesdb;
 pub mod sfa;
 pub mod state;
+pub mod syncwait;
 pub mod units;
 pub mod wire;
 pub mod xattr;

@@ -251,6 +251,7 @@ pub(crate) mod tests {
             attrs: false,
             delete_suffix: None,
             mode: Mode::Async,
+            sync: Default::default(),
         };
         let crc = spec.crc();
         Rule { id, spec, crc }

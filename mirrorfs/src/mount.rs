@@ -779,6 +779,14 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
         .load(&db)
         .map_err(|e| log::error!("{e}; trying again once mounted"))
         .is_err();
+    // Durability points of sync rules wait for mirror-sendd's acknowledgements.
+    let fs_end = fs.clone();
+    if let Err(e) = fs.recorder().sync_wait().start(
+        opts.state.socket_path("mirror-sendd"),
+        Box::new(move || fs_end.recorder().journal().end()),
+    ) {
+        log::error!("cannot start following mirror-sendd for sync rules: {e}; their durability points fail over to their --on-sync-loss policy after --sync-timeout");
+    }
     let keeper =
         crate::keeper::Keeper::start(fs.clone(), opts.state.root(), &mountpoint, watermark);
     let stop = Arc::new(AtomicBool::new(false));
@@ -887,6 +895,7 @@ pub fn run(opts: MountOptions) -> Result<(), MountError> {
     if let Some(p) = control {
         let _ = std::fs::remove_file(p);
     }
+    fs.recorder().sync_wait().stop();
     keeper.finish()?;
     log::info!("unmounted {}", mountpoint.display());
     result

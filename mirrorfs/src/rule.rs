@@ -92,6 +92,15 @@ pub enum RuleError {
     /// The mode is neither `async` nor `sync`.
     #[error("mode {0:?} is not one of: async, sync")]
     BadMode(String),
+    /// A sync point that is neither `durable` nor `applied`.
+    #[error("sync point {0:?} is not one of: durable, applied")]
+    BadSyncPoint(String),
+    /// A loss policy that is neither `degrade` nor `fail`.
+    #[error("sync-loss policy {0:?} is not one of: degrade, fail")]
+    BadOnSyncLoss(String),
+    /// A sync timeout of zero or past the limit.
+    #[error("sync timeout {0} ms is out of range (1 ms to 24 h)")]
+    BadSyncTimeout(u64),
     /// A string that is too long.
     #[error("{what} is {len} bytes long; the limit is {MAX_PATH_LEN}")]
     TooLong {
@@ -587,7 +596,7 @@ pub enum Mode {
     /// Journal locally, forward in the background.
     #[default]
     Async,
-    /// Reserved for synchronous mirroring (seeds/003).
+    /// Durability points wait for the sites (seeds/003 claims 19-20, [`SyncOpts`]).
     Sync,
 }
 
@@ -609,6 +618,101 @@ impl Mode {
     }
 }
 
+/// What a durability point of a `sync` rule waits for at each site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPoint {
+    /// The entries are durable in the site's router logs (acknowledged).
+    #[default]
+    Durable,
+    /// The router applied the entries to the backup files.
+    Applied,
+}
+
+impl SyncPoint {
+    /// Parses `durable` or `applied`.
+    pub fn parse(s: &str) -> Result<SyncPoint, RuleError> {
+        match s {
+            "durable" => Ok(SyncPoint::Durable),
+            "applied" => Ok(SyncPoint::Applied),
+            _ => Err(RuleError::BadSyncPoint(s.to_string())),
+        }
+    }
+    /// The database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncPoint::Durable => "durable",
+            SyncPoint::Applied => "applied",
+        }
+    }
+}
+
+/// What a `sync` rule does when a site does not acknowledge in time (or is blocked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSyncLoss {
+    /// The waiting calls return; the rule is degraded for the site until its backlog drained.
+    #[default]
+    Degrade,
+    /// The waiting calls fail with `EIO`, and so do namespace changes and fsyncs while the
+    /// site is out of sync.
+    Fail,
+}
+
+impl OnSyncLoss {
+    /// Parses `degrade` or `fail`.
+    pub fn parse(s: &str) -> Result<OnSyncLoss, RuleError> {
+        match s {
+            "degrade" => Ok(OnSyncLoss::Degrade),
+            "fail" => Ok(OnSyncLoss::Fail),
+            _ => Err(RuleError::BadOnSyncLoss(s.to_string())),
+        }
+    }
+    /// The database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnSyncLoss::Degrade => "degrade",
+            OnSyncLoss::Fail => "fail",
+        }
+    }
+}
+
+/// The longest `--sync-timeout`.
+pub const MAX_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The options of a `sync` rule (kept for an `async` one too, for when it is switched). None
+/// of them is part of the rule's CRC: `rule set` changes them on a running system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SyncOpts {
+    /// What is waited for.
+    pub point: SyncPoint,
+    /// How long a durability point waits for a site before the site counts as lost.
+    pub timeout: std::time::Duration,
+    /// What a lost site does to the rule.
+    pub on_loss: OnSyncLoss,
+}
+
+impl Default for SyncOpts {
+    fn default() -> Self {
+        SyncOpts {
+            point: SyncPoint::Durable,
+            timeout: std::time::Duration::from_secs(10),
+            on_loss: OnSyncLoss::Degrade,
+        }
+    }
+}
+
+impl SyncOpts {
+    /// Checks a timeout given in milliseconds (the database's unit).
+    pub fn timeout_from_ms(ms: u64) -> Result<std::time::Duration, RuleError> {
+        let d = std::time::Duration::from_millis(ms);
+        if ms == 0 || d > MAX_SYNC_TIMEOUT {
+            return Err(RuleError::BadSyncTimeout(ms));
+        }
+        Ok(d)
+    }
+}
+
 /// A rule as the user gives it, before the database assigns an id.
 #[derive(Debug, Clone)]
 pub struct RuleSpec {
@@ -622,8 +726,10 @@ pub struct RuleSpec {
     pub attrs: bool,
     /// Rename the backup to `name + suffix` instead of deleting it.
     pub delete_suffix: Option<String>,
-    /// Async now; sync reserved.
+    /// Whether durability points wait for the sites.
     pub mode: Mode,
+    /// What they wait for, how long, and what a lost site does.
+    pub sync: SyncOpts,
 }
 
 impl RuleSpec {

@@ -1,12 +1,13 @@
 //! The rules database (`<state>/rules.db`, SQLite): the configuration database of seeds/002
 //! Figure 6, plus an id, a mode, and the configuration version.
 //!
-//! Schema (version 2, kept in `PRAGMA user_version`; [`MIGRATIONS`] brings older files up):
+//! Schema (version 3, kept in `PRAGMA user_version`; [`MIGRATIONS`] brings older files up):
 //!
 //! ```sql
 //! meta(key TEXT PRIMARY KEY, value INTEGER)        -- 'config_version'
 //! rules(id INTEGER PRIMARY KEY AUTOINCREMENT, pattern TEXT, dest TEXT, attrs INTEGER,
-//!       delete_suffix TEXT NULL, mode TEXT, crc INTEGER UNIQUE, created_ns INTEGER)
+//!       delete_suffix TEXT NULL, mode TEXT, crc INTEGER UNIQUE, created_ns INTEGER,
+//!       sync_point TEXT, sync_timeout_ms INTEGER, on_sync_loss TEXT)  -- version 3
 //! rule_sites(rule_id INTEGER REFERENCES rules(id) ON DELETE CASCADE, site TEXT, pos INTEGER)
 //! first_copies(rule_id INTEGER PRIMARY KEY REFERENCES rules(id) ON DELETE CASCADE,
 //!              segment INTEGER NULL, offset INTEGER NULL)
@@ -27,7 +28,9 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::rule::{Dest, Mode, Pattern, Rule, RuleError, RuleSpec, Site};
+use crate::rule::{
+    Dest, Mode, OnSyncLoss, Pattern, Rule, RuleError, RuleSpec, Site, SyncOpts, SyncPoint,
+};
 
 /// Errors of the rules database.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +114,7 @@ pub enum RulesDbError {
 }
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `MIGRATIONS[n]` upgrades a database from schema version `n` to `n + 1`.
 pub const MIGRATIONS: &[&str] = &[
@@ -140,6 +143,10 @@ pub const MIGRATIONS: &[&str] = &[
          segment INTEGER,
          offset INTEGER
      );",
+    // 2 -> 3: the options of sync rules (issue 15).
+    "ALTER TABLE rules ADD COLUMN sync_point TEXT NOT NULL DEFAULT 'durable';
+     ALTER TABLE rules ADD COLUMN sync_timeout_ms INTEGER NOT NULL DEFAULT 10000;
+     ALTER TABLE rules ADD COLUMN on_sync_loss TEXT NOT NULL DEFAULT 'degrade';",
 ];
 
 /// A rule's first copy ([`crate::firstcopy`]).
@@ -353,8 +360,9 @@ impl RulesDb {
             }
         }
         tx.execute(
-            "INSERT INTO rules (pattern, dest, attrs, delete_suffix, mode, crc, created_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO rules (pattern, dest, attrs, delete_suffix, mode, crc, created_ns,
+                                sync_point, sync_timeout_ms, on_sync_loss)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 spec.pattern.as_str(),
                 spec.dest.as_str(),
@@ -363,6 +371,9 @@ impl RulesDb {
                 spec.mode.as_str(),
                 crc as i64,
                 crate::now_ns() as i64,
+                spec.sync.point.as_str(),
+                spec.sync.timeout.as_millis() as i64,
+                spec.sync.on_loss.as_str(),
             ],
         )
         .map_err(sql)?;
@@ -384,6 +395,42 @@ impl RulesDb {
         bump(&tx).map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(Rule { id, spec, crc })
+    }
+
+    /// Sets the mode and sync options of rule `id` (none of them is part of its CRC) and
+    /// bumps the configuration version; the rule as it is now.
+    pub fn set_sync(&mut self, id: i64, mode: Mode, sync: SyncOpts) -> Result<Rule, RulesDbError> {
+        let path = self.path.clone();
+        let sql = |err| RulesDbError::Sqlite {
+            path: path.clone(),
+            err,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let n = tx
+            .execute(
+                "UPDATE rules SET mode = ?2, sync_point = ?3, sync_timeout_ms = ?4, on_sync_loss = ?5
+                 WHERE id = ?1",
+                params![
+                    id,
+                    mode.as_str(),
+                    sync.point.as_str(),
+                    sync.timeout.as_millis() as i64,
+                    sync.on_loss.as_str(),
+                ],
+            )
+            .map_err(sql)?;
+        if n == 0 {
+            return Err(RulesDbError::NoSuchRule(id));
+        }
+        bump(&tx).map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        self.list()?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or(RulesDbError::NoSuchRule(id))
     }
 
     /// The first copies of the rules that have one, by rule id.
@@ -471,11 +518,22 @@ impl RulesDb {
                 |r| r.get(0),
             )
             .map_err(sql)?;
-        type Row = (i64, String, String, bool, Option<String>, String, i64);
+        type Row = (
+            i64,
+            String,
+            String,
+            bool,
+            Option<String>,
+            String,
+            i64,
+            (String, i64, String),
+        );
         let rows: Vec<Row> = {
             let mut stmt = tx
                 .prepare(
-                    "SELECT id, pattern, dest, attrs, delete_suffix, mode, crc FROM rules ORDER BY id",
+                    "SELECT id, pattern, dest, attrs, delete_suffix, mode, crc,
+                            sync_point, sync_timeout_ms, on_sync_loss
+                     FROM rules ORDER BY id",
                 )
                 .map_err(sql)?;
             let it = stmt
@@ -488,6 +546,11 @@ impl RulesDb {
                         r.get(4)?,
                         r.get(5)?,
                         r.get(6)?,
+                        (
+                            r.get::<_, String>(7)?,
+                            r.get::<_, i64>(8)?,
+                            r.get::<_, String>(9)?,
+                        ),
                     ))
                 })
                 .map_err(sql)?;
@@ -497,7 +560,7 @@ impl RulesDb {
             .prepare("SELECT site FROM rule_sites WHERE rule_id = ?1 ORDER BY pos")
             .map_err(sql)?;
         let mut out = Vec::with_capacity(rows.len());
-        for (id, pattern, dest, attrs, delete_suffix, mode, crc) in rows {
+        for (id, pattern, dest, attrs, delete_suffix, mode, crc, sync) in rows {
             let bad = |err| RulesDbError::BadRow {
                 path: self.path.clone(),
                 id,
@@ -519,6 +582,11 @@ impl RulesDb {
                 attrs,
                 delete_suffix,
                 mode: Mode::parse(&mode).map_err(bad)?,
+                sync: SyncOpts {
+                    point: SyncPoint::parse(&sync.0).map_err(bad)?,
+                    timeout: SyncOpts::timeout_from_ms(sync.1.max(0) as u64).map_err(bad)?,
+                    on_loss: OnSyncLoss::parse(&sync.2).map_err(bad)?,
+                },
             };
             out.push(Rule {
                 id,
@@ -553,6 +621,7 @@ mod tests {
             attrs: false,
             delete_suffix: None,
             mode: Mode::Async,
+            sync: Default::default(),
         }
     }
 
@@ -653,6 +722,47 @@ mod tests {
                 queued: None
             }]
         );
+    }
+
+    #[test]
+    fn a_schema_2_rule_becomes_async_with_default_sync_options_and_set_sync_changes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.execute_batch(MIGRATIONS[1]).unwrap();
+        c.execute(
+            "INSERT INTO rules (pattern, dest, attrs, mode, crc, created_ns)
+             VALUES ('/p/a/', 'd', 0, 'async', 7, 0)",
+            [],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO rule_sites (rule_id, site, pos) VALUES (1, 'h:1', 0)",
+            [],
+        )
+        .unwrap();
+        c.pragma_update(None, "user_version", 2).unwrap();
+        drop(c);
+        let mut db = RulesDb::open(&path).unwrap();
+        let r = &db.list().unwrap()[0];
+        assert_eq!(
+            (r.spec.mode, r.spec.sync),
+            (Mode::Async, SyncOpts::default())
+        );
+        let v = db.config_version().unwrap();
+        let opts = SyncOpts {
+            point: SyncPoint::Applied,
+            timeout: Duration::from_millis(1500),
+            on_loss: OnSyncLoss::Fail,
+        };
+        let r = db.set_sync(1, Mode::Sync, opts).unwrap();
+        assert_eq!((r.spec.mode, r.spec.sync, r.crc), (Mode::Sync, opts, 7));
+        assert_eq!(db.config_version().unwrap(), v + 1);
+        assert!(matches!(
+            db.set_sync(9, Mode::Sync, opts),
+            Err(RulesDbError::NoSuchRule(9))
+        ));
     }
 
     #[test]

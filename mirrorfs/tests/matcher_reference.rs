@@ -86,6 +86,7 @@ fn rules(patterns: &[String]) -> Vec<Rule> {
                 attrs: false,
                 delete_suffix: None,
                 mode: Mode::Async,
+                sync: Default::default(),
             };
             let crc = spec.crc();
             Rule {

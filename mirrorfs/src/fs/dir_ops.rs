@@ -217,7 +217,21 @@ impl MirrorFs {
 
     /// `fsync` of a directory: its entries, and the journal (namespace entries become durable).
     /// `fh` 0: the kernel opened the directory without asking.
+    ///
+    /// A durability point of the names it holds: it waits for the sites of the sync rules
+    /// that may select names in it ([`crate::syncwait`]).
     pub fn fsyncdir(&self, ino: u64, fh: u64, datasync: bool) -> FsResult<()> {
+        if let Ok(p) = self.inodes.path(ino) {
+            let dir = self.rec.full_name(&p);
+            let table = self.rec.table();
+            let rules: Vec<_> = table
+                .rules()
+                .iter()
+                .filter(|r| crate::syncwait::holds_names(r, &dir))
+                .cloned()
+                .collect();
+            self.rec.durability_point(&rules);
+        }
         if fh == 0 {
             let file = {
                 let _ns = self.ns_read();

@@ -40,6 +40,15 @@ pub enum FsError {
         /// Its length.
         len: usize,
     },
+    /// A namespace change of a name a sync rule with `--on-sync-loss fail` selects, while a
+    /// site of the rule is out of sync: refused (`EIO`) before it is made.
+    #[error("{name}: refused: {why}")]
+    OutOfSync {
+        /// The full name.
+        name: String,
+        /// Which rule and site, since when, why.
+        why: String,
+    },
 }
 
 impl FsError {
@@ -58,6 +67,7 @@ impl FsError {
             FsError::BadHandle(_) => libc::EBADF,
             FsError::Errno(e) => *e,
             FsError::NameTooLong { .. } => libc::ENAMETOOLONG,
+            FsError::OutOfSync { .. } => libc::EIO,
         }
     }
 
@@ -68,6 +78,7 @@ impl FsError {
             FsError::Io(_) | FsError::Errno(_) | FsError::Unlinked(_) => true,
             FsError::Stale(_) | FsError::BadHandle(_) => false,
             FsError::Journal { .. } | FsError::NameTooLong { .. } => false,
+            FsError::OutOfSync { .. } => false,
         }
     }
 }

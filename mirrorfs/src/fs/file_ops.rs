@@ -510,6 +510,10 @@ impl MirrorFs {
         };
         if h.sync_writes {
             self.rec.sync()?;
+            if !written_back {
+                // A write through an O_SYNC/O_DSYNC handle is a durability point.
+                self.rec.durability_point(&r.rules);
+            }
         } else if n >= PARALLEL_WRITE {
             // A large sequential writer: start writing its data to disk now, as the journal
             // does, so that its fsync finds little left to do.
@@ -577,8 +581,14 @@ impl MirrorFs {
     /// `write`): the file and the journal at once, so the call costs one flush of the disk, not
     /// two in a row. The journal is synced whichever handle asks: the written pages may have
     /// come through another handle of the file, and a sync with nothing new returns at once.
+    ///
+    /// For a file a sync rule selects, the call is a durability point: it waits for the
+    /// rule's sites up to the journal's end ([`crate::syncwait`]; the entries left for them
+    /// as soon as they were appended, so the wait overlaps the local flush).
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let h = self.files.get(fh)?;
+        let (_, rules) = self.handle_rules(&h);
+        self.rec.durability_point(&rules);
         if self.rec.durable() {
             return Ok(sys::fsync(h.file.as_fd(), datasync)?);
         }

@@ -391,6 +391,18 @@ impl MirrorFs {
         self.root.as_fd()
     }
 
+    /// Where other processes of this user may read the directory underneath the mount
+    /// without going through it ([`crate::keeper::Beneath`]).
+    pub fn beneath(&self) -> Option<crate::keeper::Beneath> {
+        use std::os::fd::AsRawFd;
+        let st = sys::fstat(self.dir()).ok()?;
+        Some(crate::keeper::Beneath {
+            fd: self.root.as_raw_fd(),
+            dev: st.dev,
+            ino: st.ino,
+        })
+    }
+
     fn ns_read(&self) -> RwLockReadGuard<'_, ()> {
         self.ns.read().unwrap_or_else(|p| p.into_inner())
     }

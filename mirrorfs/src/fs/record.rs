@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::entry::{Command, EntryRef};
-use crate::journal::Journal;
+use crate::journal::{Journal, Position};
 use crate::matcher::{Matcher, RuleTable};
 use crate::rule::{PatternKind, Rule};
 
@@ -47,6 +47,8 @@ pub struct Recorder {
     prefix: Vec<u8>,
     /// Names whose changes the journal could not take, to send whole later.
     unjournaled: Option<super::unjournaled::Unjournaled>,
+    /// The waits of sync rules ([`crate::syncwait`]).
+    sync: Arc<crate::syncwait::SyncWait>,
 }
 
 fn same(a: &Rule, b: &Rule) -> bool {
@@ -64,11 +66,49 @@ impl Recorder {
         if prefix == b"/" {
             prefix.clear();
         }
+        let sync = Arc::new(crate::syncwait::SyncWait::new(
+            matcher.clone(),
+            journal.dir().to_path_buf(),
+        ));
         Recorder {
             journal,
             matcher,
             prefix,
             unjournaled: None,
+            sync,
+        }
+    }
+
+    /// The waits of the sync rules' durability points.
+    pub fn sync_wait(&self) -> &Arc<crate::syncwait::SyncWait> {
+        &self.sync
+    }
+
+    /// In a namespace change: refused (`EIO`) when a sync rule of `rules` with
+    /// `--on-sync-loss fail` has a site out of sync ([`crate::syncwait::SyncWait::refusal`]).
+    fn sync_refusal<'a>(
+        &self,
+        rules: impl IntoIterator<Item = &'a Arc<Rule>>,
+        name: &[u8],
+    ) -> FsResult<()> {
+        if !crate::syncwait::in_namespace_change() {
+            return Ok(());
+        }
+        let rules: Vec<Arc<Rule>> = rules.into_iter().cloned().collect();
+        match self.sync.refusal(&rules) {
+            None => Ok(()),
+            Some(why) => Err(FsError::OutOfSync {
+                name: String::from_utf8_lossy(name).into_owned(),
+                why,
+            }),
+        }
+    }
+
+    /// A durability point of a name `rules` select: with sync rules among them, it waits
+    /// for their sites up to the journal's end ([`crate::syncwait::note_point`]).
+    pub fn durability_point(&self, rules: &[Arc<Rule>]) {
+        if crate::syncwait::any_sync(rules) {
+            crate::syncwait::note_point(rules, self.journal.end());
         }
     }
 
@@ -91,6 +131,7 @@ impl Recorder {
             return Ok(());
         }
         journalable(name)?;
+        self.sync_refusal(rules, name)?;
         let one = crate::journal::format::RECORD_HEADER_LEN + 2 * name.len() + data + 256;
         let need = (one * rules.len()) as u64;
         self.wait_for_room(need)
@@ -133,6 +174,7 @@ impl Recorder {
             return Ok(());
         }
         journalable(name)?;
+        self.sync_refusal(rules, name)?;
         let need =
             ((crate::journal::format::RECORD_HEADER_LEN + name.len() + 256) * rules.len()) as u64;
         match self.journal.room(need) {
@@ -256,18 +298,23 @@ impl Recorder {
                 rule_crc: r.crc,
                 ..proto
             };
-            if let Err(err) = self.journal.append(&e) {
-                let need = crate::journal::format::record_len(&e) as u64;
-                let err = self.refused(proto.name, need, err);
-                let mut names: Vec<(u32, Vec<u8>)> = Vec::new();
-                for r in &rules[i..] {
-                    names.push((r.crc, proto.name.to_vec()));
-                    if matches!(proto.command, Command::Rename | Command::Link) {
-                        names.push((r.crc, proto.aux.to_vec()));
+            let pos = match self.journal.append(&e) {
+                Ok(pos) => pos,
+                Err(err) => {
+                    let need = crate::journal::format::record_len(&e) as u64;
+                    let err = self.refused(proto.name, need, err);
+                    let mut names: Vec<(u32, Vec<u8>)> = Vec::new();
+                    for r in &rules[i..] {
+                        names.push((r.crc, proto.name.to_vec()));
+                        if matches!(proto.command, Command::Rename | Command::Link) {
+                            names.push((r.crc, proto.aux.to_vec()));
+                        }
                     }
+                    return self.mark_instead(names, err);
                 }
-                return self.mark_instead(names, err);
-            }
+            };
+            let len = crate::journal::format::record_len(&e) as u64;
+            crate::syncwait::note_entry(r, Position::new(pos.segment, pos.offset + len));
         }
         self.unjournaled_ok();
         Ok(())
@@ -343,6 +390,7 @@ impl Recorder {
         for p in plan {
             journalable(&p.name)?;
             journalable(&p.aux)?;
+            self.sync_refusal([&p.rule], &p.name)?;
         }
         let bytes: usize = plan
             .iter()

@@ -11,7 +11,7 @@ pub use super::restore::RestoreItem;
 /// [`Role`] are compatible (every earlier message encodes as before): a peer that predates
 /// them fails to decode only the new ones, so a new kind of session needs no bump (restore,
 /// [`Role::Restore`], came so).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The most entries in one [`Msg::Entries`] frame.
 pub const MAX_ENTRIES_PER_FRAME: usize = 4096;
@@ -323,6 +323,13 @@ pub enum Msg {
         /// Names skipped.
         skipped: u64,
     },
+    /// Router → sender: every entry of this source at or before journal position `upto`
+    /// (whole entries and last parts of copies) is applied to the backup files (the
+    /// durability point of sync rules with `--sync-point applied`).
+    Applied {
+        /// The position.
+        upto: Position,
+    },
 }
 
 impl Msg {
@@ -350,6 +357,7 @@ impl Msg {
             Msg::RestoreData { .. } => "restore-data",
             Msg::RestoreSkipped { .. } => "restore-skipped",
             Msg::RestoreDone { .. } => "restore-done",
+            Msg::Applied { .. } => "applied",
         }
     }
 

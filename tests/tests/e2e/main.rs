@@ -80,3 +80,5 @@ mod fs_ext4_parity;
 // paths longer than PATH_MAX: reached through the mount as on ext4, mirrored live, synced and
 // restored (issue 13 item 5).
 mod long_paths;
+// synchronous mirroring per rule: durability points wait for the sites (issue 15).
+mod sync_mode;
