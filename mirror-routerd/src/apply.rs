@@ -1327,10 +1327,7 @@ pub fn run(router: Arc<crate::shared::Router>) {
 /// Tells each connected source how far its entries are applied (`Msg::Applied`), when that
 /// moved since it was last told, and again every [`APPLIED_AGAIN`] (for a session that
 /// connected since).
-fn tell_applied(
-    router: &crate::shared::Router,
-    applied: &mut HashMap<String, AppliedAt>,
-) {
+fn tell_applied(router: &crate::shared::Router, applied: &mut HashMap<String, AppliedAt>) {
     for (site, (at, told)) in applied.iter_mut() {
         let due = told.is_none_or(|(p, when)| p != *at || when.elapsed() >= APPLIED_AGAIN);
         if due && router.tell(site, &Msg::Applied { upto: *at }) {

@@ -250,6 +250,15 @@ fn serve_control(state: &StateDir, shared: &Arc<Shared>) -> anyhow::Result<()> {
                     .collect(),
             }
         }
+        SenderRequest::SyncLost { site, reason } => {
+            if reason.len() > 4096 || site.len() > 1024 {
+                return SenderResponse::Error {
+                    reason: "sync-lost report too long".into(),
+                };
+            }
+            sh.sites.sync_lost(&site, &reason);
+            SenderResponse::Unblocking { sites: Vec::new() }
+        }
         SenderRequest::Acks { after, wait_ms } => {
             let (generation, sites) = sh.acks_after(after, Duration::from_millis(wait_ms));
             SenderResponse::Acks { generation, sites }

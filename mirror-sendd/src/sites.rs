@@ -137,6 +137,15 @@ impl Sites {
         }
     }
 
+    /// A sync rule lost `site` (the mount says so): logged, and `--on-block` runs, with
+    /// `MIRROR_REASON` naming the rule.
+    pub fn sync_lost(&self, site: &str, reason: &str) {
+        log::error!("site {site}: {reason}");
+        if let Some(cmd) = &self.policy.on_block {
+            run_hook(cmd, site, reason);
+        }
+    }
+
     /// Marks `site`'s backlog as tracked by a dirty set.
     pub fn set_dirty(&self, site: &str) {
         let mut b = lock(&self.blocked);

@@ -80,6 +80,15 @@ pub enum SenderRequest {
         /// `HOST:PORT`, or every blocked site.
         site: Option<String>,
     },
+    /// A mount's sync rule lost `site` (degraded or out of sync, [`crate::syncwait`]): the
+    /// sender logs it and runs its `--on-block` command. Answered with
+    /// [`SenderResponse::Unblocking`] (no site).
+    SyncLost {
+        /// `HOST:PORT`.
+        site: String,
+        /// Which rule, what it does now, why.
+        reason: String,
+    },
     /// Every site's acknowledged position, once it changed past generation `after` or
     /// `wait_ms` passed (at most a second): the long poll of a mount's sync rules
     /// ([`crate::syncwait`]). Answered with [`SenderResponse::Acks`].

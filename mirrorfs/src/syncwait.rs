@@ -201,6 +201,8 @@ pub struct SyncWait {
     end: OnceLock<Box<dyn Fn() -> Position + Send + Sync>>,
     journal_dir: PathBuf,
     stop: AtomicBool,
+    /// mirror-sendd's control socket.
+    sender: OnceLock<PathBuf>,
 }
 
 impl std::fmt::Debug for SyncWait {
@@ -236,6 +238,7 @@ impl SyncWait {
             end: OnceLock::new(),
             journal_dir,
             stop: AtomicBool::new(false),
+            sender: OnceLock::new(),
         }
     }
 
@@ -247,6 +250,7 @@ impl SyncWait {
         end: Box<dyn Fn() -> Position + Send + Sync>,
     ) -> std::io::Result<()> {
         let _ = self.end.set(end);
+        let _ = self.sender.set(sender.clone());
         let me = self.clone();
         std::thread::Builder::new()
             .name("sync-acks".into())
@@ -362,17 +366,34 @@ impl SyncWait {
         if st.lost.contains_key(&key) {
             return;
         }
+        let what = match r.spec.sync.on_loss {
+            OnSyncLoss::Degrade => "degraded: durability points of its files no longer wait for the site until it caught up",
+            OnSyncLoss::Fail => "out of sync (--on-sync-loss fail): fsync and namespace changes of its files fail with EIO until the site caught up; nothing written is lost",
+        };
+        let reason = format!(
+            "sync rule {} ({}) lost site {site} ({why}); the rule is {what}",
+            r.id, r.spec.pattern
+        );
         match r.spec.sync.on_loss {
-            OnSyncLoss::Degrade => log::warn!(
-                "sync rule {} ({}): site {site} lost ({why}); the rule is degraded for it: durability points no longer wait for it until it caught up",
-                r.id,
-                r.spec.pattern
-            ),
-            OnSyncLoss::Fail => log::error!(
-                "sync rule {} ({}): site {site} lost ({why}); with --on-sync-loss fail, fsync and namespace changes of its files fail with EIO until it caught up (nothing written is lost)",
-                r.id,
-                r.spec.pattern
-            ),
+            OnSyncLoss::Degrade => log::warn!("{reason}"),
+            OnSyncLoss::Fail => log::error!("{reason}"),
+        }
+        // mirror-sendd logs it and runs its --on-block command (in the background: a stopped
+        // sender never holds this).
+        if let Some(sock) = self.sender.get().cloned() {
+            let req = SenderRequest::SyncLost {
+                site: site.to_string(),
+                reason,
+            };
+            let _ = std::thread::Builder::new()
+                .name("sync-lost".into())
+                .spawn(move || {
+                    let r: std::io::Result<SenderResponse> =
+                        crate::control::request_within(&sock, &req, Duration::from_secs(5));
+                    if let Err(e) = r {
+                        log::debug!("cannot tell mirror-sendd: {e}");
+                    }
+                });
         }
         st.lost.insert(
             key,
@@ -615,4 +636,145 @@ pub fn holds_names(rule: &Rule, dir: &[u8]) -> bool {
     rule.spec.pattern.kind().is_subtree()
         && dir.starts_with(base)
         && dir.get(base.len()) == Some(&b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matcher::RuleTable;
+    use crate::rule::SyncOpts;
+
+    fn sync_rule(id: i64, on_loss: OnSyncLoss, timeout: Duration) -> Rule {
+        let mut r = crate::matcher::tests::rule(id, &format!("/p/r{id}/"));
+        r.spec.mode = Mode::Sync;
+        r.spec.sync = SyncOpts {
+            timeout,
+            on_loss,
+            ..SyncOpts::default()
+        };
+        r
+    }
+
+    fn waits(rules: Vec<Rule>) -> (Arc<SyncWait>, Vec<Arc<Rule>>) {
+        let m = Arc::new(Matcher::new(RuleTable::build(rules, 1)));
+        let rules = m.load().rules().to_vec();
+        let w = Arc::new(SyncWait::new(m, PathBuf::from("/nonexistent")));
+        let _ = w.end.set(Box::new(|| Position::new(1, 500)));
+        (w, rules)
+    }
+
+    fn hear(w: &SyncWait, acked: Position, blocked: Option<&str>) {
+        let mut st = lock(&w.state);
+        st.heard = Some(Instant::now());
+        st.sites.insert(
+            "h:1".into(),
+            SiteAck {
+                site: "h:1".into(),
+                acked,
+                applied: None,
+                connected: true,
+                blocked: blocked.map(String::from),
+            },
+        );
+        let ready = w.settle(&mut st);
+        drop(st);
+        finish(ready);
+    }
+
+    fn deferred(w: &SyncWait, rule: &Arc<Rule>, upto: Position) -> mpsc::Receiver<Result<(), i32>> {
+        let (tx, rx) = mpsc::channel();
+        let need = Need {
+            rule: rule.clone(),
+            upto,
+        };
+        w.defer(
+            vec![need],
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx
+    }
+
+    use std::sync::mpsc;
+
+    #[test]
+    fn scopes_collect_entries_of_sync_rules_in_namespace_changes_only() {
+        let (_, rules) = waits(vec![
+            sync_rule(1, OnSyncLoss::Degrade, Duration::from_secs(1)),
+            crate::matcher::tests::rule(2, "/p/a/"),
+        ]);
+        let ((), needs) = collect(true, || {
+            note_entry(&rules[0], Position::new(1, 10));
+            note_entry(&rules[0], Position::new(1, 30));
+            note_entry(&rules[1], Position::new(1, 40));
+            assert!(in_namespace_change());
+            // A nested scope keeps its own.
+            let ((), inner) = collect(false, || note_entry(&rules[0], Position::new(1, 50)));
+            assert!(inner.is_empty());
+            assert!(in_namespace_change());
+        });
+        assert_eq!(needs.len(), 1);
+        assert_eq!(needs[0].upto, Position::new(1, 30));
+        assert!(!in_namespace_change());
+        let ((), needs) = collect(false, || {
+            note_entry(&rules[0], Position::new(1, 10));
+            note_point(&rules, Position::new(2, 7));
+        });
+        assert_eq!(needs.len(), 1);
+        assert_eq!((needs[0].rule.id, needs[0].upto), (1, Position::new(2, 7)));
+        // Outside any scope nothing is noted (and nothing breaks).
+        note_point(&rules, Position::new(3, 0));
+    }
+
+    #[test]
+    fn a_wait_ends_when_the_site_acknowledged_its_position() {
+        let (w, rules) = waits(vec![sync_rule(
+            1,
+            OnSyncLoss::Fail,
+            Duration::from_secs(60),
+        )]);
+        hear(&w, Position::new(1, 100), None);
+        let rx = deferred(&w, &rules[0], Position::new(1, 100));
+        assert_eq!(rx.try_recv(), Ok(Ok(())), "acknowledged already: at once");
+        let rx = deferred(&w, &rules[0], Position::new(1, 200));
+        assert!(rx.try_recv().is_err());
+        hear(&w, Position::new(1, 199), None);
+        assert!(rx.try_recv().is_err());
+        hear(&w, Position::new(2, 24), None);
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+        assert_eq!(w.status()[0].state, "in sync");
+    }
+
+    #[test]
+    fn a_lost_site_degrades_or_fails_and_is_in_sync_again_once_caught_up() {
+        let (w, rules) = waits(vec![
+            sync_rule(1, OnSyncLoss::Degrade, Duration::from_millis(1)),
+            sync_rule(2, OnSyncLoss::Fail, Duration::from_secs(60)),
+        ]);
+        hear(&w, Position::new(1, 10), None);
+        // Past its timeout: degraded, the call returns.
+        let rx = deferred(&w, &rules[0], Position::new(1, 20));
+        std::thread::sleep(Duration::from_millis(5));
+        hear(&w, Position::new(1, 10), None);
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+        let st = w.status();
+        assert_eq!(st[0].state, "degraded");
+        // A blocked site: the fail rule's call fails, and its changes are refused.
+        let rx = deferred(&w, &rules[1], Position::new(1, 20));
+        hear(&w, Position::new(1, 10), Some("network down"));
+        assert_eq!(rx.try_recv(), Ok(Err(libc::EIO)));
+        assert!(w
+            .refusal(&rules[1..])
+            .is_some_and(|r| r.contains("network down")));
+        assert!(w.refusal(&rules[..1]).is_none(), "degrade never refuses");
+        assert_eq!(w.status()[1].state, "out of sync");
+        // Back, but behind the journal's end (1:500): still out of sync, catching up.
+        hear(&w, Position::new(1, 400), None);
+        assert_eq!(w.status()[1].catching_up, Some(100));
+        assert!(w.refusal(&rules[1..]).is_some());
+        hear(&w, Position::new(1, 500), None);
+        assert!(w.refusal(&rules[1..]).is_none());
+        assert!(w.status().iter().all(|s| s.state == "in sync"));
+    }
 }

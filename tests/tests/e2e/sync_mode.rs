@@ -173,11 +173,14 @@ fn a_rename_with_sync_point_applied_is_in_the_backup_when_it_returns() {
 #[test]
 fn degrade_after_the_sync_timeout_shows_in_status_and_ends_once_the_backlog_drained() {
     let r = Router::start();
-    let (l, _m, _s) = mirrored(
-        &r,
-        &["--mode", "sync", "--sync-timeout", "1500ms"],
-        PATIENT_SENDER,
+    let hook_out = r.tmp.path().join("on-block.out");
+    let hook = format!(
+        "echo \"$MIRROR_SITE $MIRROR_REASON\" >> {}",
+        hook_out.display()
     );
+    let mut sender = PATIENT_SENDER.to_vec();
+    sender.extend(["--on-block", hook.as_str()]);
+    let (l, _m, _s) = mirrored(&r, &["--mode", "sync", "--sync-timeout", "1500ms"], &sender);
     let file = l.path("log.txt");
     write_and_fsync(&file, b"before\n").unwrap();
     let stopped = Stopped::new(r.daemon.pid().unwrap());
@@ -200,6 +203,11 @@ fn degrade_after_the_sync_timeout_shows_in_status_and_ends_once_the_backlog_drai
     );
     let text = String::from_utf8_lossy(&l.ctl(&["status"]).stdout).into_owned();
     assert!(text.contains("DEGRADED since"), "{text}");
+    // mirror-sendd ran its --on-block command, naming the site and the rule.
+    wait_until(CONVERGE, "the --on-block command ran", || {
+        fs::read_to_string(&hook_out)
+            .is_ok_and(|t| t.contains(&r.site()) && t.contains("sync rule 1"))
+    });
     // Degraded: later durability points do not wait.
     let t = Instant::now();
     write_and_fsync(&file, b"during 2\n").unwrap();
