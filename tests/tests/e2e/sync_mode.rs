@@ -471,3 +471,32 @@ fn kill9_of_the_router_under_fsyncing_writers_loses_no_fsynced_record() {
         assert!(contains(&backup, rec.as_ref().unwrap()), "writer {w}");
     }
 }
+
+#[test]
+fn with_no_sender_running_a_sync_fsync_returns_after_the_timeout_degraded() {
+    let l = Local::new();
+    l.add_rule(
+        &format!("{}/", l.dir.display()),
+        "127.0.0.1:9",
+        "proj",
+        &["--mode", "sync", "--sync-timeout", "1s", "--no-sync"],
+    );
+    let _m = l.mount(&[]);
+    let t = Instant::now();
+    write_and_fsync(&l.path("f"), b"x").expect("degrade: the calls return");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    wait_until(CONVERGE, "status shows the rule degraded", || {
+        sync_state(&l).is_some_and(|s| {
+            s["state"] == "degraded"
+                && s["why"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("mirror-sendd is not running"))
+        })
+    });
+    let text = String::from_utf8_lossy(&l.ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains("sync rule 1"), "{text}");
+}
