@@ -181,6 +181,7 @@ struct JsonRule<'a> {
     mode: &'static str,
     sync_point: &'static str,
     sync_timeout_ms: u64,
+    sync_timeout: String,
     on_sync_loss: &'static str,
     crc: u32,
 }
@@ -206,6 +207,7 @@ pub fn list(state: &StateDir, json: bool) -> Result<()> {
                 mode: r.spec.mode.as_str(),
                 sync_point: r.spec.sync.point.as_str(),
                 sync_timeout_ms: r.spec.sync.timeout.as_millis() as u64,
+                sync_timeout: show_duration(r.spec.sync.timeout),
                 on_sync_loss: r.spec.sync.on_loss.as_str(),
                 crc: r.crc,
             })
