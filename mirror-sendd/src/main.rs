@@ -2,9 +2,9 @@
 //! system and forwards each entry to every site its rule names, one link per site; records
 //! what each site acknowledged (the SFA log) and removes journal segments every site passed.
 //!
-//! Modules: `table` (the send table, by rule CRC), `link` (one site's session, blocking and
-//! unblocking), `copy` (expansion of copy entries), `shared` (what the links share: table,
-//! SFA log), `sites` (blocked sites, heartbeat monitors, errors), `heartbeat` (UDP beats with
+//! Modules: `table` (the send table, by rule CRC), `link` (one site's stream, blocking and
+//! unblocking), `transport` (how a stream travels: one authenticated connection), `copy`
+//! (expansion of copy entries), `shared` (what the links share: table, SFA log), `sites` (blocked sites, heartbeat monitors, errors), `heartbeat` (UDP beats with
 //! a site), `dirty` (the bounded queue of a blocked site), `resync` (files to send whole after
 //! a damaged journal record was skipped).
 
@@ -16,6 +16,7 @@ mod resync;
 mod shared;
 mod sites;
 mod table;
+mod transport;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
