@@ -95,6 +95,9 @@ pub enum LinkError {
     /// Something else on this machine (the resync set cannot be written).
     #[error("{0}")]
     Local(String),
+    /// The site's settings changed: the session is opened again with them.
+    #[error("{0}")]
+    Reconfigured(String),
 }
 
 impl LinkError {
@@ -235,6 +238,10 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
         };
         match session(&shared, &site, &stop, &mut acked, &monitor, &mut trouble) {
             Ok(()) => break,
+            Err(LinkError::Reconfigured(why)) => {
+                log::info!("site {site}: {why}; connecting again");
+                failures = 0;
+            }
             Err(e) if e.is_local() => {
                 sites.set_connected(&site, false, Some(e.to_string()));
                 let policy = &sites.policy;
@@ -282,6 +289,53 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
     beating.store(true, Ordering::Relaxed);
     shared.flush();
     log::info!("site {site}: link stopped");
+}
+
+/// How often a session looks whether the site's settings changed.
+const SETTINGS_CHECK: Duration = Duration::from_secs(1);
+
+/// The settings of a site a session follows: its connections (`<state>/sites`, else
+/// `--connections`), and when the file was last looked at.
+struct Settings {
+    connections: usize,
+    /// The file's modification time when read.
+    mtime: Option<std::time::SystemTime>,
+    checked: Instant,
+}
+
+impl Settings {
+    fn read(shared: &Shared, site: &str) -> Settings {
+        let path = mirrorfs::sitecfg::path(&shared.state_dir);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let set = match mirrorfs::sitecfg::of(&path, site) {
+            Ok(s) => s.and_then(|s| s.connections),
+            Err(e) => {
+                log::warn!("site {site}: {e}; using --connections");
+                None
+            }
+        };
+        Settings {
+            connections: set.map_or(shared.sites.policy.connections, |n| n as usize),
+            mtime,
+            checked: Instant::now(),
+        }
+    }
+
+    /// The new number of connections, once the settings file says another.
+    fn changed(&mut self, shared: &Shared, site: &str) -> Option<usize> {
+        if self.checked.elapsed() < SETTINGS_CHECK {
+            return None;
+        }
+        self.checked = Instant::now();
+        let path = mirrorfs::sitecfg::path(&shared.state_dir);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if mtime == self.mtime {
+            return None;
+        }
+        let now = Settings::read(shared, site);
+        self.mtime = now.mtime;
+        (now.connections != self.connections).then_some(now.connections)
+    }
 }
 
 /// Sleeps `d` in small steps, returning early when `stop` is set.
@@ -391,6 +445,8 @@ struct Stream<'a> {
     site: &'a str,
     /// How it travels.
     t: Box<dyn Transport>,
+    /// The site's settings the session was opened with.
+    settings: Settings,
     reader: JournalReader,
     inflight: VecDeque<InFlight>,
     inflight_bytes: usize,
@@ -420,7 +476,7 @@ struct Stream<'a> {
 }
 
 fn session(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     site: &str,
     stop: &AtomicBool,
     acked: &mut bool,
@@ -428,11 +484,13 @@ fn session(
     trouble: &mut Trouble<'_>,
 ) -> Result<(), LinkError> {
     let Trouble { local, skips } = trouble;
+    let settings = Settings::read(shared, site);
+    let connections = settings.connections;
     let (tx, rx) = crossbeam_channel::unbounded();
     let Opened {
         transport,
         received,
-    } = crate::transport::open(shared, site, tx.clone())?;
+    } = crate::transport::open(shared, site, connections, tx.clone())?;
     shared.sites.set_connected(site, true, None);
     // Trouble with the journal is over only once the reader is past it.
     if !local.active() {
@@ -483,6 +541,7 @@ fn session(
         shared,
         site,
         t: transport,
+        settings,
         reader,
         inflight: VecDeque::new(),
         inflight_bytes: 0,
@@ -695,6 +754,13 @@ impl Stream<'_> {
             if !self.shared.table.load().has_site(self.site) {
                 return Ok(());
             }
+            self.t.tick()?;
+            if let Some(n) = self.settings.changed(self.shared, self.site) {
+                return Err(LinkError::Reconfigured(format!(
+                    "connections set to {n} (were {})",
+                    self.settings.connections
+                )));
+            }
             if self.send_batch()? {
                 continue;
             }
@@ -709,8 +775,12 @@ impl Stream<'_> {
     }
 
     fn handle(&mut self, ev: Event) -> Result<(), LinkError> {
+        if let Event::Msg(m) = &ev {
+            self.t.observe(m);
+        }
         match ev {
             Event::Grew => Ok(()),
+            Event::Conn(c) => self.t.on_event(c),
             Event::Closed(e) => Err(e.into()),
             Event::Msg(Msg::Ack { frames, .. }) => {
                 self.acked_frames = self.acked_frames.max(frames);
@@ -740,6 +810,8 @@ impl Stream<'_> {
                     have.map_or("none".into(), |v| v.to_string())
                 );
                 self.t.send(Msg::Config {
+                    // Numbered by the transport.
+                    seq: 0,
                     version: table.version,
                     rules,
                 })?;
@@ -968,6 +1040,8 @@ impl Stream<'_> {
             f.frame = frame;
         }
         self.t.send(Msg::Entries {
+            // Numbered by the transport.
+            seq: 0,
             config_version: version,
             entries: batch,
         })?;

@@ -99,6 +99,12 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = OUTAGES,
           value_parser = mirrorfs::units::parse_duration)]
     skip_damage_after: Duration,
+    /// Connections to each site, its stream striped across them, for sites without a
+    /// setting of their own (`mirror-ctl site set SITE --connections N`, followed while
+    /// running). More than one helps on a link with a long round trip.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=mirrorfs::wire::msg::MAX_CONNECTIONS as i64))]
+    connections: u32,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -127,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             unblock_every: cli.unblock_every,
             on_block: cli.on_block.clone(),
             skip_damage_after: cli.skip_damage_after,
+            connections: cli.connections as usize,
         },
     )?;
     let keys =

@@ -2,13 +2,16 @@
 //!
 //! The link decides *what is sent next* (the ordered stream of one site: positions, window,
 //! acknowledgements, dirty sets, copies, resyncs); a transport carries it, and brings the
-//! router's messages back as [`Event`]s on the link's channel. Today's transport is one
-//! authenticated connection ([`single`]): connect, hello, welcome, a reader thread, sealed
-//! frames out.
+//! router's messages back as [`Event`]s on the link's channel. Two transports: one
+//! authenticated connection ([`single`]: connect, hello, welcome, a reader thread, sealed
+//! frames out), and N of them with the stream striped across ([`striped`]). Either numbers
+//! the stream's messages ([`number`]); the router takes them in that order.
 
 pub mod single;
+pub mod striped;
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -34,14 +37,36 @@ pub enum Event {
     Closed(WireError),
     /// The journal grew.
     Grew,
+    /// One of the transport's connections changed ([`striped`]).
+    Conn(striped::ConnEvent),
 }
 
 /// One way of carrying a site's stream to its router.
 pub trait Transport {
     /// Sends one message of the stream (in the order the link sends them).
     fn send(&mut self, msg: Msg) -> Result<(), LinkError>;
+    /// Sees each message of the router before the link handles it (acknowledgements tell
+    /// what the transport may forget).
+    fn observe(&mut self, _msg: &Msg) {}
+    /// An event of the transport's own connections; an error ends the session.
+    fn on_event(&mut self, _ev: striped::ConnEvent) -> Result<(), LinkError> {
+        Ok(())
+    }
+    /// Called every 100 ms or so: keepalives, silent connections, connections to join again.
+    fn tick(&mut self) -> Result<(), LinkError> {
+        Ok(())
+    }
     /// Ends the session's connections (their reader threads then stop).
     fn close(&mut self);
+}
+
+/// Numbers `msg` if it is a message of the stream (entries, configuration): its place in the
+/// session's stream, from `next` on.
+pub(crate) fn number(msg: &mut Msg, next: &mut u64) {
+    if let Msg::Entries { seq, .. } | Msg::Config { seq, .. } = msg {
+        *seq = *next;
+        *next += 1;
+    }
 }
 
 /// An open session with a router: its transport, and what the router's welcome said it
@@ -53,9 +78,19 @@ pub struct Opened {
     pub received: Option<Position>,
 }
 
-/// Opens a session with the router of `site`; its messages arrive on `events`.
-pub fn open(shared: &Shared, site: &str, events: Sender<Event>) -> Result<Opened, LinkError> {
-    single::open(shared, site, events)
+/// Opens a session with the router of `site` on `connections` connections; its messages
+/// arrive on `events`. One connection is today's transport, exactly.
+pub fn open(
+    shared: &Arc<Shared>,
+    site: &str,
+    connections: usize,
+    events: Sender<Event>,
+) -> Result<Opened, LinkError> {
+    if connections <= 1 {
+        single::open(shared, site, events)
+    } else {
+        striped::open(shared, site, connections, events)
+    }
 }
 
 /// A TCP connection to `site` (the first of its addresses that answers).

@@ -17,10 +17,13 @@ use crate::shared::Shared;
 struct Single {
     w: TcpStream,
     mac: FrameMac,
+    /// The number of the next message of the stream.
+    seq: u64,
 }
 
 impl Transport for Single {
-    fn send(&mut self, msg: Msg) -> Result<(), LinkError> {
+    fn send(&mut self, mut msg: Msg) -> Result<(), LinkError> {
+        super::number(&mut msg, &mut self.seq);
         let frame = codec::encode_sealed(&msg, &mut self.mac)?;
         self.w.write_all(&frame).map_err(WireError::Io)?;
         Ok(())
@@ -56,9 +59,15 @@ pub fn open(shared: &Shared, site: &str, events: Sender<Event>) -> Result<Opened
         .map_err(WireError::Io)?;
     let auth::Session { send, mut recv } =
         super::handshake(shared, site, Role::Source, &mut r, &mut w)?;
-    let out = Single { w, mac: send };
+    let out = Single {
+        w,
+        mac: send,
+        seq: 1,
+    };
     let received = match read_sealed(&mut r, &mut recv)? {
-        Msg::Welcome { protocol, received } => {
+        Msg::Welcome {
+            protocol, received, ..
+        } => {
             if protocol != PROTOCOL_VERSION {
                 return Err(LinkError::Protocol(format!(
                     "router speaks protocol {protocol}, this sender {PROTOCOL_VERSION}"

@@ -80,3 +80,5 @@ mod fs_ext4_parity;
 // paths longer than PATH_MAX: reached through the mount as on ext4, mirrored live, synced and
 // restored (issue 13 item 5).
 mod long_paths;
+// n connections per site: one stream striped and put back in order, a connection reset, kill -9.
+mod n_connections;
