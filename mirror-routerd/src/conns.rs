@@ -17,14 +17,14 @@
 //! and a connection silent for [`SILENCE`] is closed on its own; the others carry on.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use mirrorfs::wire::auth::FrameMac;
 use mirrorfs::wire::msg::{MAX_CONNECTIONS, MAX_REORDER_BYTES};
-use mirrorfs::wire::{read_sealed, Msg, WireEntry, WireError};
+use mirrorfs::wire::{codec, read_sealed, Msg, WireEntry, WireError};
 
 use crate::receive::SessionError;
 use crate::shared::{lock, PeerOut};
@@ -122,9 +122,15 @@ impl Conns {
         })
     }
 
-    /// Adds a connection that joined (at `index` of the sender's array), sending with `mac`;
+    /// Adds a connection that joined (at `index` of the sender's array), sending with `mac`,
+    /// once it is told so ([`Msg::Joined`], before anything else of the session goes on it);
     /// its id, or why it may not join.
-    pub fn join(&self, index: u32, stream: TcpStream, mac: FrameMac) -> Result<u64, String> {
+    pub fn join(
+        &self,
+        index: u32,
+        mut stream: TcpStream,
+        mut mac: FrameMac,
+    ) -> Result<u64, String> {
         let mut st = lock(&self.state);
         if st.ended.is_some() || st.conns.is_empty() {
             return Err("the session it names has ended".into());
@@ -134,6 +140,12 @@ impl Conns {
                 "the session already has {MAX_CONNECTIONS} connections (limit)"
             ));
         }
+        let joined = Msg::Joined {
+            connections: st.conns.len() as u32 + 1,
+        };
+        codec::encode_sealed(&joined, &mut mac)
+            .map_err(|e| e.to_string())
+            .and_then(|f| stream.write_all(&f).map_err(|e| e.to_string()))?;
         let id = st.next_id;
         st.next_id += 1;
         st.conns.insert(
@@ -289,5 +301,117 @@ impl Conns {
         }
         lock(&self.out).shutdown();
         self.cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reorder buffer on a real loopback connection (its sending half is the session's).
+    use super::*;
+    use mirrorfs::wire::auth::Key;
+    use std::net::TcpListener;
+
+    fn entries(seq: u64, n: usize) -> Msg {
+        Msg::Entries {
+            seq,
+            config_version: 1,
+            entries: vec![
+                WireEntry {
+                    pos: mirrorfs::journal::Position::new(1, seq),
+                    part: mirrorfs::wire::Part::Whole,
+                    command: mirrorfs::entry::Command::Write,
+                    rule_crc: 1,
+                    name: b"/p/x".to_vec(),
+                    aux: Vec::new(),
+                    offset: 0,
+                    size: n as u64,
+                    time_ns: 1,
+                    data: vec![7; n],
+                };
+                1
+            ],
+        }
+    }
+
+    fn session() -> (Arc<Conns>, BufReader<TcpStream>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let key = Key::from_hex(&"5a".repeat(32)).unwrap();
+        let k2 = key.clone();
+        let client = {
+            let peer = peer.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(peer.try_clone().unwrap());
+                let mut w = peer;
+                mirrorfs::wire::auth::client(
+                    &mut r,
+                    &mut w,
+                    "src",
+                    1,
+                    mirrorfs::wire::Role::Source,
+                    &k2,
+                )
+                .unwrap()
+            })
+        };
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s.try_clone().unwrap();
+        let accepted = mirrorfs::wire::auth::server(&mut r, &mut w, |_| Ok(key)).unwrap();
+        client.join().unwrap();
+        let mac = accepted.session.send;
+        let out = Arc::new(Mutex::new(PeerOut::new(s.try_clone().unwrap(), mac)));
+        (Conns::new("src", 1, out), BufReader::new(s), peer)
+    }
+
+    fn seq(m: &Msg) -> u64 {
+        seq_of(m).unwrap()
+    }
+
+    #[test]
+    fn messages_are_taken_in_order_and_duplicates_dropped() {
+        let (c, r, _peer) = session();
+        for s in [3, 1, 3, 2, 1, 5] {
+            c.arrived(0, &r, entries(s, 10)).unwrap();
+        }
+        assert_eq!(seq(&c.next().unwrap()), 1);
+        assert_eq!(seq(&c.next().unwrap()), 2);
+        assert_eq!(seq(&c.next().unwrap()), 3);
+        // 4 is missing: 5 waits for it; 2 again is a duplicate.
+        assert!(!c.ready());
+        c.arrived(0, &r, entries(2, 10)).unwrap();
+        assert!(!c.ready());
+        c.arrived(0, &r, entries(4, 10)).unwrap();
+        assert!(c.ready());
+        assert_eq!(seq(&c.next().unwrap()), 4);
+        assert_eq!(seq(&c.next().unwrap()), 5);
+        // Messages outside the stream go as they come.
+        c.arrived(
+            0,
+            &r,
+            Msg::Validate {
+                dest: "d".into(),
+                dir: true,
+            },
+        )
+        .unwrap();
+        assert!(matches!(c.next().unwrap(), Msg::Validate { .. }));
+    }
+
+    #[test]
+    fn more_than_the_bound_out_of_order_ends_the_session() {
+        let (c, r, _peer) = session();
+        let big = 8 << 20;
+        let mut s = 2;
+        let res = loop {
+            match c.arrived(0, &r, entries(s, big)) {
+                Ok(()) => s += 1,
+                Err(e) => break e,
+            }
+            assert!(s < 100, "never refused");
+        };
+        assert!(res.to_string().contains("out of order"), "{res}");
+        assert!((s - 2) as usize * big <= MAX_REORDER_BYTES);
+        assert!(c.next().is_err(), "the session ended");
     }
 }

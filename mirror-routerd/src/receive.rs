@@ -280,15 +280,6 @@ fn join(
         .join(index, stream, mac)
         .map_err(SessionError::Refused)?;
     let n = conns.connections();
-    if let Err(e) = lock(&conns.out).send_on(
-        id,
-        &Msg::Joined {
-            connections: n as u32,
-        },
-    ) {
-        lock(&conns.out).remove(id);
-        return Err(e.into());
-    }
     log::info!("source {site}: connection {index} joined its session ({n} connections)");
     conns.feed(id, &mut r, &mut recv);
     Ok(())

@@ -110,6 +110,20 @@ pub struct Striped {
     frames: u64,
     retained: VecDeque<Retained>,
     silence: Duration,
+    /// Where the next search for a connection starts.
+    turn: usize,
+}
+
+/// Bytes in a socket's send queue (not yet sent, or not yet acknowledged by the peer).
+fn unacked(s: &TcpStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one int through the pointer, which is live for the call.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(s), libc::TIOCOUTQ, &mut n) };
+    if rc == 0 {
+        n.max(0) as usize
+    } else {
+        0
+    }
 }
 
 /// The bytes a message counts for in a connection's queue.
@@ -217,6 +231,7 @@ pub fn open(
         frames: 0,
         retained: VecDeque::new(),
         silence: threshold.max(MIN_SILENCE),
+        turn: 0,
     };
     t.start(0, p);
     let now = Instant::now();
@@ -285,6 +300,8 @@ impl Striped {
                 });
             if let Err(e) = spawned {
                 log::warn!("site {site}: cannot start a connection thread: {e}");
+                // The connection's other thread notices and reports it down.
+                let _ = stream.shutdown(Shutdown::Both);
             }
         }
         {
@@ -311,6 +328,8 @@ impl Striped {
                 });
             if let Err(e) = spawned {
                 log::warn!("site {site}: cannot start a connection thread: {e}");
+                // The connection's other thread notices and reports it down.
+                let _ = stream.shutdown(Shutdown::Both);
             }
         }
         let slot = &mut self.slots[index];
@@ -345,6 +364,13 @@ impl Striped {
             .filter(|(_, r)| r.on == index)
             .map(|(i, _)| i)
             .collect();
+        if !again.is_empty() {
+            log::info!(
+                "site {}: {} messages in flight on connection {index} sent again on the others",
+                self.site,
+                again.len()
+            );
+        }
         for i in again {
             if let Some(to) = self.pick() {
                 let r = &mut self.retained[i];
@@ -357,18 +383,21 @@ impl Striped {
         }
     }
 
-    /// The live connection with the fewest bytes waiting.
-    fn pick(&self) -> Option<usize> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                s.conn
-                    .as_ref()
-                    .map(|c| (c.queued.load(Ordering::Relaxed), i))
+    /// The live connection with the fewest bytes waiting (handed to its writer, or in its
+    /// socket not yet acknowledged by the peer), the next in turn among equals.
+    fn pick(&mut self) -> Option<usize> {
+        let n = self.slots.len();
+        let start = self.turn;
+        let best = (0..n)
+            .map(|k| (start + k) % n)
+            .filter_map(|i| {
+                let c = self.slots[i].conn.as_ref()?;
+                Some((c.queued.load(Ordering::Relaxed) + unacked(&c.stream), i))
             })
-            .min()
-            .map(|(_, i)| i)
+            .min_by_key(|&(load, _)| load)
+            .map(|(_, i)| i)?;
+        self.turn = (best + 1) % n;
+        Some(best)
     }
 
     fn alive(&self) -> usize {

@@ -163,8 +163,12 @@ fn one_connection_fails_mid_workload(how: How, seed: u64) {
     }
     // The session carried on: it never had to start again.
     assert_eq!(log.matches("session on 4 connections").count(), 1, "{log}");
+    let again = log
+        .lines()
+        .find(|l| l.contains("sent again on the others"))
+        .unwrap_or("nothing was in flight on it");
     eprintln!(
-        "operations {}, ledger records {records}, files compared {n}, differences 0",
+        "{how:?}: operations {}, ledger records {records}, files compared {n}, differences 0; {again}",
         w.ops
     );
     crate::router_faults::assert_no_leaked_sessions(&r, 4);
