@@ -177,21 +177,27 @@ impl Conns {
                 break e;
             }
         };
-        let mut st = lock(&self.state);
-        let index = st.conns.remove(&id).map_or(0, |c| c.index);
-        lock(&self.out).remove(id);
-        if st.conns.is_empty() {
-            if st.ended.is_none() {
+        let (index, left, err) = {
+            let mut st = lock(&self.state);
+            let index = st.conns.remove(&id).map_or(0, |c| c.index);
+            let left = st.conns.len();
+            if left == 0 && st.ended.is_none() {
                 st.ended = Some(err);
+                (index, left, None)
+            } else {
+                (index, left, Some(err))
             }
-        } else if !matches!(err, SessionError::Wire(WireError::Closed)) {
+        };
+        // (Not under the state's lock: this may send on the next connection.)
+        lock(&self.out).remove(id);
+        if let Some(err) =
+            err.filter(|e| left > 0 && !matches!(e, SessionError::Wire(WireError::Closed)))
+        {
             log::info!(
-                "source {}: connection {index} ended ({err}); {} others carry on",
-                self.site,
-                st.conns.len()
+                "source {}: connection {index} ended ({err}); {left} others carry on",
+                self.site
             );
         }
-        drop(st);
         self.cv.notify_all();
     }
 
