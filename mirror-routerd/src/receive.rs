@@ -17,10 +17,17 @@
 //! is asked again for every copy still pending ([`crate::resync`]), once the router has its
 //! configuration (asked for at once when the router has none).
 //!
+//! A source session may travel on many connections ([`crate::conns`]): its first
+//! connection makes it and takes the seat; each further one ([`Role::Join`]) names the
+//! session's token and takes none. Each connection is read by a thread of its own into the
+//! session's reorder buffer, and the session's thread takes the stream from there in the
+//! sender's order, so everything below works on one ordered stream however many connections
+//! carry it.
+//!
 //! Every session ends, and gives its seat back, whatever fails: the commit thread owns its
 //! end of the channel, so when storing or acknowledging fails (a full router-log disk, a
 //! sender that died) the reading thread's next hand-over fails at once instead of waiting
-//! for ever; the connection is shut down both ways. A peer that vanishes without a word is
+//! for ever; its connections are shut down both ways. A peer that vanishes without a word is
 //! noticed by TCP keepalive and a user timeout ([`mirrorfs::wire::keepalive`]), and a source whose heartbeats
 //! stop has all its sessions closed (`heartbeat`).
 
