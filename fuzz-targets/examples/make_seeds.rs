@@ -39,7 +39,7 @@ fn main() -> std::io::Result<()> {
     ];
     let msgs = vec![
         Msg::Hello {
-            protocol: 3,
+            protocol: 4,
             site: "source-a".into(),
             stream: 9,
             role: Role::Source,
@@ -51,10 +51,12 @@ fn main() -> std::io::Result<()> {
         },
         Msg::Auth { proof: vec![4; 32] },
         Msg::Entries {
+            seq: 1,
             config_version: 3,
             entries: entries.clone(),
         },
         Msg::Config {
+            seq: 2,
             version: 3,
             rules: vec![WireRule {
                 crc: 1,

@@ -81,10 +81,40 @@ Examples:
     /// read them).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Per-site settings of this source (in `<state>/sites`; a running mirror-sendd follows
+    /// them).
+    #[command(subcommand)]
+    Site(SiteCommand),
     /// On a backup host: the router's keys, blocked files and backlog (--state is the
     /// router's).
     #[command(subcommand)]
     Router(RouterCommand),
+}
+
+/// `mirror-ctl site …` (on a source).
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Change the settings of SITE; a running mirror-sendd picks them up within a second
+    /// (it connects to the site again).
+    #[command(
+        after_help = "Example (a site far away: its stream striped across 4 connections):
+  mirror-ctl site set backup.far:7070 --connections 4
+  mirror-ctl site set backup.far:7070 --connections default"
+    )]
+    Set {
+        /// `HOST:PORT` of the site, as the rules name it.
+        site: String,
+        /// Connections mirror-sendd opens to the site and stripes its stream across (1 to 64),
+        /// or `default` for mirror-sendd's --connections.
+        #[arg(long, value_name = "N|default")]
+        connections: Option<String>,
+    },
+    /// List the sites that have settings.
+    List {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `mirror-ctl key …` (on a source).

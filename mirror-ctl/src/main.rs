@@ -9,6 +9,7 @@ mod keys_cmd;
 mod restore_cmd;
 mod router_cmd;
 mod rules_cmd;
+mod site_cmd;
 mod status_cmd;
 mod sync_cmd;
 mod validate;
@@ -112,6 +113,7 @@ fn configure_or_read(cli: Cli, path: PathBuf) -> anyhow::Result<()> {
         Command::Router(RouterCommand::Unblock { path }) => router_cmd::unblock(&state, path),
         Command::Router(RouterCommand::Quarantine { json }) => router_cmd::quarantine(&state, json),
         Command::Key(c) => keys_cmd::source(&keys, c),
+        Command::Site(c) => site_cmd::site(&state, c),
         Command::Router(RouterCommand::Key(c)) => keys_cmd::router(&keys, c),
         Command::Router(RouterCommand::Namespace { site, path }) => {
             keys_cmd::namespace(&keys, &site, &path)

@@ -15,6 +15,8 @@
 //! * [`direct`]: large aligned transfers around the page cache (`O_DIRECT`), for RT2 and
 //!   backup writes.
 //! * [`heartbeat`]: UDP heartbeats with the sources; closes the session of a silent one.
+//! * [`conns`]: the connections of one source session (many, when the sender stripes its
+//!   stream): the connection array, the reorder buffer, per-connection keepalive.
 //! * [`receive`]: the receive process: sessions with senders, configuration versions,
 //!   RT1/RT2 group commit, acknowledgements, validation requests.
 //! * [`restore`]: restore sessions: a site's backup sent back to it (`mirror-ctl restore`).
@@ -31,6 +33,7 @@ pub mod backup;
 /// Confinement beneath a root (shared with the sender, which reads sources the same way).
 pub use mirrorfs::beneath;
 pub mod config;
+pub mod conns;
 pub mod direct;
 pub mod durable;
 pub mod heartbeat;

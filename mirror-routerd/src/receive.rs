@@ -17,10 +17,17 @@
 //! is asked again for every copy still pending ([`crate::resync`]), once the router has its
 //! configuration (asked for at once when the router has none).
 //!
+//! A source session may travel on many connections ([`crate::conns`]): its first
+//! connection makes it and takes the seat; each further one ([`Role::Join`]) names the
+//! session's token and takes none. Each connection is read by a thread of its own into the
+//! session's reorder buffer, and the session's thread takes the stream from there in the
+//! sender's order, so everything below works on one ordered stream however many connections
+//! carry it.
+//!
 //! Every session ends, and gives its seat back, whatever fails: the commit thread owns its
 //! end of the channel, so when storing or acknowledging fails (a full router-log disk, a
 //! sender that died) the reading thread's next hand-over fails at once instead of waiting
-//! for ever; the connection is shut down both ways. A peer that vanishes without a word is
+//! for ever; its connections are shut down both ways. A peer that vanishes without a word is
 //! noticed by TCP keepalive and a user timeout ([`mirrorfs::wire::keepalive`]), and a source whose heartbeats
 //! stop has all its sessions closed (`heartbeat`).
 
@@ -37,6 +44,7 @@ use mirrorfs::wire::{read_sealed, Msg, Role, WireEntry, WireError, PROTOCOL_VERS
 
 use crate::beneath::{is_confinement, Root};
 use crate::config::RouterRule;
+use crate::conns::Conns;
 use crate::shared::{lock, PeerOut, Router, Seat};
 
 /// Why a session ended.
@@ -161,6 +169,11 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
     let stream_id = accepted.stream;
     let mut recv = accepted.session.recv;
     let w = Arc::new(Mutex::new(PeerOut::new(out, accepted.session.send)));
+    if accepted.role == Role::Join {
+        // A further connection of a session: it has the session's seat. (Its join is read
+        // within the handshake's timeout.)
+        return join(router, &site, &key, r, recv, &w);
+    }
     let Some(_seat) = router.take_seat(&site, limits.sessions_per_site) else {
         return Err(refuse(
             &w,
@@ -193,23 +206,90 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
     // keepalive and the heartbeats notice a peer that is gone).
     r.get_ref().set_read_timeout(None).map_err(WireError::Io)?;
     let received = router.received(&site, stream_id);
-    send(
+    let token = loop {
+        // Only an authenticated peer of the same site can use it.
+        let t = mirrorfs::sfa::random_u64();
+        if t != 0 && !lock(&router.joinable).contains_key(&t) {
+            break t;
+        }
+    };
+    // Joinable before the sender hears of it.
+    let conns = Conns::new(&site, token, w.clone());
+    lock(&router.joinable).insert(token, conns.clone());
+    if let Err(e) = send(
         &w,
         &Msg::Welcome {
             protocol: PROTOCOL_VERSION,
             received,
+            token,
         },
-    )?;
+    ) {
+        lock(&router.joinable).remove(&token);
+        return Err(e);
+    }
     log::info!(
         "source {site} connected (received up to {})",
         received.map_or("nothing".into(), |p| p.to_string())
     );
     router.add_peer(&site, w.clone());
-    let result = serve_source(router, &site, &key, &w, &mut r, &mut recv);
+    let result = std::thread::scope(|s| {
+        // The first connection is read by a thread of its own, like those that join; this one
+        // takes the stream in order.
+        let reader = std::thread::Builder::new()
+            .name(format!("conn {site}/0"))
+            .spawn_scoped(s, || conns.feed(0, &mut r, &mut recv));
+        if let Err(e) = reader {
+            return Err(SessionError::Store(format!(
+                "cannot start a connection thread: {e}"
+            )));
+        }
+        let result = serve_source(router, &site, &key, &w, &conns);
+        lock(&router.joinable).remove(&token);
+        // Whatever ended the session, its connections end with it.
+        conns.end();
+        result
+    });
     router.remove_peer(&site, &w);
-    // Whatever ended the session, the connection ends with it.
     lock(&w).shutdown();
     result
+}
+
+/// A connection of role [`Role::Join`]: it names the session it joins with the token of that
+/// session's welcome, then carries frames of its stream until it ends.
+fn join(
+    router: &Router,
+    site: &str,
+    key: &Key,
+    mut r: BufReader<TcpStream>,
+    mut recv: FrameMac,
+    w: &Mutex<PeerOut>,
+) -> Result<(), SessionError> {
+    let (token, index) = match read_sealed(&mut r, &mut recv)? {
+        Msg::Join { token, index } => (token, index),
+        other => return Err(refuse(w, format!("expected join, got {}", other.kind()))),
+    };
+    let conns = lock(&router.joinable).get(&token).cloned();
+    let Some(conns) = conns.filter(|c| c.site == site) else {
+        return Err(refuse(
+            w,
+            format!("site {site} has no session {token:#x} to join (it ended)"),
+        ));
+    };
+    if let Some(why) = key_revoked(router, site, key) {
+        return Err(refuse(w, why));
+    }
+    r.get_ref().set_read_timeout(None).map_err(WireError::Io)?;
+    // The connection's own sending half moves into the session's.
+    let Some((stream, mac)) = lock(w).take_first() else {
+        return Err(SessionError::Protocol("no connection to join with".into()));
+    };
+    let id = conns
+        .join(index, stream, mac)
+        .map_err(SessionError::Refused)?;
+    let n = conns.connections();
+    log::info!("source {site}: connection {index} joined its session ({n} connections)");
+    conns.feed(id, &mut r, &mut recv);
+    Ok(())
 }
 
 fn serve_source(
@@ -217,8 +297,7 @@ fn serve_source(
     site: &str,
     key: &Key,
     w: &Mutex<PeerOut>,
-    r: &mut BufReader<TcpStream>,
-    mac: &mut FrameMac,
+    conns: &Conns,
 ) -> Result<(), SessionError> {
     // The committer stores batches (one fsync each) and acknowledges them while this thread
     // goes on reading the next frames: the network and the disk work at the same time.
@@ -260,7 +339,7 @@ fn serve_source(
                 }
             })
             .map_err(|e| SessionError::Store(format!("cannot start a commit thread: {e}")))?;
-        let result = receive_frames(router, site, key, w, r, mac, &tx);
+        let result = receive_frames(router, site, key, w, conns, &tx);
         drop(tx);
         let _ = committer.join();
         match lock(failed).take() {
@@ -273,7 +352,8 @@ fn serve_source(
 /// Entries for the committer, and the number of the session's last entries frame among them.
 type Batch = (Vec<WireEntry>, u64);
 
-/// Reads frames until the session ends, handing entries to the committer in batches.
+/// Takes the stream's frames in order until the session ends, handing entries to the
+/// committer in batches.
 /// Entries are taken only while the key the session was opened with is still the site's:
 /// removing (or replacing) it ends the session before anything more is acknowledged.
 fn receive_frames(
@@ -281,8 +361,7 @@ fn receive_frames(
     site: &str,
     key: &Key,
     w: &Mutex<PeerOut>,
-    r: &mut BufReader<TcpStream>,
-    mac: &mut FrameMac,
+    conns: &Conns,
     committer: &crossbeam_channel::Sender<Batch>,
 ) -> Result<(), SessionError> {
     let mut awaiting_config = false;
@@ -308,7 +387,7 @@ fn receive_frames(
     let barrier = || committer.send((Vec::new(), 0)).map_err(|_| stopped());
     loop {
         if !pending.is_empty() {
-            let full = pending_bytes >= GROUP_BYTES || !more_waiting(r);
+            let full = pending_bytes >= GROUP_BYTES || !conns.ready();
             let batch = (std::mem::take(&mut pending), frames);
             pending = if full {
                 committer.send(batch).map_err(|_| stopped())?;
@@ -324,7 +403,7 @@ fn receive_frames(
                 pending_bytes = 0;
             }
         }
-        let msg = read_sealed(r, mac)?;
+        let msg = conns.next()?;
         if !matches!(msg, Msg::Entries { .. }) {
             if !pending.is_empty() {
                 committer
@@ -338,6 +417,7 @@ fn receive_frames(
             Msg::Entries {
                 config_version,
                 entries,
+                ..
             } => {
                 frames += 1;
                 if let Some(why) = key_revoked(router, site, key) {
@@ -358,7 +438,7 @@ fn receive_frames(
                 pending_bytes += entries.iter().map(WireEntry::wire_len).sum::<usize>();
                 pending.extend(entries);
             }
-            Msg::Config { version, rules } => {
+            Msg::Config { version, rules, .. } => {
                 let mut checked = Vec::with_capacity(rules.len());
                 for rule in &rules {
                     match RouterRule::from_wire(site, rule) {
@@ -430,20 +510,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Bytes of entries stored with one fsync at most.
 const GROUP_BYTES: usize = 16 << 20;
-
-/// Whether another frame has (at least partly) arrived already.
-fn more_waiting(r: &BufReader<TcpStream>) -> bool {
-    if !r.buffer().is_empty() {
-        return true;
-    }
-    let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(r.get_ref()),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: pfd is a valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
-}
 
 /// Appends the new entries of a batch durably; the last position received completely.
 fn store(
@@ -641,8 +707,10 @@ mod tests {
         .unwrap()
     }
 
-    fn entries(first: u64, n: u64) -> Msg {
+    /// Entries frame number `seq` of the stream (the configuration was 1).
+    fn entries(seq: u64, first: u64, n: u64) -> Msg {
         Msg::Entries {
+            seq,
             config_version: 1,
             entries: (first..first + n)
                 .map(|i| WireEntry {
@@ -724,6 +792,7 @@ mod tests {
         // The router has no configuration of this source yet: it asks at once.
         assert!(matches!(src.read(), Msg::SendConfig { have: None }));
         src.send(&Msg::Config {
+            seq: 1,
             version: 1,
             rules: Vec::new(),
         });
@@ -779,7 +848,7 @@ mod tests {
         // The commit thread cannot store for now; the frames pile up behind it.
         let writer = lock(&router.rt);
         for i in 0..3 {
-            src.send(&entries(i * 2, 2));
+            src.send(&entries(2 + i, i * 2, 2));
         }
         wait_handing_over();
         // The sender dies: the acknowledgement of the first batch cannot be sent.
@@ -816,13 +885,13 @@ mod tests {
         // Every batch after the first needs a new pair of logs.
         let router = router(dir.path(), 1);
         let (mut src, ended) = start(&router);
-        src.send(&entries(0, 1));
+        src.send(&entries(2, 0, 1));
         assert!(matches!(src.read(), Msg::Ack { frames: 1, .. }));
         let writer = lock(&router.rt);
         // The next pair cannot be created: the store fails.
         let _frozen = Immutable::new(&dir.path().join("state/rt"));
         for i in 0..3 {
-            src.send(&entries(10 + i * 2, 2));
+            src.send(&entries(3 + i, 10 + i * 2, 2));
         }
         wait_handing_over();
         drop(writer);

@@ -67,29 +67,147 @@ impl Default for Limits {
     }
 }
 
-/// The sending half of a session: frames tagged with the session's MAC.
+/// The sending half of a session: frames tagged with the MAC of the connection they go on.
+///
+/// A source session may have many connections ([`crate::conns`]); its messages go on the
+/// first that works (the oldest), and a connection that fails to take one is dropped and
+/// shut down. When the first changes, the last acknowledgement and a configuration request
+/// not yet answered are sent again on the new first, since what went on the old one may be
+/// lost (both are idempotent at the sender).
 #[derive(Debug)]
 pub struct PeerOut {
+    conns: Vec<PeerConn>,
+    /// The last [`Msg::Ack`] sent.
+    last_ack: Option<Msg>,
+    /// The last [`Msg::SendConfig`] sent, until the configuration arrives.
+    asked_config: Option<Msg>,
+}
+
+/// One connection of a session, as [`PeerOut`] sends on it.
+#[derive(Debug)]
+struct PeerConn {
+    id: u64,
     stream: TcpStream,
     mac: mirrorfs::wire::auth::FrameMac,
 }
 
-impl PeerOut {
-    /// The half of `stream` that sends with `mac`.
-    pub fn new(stream: TcpStream, mac: mirrorfs::wire::auth::FrameMac) -> PeerOut {
-        PeerOut { stream, mac }
-    }
-
-    /// Sends one frame.
-    pub fn send(&mut self, msg: &Msg) -> Result<(), mirrorfs::wire::WireError> {
+impl PeerConn {
+    fn send(&mut self, msg: &Msg) -> Result<(), mirrorfs::wire::WireError> {
         let frame = codec::encode_sealed(msg, &mut self.mac)?;
         self.stream.write_all(&frame)?;
         Ok(())
     }
+}
 
-    /// Ends the connection both ways.
+impl PeerOut {
+    /// The half of `stream` that sends with `mac` (the session's first connection, id 0).
+    pub fn new(stream: TcpStream, mac: mirrorfs::wire::auth::FrameMac) -> PeerOut {
+        PeerOut {
+            conns: vec![PeerConn { id: 0, stream, mac }],
+            last_ack: None,
+            asked_config: None,
+        }
+    }
+
+    /// Adds connection `id` of the session (it joined).
+    pub fn add(&mut self, id: u64, stream: TcpStream, mac: mirrorfs::wire::auth::FrameMac) {
+        self.conns.push(PeerConn { id, stream, mac });
+    }
+
+    /// Drops connection `id` (it ended) and shuts it down.
+    pub fn remove(&mut self, id: u64) {
+        let Some(i) = self.conns.iter().position(|c| c.id == id) else {
+            return;
+        };
+        let c = self.conns.remove(i);
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        if i == 0 {
+            self.resend_state();
+        }
+    }
+
+    /// Connections of the session.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Takes the first connection out (to move it into another session's).
+    pub fn take_first(&mut self) -> Option<(TcpStream, mirrorfs::wire::auth::FrameMac)> {
+        (!self.conns.is_empty()).then(|| {
+            let c = self.conns.remove(0);
+            (c.stream, c.mac)
+        })
+    }
+
+    /// Sends on connection `id` only.
+    pub fn send_on(&mut self, id: u64, msg: &Msg) -> Result<(), mirrorfs::wire::WireError> {
+        match self.conns.iter_mut().find(|c| c.id == id) {
+            Some(c) => c.send(msg),
+            None => Err(mirrorfs::wire::WireError::Closed),
+        }
+    }
+
+    /// Sends the idempotent state of the session again on the first connection.
+    fn resend_state(&mut self) {
+        for m in [self.asked_config.clone(), self.last_ack.clone()]
+            .into_iter()
+            .flatten()
+        {
+            if self.send_first(&m).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Sends on the first connection that takes it; the error of the last when none does.
+    fn send_first(&mut self, msg: &Msg) -> Result<(), mirrorfs::wire::WireError> {
+        loop {
+            let Some(c) = self.conns.first_mut() else {
+                return Err(mirrorfs::wire::WireError::Closed);
+            };
+            match c.send(msg) {
+                Ok(()) => return Ok(()),
+                Err(e) if self.conns.len() == 1 => return Err(e),
+                Err(e) => {
+                    log::info!("a connection of a session failed ({e}); going on with the others");
+                    let c = self.conns.remove(0);
+                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                    self.resend_state();
+                }
+            }
+        }
+    }
+
+    /// Sends one frame.
+    pub fn send(&mut self, msg: &Msg) -> Result<(), mirrorfs::wire::WireError> {
+        match msg {
+            Msg::Ack { .. } => self.last_ack = Some(msg.clone()),
+            Msg::SendConfig { .. } => self.asked_config = Some(msg.clone()),
+            Msg::ConfigOk { .. } => self.asked_config = None,
+            _ => {}
+        }
+        self.send_first(msg)
+    }
+
+    /// Sends `msg` on every connection (each connection's keepalive); those that fail are
+    /// dropped and shut down.
+    pub fn send_all(&mut self, msg: &Msg) {
+        let mut failed = Vec::new();
+        for c in &mut self.conns {
+            if c.send(msg).is_err() {
+                failed.push(c.id);
+            }
+        }
+        for id in failed {
+            self.remove(id);
+        }
+    }
+
+    /// Ends the connections both ways.
     pub fn shutdown(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        for c in &self.conns {
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -170,6 +288,8 @@ pub struct Router {
     pub sources: Mutex<HashMap<String, SourceState>>,
     /// Live sessions by source site (the newest last), for requests to the sender.
     peers: Mutex<HashMap<String, Vec<Arc<Mutex<PeerOut>>>>>,
+    /// Source sessions that further connections may join, by token.
+    pub joinable: Mutex<HashMap<u64, Arc<crate::conns::Conns>>>,
     /// Copies asked of the sources and not arrived yet (durable).
     copies: Mutex<CopyRequests>,
     /// The source sites' keys.
@@ -365,6 +485,7 @@ impl Router {
             versions: Mutex::new(HashMap::new()),
             sources: Mutex::new(sources),
             peers: Mutex::new(HashMap::new()),
+            joinable: Mutex::new(HashMap::new()),
             copies: Mutex::new(copies),
             keys: mirrorfs::wire::auth::KeyRing::new(cfg.key_file.clone()),
             seats: Arc::default(),

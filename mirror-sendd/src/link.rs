@@ -1,5 +1,7 @@
-//! One backup site: connect, say hello, stream the journal entries whose rule names the site
-//! (many in flight), follow acknowledgements, answer configuration and copy requests.
+//! One backup site: what is sent next. Streams the journal entries whose rule names the site
+//! (many in flight), follows acknowledgements, answers configuration and copy requests
+//! ([`Stream`]); how the stream travels (connect, hello, connections) is the
+//! [`crate::transport`]'s.
 //!
 //! A failed session is retried at once a few times; when the site still cannot be reached, or
 //! its heartbeats stop for longer than the threshold (noticed by the heartbeat thread whatever
@@ -16,8 +18,6 @@
 //! has caught up with the journal.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,16 +27,16 @@ use mirrorfs::blocked::DirtySet;
 use mirrorfs::entry::Command;
 use mirrorfs::journal::{JournalError, JournalReader, Position};
 use mirrorfs::notify::DirWatch;
-use mirrorfs::wire::auth::{self, FrameMac, HandshakeError};
 use mirrorfs::wire::heartbeat::Monitor;
 use mirrorfs::wire::msg::MAX_ENTRIES_PER_FRAME;
-use mirrorfs::wire::{codec, read_sealed, Msg, Part, Role, WireEntry, WireError, PROTOCOL_VERSION};
+use mirrorfs::wire::{Msg, Part, WireEntry, WireError};
 
 use std::os::unix::ffi::OsStrExt;
 
 use crate::copy::{Answer, CopyJob};
 use crate::resync;
 use crate::shared::{lock, Shared};
+use crate::transport::{Event, Opened, Transport};
 
 /// Bytes sent and not yet acknowledged, at most.
 const WINDOW: usize = 64 << 20;
@@ -45,18 +45,12 @@ const BATCH_BYTES: usize = 4 << 20;
 /// How long a copy whose source cannot be read now (its mount is down) waits to be tried
 /// again.
 const COPY_RETRY: Duration = Duration::from_millis(200);
-/// Copies remembered for `Session::recopy_if_late`.
+/// Copies remembered for `Stream::recopy_if_late`.
 const RECENT_COPIES: usize = 4096;
 /// Entries per frame, at most.
 const BATCH_ENTRIES: usize = MAX_ENTRIES_PER_FRAME;
-/// How long to wait for the router's challenge and welcome.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Failed attempts in a row after which the site is blocked.
 const RETRIES: u32 = 3;
-/// The shortest time a write to the router may stall before the session is given up.
-const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The first pause after trouble on this machine; it doubles with every failed attempt.
 const LOCAL_BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest pause after trouble on this machine (at most the periodic unblock).
@@ -101,6 +95,9 @@ pub enum LinkError {
     /// Something else on this machine (the resync set cannot be written).
     #[error("{0}")]
     Local(String),
+    /// The site's settings changed: the session is opened again with them.
+    #[error("{0}")]
+    Reconfigured(String),
 }
 
 impl LinkError {
@@ -187,12 +184,6 @@ fn damage_reason(err: &JournalError, site: &str, grace: Duration) -> String {
     )
 }
 
-enum Event {
-    Msg(Msg),
-    Closed(WireError),
-    Grew,
-}
-
 /// Serves `site` until `stop` is set or no rule names the site any more.
 pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
     let sites = &shared.sites;
@@ -247,6 +238,10 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
         };
         match session(&shared, &site, &stop, &mut acked, &monitor, &mut trouble) {
             Ok(()) => break,
+            Err(LinkError::Reconfigured(why)) => {
+                log::info!("site {site}: {why}; connecting again");
+                failures = 0;
+            }
             Err(e) if e.is_local() => {
                 sites.set_connected(&site, false, Some(e.to_string()));
                 let policy = &sites.policy;
@@ -294,6 +289,53 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
     beating.store(true, Ordering::Relaxed);
     shared.flush();
     log::info!("site {site}: link stopped");
+}
+
+/// How often a session looks whether the site's settings changed.
+const SETTINGS_CHECK: Duration = Duration::from_secs(1);
+
+/// The settings of a site a session follows: its connections (`<state>/sites`, else
+/// `--connections`), and when the file was last looked at.
+struct Settings {
+    connections: usize,
+    /// The file's modification time when read.
+    mtime: Option<std::time::SystemTime>,
+    checked: Instant,
+}
+
+impl Settings {
+    fn read(shared: &Shared, site: &str) -> Settings {
+        let path = mirrorfs::sitecfg::path(&shared.state_dir);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let set = match mirrorfs::sitecfg::of(&path, site) {
+            Ok(s) => s.and_then(|s| s.connections),
+            Err(e) => {
+                log::warn!("site {site}: {e}; using --connections");
+                None
+            }
+        };
+        Settings {
+            connections: set.map_or(shared.sites.policy.connections, |n| n as usize),
+            mtime,
+            checked: Instant::now(),
+        }
+    }
+
+    /// The new number of connections, once the settings file says another.
+    fn changed(&mut self, shared: &Shared, site: &str) -> Option<usize> {
+        if self.checked.elapsed() < SETTINGS_CHECK {
+            return None;
+        }
+        self.checked = Instant::now();
+        let path = mirrorfs::sitecfg::path(&shared.state_dir);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if mtime == self.mtime {
+            return None;
+        }
+        let now = Settings::read(shared, site);
+        self.mtime = now.mtime;
+        (now.connections != self.connections).then_some(now.connections)
+    }
 }
 
 /// Sleeps `d` in small steps, returning early when `stop` is set.
@@ -352,21 +394,6 @@ fn wait_for_unblock(
     }
 }
 
-fn connect(site: &str) -> Result<TcpStream, LinkError> {
-    let addrs: Vec<_> = site
-        .to_socket_addrs()
-        .map_err(LinkError::Connect)?
-        .collect();
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(LinkError::Connect(last))
-}
-
 /// Whether a router may ask for a copy of `name` under a rule with `pattern`
 /// ([`mirrorfs::copycheck`]), so that a router can never read other files of this machine.
 /// A check that cannot look now (the mount is down) lets the copy be tried: it is checked
@@ -402,45 +429,6 @@ fn gone(name: &[u8]) -> bool {
         }
     }
 }
-/// The sending half of a session: every frame tagged with the session's MAC.
-struct Out {
-    w: TcpStream,
-    mac: FrameMac,
-}
-
-impl Out {
-    fn send(&mut self, msg: &Msg) -> Result<(), LinkError> {
-        let frame = codec::encode_sealed(msg, &mut self.mac)?;
-        self.w.write_all(&frame).map_err(WireError::Io)?;
-        Ok(())
-    }
-}
-
-/// Authenticates to the router of `site` with its key ([`auth::client`]).
-fn handshake(
-    shared: &Shared,
-    site: &str,
-    r: &mut BufReader<TcpStream>,
-    w: &mut TcpStream,
-) -> Result<auth::Session, LinkError> {
-    let key = shared
-        .keys
-        .get(site)
-        .map_err(|e| LinkError::Auth(e.to_string()))?
-        .ok_or_else(|| {
-            LinkError::Auth(format!(
-                "no key for site {site} in {}; on the router run `mirror-ctl router key add {}`, then here `mirror-ctl key add {site} KEY`",
-                shared.keys.path().display(),
-                shared.site_id
-            ))
-        })?;
-    auth::client(r, w, &shared.site_id, shared.stream(), Role::Source, &key).map_err(|e| match e {
-        HandshakeError::Wire(w) => LinkError::Wire(w),
-        HandshakeError::Refused(reason) => LinkError::Refused(reason),
-        other => LinkError::Auth(other.to_string()),
-    })
-}
-
 /// Sent and not yet acknowledged.
 struct InFlight {
     /// The entries frame it went in (numbered from 1 in each session).
@@ -450,10 +438,15 @@ struct InFlight {
     bytes: usize,
 }
 
-struct Session<'a> {
+/// What is sent next to one site: the ordered stream (positions, window, acknowledgements,
+/// dirty set, copies, resync), whatever carries it ([`Transport`]).
+struct Stream<'a> {
     shared: &'a Shared,
     site: &'a str,
-    w: Out,
+    /// How it travels.
+    t: Box<dyn Transport>,
+    /// The site's settings the session was opened with.
+    settings: Settings,
     reader: JournalReader,
     inflight: VecDeque<InFlight>,
     inflight_bytes: usize,
@@ -494,7 +487,7 @@ struct Session<'a> {
 const MAX_APPLIED_PENDING: usize = 4096;
 
 fn session(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     site: &str,
     stop: &AtomicBool,
     acked: &mut bool,
@@ -502,40 +495,13 @@ fn session(
     trouble: &mut Trouble<'_>,
 ) -> Result<(), LinkError> {
     let Trouble { local, skips } = trouble;
-    let stream = connect(site)?;
-    stream.set_nodelay(true).map_err(WireError::Io)?;
-    mirrorfs::wire::keepalive(&stream);
-    // A router that stops reading must not hold this link forever.
-    stream
-        .set_write_timeout(Some(
-            shared.sites.policy.timing.threshold.max(MIN_WRITE_TIMEOUT),
-        ))
-        .map_err(WireError::Io)?;
-    let mut w = stream.try_clone().map_err(WireError::Io)?;
-    let mut r = BufReader::with_capacity(64 << 10, stream.try_clone().map_err(WireError::Io)?);
-    stream
-        .set_read_timeout(Some(HELLO_TIMEOUT))
-        .map_err(WireError::Io)?;
-    let auth::Session { send, mut recv } = handshake(shared, site, &mut r, &mut w)?;
-    let w = Out { w, mac: send };
-    let received = match read_sealed(&mut r, &mut recv)? {
-        Msg::Welcome { protocol, received } => {
-            if protocol != PROTOCOL_VERSION {
-                return Err(LinkError::Protocol(format!(
-                    "router speaks protocol {protocol}, this sender {PROTOCOL_VERSION}"
-                )));
-            }
-            received
-        }
-        Msg::Error { reason } => return Err(LinkError::Refused(reason)),
-        other => {
-            return Err(LinkError::Protocol(format!(
-                "expected welcome, got {}",
-                other.kind()
-            )))
-        }
-    };
-    stream.set_read_timeout(None).map_err(WireError::Io)?;
+    let settings = Settings::read(shared, site);
+    let connections = settings.connections;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let Opened {
+        transport,
+        received,
+    } = crate::transport::open(shared, site, connections, tx.clone())?;
     shared.sites.set_connected(site, true, None);
     // Trouble with the journal is over only once the reader is past it.
     if !local.active() {
@@ -580,14 +546,13 @@ fn session(
         start,
         received.map_or("nothing".into(), |p| p.to_string())
     );
-    let (tx, rx) = crossbeam_channel::unbounded();
     let done = Arc::new(AtomicBool::new(false));
-    spawn_reader(r, recv, tx.clone());
     spawn_watcher(shared, tx, done.clone());
-    let mut s = Session {
+    let mut s = Stream {
         shared,
         site,
-        w,
+        t: transport,
+        settings,
         reader,
         inflight: VecDeque::new(),
         inflight_bytes: 0,
@@ -617,28 +582,10 @@ fn session(
     }
     .and_then(|()| s.serve(&rx, stop));
     done.store(true, Ordering::Relaxed);
-    let _ = stream.shutdown(Shutdown::Both);
+    s.t.close();
     shared.set_acked(site, s.acked_next, true);
     *acked = s.acked_frames > 0;
     result
-}
-
-fn spawn_reader(mut r: BufReader<TcpStream>, mut mac: FrameMac, tx: Sender<Event>) {
-    let _ = std::thread::Builder::new()
-        .name("link-reader".into())
-        .spawn(move || loop {
-            match read_sealed(&mut r, &mut mac) {
-                Ok(m) => {
-                    if tx.send(Event::Msg(m)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Event::Closed(e));
-                    return;
-                }
-            }
-        });
 }
 
 fn spawn_watcher(shared: &Shared, tx: Sender<Event>, done: Arc<AtomicBool>) {
@@ -667,7 +614,7 @@ fn spawn_watcher(shared: &Shared, tx: Sender<Event>, done: Arc<AtomicBool>) {
         });
 }
 
-impl Session<'_> {
+impl Stream<'_> {
     /// Sends every file of the site's dirty set whole (or its deletion, when it is gone)
     /// before the journal; the set is removed once the router has stored all of it.
     fn queue_dirty(&mut self, set: DirtySet, file: std::path::PathBuf) {
@@ -821,6 +768,13 @@ impl Session<'_> {
             if !self.shared.table.load().has_site(self.site) {
                 return Ok(());
             }
+            self.t.tick()?;
+            if let Some(n) = self.settings.changed(self.shared, self.site) {
+                return Err(LinkError::Reconfigured(format!(
+                    "connections set to {n} (were {})",
+                    self.settings.connections
+                )));
+            }
             if self.send_batch()? {
                 continue;
             }
@@ -835,8 +789,12 @@ impl Session<'_> {
     }
 
     fn handle(&mut self, ev: Event) -> Result<(), LinkError> {
+        if let Event::Msg(m) = &ev {
+            self.t.observe(m);
+        }
         match ev {
             Event::Grew => Ok(()),
+            Event::Conn(c) => self.t.on_event(c),
             Event::Closed(e) => Err(e.into()),
             Event::Msg(Msg::Ack { frames, upto }) => {
                 self.acked_frames = self.acked_frames.max(frames);
@@ -878,7 +836,9 @@ impl Session<'_> {
                     rules.len(),
                     have.map_or("none".into(), |v| v.to_string())
                 );
-                self.w.send(&Msg::Config {
+                self.t.send(Msg::Config {
+                    // Numbered by the transport.
+                    seq: 0,
                     version: table.version,
                     rules,
                 })?;
@@ -1133,7 +1093,9 @@ impl Session<'_> {
         for f in self.inflight.iter_mut().rev().take(batch.len()) {
             f.frame = frame;
         }
-        self.w.send(&Msg::Entries {
+        self.t.send(Msg::Entries {
+            // Numbered by the transport.
+            seq: 0,
             config_version: version,
             entries: batch,
         })?;

@@ -2,9 +2,9 @@
 //! system and forwards each entry to every site its rule names, one link per site; records
 //! what each site acknowledged (the SFA log) and removes journal segments every site passed.
 //!
-//! Modules: `table` (the send table, by rule CRC), `link` (one site's session, blocking and
-//! unblocking), `copy` (expansion of copy entries), `shared` (what the links share: table,
-//! SFA log), `sites` (blocked sites, heartbeat monitors, errors), `heartbeat` (UDP beats with
+//! Modules: `table` (the send table, by rule CRC), `link` (one site's stream, blocking and
+//! unblocking), `transport` (how a stream travels: one authenticated connection), `copy`
+//! (expansion of copy entries), `shared` (what the links share: table, SFA log), `sites` (blocked sites, heartbeat monitors, errors), `heartbeat` (UDP beats with
 //! a site), `dirty` (the bounded queue of a blocked site), `resync` (files to send whole after
 //! a damaged journal record was skipped).
 
@@ -16,6 +16,7 @@ mod resync;
 mod shared;
 mod sites;
 mod table;
+mod transport;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -98,6 +99,12 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = OUTAGES,
           value_parser = mirrorfs::units::parse_duration)]
     skip_damage_after: Duration,
+    /// Connections to each site, its stream striped across them, for sites without a
+    /// setting of their own (`mirror-ctl site set SITE --connections N`, followed while
+    /// running). More than one helps on a link with a long round trip.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=mirrorfs::wire::msg::MAX_CONNECTIONS as i64))]
+    connections: u32,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -126,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             unblock_every: cli.unblock_every,
             on_block: cli.on_block.clone(),
             skip_damage_after: cli.skip_damage_after,
+            connections: cli.connections as usize,
         },
     )?;
     let keys =

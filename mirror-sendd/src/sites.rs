@@ -25,6 +25,8 @@ pub struct Policy {
     /// How long a damaged journal record is retried before it is skipped (and the files of
     /// the site's rules sent whole).
     pub skip_damage_after: std::time::Duration,
+    /// Connections per site for sites without a setting (`<state>/sites`).
+    pub connections: usize,
 }
 
 /// Runtime state of one site.

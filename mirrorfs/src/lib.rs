@@ -26,6 +26,7 @@ pub mod notify;
 pub mod rule;
 pub mod rulesdb;
 pub mod sfa;
+pub mod sitecfg;
 pub mod state;
 pub mod syncwait;
 pub mod units;

@@ -16,6 +16,7 @@ use mirrorfs::journal::{JournalReader, Position};
 pub mod bench;
 pub mod lossy;
 pub mod lossyfs;
+pub mod relay;
 pub use lossy::{LossyFs, LossyOpts};
 
 /// The path of workspace binary `name`.

@@ -166,6 +166,7 @@ mod tests {
 
     fn sample() -> Msg {
         Msg::Entries {
+            seq: 1,
             config_version: 7,
             entries: vec![WireEntry {
                 pos: Position::new(3, 4096),

@@ -17,6 +17,15 @@
 //! not the one it knows; the sender then sends [`Msg::Config`] and resends everything not
 //! acknowledged. A session of role [`Role::Restore`] asks for backups instead
 //! ([`restore`]).
+//!
+//! A source's session may travel on many connections: the first is the session (its welcome
+//! carries a token); each further one authenticates with [`Role::Join`] and sends
+//! [`Msg::Join`] with that token first. The stream's messages ([`Msg::Entries`],
+//! [`Msg::Config`]) carry a sequence number across the connections (each connection's frames
+//! keep their own MAC sequence); the router takes them in that order (a reorder buffer of at
+//! most [`msg::MAX_REORDER_BYTES`]) and drops those it took already, so a sender resends what
+//! was in flight on a connection that died on the others. [`Msg::Heartbeat`] on a joined
+//! session's connection is answered on that connection: each connection's keepalive.
 
 pub mod auth;
 pub mod codec;

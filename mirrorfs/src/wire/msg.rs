@@ -11,7 +11,24 @@ pub use super::restore::RestoreItem;
 /// [`Role`] are compatible (every earlier message encodes as before): a peer that predates
 /// them fails to decode only the new ones, so a new kind of session needs no bump (restore,
 /// [`Role::Restore`], came so).
+///
+/// Version 4: a source's stream may travel on many connections ([`Role::Join`],
+/// [`Msg::Join`]): [`Msg::Entries`] and [`Msg::Config`] carry a stream-wide sequence number
+/// (`seq`), and [`Msg::Welcome`] the token later connections join the session with; the
+/// router tells how far a source's entries are applied ([`Msg::Applied`], sync rules).
 pub const PROTOCOL_VERSION: u32 = 4;
+
+/// Bytes of entries a source may have sent and not had acknowledged (its window); the
+/// router's reorder buffer of a session on many connections is bounded by it
+/// ([`MAX_REORDER_BYTES`]).
+pub const STREAM_WINDOW: usize = 64 << 20;
+/// Bytes a router holds out of order in one session, at most: the frames of the window sent
+/// before the sender's last configuration request and those after it, and one frame over
+/// each (one entry may exceed a frame's usual size). A sender that needs more breaks the
+/// protocol.
+pub const MAX_REORDER_BYTES: usize = 2 * STREAM_WINDOW + 2 * super::MAX_FRAME;
+/// Connections of one session, at most.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// The most entries in one [`Msg::Entries`] frame.
 pub const MAX_ENTRIES_PER_FRAME: usize = 4096;
@@ -54,6 +71,9 @@ pub enum Role {
     /// `mirror-ctl restore`: [`Msg::Restore`] requests, each answered with the backup
     /// ([`super::restore`]).
     Restore = 3,
+    /// mirror-sendd, a further connection of a source session: one [`Msg::Join`] with the
+    /// session's token, then frames of that session's stream.
+    Join = 4,
 }
 
 /// Which part of a journal entry a [`WireEntry`] is.
@@ -208,9 +228,14 @@ pub enum Msg {
         protocol: u32,
         /// The last journal position received completely from this stream, if any.
         received: Option<Position>,
+        /// What further connections of this session join it with ([`Msg::Join`]).
+        token: u64,
     },
     /// Sender → router: entries, with the sender's configuration version.
     Entries {
+        /// The message's place in the session's stream, counted from 1 across all its
+        /// connections (with [`Msg::Config`]); the router takes them in this order.
+        seq: u64,
         /// Configuration version at the sender.
         config_version: u64,
         /// The entries, in journal order.
@@ -232,6 +257,8 @@ pub enum Msg {
     },
     /// Sender → router: the rules naming this router, at `version`.
     Config {
+        /// The message's place in the session's stream (see [`Msg::Entries`]).
+        seq: u64,
         /// Configuration version.
         version: u64,
         /// The rules.
@@ -323,6 +350,18 @@ pub enum Msg {
         /// Names skipped.
         skipped: u64,
     },
+    /// Sender → router, first on a connection of role [`Role::Join`]: the session it joins.
+    Join {
+        /// The token of the session's [`Msg::Welcome`].
+        token: u64,
+        /// The connection's place in the sender's connection array (for logs).
+        index: u32,
+    },
+    /// Router → sender: the connection joined the session.
+    Joined {
+        /// Connections the session has now.
+        connections: u32,
+    },
     /// Router → sender: every entry of this source at or before journal position `upto`
     /// (whole entries and last parts of copies) is applied to the backup files (the
     /// durability point of sync rules with `--sync-point applied`).
@@ -357,6 +396,8 @@ impl Msg {
             Msg::RestoreData { .. } => "restore-data",
             Msg::RestoreSkipped { .. } => "restore-skipped",
             Msg::RestoreDone { .. } => "restore-done",
+            Msg::Join { .. } => "join",
+            Msg::Joined { .. } => "joined",
             Msg::Applied { .. } => "applied",
         }
     }

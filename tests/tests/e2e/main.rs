@@ -82,3 +82,5 @@ mod fs_ext4_parity;
 mod long_paths;
 // synchronous mirroring per rule: durability points wait for the sites (issue 15).
 mod sync_mode;
+// n connections per site: one stream striped and put back in order, a connection reset, kill -9.
+mod n_connections;

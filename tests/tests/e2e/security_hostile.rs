@@ -120,6 +120,7 @@ impl Peer {
     /// Sends the configuration, then entries; waits for the router to store them.
     fn entries(&mut self, entries: Vec<WireEntry>) {
         self.send(&Msg::Config {
+            seq: 1,
             version: 1,
             rules: vec![rule("d")],
         });
@@ -128,6 +129,7 @@ impl Peer {
             other => panic!("expected configuration-ok, got {other:?}"),
         }
         self.send(&Msg::Entries {
+            seq: 2,
             config_version: 1,
             entries,
         });
@@ -221,6 +223,7 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     let mut s = connect(&r);
     s.write_all(
         &codec::encode_frame(&Msg::Entries {
+            seq: 1,
             config_version: 1,
             entries: vec![entry(0, Command::Write, "/p/x", "", b"x")],
         })
@@ -307,6 +310,7 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     for dest in ["../escape", "/etc"] {
         let mut p = Peer::open(&r, SITE, Role::Source, &key);
         p.send(&Msg::Config {
+            seq: 1,
             version: 1,
             rules: vec![rule(dest)],
         });
@@ -402,6 +406,7 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
         .map(|i| entry(100 + i, Command::Truncate, "/p/t", "", b""))
         .collect();
     p.send(&Msg::Entries {
+        seq: 1,
         config_version: 1,
         entries: many,
     });
@@ -410,6 +415,7 @@ fn hostile_peers_write_nothing_outside_the_root_and_are_refused_in_the_log() {
     let max = mirrorfs::wire::msg::MAX_NAME_LEN;
     let long = format!("/p/{}", "n".repeat(max));
     p.send(&Msg::Entries {
+        seq: 1,
         config_version: 1,
         entries: vec![entry(200, Command::Write, &long, "", b"x")],
     });

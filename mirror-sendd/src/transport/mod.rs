@@ -1,0 +1,136 @@
+//! How a site's stream travels: the transports of [`crate::link`].
+//!
+//! The link decides *what is sent next* (the ordered stream of one site: positions, window,
+//! acknowledgements, dirty sets, copies, resyncs); a transport carries it, and brings the
+//! router's messages back as [`Event`]s on the link's channel. Two transports: one
+//! authenticated connection ([`single`]: connect, hello, welcome, a reader thread, sealed
+//! frames out), and N of them with the stream striped across ([`striped`]). Either numbers
+//! the stream's messages ([`number`]); the router takes them in that order.
+
+pub mod single;
+pub mod striped;
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use mirrorfs::journal::Position;
+use mirrorfs::wire::auth::{self, HandshakeError};
+use mirrorfs::wire::{Msg, Role, WireError};
+
+use crate::link::LinkError;
+use crate::shared::Shared;
+
+/// Connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the router's challenge and welcome.
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest time a write to the router may stall before the session is given up.
+pub(crate) const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What reaches a link while it serves a site.
+pub enum Event {
+    /// A message from the router.
+    Msg(Msg),
+    /// The transport lost the router: the session ends.
+    Closed(WireError),
+    /// The journal grew.
+    Grew,
+    /// One of the transport's connections changed ([`striped`]).
+    Conn(striped::ConnEvent),
+}
+
+/// One way of carrying a site's stream to its router.
+pub trait Transport {
+    /// Sends one message of the stream (in the order the link sends them).
+    fn send(&mut self, msg: Msg) -> Result<(), LinkError>;
+    /// Sees each message of the router before the link handles it (acknowledgements tell
+    /// what the transport may forget).
+    fn observe(&mut self, _msg: &Msg) {}
+    /// An event of the transport's own connections; an error ends the session.
+    fn on_event(&mut self, _ev: striped::ConnEvent) -> Result<(), LinkError> {
+        Ok(())
+    }
+    /// Called every 100 ms or so: keepalives, silent connections, connections to join again.
+    fn tick(&mut self) -> Result<(), LinkError> {
+        Ok(())
+    }
+    /// Ends the session's connections (their reader threads then stop).
+    fn close(&mut self);
+}
+
+/// Numbers `msg` if it is a message of the stream (entries, configuration): its place in the
+/// session's stream, from `next` on.
+pub(crate) fn number(msg: &mut Msg, next: &mut u64) {
+    if let Msg::Entries { seq, .. } | Msg::Config { seq, .. } = msg {
+        *seq = *next;
+        *next += 1;
+    }
+}
+
+/// An open session with a router: its transport, and what the router's welcome said it
+/// already holds from this source.
+pub struct Opened {
+    /// The transport.
+    pub transport: Box<dyn Transport>,
+    /// The last journal position the router received completely.
+    pub received: Option<Position>,
+}
+
+/// Opens a session with the router of `site` on `connections` connections; its messages
+/// arrive on `events`. One connection is today's transport, exactly.
+pub fn open(
+    shared: &Arc<Shared>,
+    site: &str,
+    connections: usize,
+    events: Sender<Event>,
+) -> Result<Opened, LinkError> {
+    if connections <= 1 {
+        single::open(shared, site, events)
+    } else {
+        striped::open(shared, site, connections, events)
+    }
+}
+
+/// A TCP connection to `site` (the first of its addresses that answers).
+pub(crate) fn connect(site: &str) -> Result<TcpStream, LinkError> {
+    let addrs: Vec<_> = site
+        .to_socket_addrs()
+        .map_err(LinkError::Connect)?
+        .collect();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(LinkError::Connect(last))
+}
+
+/// Authenticates to the router of `site` with its key ([`auth::client`]).
+pub(crate) fn handshake(
+    shared: &Shared,
+    site: &str,
+    role: Role,
+    r: &mut std::io::BufReader<TcpStream>,
+    w: &mut TcpStream,
+) -> Result<auth::Session, LinkError> {
+    let key = shared
+        .keys
+        .get(site)
+        .map_err(|e| LinkError::Auth(e.to_string()))?
+        .ok_or_else(|| {
+            LinkError::Auth(format!(
+                "no key for site {site} in {}; on the router run `mirror-ctl router key add {}`, then here `mirror-ctl key add {site} KEY`",
+                shared.keys.path().display(),
+                shared.site_id
+            ))
+        })?;
+    auth::client(r, w, &shared.site_id, shared.stream(), role, &key).map_err(|e| match e {
+        HandshakeError::Wire(w) => LinkError::Wire(w),
+        HandshakeError::Refused(reason) => LinkError::Refused(reason),
+        other => LinkError::Auth(other.to_string()),
+    })
+}
