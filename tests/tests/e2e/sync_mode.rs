@@ -500,3 +500,43 @@ fn with_no_sender_running_a_sync_fsync_returns_after_the_timeout_degraded() {
     let text = String::from_utf8_lossy(&l.ctl(&["status"]).stdout).into_owned();
     assert!(text.contains("sync rule 1"), "{text}");
 }
+
+#[test]
+fn sync_waits_hold_over_four_connections() {
+    let r = Router::start();
+    let mut sender = PATIENT_SENDER.to_vec();
+    sender.extend(["--connections", "4"]);
+    let (l, _m, _s) = mirrored(
+        &r,
+        &[
+            "--mode",
+            "sync",
+            "--sync-point",
+            "applied",
+            "--sync-timeout",
+            "120s",
+        ],
+        &sender,
+    );
+    let backup = r.root.join("proj");
+    for i in 0..50 {
+        let tmp = l.path(&format!("doc.{i}.tmp"));
+        fs::write(&tmp, format!("v{i}\n").repeat(1000)).unwrap();
+        fs::rename(&tmp, l.path("doc.txt")).unwrap();
+        assert_eq!(
+            fs::read_to_string(backup.join("doc.txt")).unwrap_or_default(),
+            format!("v{i}\n").repeat(1000),
+            "rename {i} returned before the backup had it"
+        );
+    }
+    let stopped = Stopped::new(r.daemon.pid().unwrap());
+    let p = l.path("last");
+    let done = in_thread(move || write_and_fsync(&p, b"last"));
+    assert!(
+        done.recv_timeout(Duration::from_secs(3)).is_err(),
+        "fsync returned while the router was stopped"
+    );
+    drop(stopped);
+    done.recv_timeout(CONVERGE).unwrap().unwrap();
+    assert_eq!(fs::read(backup.join("last")).unwrap(), b"last");
+}
