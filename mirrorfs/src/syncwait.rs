@@ -443,6 +443,19 @@ impl SyncWait {
             }
             true
         });
+        // A blocked site is lost for every sync rule naming it at once, not at the rule's
+        // next durability point: status says so, and a fail rule refuses changes from now.
+        if up {
+            for r in table.rules().iter().filter(|r| r.spec.mode == Mode::Sync) {
+                for site in &r.spec.sites {
+                    let site = site.to_string();
+                    let blocked = st.sites.get(&site).and_then(|a| a.blocked.clone());
+                    if let Some(b) = blocked {
+                        self.lose(st, r, &site, format!("site blocked: {b}"));
+                    }
+                }
+            }
+        }
         let now = Instant::now();
         let mut ready = Vec::new();
         let mut i = 0;
@@ -725,6 +738,23 @@ mod tests {
         assert_eq!((needs[0].rule.id, needs[0].upto), (1, Position::new(2, 7)));
         // Outside any scope nothing is noted (and nothing breaks).
         note_point(&rules, Position::new(3, 0));
+    }
+
+    #[test]
+    fn a_blocked_site_is_lost_for_every_sync_rule_at_once() {
+        let (w, rules) = waits(vec![
+            sync_rule(1, OnSyncLoss::Degrade, Duration::from_secs(60)),
+            sync_rule(2, OnSyncLoss::Fail, Duration::from_secs(60)),
+        ]);
+        hear(&w, Position::new(1, 10), None);
+        assert!(w.status().iter().all(|s| s.state == "in sync"));
+        hear(&w, Position::new(1, 10), Some("no heartbeat"));
+        let st = w.status();
+        assert_eq!(
+            (st[0].state.as_str(), st[1].state.as_str()),
+            ("degraded", "out of sync")
+        );
+        assert!(w.refusal(&rules[1..]).is_some());
     }
 
     #[test]
