@@ -134,3 +134,41 @@ pub(crate) fn handshake(
         other => LinkError::Auth(other.to_string()),
     })
 }
+
+/// One connection to a site, authenticated, before the router's welcome.
+pub(crate) struct Dialed {
+    /// The socket (its read timeout still the hello's).
+    pub stream: TcpStream,
+    /// A clone to write with.
+    pub w: TcpStream,
+    /// A buffered reader.
+    pub r: std::io::BufReader<TcpStream>,
+    /// The session's frame MACs.
+    pub session: auth::Session,
+}
+
+/// Connects to `site` (no delay, keepalive, a write timeout so that a router that stops
+/// reading never holds the link for good) and authenticates in `role`.
+pub(crate) fn dial(shared: &Shared, site: &str, role: Role) -> Result<Dialed, LinkError> {
+    let stream = connect(site)?;
+    stream.set_nodelay(true).map_err(WireError::Io)?;
+    mirrorfs::wire::keepalive(&stream);
+    stream
+        .set_write_timeout(Some(
+            shared.sites.policy.timing.threshold.max(MIN_WRITE_TIMEOUT),
+        ))
+        .map_err(WireError::Io)?;
+    let mut w = stream.try_clone().map_err(WireError::Io)?;
+    let mut r =
+        std::io::BufReader::with_capacity(64 << 10, stream.try_clone().map_err(WireError::Io)?);
+    stream
+        .set_read_timeout(Some(HELLO_TIMEOUT))
+        .map_err(WireError::Io)?;
+    let session = handshake(shared, site, role, &mut r, &mut w)?;
+    Ok(Dialed {
+        stream,
+        w,
+        r,
+        session,
+    })
+}

@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 use mirrorfs::wire::auth::{self, FrameMac};
 use mirrorfs::wire::{codec, read_sealed, Msg, Role, WireError, PROTOCOL_VERSION};
 
-use super::{Event, Opened, Transport, HELLO_TIMEOUT, MIN_WRITE_TIMEOUT};
+use super::{Event, Opened, Transport};
 use crate::link::LinkError;
 use crate::shared::Shared;
 
@@ -43,22 +43,12 @@ impl Drop for Single {
 /// Connects to `site`, authenticates and reads the welcome; the router's later messages go
 /// to `events`.
 pub fn open(shared: &Shared, site: &str, events: Sender<Event>) -> Result<Opened, LinkError> {
-    let stream = super::connect(site)?;
-    stream.set_nodelay(true).map_err(WireError::Io)?;
-    mirrorfs::wire::keepalive(&stream);
-    // A router that stops reading must not hold this link forever.
-    stream
-        .set_write_timeout(Some(
-            shared.sites.policy.timing.threshold.max(MIN_WRITE_TIMEOUT),
-        ))
-        .map_err(WireError::Io)?;
-    let mut w = stream.try_clone().map_err(WireError::Io)?;
-    let mut r = BufReader::with_capacity(64 << 10, stream.try_clone().map_err(WireError::Io)?);
-    stream
-        .set_read_timeout(Some(HELLO_TIMEOUT))
-        .map_err(WireError::Io)?;
-    let auth::Session { send, mut recv } =
-        super::handshake(shared, site, Role::Source, &mut r, &mut w)?;
+    let super::Dialed {
+        stream,
+        w,
+        mut r,
+        session: auth::Session { send, mut recv },
+    } = super::dial(shared, site, Role::Source)?;
     let out = Single {
         w,
         mac: send,

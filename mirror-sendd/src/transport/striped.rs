@@ -27,7 +27,7 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use mirrorfs::wire::auth::{self, FrameMac};
 use mirrorfs::wire::{codec, read_sealed, Msg, Role, WireError, PROTOCOL_VERSION};
 
-use super::{Event, Opened, Transport, HELLO_TIMEOUT, MIN_WRITE_TIMEOUT};
+use super::{Event, Opened, Transport};
 use crate::link::LinkError;
 use crate::shared::{lock, Shared};
 
@@ -141,20 +141,12 @@ fn weight(m: &Msg) -> usize {
 
 /// Connects and authenticates one connection of `site` in `role`.
 fn connect_one(shared: &Shared, site: &str, role: Role) -> Result<Parts, LinkError> {
-    let stream = super::connect(site)?;
-    stream.set_nodelay(true).map_err(WireError::Io)?;
-    mirrorfs::wire::keepalive(&stream);
-    stream
-        .set_write_timeout(Some(
-            shared.sites.policy.timing.threshold.max(MIN_WRITE_TIMEOUT),
-        ))
-        .map_err(WireError::Io)?;
-    let mut w = stream.try_clone().map_err(WireError::Io)?;
-    let mut r = BufReader::with_capacity(64 << 10, stream.try_clone().map_err(WireError::Io)?);
-    stream
-        .set_read_timeout(Some(HELLO_TIMEOUT))
-        .map_err(WireError::Io)?;
-    let auth::Session { send, recv } = super::handshake(shared, site, role, &mut r, &mut w)?;
+    let super::Dialed {
+        stream,
+        r,
+        session: auth::Session { send, recv },
+        ..
+    } = super::dial(shared, site, role)?;
     Ok(Parts {
         stream,
         r,
