@@ -109,18 +109,9 @@ fn mode_text(s: &RuleSpec) -> String {
         Mode::Sync => format!(
             "sync ({}, timeout {}, on loss {})",
             s.sync.point.as_str(),
-            show_duration(s.sync.timeout),
+            mirrorfs::units::show_duration(s.sync.timeout),
             s.sync.on_loss.as_str()
         ),
-    }
-}
-
-/// `10s`, `1500ms`.
-fn show_duration(d: std::time::Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }
 
@@ -207,7 +198,7 @@ pub fn list(state: &StateDir, json: bool) -> Result<()> {
                 mode: r.spec.mode.as_str(),
                 sync_point: r.spec.sync.point.as_str(),
                 sync_timeout_ms: r.spec.sync.timeout.as_millis() as u64,
-                sync_timeout: show_duration(r.spec.sync.timeout),
+                sync_timeout: mirrorfs::units::show_duration(r.spec.sync.timeout),
                 on_sync_loss: r.spec.sync.on_loss.as_str(),
                 crc: r.crc,
             })

@@ -220,14 +220,6 @@ fn epoch_secs(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn shown(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
 impl SyncWait {
     /// Waits of the rules `matcher` holds, on the journal in `journal_dir`.
     pub fn new(matcher: Arc<Matcher>, journal_dir: PathBuf) -> SyncWait {
@@ -262,8 +254,7 @@ impl SyncWait {
         Ok(())
     }
 
-    /// Stops the threads; waits still pending are answered as their policy says for a lost
-    /// site, at once.
+    /// Stops the threads (at unmount: the session has ended, no reply can go any more).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.changed.notify_all();
@@ -287,33 +278,25 @@ impl SyncWait {
     }
 
     /// Why a namespace change of names that `rules` select must be refused before it is
-    /// made: a sync rule with `--on-sync-loss fail` whose site is out of sync (or blocked).
+    /// made: a sync rule with `--on-sync-loss fail` whose site is out of sync (a blocked
+    /// site is lost as soon as the poll says so: [`SyncWait::settle`] runs with each answer).
     pub fn refusal(&self, rules: &[Arc<Rule>]) -> Option<String> {
         let fail =
             |r: &&Arc<Rule>| r.spec.mode == Mode::Sync && r.spec.sync.on_loss == OnSyncLoss::Fail;
         if !rules.iter().any(|r| fail(&r)) {
             return None;
         }
-        let mut st = lock(&self.state);
-        let sender_up = sender_up(&st);
+        let st = lock(&self.state);
         for r in rules.iter().filter(fail) {
             for site in &r.spec.sites {
-                let key = (r.id, site.to_string());
-                if !st.lost.contains_key(&key) {
-                    let blocked = sender_up
-                        .then(|| st.sites.get(&key.1).and_then(|a| a.blocked.clone()))
-                        .flatten();
-                    match blocked {
-                        Some(b) => self.lose(&mut st, r, &key.1, format!("site blocked: {b}")),
-                        None => continue,
-                    }
-                }
-                let l = &st.lost[&key];
+                let site = site.to_string();
+                let Some(l) = st.lost.get(&(r.id, site.clone())) else {
+                    continue;
+                };
                 return Some(format!(
-                    "rule {} ({}): site {} is out of sync since {} ({}); with --on-sync-loss fail, changes of its names are refused until the site caught up",
+                    "rule {} ({}): site {site} is out of sync since {} ({}); with --on-sync-loss fail, changes of its names are refused until the site caught up",
                     r.id,
                     r.spec.pattern,
-                    key.1,
                     crate::logging::utc_secs(epoch_secs(l.since)),
                     l.why
                 ));
@@ -497,7 +480,7 @@ impl SyncWait {
                 } else if now.duration_since(since) >= r.spec.sync.timeout {
                     Some(format!(
                         "no acknowledgement within the sync timeout of {}{}",
-                        shown(r.spec.sync.timeout),
+                        crate::units::show_duration(r.spec.sync.timeout),
                         if up {
                             ""
                         } else {
