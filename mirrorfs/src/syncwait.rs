@@ -189,8 +189,10 @@ struct State {
 const SENDER_SILENT: Duration = Duration::from_secs(3);
 /// How long one long poll may wait at mirror-sendd.
 const POLL_WAIT: Duration = Duration::from_millis(250);
-/// How often deadlines are looked at.
+/// How often deadlines are looked at while calls wait.
 const TICK: Duration = Duration::from_millis(20);
+/// How often the ticker looks while nothing waits (a new wait wakes it at once).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// The waits of a mount's durability points on its sites.
 pub struct SyncWait {
@@ -274,7 +276,14 @@ impl SyncWait {
         });
         let ready = self.settle(&mut st);
         drop(st);
+        // Its deadline is the ticker's from now on.
+        self.changed.notify_all();
         finish(ready);
+    }
+
+    /// Whether any rule of the current table is a sync rule (nothing to follow otherwise).
+    fn any_sync_rule(&self) -> bool {
+        any_sync(self.matcher.load().rules())
     }
 
     /// Why a namespace change of names that `rules` select must be refused before it is
@@ -514,6 +523,11 @@ impl SyncWait {
         let mut pause = Duration::from_millis(100);
         let mut generation = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
+            if !self.any_sync_rule() {
+                // No sync rule: no poll (a mount of async rules costs mirror-sendd nothing).
+                self.sleep(POLL_WAIT);
+                continue;
+            }
             let mut client = match crate::control::Client::connect(sender, Duration::from_secs(5)) {
                 Ok(c) => c,
                 Err(e) => {
@@ -524,7 +538,7 @@ impl SyncWait {
                 }
             };
             pause = Duration::from_millis(100);
-            while !self.stop.load(Ordering::Relaxed) {
+            while !self.stop.load(Ordering::Relaxed) && self.any_sync_rule() {
                 let req = SenderRequest::Acks {
                     after: generation,
                     wait_ms: POLL_WAIT.as_millis() as u64,
@@ -571,9 +585,15 @@ impl SyncWait {
                 st = lock(&self.state);
                 continue;
             }
+            // Deadlines are those of waiting calls; losses move with the poll's answers.
+            let wait = if st.waiters.is_empty() {
+                IDLE_TICK
+            } else {
+                TICK
+            };
             st = self
                 .changed
-                .wait_timeout(st, TICK)
+                .wait_timeout(st, wait)
                 .map_or_else(|p| p.into_inner().0, |(g, _)| g);
         }
     }
