@@ -331,7 +331,7 @@ impl Applier {
         let path = at.path();
         let shown = at.shown().to_path_buf();
         match r.command {
-            Command::Write | Command::Truncate | Command::Zero => {}
+            Command::Write | Command::Truncate | Command::Zero | Command::Ref => {}
             Command::Create => {
                 let mode = backup_mode(rule, r.offset as u32, false);
                 // The source made a new file where it had none: what the backup holds there

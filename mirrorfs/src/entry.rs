@@ -79,6 +79,11 @@ pub enum Command {
     Mark = 16,
     /// Bring the backup directory `name` to the names the source has (a [`Listing`] part).
     Reconcile = 17,
+    /// Never in the journal, only on the wire and in router logs, as a part of a copy: the
+    /// `size` bytes at `offset` are what the backup file holds there already (a copy that
+    /// compared block checksums, [`crate::blocksums`]); `data` is the run's sum
+    /// ([`crate::blocksums::Tree::run`]), which the router checks before it uses them.
+    Ref = 18,
 }
 
 /// `Mark` flag: written at a clean unmount.
@@ -86,7 +91,7 @@ pub const MARK_CLEAN: u64 = 1;
 
 impl Command {
     /// All commands, in code order.
-    pub const ALL: [Command; 17] = [
+    pub const ALL: [Command; 18] = [
         Command::Write,
         Command::Truncate,
         Command::Create,
@@ -104,6 +109,7 @@ impl Command {
         Command::Mknod,
         Command::Mark,
         Command::Reconcile,
+        Command::Ref,
     ];
 
     /// The command with on-disk code `c`.
@@ -131,6 +137,7 @@ impl Command {
             Command::Mknod => "mknod",
             Command::Mark => "mark",
             Command::Reconcile => "reconcile",
+            Command::Ref => "ref",
         }
     }
 }
@@ -432,7 +439,7 @@ mod tests {
             assert_eq!(Command::from_u8(c as u8), Some(c));
         }
         assert_eq!(Command::from_u8(0), None);
-        assert_eq!(Command::from_u8(18), None);
+        assert_eq!(Command::from_u8(19), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod atime;
 pub mod beneath;
 pub mod blocked;
+pub mod blocksums;
 pub mod control;
 pub mod copycheck;
 pub mod entry;

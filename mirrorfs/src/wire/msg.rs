@@ -369,6 +369,37 @@ pub enum Msg {
         /// The position.
         upto: Position,
     },
+    /// Sender (in a source session, in order with its entries) or verify client → router:
+    /// the block checksums ([`crate::blocksums`]) of the backup of `name` under rule
+    /// `rule_crc`. With `nodes` empty: every sum of `level`; else the sums of the children (at
+    /// `level - 1`) of each of `nodes` of `level`, node after node. In a source session the
+    /// router answers once it applied every entry the source sent before the request.
+    Sums {
+        /// The request's number (the answer carries it).
+        id: u64,
+        /// The rule.
+        rule_crc: u32,
+        /// The full source name.
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        /// The level asked about.
+        level: u32,
+        /// Nodes of `level` whose children are asked for (at most
+        /// [`crate::blocksums::MAX_SUMS`] / [`crate::blocksums::FANOUT`]).
+        nodes: Vec<u64>,
+    },
+    /// Router → sender or verify client: the answer to [`Msg::Sums`] `id`.
+    SumsAnswer {
+        /// The request's number.
+        id: u64,
+        /// The backup file's size; `None` when there are no sums to give (no backup file, not
+        /// a regular file, blocked, a request the tree cannot answer), `why` says.
+        size: Option<u64>,
+        /// The sums asked for (at most [`crate::blocksums::MAX_SUMS`]).
+        sums: Vec<crate::blocksums::Sum>,
+        /// Why there are none.
+        why: String,
+    },
 }
 
 impl Msg {
@@ -399,6 +430,8 @@ impl Msg {
             Msg::Join { .. } => "join",
             Msg::Joined { .. } => "joined",
             Msg::Applied { .. } => "applied",
+            Msg::Sums { .. } => "sums",
+            Msg::SumsAnswer { .. } => "sums-answer",
         }
     }
 
@@ -454,6 +487,18 @@ impl Msg {
             Msg::RestoreSkipped { name, reason } => {
                 over("skipped name length", name.len(), MAX_NAME_LEN)?;
                 over("reason length", reason.len(), MAX_TEXT_LEN)
+            }
+            Msg::Sums { name, nodes, .. } => {
+                over("name length", name.len(), MAX_NAME_LEN)?;
+                over(
+                    "nodes asked about",
+                    nodes.len(),
+                    crate::blocksums::MAX_SUMS / crate::blocksums::FANOUT,
+                )
+            }
+            Msg::SumsAnswer { sums, why, .. } => {
+                over("sums in an answer", sums.len(), crate::blocksums::MAX_SUMS)?;
+                over("reason length", why.len(), MAX_TEXT_LEN)
             }
             Msg::Validated { reason, .. }
             | Msg::Error { reason }
