@@ -75,6 +75,9 @@ struct RouterStatus {
     quarantined: usize,
     /// Blocked backup files.
     blocked: Vec<With<BlockedFile>>,
+    /// What the running router did since it started (references resolved, bytes saved);
+    /// none when it does not run.
+    stats: Option<mirrorfs::control::RouterStats>,
 }
 
 /// Copies asked of one source listed by `router status` (the rest are counted).
@@ -161,7 +164,16 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
             item: r,
         })
         .collect();
+    let stats = match mirrorfs::control::request_within(
+        &state.socket_path("mirror-routerd"),
+        &mirrorfs::control::RouterRequest::Stats,
+        std::time::Duration::from_secs(5),
+    ) {
+        Ok(mirrorfs::control::RouterResponse::Stats { stats }) => Some(stats),
+        _ => None,
+    };
     let st = RouterStatus {
+        stats,
         running: router_running(state),
         keys,
         log_pairs: pairs.len(),
@@ -193,6 +205,13 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
         println!(
             "UNCONFINED key of source {}: it may write anywhere under the root (made before namespaces); confine it with `mirror-ctl router namespace {} PATH`",
             k.site, k.site
+        );
+    }
+    if let Some(x) = st.stats.as_ref().filter(|x| x.refs_resolved > 0) {
+        println!(
+            "copies by reference since it started: {} references resolved from the backup's own data, {} not sent again",
+            x.refs_resolved,
+            crate::sync_cmd::human(x.bytes_saved)
         );
     }
     println!("router logs: {} pairs", st.log_pairs);
@@ -322,5 +341,6 @@ pub fn unblock(state: &StateDir, path: Option<String>) -> Result<()> {
             Ok(())
         }
         RouterResponse::Error { reason } => bail!("{reason}"),
+        other => bail!("mirror-routerd answered {other:?} to an unblock"),
     }
 }

@@ -366,6 +366,13 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
                 }
             );
         }
+        if s.sent_bytes > 0 || s.referenced_bytes > 0 {
+            println!(
+                "  sent since mirror-sendd started: {} of data, {} as references to what the backup holds",
+                human(s.sent_bytes),
+                human(s.referenced_bytes)
+            );
+        }
         for x in &r.sync {
             println!("  sync rule {} ({}): {}", x.rule, x.pattern, sync_text(x));
         }

@@ -96,6 +96,8 @@ pub struct Applier {
     touched: BTreeSet<PathBuf>,
     /// Copies being built aside.
     staging: Staging,
+    /// References of copies resolved from the backup's own data, and their bytes.
+    pub refs: (u64, u64),
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -131,6 +133,7 @@ impl Applier {
         let root = Root::open(root)?;
         Ok(Applier {
             staging: Staging::load(&root)?,
+            refs: (0, 0),
             root,
             open: OpenFiles::new(max_open),
             touched: BTreeSet::new(),
@@ -237,6 +240,7 @@ impl Applier {
             Command::Write => r.offset.checked_add(data.len() as u64),
             Command::Truncate => Some(r.size),
             Command::Zero => Some(r.offset),
+            Command::Ref => r.offset.checked_add(r.size),
             _ => Some(0),
         };
         if span.is_none_or(|e| e > i64::MAX as u64) {
@@ -253,9 +257,14 @@ impl Applier {
                 r.command
             )));
         }
+        if r.command == Command::Ref && r.part == mirrorfs::wire::Part::Whole {
+            return Ok(Outcome::Refused(
+                "a reference to the backup's own data outside a copy".into(),
+            ));
+        }
         if matches!(
             r.command,
-            Command::Write | Command::Truncate | Command::Zero
+            Command::Write | Command::Truncate | Command::Zero | Command::Ref
         ) {
             if r.part != mirrorfs::wire::Part::Whole {
                 return self.apply_copy_part(rule, r, &rel, data);
@@ -500,7 +509,17 @@ impl Applier {
         };
         let staged = staging::staged_rel(rel);
         let staged_shown = self.root.path().join(&staged);
-        if matches!(r.command, Command::Write | Command::Zero) && r.offset == 0 {
+        if r.command == Command::Ref && !self.backup_exists(rel).map_err(fail("open", &shown))? {
+            // What it refers to is gone (deleted by hand, say): the whole file is needed.
+            self.staging
+                .discard(&self.root, rel)
+                .map_err(fail("delete", &staged_shown))?;
+            return Ok(Outcome::NeedCopy {
+                rule_crc: rule.crc,
+                name: r.name.clone(),
+            });
+        }
+        if matches!(r.command, Command::Write | Command::Zero | Command::Ref) && r.offset == 0 {
             self.open.forget(&staged);
             if staging::has_other_links(&self.root, rel).map_err(fail("open", &shown))? {
                 self.staging
@@ -511,6 +530,27 @@ impl Applier {
                     .start(&self.root, rel)
                     .map_err(fail("create", &staged_shown))?;
             }
+        }
+        if r.command == Command::Ref {
+            let into = self.staging.has(rel).then_some(staged.as_path());
+            if self.resolve_ref(rel, into, r, data)? {
+                self.refs.0 += 1;
+                self.refs.1 += r.size;
+                return Ok(Outcome::Done);
+            }
+            log::warn!(
+                "{}: the backup no longer holds what the source's copy refers to at offset {} ({} bytes); asking for the whole file",
+                shown.display(),
+                r.offset,
+                r.size
+            );
+            self.staging
+                .discard(&self.root, rel)
+                .map_err(fail("delete", &staged_shown))?;
+            return Ok(Outcome::NeedCopy {
+                rule_crc: rule.crc,
+                name: r.name.clone(),
+            });
         }
         if !self.staging.has(rel) {
             // A copy builds a regular file: whatever else holds its name goes first (kept
@@ -546,6 +586,74 @@ impl Applier {
                 .map_err(fail("rename", &shown))?;
         }
         Ok(Outcome::Done)
+    }
+
+    /// Resolves a reference of a copy ([`Command::Ref`]): the backup file `rel` holds the
+    /// bytes the source has at `r.offset` (`r.size` of them), if their run sum
+    /// ([`mirrorfs::blocksums::Tree::run`]) is `sum`. They are copied into the staging file
+    /// `into` as they are checked (a copy built aside), or only checked (a copy in place).
+    /// Whether they matched.
+    fn resolve_ref(
+        &mut self,
+        rel: &Path,
+        into: Option<&Path>,
+        r: &RtRecord,
+        sum: &[u8],
+    ) -> Result<bool, ApplyError> {
+        use mirrorfs::blocksums::{leaf, node, BLOCK};
+        let shown = self.root.path().join(rel);
+        let root_path = self.root.path().to_path_buf();
+        let fail = |op: &'static str, p: &Path| {
+            let p = root_path.join(p);
+            move |err| ApplyError { op, path: p, err }
+        };
+        if r.offset % BLOCK != 0 || sum.len() != 16 {
+            return Ok(false);
+        }
+        let f = match crate::sums::open_backup(&self.root, rel) {
+            Ok(f) => f,
+            Err(e) if not_found(&e) => return Ok(false),
+            Err(err) => {
+                return Err(ApplyError {
+                    op: "open",
+                    path: shown,
+                    err,
+                })
+            }
+        };
+        let mut leaves = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = r.offset;
+        let end = r.offset + r.size;
+        while at < end {
+            let want = ((end - at) as usize).min(buf.len());
+            let mut n = 0;
+            while n < want {
+                match f.read_at(&mut buf[n..want], at + n as u64) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        return Err(ApplyError {
+                            op: "read",
+                            path: shown.clone(),
+                            err,
+                        })
+                    }
+                }
+            }
+            if n < want {
+                // The backup is shorter than what the source refers to.
+                return Ok(false);
+            }
+            leaves.extend(buf[..n].chunks(BLOCK as usize).map(leaf));
+            if let Some(into) = into {
+                let dst = self.file(into).map_err(fail("open", into))?;
+                crate::direct::write_at(dst, &buf[..n], at).map_err(fail("write", into))?;
+            }
+            at += n as u64;
+        }
+        Ok(node(&leaves).as_slice() == sum)
     }
 
     /// Gives up building `rel`'s copy aside: what its staging file holds is written into the
@@ -1304,6 +1412,10 @@ pub fn run(router: Arc<crate::shared::Router>) {
             }
             Ok(moved)
         });
+        if result.is_ok() {
+            router.set_looked(published);
+        }
+        router.set_refs(st.applier.refs);
         tell_applied(&router, &mut st.applied);
         match result {
             Ok(true) => backoff = Duration::from_millis(100),

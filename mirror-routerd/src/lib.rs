@@ -21,6 +21,7 @@
 //!   RT1/RT2 group commit, acknowledgements, validation requests.
 //! * [`restore`]: restore sessions: a site's backup sent back to it (`mirror-ctl restore`).
 //! * [`resync`]: the copies asked of the sources (durable until they arrive).
+//! * [`sums`]: block checksums of backup files, the answers to a copy's `Msg::Sums`.
 //! * [`staging`]: copies built aside and put in place whole, so that a copy cut off midway
 //!   leaves the backup file as it was.
 //! * [`quarantine`]: damaged pairs of router logs moved aside, and what they held asked for
@@ -44,3 +45,4 @@ pub mod resync;
 pub mod rtlog;
 pub mod shared;
 pub mod staging;
+pub mod sums;

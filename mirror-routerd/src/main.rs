@@ -141,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Answers `mirror-ctl router unblock`.
+/// Answers `mirror-ctl router unblock` and `router status`.
 fn serve_control(path: PathBuf, router: std::sync::Arc<Router>) -> anyhow::Result<()> {
     use mirrorfs::control::{self, RouterRequest, RouterResponse};
     let handler: control::Handler<RouterRequest, RouterResponse> =
@@ -157,6 +157,15 @@ fn serve_control(path: PathBuf, router: std::sync::Arc<Router>) -> anyhow::Resul
                     }
                 } else {
                     RouterResponse::Unblocking { paths }
+                }
+            }
+            RouterRequest::Stats => {
+                let (refs_resolved, bytes_saved) = router.refs();
+                RouterResponse::Stats {
+                    stats: control::RouterStats {
+                        refs_resolved,
+                        bytes_saved,
+                    },
                 }
             }
         });

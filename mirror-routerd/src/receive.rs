@@ -381,6 +381,8 @@ fn receive_frames(
     let mut pending_bytes = 0usize;
     // Entries frames received in this session (the sender numbers them the same way).
     let mut frames = 0u64;
+    // The backup file a copy compares checksums with (`Msg::Sums`).
+    let mut sums = crate::sums::SumsCache::default();
     let stopped = || SessionError::Store("the commit thread stopped".into());
     // Waits until everything handed over is stored: the committer takes the next batch (an
     // empty one) only once it finished the last.
@@ -476,6 +478,27 @@ fn receive_frames(
             Msg::Validate { dest, dir } => {
                 let (ok, reason) = validate_for(router, site, &dest, dir);
                 send(w, &Msg::Validated { ok, reason })?;
+            }
+            Msg::Sums {
+                id,
+                rule_crc,
+                name,
+                level,
+                nodes,
+            } => {
+                // Everything before it is stored (the barrier above): its sums are those of
+                // the backup once that is applied.
+                let answer = if awaiting_config {
+                    Msg::SumsAnswer {
+                        id,
+                        size: None,
+                        sums: Vec::new(),
+                        why: "the router waits for the source's configuration".into(),
+                    }
+                } else {
+                    sums.answer(router, site, id, rule_crc, &name, level, &nodes, frames)
+                };
+                send(w, &answer)?;
             }
             other => {
                 return Err(refuse(

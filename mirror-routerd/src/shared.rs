@@ -278,6 +278,13 @@ pub struct Router {
     /// `(pair, rt1 end)` durable and visible to the router process.
     published: Mutex<(u64, u64)>,
     wake: Condvar,
+    /// `(pair, rt1 end)` the router process has looked at (applied, or held for a blocked
+    /// file), with its condition ([`Router::wait_looked`]).
+    looked: Mutex<(u64, u64)>,
+    looked_wake: Condvar,
+    /// References of copies resolved from data the backup held, and their bytes (what was
+    /// not sent again).
+    refs: Mutex<(u64, u64)>,
     /// The configuration database.
     pub db: Mutex<RouterDb>,
     /// The configuration table, as stored and as granted by the keys it was last matched with.
@@ -477,6 +484,9 @@ impl Router {
             rt: Mutex::new(rt),
             published: Mutex::new(published),
             wake: Condvar::new(),
+            looked: Mutex::new((0, 0)),
+            looked_wake: Condvar::new(),
+            refs: Mutex::new((0, 0)),
             db: Mutex::new(db),
             table: RwLock::new(Tables {
                 stored: Arc::new(table),
@@ -621,6 +631,44 @@ impl Router {
     /// What the router process may read.
     pub fn published(&self) -> (u64, u64) {
         *lock(&self.published)
+    }
+
+    /// The router process looked at every entry up to `end` (what was published when it
+    /// started its pass).
+    pub fn set_looked(&self, end: (u64, u64)) {
+        let mut g = lock(&self.looked);
+        if end > *g {
+            *g = end;
+            self.looked_wake.notify_all();
+        }
+    }
+
+    /// Notes the references resolved since the router started, and their bytes.
+    pub fn set_refs(&self, refs: (u64, u64)) {
+        *lock(&self.refs) = refs;
+    }
+
+    /// References resolved since the router started, and their bytes.
+    pub fn refs(&self) -> (u64, u64) {
+        *lock(&self.refs)
+    }
+
+    /// Waits until the router process has looked at every entry up to `end`; whether it did
+    /// within `timeout`.
+    pub fn wait_looked(&self, end: (u64, u64), timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = lock(&self.looked);
+        while *g < end {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = match self.looked_wake.wait_timeout(g, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
     }
 
     /// Waits until something is published after `seen`, or `timeout`.

@@ -31,7 +31,9 @@ use mirrorfs::beneath::{Place, Root};
 use mirrorfs::entry::{AttrChange, Command, Listed, Listing, Timestamp, LISTING_PART_BYTES};
 use mirrorfs::journal::Position;
 use mirrorfs::rule::{PatternKind, Rule};
-use mirrorfs::wire::{Part, WireEntry};
+use mirrorfs::wire::{Msg, Part, WireEntry};
+
+use crate::delta::{Delta, Step};
 
 /// Bytes per write part.
 pub const CHUNK: usize = 1 << 20;
@@ -205,6 +207,9 @@ pub struct CopyJob {
     linked: Linked,
     /// Times a name looked gone through the mount while mirrorfs had it ([`CopyJob::vanished`]).
     looks: u32,
+    /// The file being sent by differences ([`crate::delta`]): its name, the open file, the
+    /// comparison.
+    delta: Option<(Vec<u8>, File, Delta)>,
 }
 
 /// The control socket of the mirrorfs serving the sources (set once at start).
@@ -320,6 +325,7 @@ impl CopyJob {
             done: (0, 0),
             linked: Linked::default(),
             looks: 0,
+            delta: None,
         };
         let allowed = match mirrorfs::copycheck::may_copy(&job.rule.spec.pattern, &name) {
             Ok(()) => true,
@@ -483,6 +489,10 @@ impl CopyJob {
                 // What is buffered would close the copy: never send it from a copy cut short.
                 return None;
             }
+            if raw.is_none() && self.waiting() {
+                // The router's checksums come first; what is buffered is not the last part.
+                return None;
+            }
             let (out, last) = match (self.buffered.take(), raw) {
                 (None, None) => return None,
                 (None, Some(e)) => {
@@ -513,7 +523,79 @@ impl CopyJob {
         name.len() + 1 == p.len() && p.starts_with(name)
     }
 
+    /// Whether the job waits for the router's checksums of a file ([`CopyJob::sums_request`]).
+    pub fn waiting(&self) -> bool {
+        self.delta.as_ref().is_some_and(|(_, _, d)| d.waits())
+    }
+
+    /// The request for the router's checksums the job waits for, once.
+    pub fn sums_request(&mut self) -> Option<Msg> {
+        let crc = self.rule.crc;
+        let (name, _, d) = self.delta.as_mut()?;
+        d.request(crc, name)
+    }
+
+    /// The router's answer to a request for checksums.
+    pub fn sums_answered(
+        &mut self,
+        id: u64,
+        size: Option<u64>,
+        sums: &[mirrorfs::blocksums::Sum],
+        why: &str,
+    ) {
+        if let Some((_, _, d)) = self.delta.as_mut() {
+            d.answered(id, size, sums, why);
+        }
+    }
+
+    /// The next part of the file being sent by differences, if there is one.
+    fn delta_part(&mut self) -> Option<WireEntry> {
+        loop {
+            let (name, file, d) = self.delta.as_mut()?;
+            match d.next(file) {
+                Step::Wait => return None,
+                Step::Part(command, offset, size, data) => {
+                    self.done.1 += size;
+                    let name = name.clone();
+                    return Some(WireEntry {
+                        offset,
+                        size,
+                        data,
+                        ..entry(command, &self.rule, &name)
+                    });
+                }
+                Step::Whole(why) => {
+                    let (name, file, _) = self.delta.take()?;
+                    log::info!("copy of {}: sent whole ({why})", shown(&name));
+                    self.tasks.push(Task::File {
+                        name,
+                        file,
+                        offset: 0,
+                        data_end: 0,
+                    });
+                    return None;
+                }
+                Step::Done => {
+                    let (name, file, d) = self.delta.take()?;
+                    let e = self.finish_file(&name, &file, d.size());
+                    if e.is_some() {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+
     fn next_raw(&mut self) -> Option<WireEntry> {
+        if self.delta.is_some() {
+            if let Some(e) = self.delta_part() {
+                return Some(e);
+            }
+            if self.delta.is_some() {
+                // Waiting for the router's checksums.
+                return None;
+            }
+        }
         while let Some(task) = self.tasks.pop() {
             match task {
                 Task::Emit(e) => return Some(e),
@@ -831,12 +913,26 @@ impl CopyJob {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
             {
-                Ok(file) => self.tasks.push(Task::File {
-                    name,
-                    file,
-                    offset: 0,
-                    data_end: 0,
-                }),
+                Ok(file) => {
+                    // A large file whose backup may hold most of it already: compared first.
+                    let by_delta = self.origin == Origin::Copy && crate::delta::worth(meta.len());
+                    match by_delta.then(|| Delta::start(&file, meta.len())) {
+                        Some(Ok(d)) => {
+                            self.delta = Some((name, file, d));
+                            return self.delta_part();
+                        }
+                        Some(Err(e)) => {
+                            self.trouble(&format!("copy of {shown_name}: read"), &e);
+                            return None;
+                        }
+                        None => self.tasks.push(Task::File {
+                            name,
+                            file,
+                            offset: 0,
+                            data_end: 0,
+                        }),
+                    }
+                }
                 // Gone (or swapped for a symlink) since it was looked at.
                 Err(e) if gone(&e) => return self.vanished(&name),
                 Err(e) => self.trouble(&format!("copy of {shown_name}: cannot open"), &e),
@@ -1041,8 +1137,21 @@ mod tests {
         })
     }
 
+    /// Every part of `job`, with a router that has no backup to compare with.
     fn parts(mut job: CopyJob) -> Vec<WireEntry> {
-        std::iter::from_fn(|| job.next_part()).collect()
+        let mut out = Vec::new();
+        loop {
+            match job.next_part() {
+                Some(e) => out.push(e),
+                None if job.waiting() => {
+                    let Some(Msg::Sums { id, .. }) = job.sums_request() else {
+                        panic!("waiting with no request");
+                    };
+                    job.sums_answered(id, None, &[], "no backup file");
+                }
+                None => return out,
+            }
+        }
     }
 
     /// An adversarial finding of issue 13: with `--attrs`, a copy sent no extended attributes.

@@ -899,6 +899,17 @@ impl Stream<'_> {
                     .push_back(CopyJob::requested(rule.clone(), name, answer));
                 Ok(())
             }
+            Event::Msg(Msg::SumsAnswer {
+                id,
+                size,
+                sums,
+                why,
+            }) => {
+                if let Some((job, _)) = self.copy.as_mut() {
+                    job.sums_answered(id, size, &sums, &why);
+                }
+                Ok(())
+            }
             Event::Msg(Msg::Error { reason }) => Err(LinkError::Refused(reason)),
             Event::Msg(Msg::Notice { text }) => {
                 log::warn!("site {}: the router says: {text}", self.site);
@@ -979,6 +990,17 @@ impl Stream<'_> {
                         bytes += self.track(&e, next);
                         note_dirs(&mut dirs, table.sends_to(e.rule_crc, self.site), &e);
                         batch.push(e);
+                    }
+                    None if job.waiting() => {
+                        // A file compared with the backup first (`delta`): its checksums are
+                        // asked for once everything sent before is stored at the router, so
+                        // that they are those of the backup the copy applies to.
+                        if self.inflight.is_empty() {
+                            if let Some(m) = job.sums_request() {
+                                self.t.send(m)?;
+                            }
+                        }
+                        break;
                     }
                     None if job.unreachable() => {
                         // The source is a mount whose server is gone for now: the copy is made
@@ -1090,6 +1112,12 @@ impl Stream<'_> {
             return Ok(false);
         }
         self.frames = frame;
+        let (data, referenced) = batch.iter().fold((0, 0), |(d, r), e| match e.command {
+            Command::Ref => (d, r + e.size),
+            Command::Write => (d + e.data.len() as u64, r),
+            _ => (d, r),
+        });
+        self.shared.sites.count_sent(self.site, data, referenced);
         for f in self.inflight.iter_mut().rev().take(batch.len()) {
             f.frame = frame;
         }

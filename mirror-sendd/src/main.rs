@@ -9,6 +9,7 @@
 //! a damaged journal record was skipped).
 
 mod copy;
+mod delta;
 mod dirty;
 mod heartbeat;
 mod link;

@@ -41,6 +41,8 @@ struct Live {
     unblock_requested: bool,
     heartbeat: Arc<Mutex<Monitor>>,
     copy: Option<mirrorfs::control::CopyProgress>,
+    /// Data bytes sent, and bytes sent as references.
+    sent: (u64, u64),
 }
 
 /// Every site's state.
@@ -207,6 +209,14 @@ impl Sites {
         lock(&self.live).entry(site.to_string()).or_default().copy = Some(progress);
     }
 
+    /// Counts what a frame to `site` carried: data bytes, bytes as references.
+    pub fn count_sent(&self, site: &str, data: u64, referenced: u64) {
+        let mut l = lock(&self.live);
+        let x = &mut l.entry(site.to_string()).or_default().sent;
+        x.0 += data;
+        x.1 += referenced;
+    }
+
     /// Asks the links of the blocked sites (all, or `site`) to try now; the sites asked.
     pub fn request_unblock(&self, site: Option<&str>) -> Vec<String> {
         let sites: Vec<String> = lock(&self.blocked)
@@ -249,6 +259,8 @@ impl Sites {
             recovered_at: live.and_then(|x| x.recovered_ns).map(|t| t / 1_000_000_000),
             acked,
             copy: live.and_then(|x| x.copy),
+            sent_bytes: live.map_or(0, |x| x.sent.0),
+            referenced_bytes: live.map_or(0, |x| x.sent.1),
             heartbeat: live.is_some_and(|x| {
                 let m = lock(&x.heartbeat);
                 m.ever() && m.interrupted(Instant::now(), threshold).is_none()

@@ -196,12 +196,142 @@ fn read_full(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     Ok(done)
 }
 
-/// Compares a local tree with a remote one, top down, asking `ask(level, nodes)` for the
-/// remote sums of the children of `nodes` of `level` (what a [`crate::wire::Msg::Sums`]
-/// request does); `start` holds the remote sums of level `start_level` (all its nodes) and
-/// `remote_size` the remote file's size. Returns which blocks of the local file differ (or
-/// lie beyond the remote file), as a sorted list of block indices, or `None` when an answer
-/// did not fit (then everything is to be sent).
+/// A comparison of a local tree with a remote one, top down, one request at a time (the
+/// remote's answers come as [`crate::wire::Msg::SumsAnswer`]s): it starts from the remote
+/// sums of every node of one level, asks for the children of the nodes that differ
+/// ([`Compare::ask`], at most [`MAX_SUMS`] / [`FANOUT`] nodes at a time), takes the answers
+/// ([`Compare::take`]), and ends at level 0 with the blocks that differ or lie beyond the
+/// remote file ([`Compare::differing`]).
+#[derive(Debug, Clone)]
+pub struct Compare {
+    remote_size: u64,
+    level: u32,
+    /// Nodes of `level` that differ.
+    differ: Vec<u64>,
+    /// Those the remote has (asked about), and how many were answered.
+    askable: Vec<u64>,
+    cursor: usize,
+    /// Nodes of the level below found to differ so far.
+    next: Vec<u64>,
+    /// The nodes of the request not answered yet.
+    pending: Option<Vec<u64>>,
+}
+
+impl Compare {
+    /// Starts with the remote file's size and the remote sums of every node of `level`.
+    pub fn new(local: &Tree, level: u32, remote_size: u64, remote: &[Sum]) -> Compare {
+        let differ = local
+            .level(level)
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| remote.get(*i) != Some(*s))
+            .map(|(i, _)| i as u64)
+            .collect();
+        let mut c = Compare {
+            remote_size,
+            level,
+            differ,
+            askable: Vec::new(),
+            cursor: 0,
+            next: Vec::new(),
+            pending: None,
+        };
+        c.begin_level(local);
+        c
+    }
+
+    /// Prepares the requests of the current level; goes down past levels with nothing to ask.
+    fn begin_level(&mut self, local: &Tree) {
+        while self.level > 0 {
+            let remote_nodes = nodes_at(self.remote_size, self.level);
+            self.askable = self
+                .differ
+                .iter()
+                .copied()
+                .filter(|&i| i < remote_nodes)
+                .collect();
+            // The children of nodes the remote lacks all differ.
+            self.next = self
+                .differ
+                .iter()
+                .filter(|&&i| i >= remote_nodes)
+                .flat_map(|&i| children(local.size, self.level, i))
+                .collect();
+            self.cursor = 0;
+            if !self.askable.is_empty() {
+                return;
+            }
+            self.descend();
+        }
+    }
+
+    fn descend(&mut self) {
+        self.next.sort_unstable();
+        self.next.dedup();
+        self.differ = std::mem::take(&mut self.next);
+        self.level -= 1;
+    }
+
+    /// Whether the comparison is complete.
+    pub fn done(&self) -> bool {
+        self.level == 0
+    }
+
+    /// The next request: the level and the nodes whose children's sums are needed (`None`
+    /// when done).
+    pub fn ask(&mut self) -> Option<(u32, Vec<u64>)> {
+        if self.done() {
+            return None;
+        }
+        let end = (self.cursor + MAX_SUMS / FANOUT).min(self.askable.len());
+        let nodes = self.askable[self.cursor..end].to_vec();
+        self.pending = Some(nodes.clone());
+        Some((self.level, nodes))
+    }
+
+    /// Takes the answer to the last request (the remote sums of the children of its nodes,
+    /// node after node); whether it fits the request.
+    pub fn take(&mut self, local: &Tree, sums: &[Sum]) -> bool {
+        let Some(nodes) = self.pending.take() else {
+            return false;
+        };
+        let below = local.level(self.level - 1);
+        let mut at = 0usize;
+        for &i in &nodes {
+            let theirs = children(self.remote_size, self.level, i);
+            let n = (theirs.end - theirs.start) as usize;
+            let Some(theirs) = sums.get(at..at + n) else {
+                return false;
+            };
+            at += n;
+            for (k, idx) in children(local.size, self.level, i).enumerate() {
+                if theirs.get(k) != below.get(idx as usize) {
+                    self.next.push(idx);
+                }
+            }
+        }
+        if at != sums.len() {
+            return false;
+        }
+        self.cursor += nodes.len();
+        if self.cursor >= self.askable.len() {
+            self.descend();
+            self.begin_level(local);
+        }
+        true
+    }
+
+    /// The blocks of the local file that differ from the remote's (or that it lacks), in
+    /// order; complete once [`Compare::done`].
+    pub fn differing(&self, local: &Tree) -> Vec<u64> {
+        let n = blocks(local.size);
+        self.differ.iter().copied().filter(|&b| b < n).collect()
+    }
+}
+
+/// A whole comparison ([`Compare`]) with `ask(level, nodes)` giving the remote sums of the
+/// children of `nodes` of `level`; `start` holds the remote sums of every node of level
+/// `start_level`. The blocks that differ, or `None` when an answer did not fit.
 pub fn differing_blocks(
     local: &Tree,
     remote_size: u64,
@@ -209,59 +339,14 @@ pub fn differing_blocks(
     start: &[Sum],
     mut ask: impl FnMut(u32, &[u64]) -> Option<Vec<Sum>>,
 ) -> Option<Vec<u64>> {
-    let local_blocks = blocks(local.size);
-    let remote_blocks = blocks(remote_size);
-    // (level, index) of nodes that differ, with their remote sums compared already.
-    let mut level = start_level;
-    let mut differ: Vec<u64> = Vec::new();
-    let here = local.level(level);
-    for (i, s) in here.iter().enumerate() {
-        if start.get(i) != Some(s) {
-            differ.push(i as u64);
+    let mut c = Compare::new(local, start_level, remote_size, start);
+    while let Some((level, nodes)) = c.ask() {
+        let got = ask(level, &nodes)?;
+        if !c.take(local, &got) {
+            return None;
         }
     }
-    while level > 0 {
-        // Only nodes the remote tree has are asked about; the others' blocks all differ.
-        let remote_nodes = nodes_at(remote_size, level);
-        let asked: Vec<u64> = differ
-            .iter()
-            .copied()
-            .filter(|&i| i < remote_nodes)
-            .collect();
-        let mut next: Vec<u64> = Vec::new();
-        let mut answers = Vec::new();
-        for chunk in asked.chunks(MAX_SUMS / FANOUT) {
-            let got = ask(level, chunk)?;
-            answers.push((chunk.to_vec(), got));
-        }
-        let below = local.level(level - 1);
-        for (chunk, got) in answers {
-            let mut at = 0usize;
-            for i in chunk {
-                let remote_kids = children(remote_size, level, i);
-                let local_kids = children(local.size, level, i);
-                let n = (remote_kids.end - remote_kids.start) as usize;
-                let theirs = got.get(at..at + n)?;
-                at += n;
-                for (k, idx) in local_kids.clone().enumerate() {
-                    if theirs.get(k) != below.get(idx as usize) {
-                        next.push(idx);
-                    }
-                }
-            }
-        }
-        // Children of nodes the remote tree lacks.
-        for &i in differ.iter().filter(|&&i| i >= remote_nodes) {
-            next.extend(children(local.size, level, i));
-        }
-        next.sort_unstable();
-        next.dedup();
-        differ = next;
-        level -= 1;
-    }
-    differ.retain(|&b| b < local_blocks);
-    let _ = remote_blocks;
-    Some(differ)
+    Some(c.differing(local))
 }
 
 #[cfg(test)]

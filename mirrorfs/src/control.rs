@@ -141,6 +141,14 @@ pub struct SiteState {
     /// much of it went out (a rule's first copy shows what is left with it).
     #[serde(default)]
     pub copy: Option<CopyProgress>,
+    /// File data sent to the site since mirror-sendd started (the data of writes, live and of
+    /// copies).
+    #[serde(default)]
+    pub sent_bytes: u64,
+    /// Bytes of copies sent as references to what the backup holds already, instead of
+    /// their data, since mirror-sendd started.
+    #[serde(default)]
+    pub referenced_bytes: u64,
 }
 
 /// How far mirror-sendd got with the copy entry at `pos` for one site.
@@ -189,6 +197,17 @@ pub enum RouterRequest {
         /// A backup path relative to the root, or every blocked file.
         path: Option<String>,
     },
+    /// What the running router did since it started (`mirror-ctl router status`).
+    Stats,
+}
+
+/// What a running router did since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStats {
+    /// References of copies resolved from data the backup held (issue 16).
+    pub refs_resolved: u64,
+    /// Their bytes: data the sources did not send again.
+    pub bytes_saved: u64,
 }
 
 /// mirror-routerd's answer.
@@ -198,6 +217,11 @@ pub enum RouterResponse {
     Unblocking {
         /// Backup paths.
         paths: Vec<String>,
+    },
+    /// The answer to [`RouterRequest::Stats`].
+    Stats {
+        /// The numbers.
+        stats: RouterStats,
     },
     /// Refused.
     Error {

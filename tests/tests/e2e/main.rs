@@ -84,3 +84,5 @@ mod long_paths;
 mod sync_mode;
 // n connections per site: one stream striped and put back in order, a connection reset, kill -9.
 mod n_connections;
+/// Copies that send references to what the backup holds (issue 16 items 1-2).
+mod resync_refs;

@@ -1,0 +1,347 @@
+//! The copy of one file that sends only what the backup lacks (issue 16).
+//!
+//! Before a large file's copy sends its data, it reads the file's block checksums
+//! ([`mirrorfs::blocksums`]) and asks the router for those of the backup, top down
+//! ([`Msg::Sums`], in order with the stream: the link asks only with nothing
+//! unacknowledged, and the router answers once it applied everything before). Then the
+//! blocks that are the same go as references to the backup's own data ([`Command::Ref`],
+//! one per run of them, with the run's sum, which the router checks before it uses them),
+//! the others as writes of their current content, then the file's size and attributes as in
+//! any copy ([`crate::copy`]). When the router has no sums to give (no backup file, blocked,
+//! a timeout), the file is sent whole.
+//!
+//! The copy reads the file as it is when each part goes (as every copy does): what changes
+//! meanwhile has its own entries after the copy in the journal, which the backup takes on top.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use mirrorfs::blocksums::{start_level, Compare, Sum, Tree, BLOCK, MAX_SUMS, MAX_TREE_FILE};
+use mirrorfs::entry::Command;
+use mirrorfs::wire::Msg;
+
+/// Files smaller than this are sent whole (a round trip costs more than their data).
+pub const MIN_SIZE: u64 = 256 << 10;
+/// The most bytes one reference covers (the router checks and copies each at once).
+const MAX_REF: u64 = 64 << 20;
+/// How long an answer may take before the file is sent whole.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(90);
+
+/// Whether a file of `size` bytes is worth comparing first.
+pub fn worth(size: u64) -> bool {
+    (MIN_SIZE..=MAX_TREE_FILE).contains(&size)
+}
+
+/// What a delta copy does next.
+pub enum Step {
+    /// Send this part: a command (`Write` or `Ref`), its offset and size, its data.
+    Part(Command, u64, u64, Vec<u8>),
+    /// Wait for the router's answer ([`Delta::request`] says what to ask).
+    Wait,
+    /// Send the file whole after all (why).
+    Whole(String),
+    /// Every block is sent or referred to, up to the tree's size.
+    Done,
+}
+
+enum State {
+    /// A request to send, then its answer to wait for.
+    Asking {
+        /// The request, until the link takes it.
+        request: Option<(u32, Vec<u64>)>,
+        /// When it was taken.
+        sent: Option<Instant>,
+        /// The comparison (none before the first answer).
+        cmp: Option<Compare>,
+    },
+    /// Sending: runs of blocks, each the same on both sides or not, and where in the first.
+    Sending {
+        runs: Vec<(u64, u64, bool)>,
+        at: u64,
+    },
+    Failed(String),
+}
+
+/// One file's copy by differences.
+pub struct Delta {
+    /// The request number of the current request.
+    id: u64,
+    tree: Tree,
+    state: State,
+}
+
+/// Request numbers, unique in the process.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Delta {
+    /// Reads the block checksums of `file` (`size` bytes).
+    pub fn start(file: &File, size: u64) -> std::io::Result<Delta> {
+        let tree = Tree::of_file(file, size)?;
+        let level = start_level(tree.size, (MAX_SUMS / 16) as u64);
+        Ok(Delta {
+            id: 0,
+            tree,
+            state: State::Asking {
+                request: Some((level, Vec::new())),
+                sent: None,
+                cmp: None,
+            },
+        })
+    }
+
+    /// The size the checksums were read at.
+    pub fn size(&self) -> u64 {
+        self.tree.size
+    }
+
+    /// The request to send now, once (`rule_crc`, `name`: the file's rule and name).
+    pub fn request(&mut self, rule_crc: u32, name: &[u8]) -> Option<Msg> {
+        let State::Asking { request, sent, .. } = &mut self.state else {
+            return None;
+        };
+        let (level, nodes) = request.take()?;
+        *sent = Some(Instant::now());
+        self.id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Msg::Sums {
+            id: self.id,
+            rule_crc,
+            name: name.to_vec(),
+            level,
+            nodes,
+        })
+    }
+
+    /// Takes the router's answer to request `id`.
+    pub fn answered(&mut self, id: u64, size: Option<u64>, sums: &[Sum], why: &str) {
+        if id != self.id {
+            return;
+        }
+        let State::Asking { request, sent, cmp } = &mut self.state else {
+            return;
+        };
+        if sent.is_none() || request.is_some() {
+            return;
+        }
+        let Some(size) = size else {
+            self.state = State::Failed(format!("the router has no checksums: {why}"));
+            return;
+        };
+        let c = match cmp {
+            None => {
+                let level = start_level(self.tree.size, (MAX_SUMS / 16) as u64);
+                cmp.insert(Compare::new(&self.tree, level, size, sums))
+            }
+            Some(c) => {
+                if !c.take(&self.tree, sums) {
+                    self.state =
+                        State::Failed("the router's checksums do not fit the request".into());
+                    return;
+                }
+                c
+            }
+        };
+        match c.ask() {
+            Some(next) => {
+                *request = Some(next);
+                *sent = None;
+            }
+            None => {
+                let differ = c.differing(&self.tree);
+                self.state = State::Sending {
+                    runs: runs(self.tree.size, &differ),
+                    at: 0,
+                };
+            }
+        }
+    }
+
+    /// Whether the next step is to wait for the router (a request to send, or its answer not
+    /// overdue).
+    pub fn waits(&self) -> bool {
+        matches!(&self.state, State::Asking { sent, .. } if !sent.is_some_and(|t| t.elapsed() >= ANSWER_WAIT))
+    }
+
+    /// What to do next; `file` is the source file, read for the blocks that differ.
+    pub fn next(&mut self, file: &File) -> Step {
+        match &mut self.state {
+            State::Failed(why) => Step::Whole(why.clone()),
+            State::Asking { sent, .. } => {
+                if sent.is_some_and(|t| t.elapsed() >= ANSWER_WAIT) {
+                    self.state = State::Failed("the router did not answer in time".into());
+                    return self.next(file);
+                }
+                Step::Wait
+            }
+            State::Sending { runs, at } => {
+                let size = self.tree.size;
+                let Some(&(first, count, same)) = runs.first() else {
+                    return Step::Done;
+                };
+                let start = first * BLOCK + *at;
+                let end = ((first + count) * BLOCK).min(size);
+                if same {
+                    // One reference per run (at most MAX_REF bytes, whole blocks).
+                    let len = (end - start).min(MAX_REF);
+                    let b0 = start / BLOCK;
+                    let nb = len.div_ceil(BLOCK);
+                    let sum = self.tree.run(b0, nb);
+                    advance(runs, at, len, end - start);
+                    return Step::Part(Command::Ref, start, len, sum.to_vec());
+                }
+                let want = (end - start).min(crate::copy::CHUNK as u64) as usize;
+                let mut buf = vec![0u8; want];
+                let mut n = 0;
+                while n < want {
+                    match file.read_at(&mut buf[n..], start + n as u64) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            self.state = State::Failed(format!("read at offset {start}: {e}"));
+                            return self.next(file);
+                        }
+                    }
+                }
+                if n == 0 {
+                    // The file ended sooner: its final size says so.
+                    runs.clear();
+                    return Step::Done;
+                }
+                buf.truncate(n);
+                advance(runs, at, n as u64, end - start);
+                if buf.iter().all(|&b| b == 0) {
+                    // Zeros (a hole, most often) go as a zero range, as in any copy.
+                    return Step::Part(Command::Zero, start, n as u64, Vec::new());
+                }
+                Step::Part(Command::Write, start, n as u64, buf)
+            }
+        }
+    }
+}
+
+/// Moves `at` on by `n` bytes within the first run (`left` bytes of it remained).
+fn advance(runs: &mut Vec<(u64, u64, bool)>, at: &mut u64, n: u64, left: u64) {
+    if n >= left {
+        runs.remove(0);
+        *at = 0;
+    } else {
+        *at += n;
+    }
+}
+
+/// The blocks of a file of `size` bytes as runs `(first, count, same)`, given the sorted
+/// blocks that differ.
+fn runs(size: u64, differ: &[u64]) -> Vec<(u64, u64, bool)> {
+    let total = mirrorfs::blocksums::blocks(size);
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    let mut d = differ.iter().copied().peekable();
+    let mut b = 0;
+    while b < total {
+        let same = d.peek() != Some(&b);
+        let mut end = b;
+        if same {
+            end = d.peek().copied().unwrap_or(total).min(total);
+        } else {
+            while d.peek() == Some(&end) {
+                d.next();
+                end += 1;
+            }
+        }
+        out.push((b, end - b, same));
+        b = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_cover_the_file() {
+        assert_eq!(runs(0, &[]), vec![]);
+        assert_eq!(runs(10 * BLOCK, &[]), vec![(0, 10, true)]);
+        assert_eq!(
+            runs(10 * BLOCK, &[0, 1, 5, 9]),
+            vec![
+                (0, 2, false),
+                (2, 3, true),
+                (5, 1, false),
+                (6, 3, true),
+                (9, 1, false)
+            ]
+        );
+        assert_eq!(
+            runs(10 * BLOCK - 5, &[9]),
+            vec![(0, 9, true), (9, 1, false)]
+        );
+    }
+
+    /// The whole exchange against a tree in memory: what is sent rebuilds the source from
+    /// the backup.
+    #[test]
+    fn parts_rebuild_the_source_from_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("src");
+        let mut src: Vec<u8> = (0..(3 << 20) + 777u32).map(|i| (i % 249) as u8).collect();
+        let mut backup = src.clone();
+        backup.truncate(2 << 20);
+        backup[12345] ^= 0xff;
+        src[3 << 19] ^= 0x55;
+        std::fs::write(&p, &src).unwrap();
+        let f = File::open(&p).unwrap();
+        let remote = Tree::from_leaves(
+            backup.len() as u64,
+            backup
+                .chunks(BLOCK as usize)
+                .map(mirrorfs::blocksums::leaf)
+                .collect(),
+        );
+        let mut d = Delta::start(&f, src.len() as u64).unwrap();
+        let mut out = vec![0u8; src.len()];
+        let (mut written, mut referred) = (0u64, 0u64);
+        for _ in 0..10_000 {
+            match d.next(&f) {
+                Step::Wait => {
+                    let Some(Msg::Sums {
+                        id, level, nodes, ..
+                    }) = d.request(1, b"/f")
+                    else {
+                        panic!("no request while waiting");
+                    };
+                    let sums = if nodes.is_empty() {
+                        remote.level(level).to_vec()
+                    } else {
+                        remote.children_of(level, &nodes).unwrap()
+                    };
+                    d.answered(id, Some(remote.size), &sums, "");
+                }
+                Step::Part(Command::Ref, off, len, sum) => {
+                    let r = &backup[off as usize..(off + len) as usize];
+                    let leaves: Vec<Sum> = r
+                        .chunks(BLOCK as usize)
+                        .map(mirrorfs::blocksums::leaf)
+                        .collect();
+                    assert_eq!(mirrorfs::blocksums::node(&leaves).to_vec(), sum);
+                    out[off as usize..(off + len) as usize].copy_from_slice(r);
+                    referred += len;
+                }
+                Step::Part(Command::Zero, off, len, _) => {
+                    out[off as usize..(off + len) as usize].fill(0);
+                    written += len;
+                }
+                Step::Part(_, off, len, data) => {
+                    out[off as usize..(off + len) as usize].copy_from_slice(&data);
+                    written += len;
+                }
+                Step::Whole(why) => panic!("{why}"),
+                Step::Done => break,
+            }
+        }
+        assert_eq!(out, src);
+        // The changed block, and everything past the backup's end (its last block too).
+        assert_eq!(written, 2 * BLOCK + (src.len() as u64 - (2 << 20)));
+        assert_eq!(referred + written, src.len() as u64);
+    }
+}
