@@ -96,8 +96,13 @@ pub struct Applier {
     touched: BTreeSet<PathBuf>,
     /// Copies being built aside.
     staging: Staging,
-    /// References of copies resolved from the backup's own data, and their bytes.
+    /// References resolved (from the backup's own data or retained router logs), and their
+    /// bytes.
     pub refs: (u64, u64),
+    /// The sources' transfers that references may point to ([`crate::retain`]).
+    pub transfers: crate::retain::Transfers,
+    /// Where the router logs are (to read what a transfer reference points to).
+    pub rt_dir: PathBuf,
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -134,6 +139,8 @@ impl Applier {
         Ok(Applier {
             staging: Staging::load(&root)?,
             refs: (0, 0),
+            transfers: crate::retain::Transfers::default(),
+            rt_dir: PathBuf::new(),
             root,
             open: OpenFiles::new(max_open),
             touched: BTreeSet::new(),
@@ -258,9 +265,43 @@ impl Applier {
             )));
         }
         if r.command == Command::Ref && r.part == mirrorfs::wire::Part::Whole {
-            return Ok(Outcome::Refused(
-                "a reference to the backup's own data outside a copy".into(),
-            ));
+            // A write whose data the source sent before (the same write for another rule):
+            // applied as that write, to the file and to a copy being built aside.
+            if !matches!(
+                crate::retain::Locator::decode(&r.aux),
+                Some(crate::retain::Locator::Transfer { .. })
+            ) {
+                return Ok(Outcome::Refused(
+                    "a reference to the backup's own data outside a copy".into(),
+                ));
+            }
+            if !self.backup_exists(&rel).map_err(fail("open", &shown))? {
+                return Ok(Outcome::NeedCopy {
+                    rule_crc: rule.crc,
+                    name: r.name.clone(),
+                });
+            }
+            let mut ok = self.resolve_ref(&rel, None, r, data)?;
+            if ok && self.staging.has(&rel) {
+                let staged = staging::staged_rel(&rel);
+                self.touch(&staged, None);
+                ok = self.resolve_ref(&rel, Some(&staged), r, data)?;
+            }
+            if !ok {
+                log::warn!(
+                    "{}: the write of {} bytes at offset {} refers to data the router no longer holds; asking for the whole file",
+                    shown.display(),
+                    r.size,
+                    r.offset
+                );
+                return Ok(Outcome::NeedCopy {
+                    rule_crc: rule.crc,
+                    name: r.name.clone(),
+                });
+            }
+            self.refs.0 += 1;
+            self.refs.1 += r.size;
+            return Ok(Outcome::Done);
         }
         if matches!(
             r.command,
@@ -509,7 +550,12 @@ impl Applier {
         };
         let staged = staging::staged_rel(rel);
         let staged_shown = self.root.path().join(&staged);
-        if r.command == Command::Ref && !self.backup_exists(rel).map_err(fail("open", &shown))? {
+        let own_ref = r.command == Command::Ref
+            && matches!(
+                crate::retain::Locator::decode(&r.aux),
+                Some(crate::retain::Locator::Backup)
+            );
+        if own_ref && !self.backup_exists(rel).map_err(fail("open", &shown))? {
             // What it refers to is gone (deleted by hand, say): the whole file is needed.
             self.staging
                 .discard(&self.root, rel)
@@ -533,6 +579,11 @@ impl Applier {
         }
         if r.command == Command::Ref {
             let into = self.staging.has(rel).then_some(staged.as_path());
+            if into.is_none() && !own_ref {
+                // Data from the router logs written in place: the name must be a file.
+                self.clear_for_file(rule, rel)
+                    .map_err(fail("delete", &shown))?;
+            }
             if self.resolve_ref(rel, into, r, data)? {
                 self.refs.0 += 1;
                 self.refs.1 += r.size;
@@ -588,11 +639,14 @@ impl Applier {
         Ok(Outcome::Done)
     }
 
-    /// Resolves a reference of a copy ([`Command::Ref`]): the backup file `rel` holds the
-    /// bytes the source has at `r.offset` (`r.size` of them), if their run sum
-    /// ([`mirrorfs::blocksums::Tree::run`]) is `sum`. They are copied into the staging file
-    /// `into` as they are checked (a copy built aside), or only checked (a copy in place).
-    /// Whether they matched.
+    /// Resolves a reference ([`Command::Ref`]): the `r.size` bytes the source has at
+    /// `r.offset` are those its locator ([`crate::retain::Locator`]) points to: the backup
+    /// file `rel` at the same offset, or a write the source sent earlier, kept in the router
+    /// logs; they count only if their run sum ([`mirrorfs::blocksums::Tree::run`]) is `sum`.
+    /// They are written into `into` as they are checked (the staging file of a copy built
+    /// aside, or the backup file itself for data from the router logs); data of the backup
+    /// file itself in place is only checked. Whether they matched (a locator the router
+    /// cannot follow does not).
     fn resolve_ref(
         &mut self,
         rel: &Path,
@@ -600,6 +654,7 @@ impl Applier {
         r: &RtRecord,
         sum: &[u8],
     ) -> Result<bool, ApplyError> {
+        use crate::retain::Locator;
         use mirrorfs::blocksums::{leaf, node, BLOCK};
         let shown = self.root.path().join(rel);
         let root_path = self.root.path().to_path_buf();
@@ -607,29 +662,50 @@ impl Applier {
             let p = root_path.join(p);
             move |err| ApplyError { op, path: p, err }
         };
-        if r.offset % BLOCK != 0 || sum.len() != 16 {
+        if sum.len() != 16 {
             return Ok(false);
         }
-        let f = match crate::sums::open_backup(&self.root, rel) {
-            Ok(f) => f,
-            Err(e) if not_found(&e) => return Ok(false),
-            Err(err) => {
-                return Err(ApplyError {
-                    op: "open",
-                    path: shown,
-                    err,
-                })
+        // Where the bytes come from: a file and the offset of the first.
+        let (src, from, into) = match Locator::decode(&r.aux) {
+            None => return Ok(false),
+            Some(Locator::Backup) => {
+                if r.offset % BLOCK != 0 {
+                    return Ok(false);
+                }
+                match crate::sums::open_backup(&self.root, rel) {
+                    Ok(f) => (f, r.offset, into),
+                    Err(e) if not_found(&e) => return Ok(false),
+                    Err(err) => {
+                        return Err(ApplyError {
+                            op: "open",
+                            path: shown,
+                            err,
+                        })
+                    }
+                }
+            }
+            Some(Locator::Transfer { pos, at: from }) => {
+                let Some(held) = self.transfers.locate(&r.site, pos) else {
+                    return Ok(false);
+                };
+                if from.checked_add(r.size).is_none_or(|e| e > held.len) {
+                    return Ok(false);
+                }
+                match File::open(crate::rtlog::rt2_path(&self.rt_dir, held.pair)) {
+                    Ok(f) => (f, held.rt2_offset + from, Some(into.unwrap_or(rel))),
+                    // Given up since (room for new entries).
+                    Err(_) => return Ok(false),
+                }
             }
         };
         let mut leaves = Vec::new();
         let mut buf = vec![0u8; 1 << 20];
-        let mut at = r.offset;
-        let end = r.offset + r.size;
-        while at < end {
-            let want = ((end - at) as usize).min(buf.len());
+        let mut done = 0u64;
+        while done < r.size {
+            let want = ((r.size - done) as usize).min(buf.len());
             let mut n = 0;
             while n < want {
-                match f.read_at(&mut buf[n..want], at + n as u64) {
+                match src.read_at(&mut buf[n..want], from + done + n as u64) {
                     Ok(0) => break,
                     Ok(k) => n += k,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -643,15 +719,16 @@ impl Applier {
                 }
             }
             if n < want {
-                // The backup is shorter than what the source refers to.
+                // Shorter than what the source refers to.
                 return Ok(false);
             }
             leaves.extend(buf[..n].chunks(BLOCK as usize).map(leaf));
             if let Some(into) = into {
                 let dst = self.file(into).map_err(fail("open", into))?;
-                crate::direct::write_at(dst, &buf[..n], at).map_err(fail("write", into))?;
+                crate::direct::write_at(dst, &buf[..n], r.offset + done)
+                    .map_err(fail("write", into))?;
             }
-            at += n as u64;
+            done += n as u64;
         }
         Ok(node(&leaves).as_slice() == sum)
     }
@@ -1359,6 +1436,8 @@ pub fn run(router: Arc<crate::shared::Router>) {
             }
         }
     };
+    let mut applier = applier;
+    applier.rt_dir = dir.clone();
     let mut st = State {
         applier,
         pairs: BTreeMap::new(),
@@ -1416,7 +1495,7 @@ pub fn run(router: Arc<crate::shared::Router>) {
             router.set_looked(published);
         }
         router.set_refs(st.applier.refs);
-        tell_applied(&router, &mut st.applied);
+        tell_applied(&router, &mut st.applied, &st.applier.transfers);
         match result {
             Ok(true) => backoff = Duration::from_millis(100),
             Ok(false) => {
@@ -1439,11 +1518,19 @@ pub fn run(router: Arc<crate::shared::Router>) {
 /// Tells each connected source how far its entries are applied (`Msg::Applied`), when that
 /// moved since it was last told, and again every [`APPLIED_AGAIN`] (for a session that
 /// connected since).
-fn tell_applied(router: &crate::shared::Router, applied: &mut HashMap<String, AppliedAt>) {
+fn tell_applied(
+    router: &crate::shared::Router,
+    applied: &mut HashMap<String, AppliedAt>,
+    transfers: &crate::retain::Transfers,
+) {
     for (site, (at, told)) in applied.iter_mut() {
         let due = told.is_none_or(|(p, when)| p != *at || when.elapsed() >= APPLIED_AGAIN);
         if due && router.tell(site, &Msg::Applied { upto: *at }) {
             *told = Some((*at, Instant::now()));
+            // And what its references may still point to.
+            if let Some(from) = transfers.oldest(site) {
+                router.tell(site, &Msg::Retained { from });
+            }
         }
     }
 }
@@ -1511,6 +1598,18 @@ fn apply_some(
                 .unwrap_or(0);
             let table = router.table();
             for (off, r) in records {
+                if r.command == Command::Write && r.part == mirrorfs::wire::Part::Whole {
+                    // A data transfer that copies may refer to while this pair is kept.
+                    st.applier.transfers.note(
+                        &r.site,
+                        r.pos,
+                        crate::retain::Held {
+                            pair: n,
+                            rt2_offset: r.rt2_offset,
+                            len: r.data_len,
+                        },
+                    );
+                }
                 let held = !r.complete
                     && apply_one(
                         router,
@@ -1535,18 +1634,61 @@ fn apply_some(
                 moved = true;
             }
         }
-        if n < wpair && pc.cursor >= end && pc.held_from.is_none() {
+        if n < wpair
+            && pc.cursor >= end
+            && pc.held_from.is_none()
+            && !st.applier.transfers.is_retained(n)
+        {
             // Finished and no longer written: make what was applied durable, keep what it
-            // says about the sources, remove it.
+            // says about the sources, and keep it for references while `--retain` allows.
             st.make_durable(router)?;
             router.persist_sources().map_err(|e| e.to_string())?;
-            if let Some(done) = st.pairs.remove(&n) {
-                done.pair.remove(dir).map_err(|e| e.to_string())?;
-            }
+            let bytes = pair_bytes(dir, n);
+            st.applier.transfers.retain_pair(n, bytes);
             moved = true;
         }
     }
+    let mut gone: Vec<u64> = st
+        .applier
+        .transfers
+        .retained_pairs()
+        .into_iter()
+        .filter(|n| !st.pairs.contains_key(n))
+        .collect();
+    gone.extend(st.applier.transfers.over(router.cfg.retain));
+    if short_of_room(dir, router.cfg.rt_size) {
+        // Room for new entries comes first.
+        gone.extend(st.applier.transfers.retained_pairs());
+    }
+    for n in gone {
+        st.applier.transfers.forget_pair(n);
+        if let Some(done) = st.pairs.remove(&n) {
+            done.pair.remove(dir).map_err(|e| e.to_string())?;
+        }
+    }
+    router.set_retained(
+        st.applier.transfers.retained_pairs(),
+        st.applier.transfers.retained_bytes(),
+    );
     Ok(moved)
+}
+
+/// Bytes of pair `n`'s two files.
+fn pair_bytes(dir: &Path, n: u64) -> u64 {
+    [
+        crate::rtlog::rt1_path(dir, n),
+        crate::rtlog::rt2_path(dir, n),
+    ]
+    .iter()
+    .filter_map(|p| fs::metadata(p).ok())
+    .map(|m| m.len())
+    .sum()
+}
+
+/// Whether the router-log disk has less room than a few pairs' worth (then retained pairs
+/// go, whatever `--retain` says).
+fn short_of_room(dir: &Path, rt_size: u64) -> bool {
+    mirrorfs::state::space(dir).is_ok_and(|(_, free)| free < 4 * rt_size.max(64 << 20))
 }
 
 /// Applies record `r` at `(pair, offset)` and marks it complete, or holds it back when one of
@@ -1975,6 +2117,104 @@ mod tests {
             .apply(&table, &record(Command::Create, "/p/x", ""), &[])
             .unwrap();
         assert!(matches!(out, Outcome::Refused(_)), "{out:?}");
+    }
+
+    /// References (issue 16): a copy's run of blocks the backup holds is taken from the
+    /// backup file into the copy built aside; a write the router logs hold is read back from
+    /// RT2; a sum that does not match, or a transfer the router no longer holds, asks for the
+    /// whole file and writes nothing wrong.
+    #[test]
+    fn references_resolve_from_the_backup_and_the_router_logs_or_ask_for_the_file() {
+        use mirrorfs::blocksums::{leaf, node, Locator, BLOCK};
+        let root = tempfile::tempdir().unwrap();
+        let rt = tempfile::tempdir().unwrap();
+        let table = p_to_d();
+        std::fs::create_dir_all(root.path().join("d")).unwrap();
+        let old: Vec<u8> = (0..3 * BLOCK as u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(root.path().join("d/f"), &old).unwrap();
+        let mut a = Applier::new(root.path(), 4).unwrap();
+        a.rt_dir = rt.path().to_path_buf();
+        let run = |d: &[u8]| node(&d.chunks(BLOCK as usize).map(leaf).collect::<Vec<_>>()).to_vec();
+        let mut r = part(Command::Ref, "/p/f", 0, 2 * BLOCK);
+        // Blocks 0-1 from the backup itself, block 2 new.
+        assert_eq!(
+            a.apply(&table, &r, &run(&old[..2 * BLOCK as usize]))
+                .unwrap(),
+            Outcome::Done
+        );
+        apply_ok(
+            &mut a,
+            &table,
+            part(Command::Write, "/p/f", 2 * BLOCK, 4),
+            b"NEW!",
+        );
+        apply_ok(
+            &mut a,
+            &table,
+            part(Command::Truncate, "/p/f", 0, 2 * BLOCK + 4),
+            b"",
+        );
+        let mut want = old[..2 * BLOCK as usize].to_vec();
+        want.extend_from_slice(b"NEW!");
+        assert_eq!(std::fs::read(root.path().join("d/f")).unwrap(), want);
+        assert_eq!(a.refs, (1, 2 * BLOCK));
+        // A block from a write the router logs hold, into a file the backup lacks.
+        let data: Vec<u8> = (0..2 * BLOCK as u32).map(|i| (i % 7) as u8).collect();
+        std::fs::write(
+            crate::rtlog::rt2_path(rt.path(), 9),
+            [&[0u8; 100][..], &data].concat(),
+        )
+        .unwrap();
+        let at = Position::new(4, 128);
+        a.transfers.note(
+            "s",
+            at,
+            crate::retain::Held {
+                pair: 9,
+                rt2_offset: 100,
+                len: 2 * BLOCK,
+            },
+        );
+        r = part(Command::Ref, "/p/g", 0, BLOCK);
+        r.aux = Locator::Transfer { pos: at, at: BLOCK }.encode();
+        assert_eq!(
+            a.apply(&table, &r, &run(&data[BLOCK as usize..])).unwrap(),
+            Outcome::Done
+        );
+        apply_ok(
+            &mut a,
+            &table,
+            part(Command::Truncate, "/p/g", 0, BLOCK),
+            b"",
+        );
+        assert_eq!(
+            std::fs::read(root.path().join("d/g")).unwrap(),
+            &data[BLOCK as usize..]
+        );
+        // A sum that does not match: the whole file is asked for, the backup keeps its own.
+        r = part(Command::Ref, "/p/f", 0, BLOCK);
+        let out = a.apply(&table, &r, &[0u8; 16]).unwrap();
+        assert!(matches!(out, Outcome::NeedCopy { .. }), "{out:?}");
+        apply_ok(&mut a, &table, part(Command::Truncate, "/p/f", 0, 1), b"");
+        assert_eq!(
+            std::fs::read(root.path().join("d/f")).unwrap(),
+            &want[..1],
+            "nothing of the failed reference went into the file"
+        );
+        // A transfer given up.
+        a.transfers.forget_pair(9);
+        r = part(Command::Ref, "/p/h", 0, BLOCK);
+        r.aux = Locator::Transfer { pos: at, at: 0 }.encode();
+        let out = a.apply(&table, &r, &run(&data[..BLOCK as usize])).unwrap();
+        assert!(matches!(out, Outcome::NeedCopy { .. }), "{out:?}");
+        assert!(
+            !root.path().join("d/h").exists()
+                || std::fs::read(root.path().join("d/h")).unwrap().is_empty()
+        );
+    }
+
+    fn apply_ok(a: &mut Applier, table: &RouterTable, r: RtRecord, data: &[u8]) {
+        assert_eq!(a.apply(table, &r, data).unwrap(), Outcome::Done, "{r:?}");
     }
 
     /// An adversarial finding of issue 13 (second pass): a copy put in place showed the

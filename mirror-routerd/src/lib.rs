@@ -20,6 +20,7 @@
 //! * [`receive`]: the receive process: sessions with senders, configuration versions,
 //!   RT1/RT2 group commit, acknowledgements, validation requests.
 //! * [`restore`]: restore sessions: a site's backup sent back to it (`mirror-ctl restore`).
+//! * [`retain`]: applied router logs kept for references to their data (`--retain`).
 //! * [`resync`]: the copies asked of the sources (durable until they arrive).
 //! * [`sums`]: block checksums of backup files, the answers to a copy's `Msg::Sums`.
 //! * [`staging`]: copies built aside and put in place whole, so that a copy cut off midway
@@ -42,6 +43,7 @@ pub mod quarantine;
 pub mod receive;
 pub mod restore;
 pub mod resync;
+pub mod retain;
 pub mod rtlog;
 pub mod shared;
 pub mod staging;

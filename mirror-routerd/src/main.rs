@@ -49,6 +49,12 @@ struct Cli {
         help_heading = "Tuning"
     )]
     rt_size_mib: u64,
+    /// Applied router logs kept for copies to refer to (their data is not sent again): a
+    /// size (512M, 2G; 0 keeps none) or an age (30m, 1h, 2d). Given up first when the
+    /// router-log disk runs short.
+    #[arg(long, value_name = "SIZE|DURATION", default_value = "1G", help_heading = "Tuning",
+          value_parser = mirror_routerd::retain::parse_retain)]
+    retain: mirror_routerd::retain::Retain,
     /// Backup files kept open at once (least recently used closed first).
     #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Tuning")]
     max_open: usize,
@@ -85,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         max_open: cli.max_open,
         unblock_every: cli.unblock_every,
         key_file: cli.key_file.unwrap_or_else(|| state.keys_path()),
+        retain: cli.retain,
         limits: Limits {
             sessions_per_site: cli.max_sessions_per_site.max(1),
             handshakes: cli.max_handshakes.max(1),

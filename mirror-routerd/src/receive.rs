@@ -555,8 +555,12 @@ fn store(
         .max();
     let end = {
         let mut rt = lock(&router.rt);
-        rt.append(site, &fresh)
-            .map_err(|e| SessionError::Store(e.to_string()))?
+        match rt.append(site, &fresh) {
+            // Retained router logs never cost room for new entries: they go first.
+            Err(e) if is_no_room(&e) && router.give_up_retained() > 0 => rt.append(site, &fresh),
+            r => r,
+        }
+        .map_err(|e| SessionError::Store(e.to_string()))?
     };
     router.publish(end);
     router.copies_stored(site, &fresh);
@@ -568,6 +572,11 @@ fn store(
         }
     }
     Ok(s.done)
+}
+
+/// Whether `e` says the router-log disk is full.
+fn is_no_room(e: &crate::rtlog::RtError) -> bool {
+    matches!(e, crate::rtlog::RtError::Io { err, .. } if matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
 }
 
 /// Whether source `site` may write destination `dest` (a directory when `dir`): beneath the
@@ -726,6 +735,7 @@ mod tests {
             max_open: 4,
             unblock_every: Duration::from_secs(300),
             limits: Limits::default(),
+            retain: crate::retain::Retain::default(),
         })
         .unwrap()
     }

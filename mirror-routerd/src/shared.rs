@@ -43,6 +43,8 @@ pub struct RouterConfig {
     pub key_file: PathBuf,
     /// Limits on connections.
     pub limits: Limits,
+    /// How much of the applied router logs is kept for references ([`crate::retain`]).
+    pub retain: crate::retain::Retain,
 }
 
 /// Limits on what peers may hold open.
@@ -285,6 +287,9 @@ pub struct Router {
     /// References of copies resolved from data the backup held, and their bytes (what was
     /// not sent again).
     refs: Mutex<(u64, u64)>,
+    /// The retained pairs ([`crate::retain`]) and their bytes, as the router process last
+    /// said: given up first when the router-log disk runs short.
+    retained: Mutex<(Vec<u64>, u64)>,
     /// The configuration database.
     pub db: Mutex<RouterDb>,
     /// The configuration table, as stored and as granted by the keys it was last matched with.
@@ -487,6 +492,7 @@ impl Router {
             looked: Mutex::new((0, 0)),
             looked_wake: Condvar::new(),
             refs: Mutex::new((0, 0)),
+            retained: Mutex::new((Vec::new(), 0)),
             db: Mutex::new(db),
             table: RwLock::new(Tables {
                 stored: Arc::new(table),
@@ -646,6 +652,41 @@ impl Router {
     /// Notes the references resolved since the router started, and their bytes.
     pub fn set_refs(&self, refs: (u64, u64)) {
         *lock(&self.refs) = refs;
+    }
+
+    /// Notes the retained pairs and their bytes.
+    pub fn set_retained(&self, pairs: Vec<u64>, bytes: u64) {
+        *lock(&self.retained) = (pairs, bytes);
+    }
+
+    /// The retained pairs and their bytes.
+    pub fn retained(&self) -> (Vec<u64>, u64) {
+        lock(&self.retained).clone()
+    }
+
+    /// Gives up every retained pair (the router-log disk is short of room): their files are
+    /// removed (the router process forgets them at its next pass); how many.
+    pub fn give_up_retained(&self) -> usize {
+        let (pairs, _) = std::mem::take(&mut *lock(&self.retained));
+        let dir = self.rt_dir();
+        let mut n = 0;
+        for p in pairs {
+            for path in [
+                crate::rtlog::rt1_path(&dir, p),
+                crate::rtlog::rt2_path(&dir, p),
+            ] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => n += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => log::error!("cannot remove retained {}: {e}", path.display()),
+                }
+            }
+        }
+        if n > 0 {
+            log::warn!("the router-log disk is short of room: retained router logs given up");
+            let _ = mirrorfs::state::fsync_dir(&dir);
+        }
+        n
     }
 
     /// References resolved since the router started, and their bytes.
@@ -1019,6 +1060,7 @@ mod tests {
             unblock_every: Duration::from_secs(300),
             key_file: dir.join("state/keys"),
             limits: Limits::default(),
+            retain: crate::retain::Retain::default(),
         }
     }
 

@@ -186,6 +186,33 @@ impl Source {
     }
 }
 
+/// The identities (device, inode) of source files by name, for the index of what the sites
+/// hold ([`crate::shipped`]): each rule's base held open, names reached beneath it through
+/// no symbolic link, as copies reach them.
+#[derive(Default)]
+pub struct Identities {
+    bases: std::collections::HashMap<u32, Source>,
+}
+
+impl Identities {
+    /// The identity of regular file `name` of `rule`, if it is one now.
+    pub fn of(&mut self, rule: &Rule, name: &[u8]) -> Option<(u64, u64)> {
+        let src = self
+            .bases
+            .entry(rule.crc)
+            .or_insert_with(|| Source::open(rule));
+        match src.spot(name).and_then(|s| s.meta()) {
+            Ok(m) if m.is_file() => Some((m.dev(), m.ino())),
+            Ok(_) => None,
+            Err(_) => {
+                // Looked at again next time (the base may come back).
+                self.bases.remove(&rule.crc);
+                None
+            }
+        }
+    }
+}
+
 /// One copy being expanded.
 pub struct CopyJob {
     pos: Position,
@@ -210,6 +237,8 @@ pub struct CopyJob {
     /// The file being sent by differences ([`crate::delta`]): its name, the open file, the
     /// comparison.
     delta: Option<(Vec<u8>, File, Delta)>,
+    /// The site the job sends to (what its router logs hold is looked up for it).
+    site: Option<String>,
 }
 
 /// The control socket of the mirrorfs serving the sources (set once at start).
@@ -326,6 +355,7 @@ impl CopyJob {
             linked: Linked::default(),
             looks: 0,
             delta: None,
+            site: None,
         };
         let allowed = match mirrorfs::copycheck::may_copy(&job.rule.spec.pattern, &name) {
             Ok(()) => true,
@@ -523,6 +553,11 @@ impl CopyJob {
         name.len() + 1 == p.len() && p.starts_with(name)
     }
 
+    /// The job sends to `site`: the blocks its router logs hold are sent as references.
+    pub fn for_site(&mut self, site: &str) {
+        self.site = Some(site.to_string());
+    }
+
     /// Whether the job waits for the router's checksums of a file ([`CopyJob::sums_request`]).
     pub fn waiting(&self) -> bool {
         self.delta.as_ref().is_some_and(|(_, _, d)| d.waits())
@@ -554,13 +589,14 @@ impl CopyJob {
             let (name, file, d) = self.delta.as_mut()?;
             match d.next(file) {
                 Step::Wait => return None,
-                Step::Part(command, offset, size, data) => {
+                Step::Part(command, offset, size, data, aux) => {
                     self.done.1 += size;
                     let name = name.clone();
                     return Some(WireEntry {
                         offset,
                         size,
                         data,
+                        aux,
                         ..entry(command, &self.rule, &name)
                     });
                 }
@@ -916,7 +952,11 @@ impl CopyJob {
                 Ok(file) => {
                     // A large file whose backup may hold most of it already: compared first.
                     let by_delta = self.origin == Origin::Copy && crate::delta::worth(meta.len());
-                    match by_delta.then(|| Delta::start(&file, meta.len())) {
+                    let known = || match &self.site {
+                        Some(site) => crate::shipped::known(site, (meta.dev(), meta.ino())),
+                        None => Default::default(),
+                    };
+                    match by_delta.then(|| Delta::start(&file, meta.len(), known())) {
                         Some(Ok(d)) => {
                             self.delta = Some((name, file, d));
                             return self.delta_part();

@@ -17,9 +17,14 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use mirrorfs::blocksums::{start_level, Compare, Sum, Tree, BLOCK, MAX_SUMS, MAX_TREE_FILE};
+use mirrorfs::blocksums::{
+    start_level, Compare, Locator, Sum, Tree, BLOCK, MAX_SUMS, MAX_TREE_FILE,
+};
 use mirrorfs::entry::Command;
+use mirrorfs::journal::Position;
 use mirrorfs::wire::Msg;
+
+use crate::shipped::Known;
 
 /// Files smaller than this are sent whole (a round trip costs more than their data).
 pub const MIN_SIZE: u64 = 256 << 10;
@@ -35,8 +40,9 @@ pub fn worth(size: u64) -> bool {
 
 /// What a delta copy does next.
 pub enum Step {
-    /// Send this part: a command (`Write` or `Ref`), its offset and size, its data.
-    Part(Command, u64, u64, Vec<u8>),
+    /// Send this part: a command (`Write`, `Zero` or `Ref`), its offset and size, its data,
+    /// its second name (a reference's locator).
+    Part(Command, u64, u64, Vec<u8>, Vec<u8>),
     /// Wait for the router's answer ([`Delta::request`] says what to ask).
     Wait,
     /// Send the file whole after all (why).
@@ -55,12 +61,24 @@ enum State {
         /// The comparison (none before the first answer).
         cmp: Option<Compare>,
     },
-    /// Sending: runs of blocks, each the same on both sides or not, and where in the first.
+    /// Sending: runs of blocks (first, count, what they are), and where in the first.
     Sending {
-        runs: Vec<(u64, u64, bool)>,
+        runs: Vec<(u64, u64, Kind)>,
         at: u64,
     },
     Failed(String),
+}
+
+/// What a run of blocks is sent as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The backup holds them already, at the same place.
+    Same,
+    /// A write the site holds in its router logs carried them: its position, and where the
+    /// run's first block starts in its data.
+    Sent(Position, u64),
+    /// Their data.
+    Data,
 }
 
 /// One file's copy by differences.
@@ -69,18 +87,22 @@ pub struct Delta {
     id: u64,
     tree: Tree,
     state: State,
+    /// Where the site's router logs hold blocks of the file ([`crate::shipped`]).
+    known: Known,
 }
 
 /// Request numbers, unique in the process.
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Delta {
-    /// Reads the block checksums of `file` (`size` bytes).
-    pub fn start(file: &File, size: u64) -> std::io::Result<Delta> {
+    /// Reads the block checksums of `file` (`size` bytes); `known` says which blocks the
+    /// site's router logs hold.
+    pub fn start(file: &File, size: u64, known: Known) -> std::io::Result<Delta> {
         let tree = Tree::of_file(file, size)?;
         let level = start_level(tree.size, (MAX_SUMS / 16) as u64);
         Ok(Delta {
             id: 0,
+            known,
             tree,
             state: State::Asking {
                 request: Some((level, Vec::new())),
@@ -124,7 +146,17 @@ impl Delta {
             return;
         }
         let Some(size) = size else {
-            self.state = State::Failed(format!("the router has no checksums: {why}"));
+            if self.known.is_empty() {
+                self.state = State::Failed(format!("the router has no checksums: {why}"));
+            } else {
+                // No backup to compare with: every block is new there, and those its router
+                // logs hold go as references.
+                let all: Vec<u64> = (0..mirrorfs::blocksums::blocks(self.tree.size)).collect();
+                self.state = State::Sending {
+                    runs: plan(&self.tree, &all, &self.known),
+                    at: 0,
+                };
+            }
             return;
         };
         let c = match cmp {
@@ -149,7 +181,7 @@ impl Delta {
             None => {
                 let differ = c.differing(&self.tree);
                 self.state = State::Sending {
-                    runs: runs(self.tree.size, &differ),
+                    runs: plan(&self.tree, &differ, &self.known),
                     at: 0,
                 };
             }
@@ -175,19 +207,26 @@ impl Delta {
             }
             State::Sending { runs, at } => {
                 let size = self.tree.size;
-                let Some(&(first, count, same)) = runs.first() else {
+                let Some(&(first, count, kind)) = runs.first() else {
                     return Step::Done;
                 };
                 let start = first * BLOCK + *at;
                 let end = ((first + count) * BLOCK).min(size);
-                if same {
+                if let Kind::Same | Kind::Sent(..) = kind {
                     // One reference per run (at most MAX_REF bytes, whole blocks).
                     let len = (end - start).min(MAX_REF);
                     let b0 = start / BLOCK;
                     let nb = len.div_ceil(BLOCK);
                     let sum = self.tree.run(b0, nb);
+                    let locator = match kind {
+                        Kind::Sent(pos, from) => Locator::Transfer {
+                            pos,
+                            at: from + *at,
+                        },
+                        _ => Locator::Backup,
+                    };
                     advance(runs, at, len, end - start);
-                    return Step::Part(Command::Ref, start, len, sum.to_vec());
+                    return Step::Part(Command::Ref, start, len, sum.to_vec(), locator.encode());
                 }
                 let want = (end - start).min(crate::copy::CHUNK as u64) as usize;
                 let mut buf = vec![0u8; want];
@@ -212,16 +251,16 @@ impl Delta {
                 advance(runs, at, n as u64, end - start);
                 if buf.iter().all(|&b| b == 0) {
                     // Zeros (a hole, most often) go as a zero range, as in any copy.
-                    return Step::Part(Command::Zero, start, n as u64, Vec::new());
+                    return Step::Part(Command::Zero, start, n as u64, Vec::new(), Vec::new());
                 }
-                Step::Part(Command::Write, start, n as u64, buf)
+                Step::Part(Command::Write, start, n as u64, buf, Vec::new())
             }
         }
     }
 }
 
 /// Moves `at` on by `n` bytes within the first run (`left` bytes of it remained).
-fn advance(runs: &mut Vec<(u64, u64, bool)>, at: &mut u64, n: u64, left: u64) {
+fn advance(runs: &mut Vec<(u64, u64, Kind)>, at: &mut u64, n: u64, left: u64) {
     if n >= left {
         runs.remove(0);
         *at = 0;
@@ -230,26 +269,38 @@ fn advance(runs: &mut Vec<(u64, u64, bool)>, at: &mut u64, n: u64, left: u64) {
     }
 }
 
-/// The blocks of a file of `size` bytes as runs `(first, count, same)`, given the sorted
-/// blocks that differ.
-fn runs(size: u64, differ: &[u64]) -> Vec<(u64, u64, bool)> {
-    let total = mirrorfs::blocksums::blocks(size);
-    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+/// The blocks of `tree`'s file as runs `(first, count, kind)`, given the sorted blocks that
+/// differ from the backup and what the site's router logs hold (a block counts as held only
+/// if its current sum is the one it was sent with).
+fn plan(tree: &Tree, differ: &[u64], known: &Known) -> Vec<(u64, u64, Kind)> {
+    let total = mirrorfs::blocksums::blocks(tree.size);
+    let leaves = tree.level(0);
+    let mut out: Vec<(u64, u64, Kind)> = Vec::new();
     let mut d = differ.iter().copied().peekable();
-    let mut b = 0;
-    while b < total {
-        let same = d.peek() != Some(&b);
-        let mut end = b;
-        if same {
-            end = d.peek().copied().unwrap_or(total).min(total);
+    for b in 0..total {
+        let kind = if d.peek() == Some(&b) {
+            d.next();
+            match known.get(&b) {
+                Some(&(pos, at, sum)) if leaves.get(b as usize) == Some(&sum) => {
+                    Kind::Sent(pos, at)
+                }
+                _ => Kind::Data,
+            }
         } else {
-            while d.peek() == Some(&end) {
-                d.next();
-                end += 1;
+            Kind::Same
+        };
+        if let Some(last) = out.last_mut() {
+            let follows = match (last.2, kind) {
+                (Kind::Same, Kind::Same) | (Kind::Data, Kind::Data) => true,
+                (Kind::Sent(p, a), Kind::Sent(q, c)) => p == q && c == a + last.1 * BLOCK,
+                _ => false,
+            };
+            if follows {
+                last.1 += 1;
+                continue;
             }
         }
-        out.push((b, end - b, same));
-        b = end;
+        out.push((b, 1, kind));
     }
     out
 }
@@ -258,23 +309,39 @@ fn runs(size: u64, differ: &[u64]) -> Vec<(u64, u64, bool)> {
 mod tests {
     use super::*;
 
+    fn tree(blocks: u64) -> Tree {
+        Tree::from_leaves(blocks * BLOCK, (0..blocks).map(|b| [b as u8; 16]).collect())
+    }
+
     #[test]
-    fn runs_cover_the_file() {
-        assert_eq!(runs(0, &[]), vec![]);
-        assert_eq!(runs(10 * BLOCK, &[]), vec![(0, 10, true)]);
+    fn plans_cover_the_file() {
+        use Kind::*;
+        let none = Known::new();
+        assert_eq!(plan(&tree(0), &[], &none), vec![]);
+        assert_eq!(plan(&tree(10), &[], &none), vec![(0, 10, Same)]);
         assert_eq!(
-            runs(10 * BLOCK, &[0, 1, 5, 9]),
+            plan(&tree(10), &[0, 1, 5, 9], &none),
             vec![
-                (0, 2, false),
-                (2, 3, true),
-                (5, 1, false),
-                (6, 3, true),
-                (9, 1, false)
+                (0, 2, Data),
+                (2, 3, Same),
+                (5, 1, Data),
+                (6, 3, Same),
+                (9, 1, Data)
             ]
         );
+        // Blocks a write carried: consecutive within one write merge; a stale sum is data.
+        let p = Position::new(1, 100);
+        let q = Position::new(1, 900);
+        let known: Known = [
+            (0, (p, 0, [0u8; 16])),
+            (1, (p, BLOCK, [1u8; 16])),
+            (2, (q, 0, [2u8; 16])),
+            (3, (q, BLOCK, [9u8; 16])),
+        ]
+        .into();
         assert_eq!(
-            runs(10 * BLOCK - 5, &[9]),
-            vec![(0, 9, true), (9, 1, false)]
+            plan(&tree(5), &[0, 1, 2, 3, 4], &known),
+            vec![(0, 2, Sent(p, 0)), (2, 1, Sent(q, 0)), (3, 2, Data)]
         );
     }
 
@@ -298,7 +365,7 @@ mod tests {
                 .map(mirrorfs::blocksums::leaf)
                 .collect(),
         );
-        let mut d = Delta::start(&f, src.len() as u64).unwrap();
+        let mut d = Delta::start(&f, src.len() as u64, Known::new()).unwrap();
         let mut out = vec![0u8; src.len()];
         let (mut written, mut referred) = (0u64, 0u64);
         for _ in 0..10_000 {
@@ -317,7 +384,7 @@ mod tests {
                     };
                     d.answered(id, Some(remote.size), &sums, "");
                 }
-                Step::Part(Command::Ref, off, len, sum) => {
+                Step::Part(Command::Ref, off, len, sum, _) => {
                     let r = &backup[off as usize..(off + len) as usize];
                     let leaves: Vec<Sum> = r
                         .chunks(BLOCK as usize)
@@ -327,11 +394,11 @@ mod tests {
                     out[off as usize..(off + len) as usize].copy_from_slice(r);
                     referred += len;
                 }
-                Step::Part(Command::Zero, off, len, _) => {
+                Step::Part(Command::Zero, off, len, ..) => {
                     out[off as usize..(off + len) as usize].fill(0);
                     written += len;
                 }
-                Step::Part(_, off, len, data) => {
+                Step::Part(_, off, len, data, _) => {
                     out[off as usize..(off + len) as usize].copy_from_slice(&data);
                     written += len;
                 }

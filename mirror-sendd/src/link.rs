@@ -436,6 +436,8 @@ struct InFlight {
     /// Where reading resumes once this is acknowledged (whole entries and last parts).
     next: Option<Position>,
     bytes: usize,
+    /// Blocks it carried wholly, for the index of what the site holds once it is stored.
+    rows: Vec<crate::shipped::Row>,
 }
 
 /// What is sent next to one site: the ordered stream (positions, window, acknowledgements,
@@ -480,6 +482,13 @@ struct Stream<'a> {
     applied_upto: Option<Position>,
     /// The newest position the router said it received, in this session's acks.
     last_received: Option<Position>,
+    /// Source files' identities, for the index of what the site holds.
+    identities: crate::copy::Identities,
+    /// The last write sent in this session: name, offset, its data's sum and length, its
+    /// position (the same write for another rule goes as a reference to it).
+    last_write: Option<(Vec<u8>, u64, mirrorfs::blocksums::Sum, u64, Position)>,
+    /// The oldest write the router still holds, as it last said.
+    retained_from: Option<Position>,
 }
 
 /// Acknowledgements waiting for the router's applied position, at most (beyond, the newest
@@ -572,6 +581,9 @@ fn session(
         applied_pending: VecDeque::new(),
         applied_upto: None,
         last_received: None,
+        identities: crate::copy::Identities::default(),
+        last_write: None,
+        retained_from: None,
     };
     if let Some(set) = dirty {
         s.queue_dirty(set, dirty_file);
@@ -798,6 +810,7 @@ impl Stream<'_> {
             Event::Closed(e) => Err(e.into()),
             Event::Msg(Msg::Ack { frames, upto }) => {
                 self.acked_frames = self.acked_frames.max(frames);
+                let mut rows = Vec::new();
                 while let Some(f) = self.inflight.front() {
                     if f.frame > frames {
                         break;
@@ -806,7 +819,13 @@ impl Stream<'_> {
                         self.acked_next = self.acked_next.max(n);
                     }
                     self.inflight_bytes -= f.bytes;
-                    self.inflight.pop_front();
+                    if let Some(f) = self.inflight.pop_front() {
+                        rows.extend(f.rows);
+                    }
+                }
+                if !rows.is_empty() {
+                    // Stored at the router: copies may refer to these blocks from now on.
+                    crate::shipped::with(|s| s.record(self.site, &rows));
                 }
                 if upto != Position::START {
                     if self.applied_pending.len() >= MAX_APPLIED_PENDING {
@@ -847,6 +866,7 @@ impl Stream<'_> {
                 self.inflight.clear();
                 self.inflight_bytes = 0;
                 self.copy = None;
+                self.last_write = None;
                 if let Some((names, _)) = self.resync_sending.take() {
                     // So was what was sent of the resync: send it again.
                     self.resync_pending.extend(names);
@@ -897,6 +917,13 @@ impl Stream<'_> {
                 };
                 self.extras
                     .push_back(CopyJob::requested(rule.clone(), name, answer));
+                Ok(())
+            }
+            Event::Msg(Msg::Retained { from }) => {
+                if self.retained_from != Some(from) {
+                    self.retained_from = Some(from);
+                    crate::shipped::with(|s| s.prune(self.site, from));
+                }
                 Ok(())
             }
             Event::Msg(Msg::SumsAnswer {
@@ -973,7 +1000,8 @@ impl Stream<'_> {
             && batch.len() + dirs.len() + 3 <= BATCH_ENTRIES
         {
             if self.copy.is_none() {
-                if let Some(x) = self.extras.pop_front() {
+                if let Some(mut x) = self.extras.pop_front() {
+                    x.for_site(self.site);
                     self.copy = Some((x, Position::START));
                 }
             }
@@ -1071,19 +1099,28 @@ impl Stream<'_> {
             };
             if e.command == Command::Copy || e.command == Command::Reconcile {
                 self.note_copy(rule.crc, &e.name);
-                let job = if e.command == Command::Copy {
+                let mut job = if e.command == Command::Copy {
                     CopyJob::new(pos, rule.clone(), e.name)
                 } else {
                     CopyJob::reconcile(pos, rule.clone(), e.name)
                 };
+                job.for_site(self.site);
                 self.copy = Some((job, next));
                 continue;
             }
             if matches!(e.command, Command::Rename | Command::Link) {
                 self.recopy_if_late(rule, &e);
             }
-            let we = WireEntry::whole(pos, e);
+            let mut we = WireEntry::whole(pos, e);
+            let rows = if we.command == Command::Write {
+                self.shipping_write(rule, &mut we)
+            } else {
+                Vec::new()
+            };
             bytes += self.track(&we, Some(next));
+            if let Some(f) = self.inflight.back_mut() {
+                f.rows = rows;
+            }
             note_dirs(&mut dirs, Some(rule), &we);
             batch.push(we);
         }
@@ -1169,12 +1206,62 @@ impl Stream<'_> {
         }
     }
 
+    /// A write about to go: the same write as the last one sent, for another rule (a file
+    /// two rules send to this site), goes as a reference to it ([`Command::Ref`]); else the
+    /// blocks it carries wholly, for the index of what the site holds.
+    fn shipping_write(
+        &mut self,
+        rule: &Arc<mirrorfs::rule::Rule>,
+        we: &mut WireEntry,
+    ) -> Vec<crate::shipped::Row> {
+        use mirrorfs::blocksums::{leaf, node, Locator, BLOCK};
+        if we.data.is_empty() {
+            return Vec::new();
+        }
+        let sum = node(&we.data.chunks(BLOCK as usize).map(leaf).collect::<Vec<_>>());
+        let len = we.data.len() as u64;
+        let same = self.last_write.as_ref().is_some_and(|(n, o, s, l, _)| {
+            *n == we.name && *o == we.offset && *s == sum && *l == len
+        });
+        if same {
+            if let Some((.., pos)) = &self.last_write {
+                we.command = Command::Ref;
+                we.aux = Locator::Transfer { pos: *pos, at: 0 }.encode();
+                we.size = len;
+                we.data = sum.to_vec();
+                return Vec::new();
+            }
+        }
+        self.last_write = Some((we.name.clone(), we.offset, sum, len, we.pos));
+        let first = we.offset.div_ceil(BLOCK);
+        let end = (we.offset + len) / BLOCK;
+        if first >= end {
+            return Vec::new();
+        }
+        let Some(file) = self.identities.of(rule, &we.name) else {
+            return Vec::new();
+        };
+        (first..end)
+            .map(|b| {
+                let at = b * BLOCK - we.offset;
+                crate::shipped::Row {
+                    file,
+                    block: b,
+                    pos: we.pos,
+                    k: at,
+                    sum: leaf(&we.data[at as usize..(at + BLOCK) as usize]),
+                }
+            })
+            .collect()
+    }
+
     fn track(&mut self, e: &WireEntry, next: Option<Position>) -> usize {
         let bytes = e.wire_len();
         self.inflight.push_back(InFlight {
             frame: 0,
             next,
             bytes,
+            rows: Vec::new(),
         });
         self.inflight_bytes += bytes;
         bytes

@@ -6,7 +6,9 @@
 //! unblocking), `transport` (how a stream travels: one authenticated connection), `copy`
 //! (expansion of copy entries), `shared` (what the links share: table, SFA log), `sites` (blocked sites, heartbeat monitors, errors), `heartbeat` (UDP beats with
 //! a site), `dirty` (the bounded queue of a blocked site), `resync` (files to send whole after
-//! a damaged journal record was skipped).
+//! a damaged journal record was skipped), `delta` (a file's copy by differences: block
+//! checksums compared with the backup, references instead of data), `shipped` (the blocks
+//! each site holds in its router logs, by file identity).
 
 mod copy;
 mod delta;
@@ -15,6 +17,7 @@ mod heartbeat;
 mod link;
 mod resync;
 mod shared;
+mod shipped;
 mod sites;
 mod table;
 mod transport;

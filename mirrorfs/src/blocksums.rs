@@ -349,9 +349,76 @@ pub fn differing_blocks(
     Some(c.differing(local))
 }
 
+/// Where a reference's data is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locator {
+    /// The backup file itself, at the same offset.
+    Backup,
+    /// The data of the source's write entry at `pos`, from byte `at` of it (a block's place
+    /// in the write: the sender numbers the blocks a write carried wholly by where they
+    /// start in its data).
+    Transfer {
+        /// The write's journal position (the transfer's id).
+        pos: crate::journal::Position,
+        /// Where in the write's data.
+        at: u64,
+    },
+}
+
+/// The tag of a transfer locator in an entry's second name.
+const TRANSFER_TAG: u8 = b'T';
+
+impl Locator {
+    /// The locator a [`mirrorfs::entry::Command::Ref`] entry's second name holds (`None`:
+    /// not one).
+    pub fn decode(aux: &[u8]) -> Option<Locator> {
+        if aux.is_empty() {
+            return Some(Locator::Backup);
+        }
+        if aux.len() != 25 || aux[0] != TRANSFER_TAG {
+            return None;
+        }
+        let u = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&aux[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        Some(Locator::Transfer {
+            pos: crate::journal::Position::new(u(1), u(9)),
+            at: u(17),
+        })
+    }
+
+    /// The bytes of a locator, for an entry's second name.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Locator::Backup => Vec::new(),
+            Locator::Transfer { pos, at } => {
+                let mut v = vec![TRANSFER_TAG];
+                v.extend_from_slice(&pos.segment.to_le_bytes());
+                v.extend_from_slice(&pos.offset.to_le_bytes());
+                v.extend_from_slice(&at.to_le_bytes());
+                v
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::Position;
+
+    #[test]
+    fn locators_round_trip() {
+        let l = Locator::Transfer {
+            pos: Position::new(3, 4096),
+            at: 7 * 4096,
+        };
+        assert_eq!(Locator::decode(&l.encode()), Some(l));
+        assert_eq!(Locator::decode(&[]), Some(Locator::Backup));
+        assert_eq!(Locator::decode(b"junk"), None);
+    }
 
     fn tree_of(data: &[u8]) -> Tree {
         Tree::from_leaves(

@@ -400,6 +400,12 @@ pub enum Msg {
         /// Why there are none.
         why: String,
     },
+    /// Router → sender: the router logs no longer hold this source's writes before `from`
+    /// (references to them would not resolve; [`crate::blocksums::Locator::Transfer`]).
+    Retained {
+        /// The oldest position still held.
+        from: Position,
+    },
 }
 
 impl Msg {
@@ -432,6 +438,7 @@ impl Msg {
             Msg::Applied { .. } => "applied",
             Msg::Sums { .. } => "sums",
             Msg::SumsAnswer { .. } => "sums-answer",
+            Msg::Retained { .. } => "retained",
         }
     }
 

@@ -1,0 +1,270 @@
+//! What each site holds in its router logs, block by block (seeds/001 claims 5 and 14):
+//! for every 4 KiB block of a file that an acknowledged write carried wholly, the write's
+//! journal position (the transfer's id), the block's number within the write, and the
+//! block's sum. A copy of the file later (a rename into another rule, a `sync`, a dirty set)
+//! finds here the blocks whose current content went out already and sends references to
+//! them instead of their data ([`crate::delta`]).
+//!
+//! Files are known by their identity (device, inode), not their names, so that a rename
+//! (journaled as a deletion and a copy when it crosses rules) still finds what the old name
+//! shipped. The index lives in `<state>/shipped.db` (SQLite, 0600); losing it loses nothing
+//! but the savings, and a stale row costs nothing either: the copy compares the block's
+//! current sum with the row's, and the router checks the sum again before it uses the data.
+//! It is kept small: rows older than what a router says it still retains go
+//! ([`Shipped::prune`]), and a site keeps at most [`MAX_ROWS`] rows.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mirrorfs::blocksums::Sum;
+use mirrorfs::journal::Position;
+use rusqlite::{params, Connection};
+
+/// Rows one site keeps at most (4 KiB blocks: 16 GiB of data; about 1 GiB of disk).
+pub const MAX_ROWS: i64 = 4 << 20;
+
+/// Trouble with the index.
+#[derive(Debug, thiserror::Error)]
+pub enum ShippedError {
+    /// SQLite said no.
+    #[error("block index {path}: {err}")]
+    Sqlite {
+        /// The database.
+        path: PathBuf,
+        /// The error.
+        err: rusqlite::Error,
+    },
+    /// Its file could not be made private.
+    #[error("block index {path}: {err}")]
+    Io {
+        /// The database.
+        path: PathBuf,
+        /// The error.
+        err: std::io::Error,
+    },
+}
+
+/// One block a write carried wholly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    /// The file (device, inode).
+    pub file: (u64, u64),
+    /// The block's number in the file.
+    pub block: u64,
+    /// The write's journal position.
+    pub pos: Position,
+    /// The block's number within the write's data.
+    pub k: u64,
+    /// The block's sum.
+    pub sum: Sum,
+}
+
+/// Where a block's current content went: the write's position and the block's number in it,
+/// with the sum it had.
+pub type Known = HashMap<u64, (Position, u64, Sum)>;
+
+/// The process's index (none when its database cannot be opened: copies then send data).
+static INDEX: std::sync::OnceLock<std::sync::Mutex<Option<Shipped>>> = std::sync::OnceLock::new();
+
+/// Opens the process's index at `path` (once).
+pub fn init(path: &Path) {
+    INDEX.get_or_init(|| {
+        std::sync::Mutex::new(
+            Shipped::open(path)
+                .inspect_err(|e| log::error!("{e}; copies send every block as data"))
+                .ok(),
+        )
+    });
+}
+
+/// Runs `f` on the process's index, if it has one.
+pub fn with<T>(f: impl FnOnce(&mut Shipped) -> Result<T, ShippedError>) -> Option<T> {
+    let m = INDEX.get()?;
+    let mut g = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let s = g.as_mut()?;
+    f(s).inspect_err(|e| log::warn!("{e}")).ok()
+}
+
+/// What `site` holds of file `file` ([`Shipped::lookup`]); nothing when unknown.
+pub fn known(site: &str, file: (u64, u64)) -> Known {
+    with(|s| s.lookup(site, file)).unwrap_or_default()
+}
+
+/// The index.
+pub struct Shipped {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Shipped {
+    /// Opens (or makes) the index at `path`.
+    pub fn open(path: &Path) -> Result<Shipped, ShippedError> {
+        let sql = |err| ShippedError::Sqlite {
+            path: path.to_path_buf(),
+            err,
+        };
+        mirrorfs::state::private_file(path).map_err(|err| ShippedError::Io {
+            path: path.to_path_buf(),
+            err,
+        })?;
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        // Losing the last rows at a power loss loses only savings.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS blocks (
+                site TEXT NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,
+                block INTEGER NOT NULL, seg INTEGER NOT NULL, off INTEGER NOT NULL,
+                k INTEGER NOT NULL, sum BLOB NOT NULL,
+                PRIMARY KEY (site, dev, ino, block));
+             CREATE INDEX IF NOT EXISTS blocks_pos ON blocks (site, seg, off);",
+        )
+        .map_err(sql)?;
+        Ok(Shipped {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> ShippedError + '_ {
+        move |err| ShippedError::Sqlite {
+            path: self.path.clone(),
+            err,
+        }
+    }
+
+    /// Records blocks `site` acknowledged (a later write of a block replaces its row).
+    pub fn record(&mut self, site: &str, rows: &[Row]) -> Result<(), ShippedError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let sql = move |err| ShippedError::Sqlite {
+            path: path.clone(),
+            err,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO blocks (site, dev, ino, block, seg, off, k, sum)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(&sql)?;
+            for r in rows {
+                st.execute(params![
+                    site,
+                    r.file.0 as i64,
+                    r.file.1 as i64,
+                    r.block as i64,
+                    r.pos.segment as i64,
+                    r.pos.offset as i64,
+                    r.k as i64,
+                    &r.sum[..],
+                ])
+                .map_err(&sql)?;
+            }
+        }
+        tx.commit().map_err(&sql)
+    }
+
+    /// What `site` holds of file `file`, by block.
+    pub fn lookup(&self, site: &str, file: (u64, u64)) -> Result<Known, ShippedError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT block, seg, off, k, sum FROM blocks WHERE site = ?1 AND dev = ?2 AND ino = ?3",
+            )
+            .map_err(self.sql())?;
+        let rows = st
+            .query_map(params![site, file.0 as i64, file.1 as i64], |r| {
+                let sum: Vec<u8> = r.get(4)?;
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    Position::new(r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
+                    r.get::<_, i64>(3)? as u64,
+                    sum,
+                ))
+            })
+            .map_err(self.sql())?;
+        let mut out = Known::new();
+        for row in rows {
+            let (block, pos, k, sum) = row.map_err(self.sql())?;
+            if let Ok(sum) = <Sum>::try_from(sum.as_slice()) {
+                out.insert(block, (pos, k, sum));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets what `site` no longer holds (its writes before `from`), and its oldest rows
+    /// beyond [`MAX_ROWS`].
+    pub fn prune(&mut self, site: &str, from: Position) -> Result<(), ShippedError> {
+        self.conn
+            .execute(
+                "DELETE FROM blocks WHERE site = ?1 AND (seg < ?2 OR (seg = ?2 AND off < ?3))",
+                params![site, from.segment as i64, from.offset as i64],
+            )
+            .map_err(self.sql())?;
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM blocks WHERE site = ?1",
+                params![site],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())?;
+        if n > MAX_ROWS {
+            self.conn
+                .execute(
+                    "DELETE FROM blocks WHERE rowid IN (SELECT rowid FROM blocks WHERE site = ?1
+                     ORDER BY seg, off LIMIT ?2)",
+                    params![site, n - MAX_ROWS],
+                )
+                .map_err(self.sql())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(block: u64, seg: u64, k: u64) -> Row {
+        Row {
+            file: (1, 2),
+            block,
+            pos: Position::new(seg, 100),
+            k,
+            sum: [block as u8; 16],
+        }
+    }
+
+    #[test]
+    fn rows_are_found_by_file_replaced_and_pruned() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Shipped::open(&d.path().join("shipped.db")).unwrap();
+        s.record("a", &[row(0, 1, 0), row(1, 1, 1), row(2, 2, 0)])
+            .unwrap();
+        s.record("a", &[row(1, 3, 5)]).unwrap();
+        let k = s.lookup("a", (1, 2)).unwrap();
+        assert_eq!(k.len(), 3);
+        assert_eq!(k[&1], (Position::new(3, 100), 5, [1u8; 16]));
+        assert!(s.lookup("b", (1, 2)).unwrap().is_empty());
+        assert!(s.lookup("a", (1, 3)).unwrap().is_empty());
+        s.prune("a", Position::new(2, 0)).unwrap();
+        let k = s.lookup("a", (1, 2)).unwrap();
+        assert_eq!(
+            k.keys().copied().collect::<std::collections::BTreeSet<_>>(),
+            [1, 2].into()
+        );
+        let m = std::fs::metadata(d.path().join("shipped.db")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    }
+}
