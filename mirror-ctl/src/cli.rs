@@ -239,6 +239,11 @@ pub struct SyncArgs {
     /// List what would be sent (each file and its size, and empty directories), queue nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Compare the content of every file with its backup (block checksums), even of files
+    /// unchanged since they were last sent (by default those are skipped without being
+    /// read, as rsync's quick check does).
+    #[arg(long, short = 'c')]
+    pub checksum: bool,
 }
 
 /// Arguments of `restore`.

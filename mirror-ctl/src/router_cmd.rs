@@ -207,9 +207,10 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
             k.site, k.site
         );
     }
-    if let Some(x) = st.stats.as_ref().filter(|x| x.refs_resolved > 0) {
+    if let Some(x) = &st.stats {
         println!(
-            "copies by reference since it started: {} references resolved from the backup's own data, {} not sent again",
+            "retained router logs: {} (kept for references, `--retain`); since it started: {} references resolved, {} not sent again",
+            crate::sync_cmd::human(x.retained_bytes),
             x.refs_resolved,
             crate::sync_cmd::human(x.bytes_saved)
         );

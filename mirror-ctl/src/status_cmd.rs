@@ -373,6 +373,14 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
                 human(s.referenced_bytes)
             );
         }
+        if let Some(x) = &s.router {
+            println!(
+                "  router: {} of router logs retained for references; {} references resolved, {} not sent again (since it started)",
+                human(x.retained_bytes),
+                x.refs_resolved,
+                human(x.bytes_saved)
+            );
+        }
         for x in &r.sync {
             println!("  sync rule {} ({}): {}", x.rule, x.pattern, sync_text(x));
         }

@@ -275,7 +275,7 @@ pub fn sync(state: &StateDir, args: SyncArgs) -> Result<()> {
         println!("nothing to copy");
         return Ok(());
     }
-    let mut queue = Queue::open(state)?;
+    let mut queue = Queue::open(state)?.checksum(args.checksum);
     let mut progress = Progress::new(&totals, if args.wait { "acknowledged" } else { "queued" });
     let mut chunks: Vec<(Position, u64, u64)> = Vec::new();
     let mut pending: Vec<(u32, Vec<u8>)> = Vec::new();
@@ -396,7 +396,13 @@ fn count(rules: &[Rule], filter: &[Vec<u8>], args: &SyncArgs) -> Result<Totals> 
 
 /// Where the copies go: the running mirrorfs, or the journal itself when none runs
 /// ([`Queue::open`], then [`Queue::push`] a chunk at a time).
-pub(crate) enum Queue {
+pub(crate) struct Queue {
+    to: QueueTo,
+    /// Copies compare every file's content ([`mirrorfs::entry::COPY_CHECKSUM`]).
+    checksum: bool,
+}
+
+enum QueueTo {
     Mount(PathBuf),
     Direct(Box<Journal>),
 }
@@ -406,7 +412,12 @@ impl Queue {
         let sock = state.socket_path("mirrorfs");
         if sock.exists() {
             match control::request::<_, Response>(&sock, &Request::Status) {
-                Ok(_) => return Ok(Queue::Mount(sock)),
+                Ok(_) => {
+                    return Ok(Queue {
+                        to: QueueTo::Mount(sock),
+                        checksum: false,
+                    })
+                }
                 // A socket left by a mirrorfs that is gone: write the journal ourselves.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
                 Err(e) => {
@@ -424,16 +435,27 @@ impl Queue {
             ),
             Err(e) => return Err(e.into()),
         };
-        Ok(Queue::Direct(Box::new(journal)))
+        Ok(Queue {
+            to: QueueTo::Direct(Box::new(journal)),
+            checksum: false,
+        })
+    }
+
+    /// The copies queued from now on compare every file's content, never skipping one
+    /// whose state is what was last shipped of it.
+    pub(crate) fn checksum(mut self, on: bool) -> Queue {
+        self.checksum = on;
+        self
     }
 
     /// Appends `copies` (durably); the position of the last.
     pub(crate) fn push(&mut self, copies: &[(u32, Vec<u8>)]) -> Result<Option<Position>> {
-        match self {
-            Queue::Direct(j) => Ok(control::append_copies(j, copies)?),
-            Queue::Mount(sock) => {
+        match &self.to {
+            QueueTo::Direct(j) => Ok(control::append_copies(j, copies, self.checksum)?),
+            QueueTo::Mount(sock) => {
                 let req = Request::Copy {
                     copies: copies.to_vec(),
+                    checksum: self.checksum,
                 };
                 match control::request(sock, &req)
                     .with_context(|| format!("cannot reach mirrorfs through {}", sock.display()))?

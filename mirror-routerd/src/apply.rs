@@ -1528,9 +1528,16 @@ fn tell_applied(
         if due && router.tell(site, &Msg::Applied { upto: *at }) {
             *told = Some((*at, Instant::now()));
             // And what its references may still point to.
-            if let Some(from) = transfers.oldest(site) {
-                router.tell(site, &Msg::Retained { from });
-            }
+            let (refs_resolved, bytes_saved) = router.refs();
+            router.tell(
+                site,
+                &Msg::Retained {
+                    from: transfers.oldest(site),
+                    retained_bytes: transfers.retained_bytes(),
+                    refs_resolved,
+                    bytes_saved,
+                },
+            );
         }
     }
 }

@@ -172,6 +172,7 @@ fn serve_control(path: PathBuf, router: std::sync::Arc<Router>) -> anyhow::Resul
                     stats: control::RouterStats {
                         refs_resolved,
                         bytes_saved,
+                        retained_bytes: router.retained().1,
                     },
                 }
             }

@@ -239,6 +239,19 @@ pub struct CopyJob {
     delta: Option<(Vec<u8>, File, Delta)>,
     /// The site the job sends to (what its router logs hold is looked up for it).
     site: Option<String>,
+    /// Compare every file's content: never skip one whose state is what was last shipped
+    /// ([`mirrorfs::entry::COPY_CHECKSUM`]).
+    checksum: bool,
+    /// The file being read and its state when it was opened; then the files sent whole, for
+    /// the record of what was shipped ([`CopyJob::take_shipped`]).
+    reading: Option<(Vec<u8>, mirrorfs::shipped::FileState)>,
+    /// Files completed by the part being made, by the part buffered, and by the parts
+    /// handed out (each released with the part that completes it).
+    completing: Vec<(u32, Vec<u8>, mirrorfs::shipped::FileState)>,
+    /// A file whose data is out, waiting for its last attribute part.
+    finished: Option<(u32, Vec<u8>, mirrorfs::shipped::FileState)>,
+    buffered_completes: Vec<(u32, Vec<u8>, mirrorfs::shipped::FileState)>,
+    shipped: Vec<(u32, Vec<u8>, mirrorfs::shipped::FileState)>,
 }
 
 /// The control socket of the mirrorfs serving the sources (set once at start).
@@ -356,6 +369,12 @@ impl CopyJob {
             looks: 0,
             delta: None,
             site: None,
+            checksum: false,
+            reading: None,
+            completing: Vec::new(),
+            finished: None,
+            buffered_completes: Vec::new(),
+            shipped: Vec::new(),
         };
         let allowed = match mirrorfs::copycheck::may_copy(&job.rule.spec.pattern, &name) {
             Ok(()) => true,
@@ -523,17 +542,26 @@ impl CopyJob {
                 // The router's checksums come first; what is buffered is not the last part.
                 return None;
             }
+            let made = std::mem::take(&mut self.completing);
             let (out, last) = match (self.buffered.take(), raw) {
                 (None, None) => return None,
                 (None, Some(e)) => {
                     self.buffered = Some(e);
+                    self.buffered_completes = made;
                     continue;
                 }
                 (Some(b), Some(e)) => {
                     self.buffered = Some(e);
+                    let done = std::mem::replace(&mut self.buffered_completes, made);
+                    self.shipped.extend(done);
                     (b, false)
                 }
-                (Some(b), None) => (b, true),
+                (Some(b), None) => {
+                    let done = std::mem::take(&mut self.buffered_completes);
+                    self.shipped.extend(done);
+                    self.shipped.extend(made);
+                    (b, true)
+                }
             };
             let part = match (self.extra, last) {
                 (true, _) => Part::Extra,
@@ -556,6 +584,34 @@ impl CopyJob {
     /// The job sends to `site`: the blocks its router logs hold are sent as references.
     pub fn for_site(&mut self, site: &str) {
         self.site = Some(site.to_string());
+    }
+
+    /// The job compares the content of every file, even of those unchanged since they were
+    /// last shipped.
+    pub fn checking(mut self, on: bool) -> CopyJob {
+        self.checksum = on;
+        self
+    }
+
+    /// The files this job has sent whole since the last call, with their state when read:
+    /// recorded as shipped once the frame carrying their last part is acknowledged.
+    pub fn take_shipped(&mut self) -> Vec<(u32, Vec<u8>, mirrorfs::shipped::FileState)> {
+        std::mem::take(&mut self.shipped)
+    }
+
+    /// Whether file `name` (`meta`) is as it was when a copy last shipped it to this site:
+    /// a copy from the journal then skips it (not one the router asked for, nor one that
+    /// checks content).
+    fn unchanged(&self, name: &[u8], meta: &fs::Metadata) -> bool {
+        if self.checksum || self.extra || self.origin != Origin::Copy {
+            return false;
+        }
+        let Some(site) = &self.site else {
+            return false;
+        };
+        let crc = self.rule.crc;
+        mirrorfs::shipped::with(|s| s.file_state(site, crc, name)).flatten()
+            == Some(mirrorfs::shipped::FileState::of(meta))
     }
 
     /// Whether the job waits for the router's checksums of a file ([`CopyJob::sums_request`]).
@@ -636,6 +692,8 @@ impl CopyJob {
             match task {
                 Task::Emit(e) => return Some(e),
                 Task::Visit(name) => {
+                    // Everything of the file before is made.
+                    self.completing.extend(self.finished.take());
                     if let Some(e) = self.visit(name) {
                         return Some(e);
                     }
@@ -657,6 +715,8 @@ impl CopyJob {
                 }
             }
         }
+        // The end of the job: the last file is complete with its last part.
+        self.completing.extend(self.finished.take());
         None
     }
 
@@ -741,6 +801,12 @@ impl CopyJob {
     /// The end of the copy of a file read up to `offset`: a hole to its end if it has one, its
     /// size, then its attributes.
     fn finish_file(&mut self, name: &[u8], file: &File, offset: u64) -> Option<WireEntry> {
+        if let Some((n, state)) = self.reading.take() {
+            if n == name {
+                // Complete once its size and attributes are out too: at the next name.
+                self.finished = Some((self.rule.crc, n, state));
+            }
+        }
         let m = file.metadata().ok();
         let size = m.as_ref().map_or(offset, |m| m.len());
         self.done.0 += 1;
@@ -950,10 +1016,19 @@ impl CopyJob {
                 .open(&path)
             {
                 Ok(file) => {
+                    if self.unchanged(&name, &meta) {
+                        // Shipped as it is now already: not read again.
+                        self.done.0 += 1;
+                        self.done.1 += meta.len();
+                        return None;
+                    }
+                    if let Ok(m) = file.metadata() {
+                        self.reading = Some((name.clone(), mirrorfs::shipped::FileState::of(&m)));
+                    }
                     // A large file whose backup may hold most of it already: compared first.
                     let by_delta = self.origin == Origin::Copy && crate::delta::worth(meta.len());
                     let known = || match &self.site {
-                        Some(site) => crate::shipped::known(site, (meta.dev(), meta.ino())),
+                        Some(site) => mirrorfs::shipped::known(site, (meta.dev(), meta.ino())),
                         None => Default::default(),
                     };
                     match by_delta.then(|| Delta::start(&file, meta.len(), known())) {

@@ -24,7 +24,7 @@ use mirrorfs::entry::Command;
 use mirrorfs::journal::Position;
 use mirrorfs::wire::Msg;
 
-use crate::shipped::Known;
+use mirrorfs::shipped::Known;
 
 /// Files smaller than this are sent whole (a round trip costs more than their data).
 pub const MIN_SIZE: u64 = 256 << 10;

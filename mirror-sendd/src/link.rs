@@ -437,7 +437,9 @@ struct InFlight {
     next: Option<Position>,
     bytes: usize,
     /// Blocks it carried wholly, for the index of what the site holds once it is stored.
-    rows: Vec<crate::shipped::Row>,
+    rows: Vec<mirrorfs::shipped::Row>,
+    /// Files whose copy it completed, with their state when read (the same).
+    files: Vec<(u32, Vec<u8>, mirrorfs::shipped::FileState)>,
 }
 
 /// What is sent next to one site: the ordered stream (positions, window, acknowledgements,
@@ -811,6 +813,7 @@ impl Stream<'_> {
             Event::Msg(Msg::Ack { frames, upto }) => {
                 self.acked_frames = self.acked_frames.max(frames);
                 let mut rows = Vec::new();
+                let mut files = Vec::new();
                 while let Some(f) = self.inflight.front() {
                     if f.frame > frames {
                         break;
@@ -821,11 +824,16 @@ impl Stream<'_> {
                     self.inflight_bytes -= f.bytes;
                     if let Some(f) = self.inflight.pop_front() {
                         rows.extend(f.rows);
+                        files.extend(f.files);
                     }
                 }
-                if !rows.is_empty() {
-                    // Stored at the router: copies may refer to these blocks from now on.
-                    crate::shipped::with(|s| s.record(self.site, &rows));
+                if !rows.is_empty() || !files.is_empty() {
+                    // Stored at the router: copies may refer to these blocks from now on, and
+                    // skip these files while they stay as they are.
+                    mirrorfs::shipped::with(|s| {
+                        s.record(self.site, &rows)?;
+                        s.record_files(self.site, &files)
+                    });
                 }
                 if upto != Position::START {
                     if self.applied_pending.len() >= MAX_APPLIED_PENDING {
@@ -919,10 +927,23 @@ impl Stream<'_> {
                     .push_back(CopyJob::requested(rule.clone(), name, answer));
                 Ok(())
             }
-            Event::Msg(Msg::Retained { from }) => {
-                if self.retained_from != Some(from) {
+            Event::Msg(Msg::Retained {
+                from,
+                retained_bytes,
+                refs_resolved,
+                bytes_saved,
+            }) => {
+                self.shared.sites.set_router_stats(
+                    self.site,
+                    mirrorfs::control::RouterStats {
+                        refs_resolved,
+                        bytes_saved,
+                        retained_bytes,
+                    },
+                );
+                if let Some(from) = from.filter(|f| self.retained_from != Some(*f)) {
                     self.retained_from = Some(from);
-                    crate::shipped::with(|s| s.prune(self.site, from));
+                    mirrorfs::shipped::with(|s| s.prune(self.site, from));
                 }
                 Ok(())
             }
@@ -1014,8 +1035,12 @@ impl Stream<'_> {
                         if let Some(p) = job.progress() {
                             self.shared.sites.set_copy(self.site, p);
                         }
+                        let files = job.take_shipped();
                         let next = (e.part == Part::Last).then_some(*next);
                         bytes += self.track(&e, next);
+                        if let Some(f) = self.inflight.back_mut() {
+                            f.files = files;
+                        }
                         note_dirs(&mut dirs, table.sends_to(e.rule_crc, self.site), &e);
                         batch.push(e);
                     }
@@ -1100,7 +1125,8 @@ impl Stream<'_> {
             if e.command == Command::Copy || e.command == Command::Reconcile {
                 self.note_copy(rule.crc, &e.name);
                 let mut job = if e.command == Command::Copy {
-                    CopyJob::new(pos, rule.clone(), e.name)
+                    let checksum = e.offset & mirrorfs::entry::COPY_CHECKSUM != 0;
+                    CopyJob::new(pos, rule.clone(), e.name).checking(checksum)
                 } else {
                     CopyJob::reconcile(pos, rule.clone(), e.name)
                 };
@@ -1213,7 +1239,7 @@ impl Stream<'_> {
         &mut self,
         rule: &Arc<mirrorfs::rule::Rule>,
         we: &mut WireEntry,
-    ) -> Vec<crate::shipped::Row> {
+    ) -> Vec<mirrorfs::shipped::Row> {
         use mirrorfs::blocksums::{leaf, node, Locator, BLOCK};
         if we.data.is_empty() {
             return Vec::new();
@@ -1244,7 +1270,7 @@ impl Stream<'_> {
         (first..end)
             .map(|b| {
                 let at = b * BLOCK - we.offset;
-                crate::shipped::Row {
+                mirrorfs::shipped::Row {
                     file,
                     block: b,
                     pos: we.pos,
@@ -1262,6 +1288,7 @@ impl Stream<'_> {
             next,
             bytes,
             rows: Vec::new(),
+            files: Vec::new(),
         });
         self.inflight_bytes += bytes;
         bytes

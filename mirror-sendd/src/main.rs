@@ -7,8 +7,8 @@
 //! (expansion of copy entries), `shared` (what the links share: table, SFA log), `sites` (blocked sites, heartbeat monitors, errors), `heartbeat` (UDP beats with
 //! a site), `dirty` (the bounded queue of a blocked site), `resync` (files to send whole after
 //! a damaged journal record was skipped), `delta` (a file's copy by differences: block
-//! checksums compared with the backup, references instead of data), `shipped` (the blocks
-//! each site holds in its router logs, by file identity).
+//! checksums compared with the backup, references instead of data), and the index of what each site
+//! holds, `mirrorfs::shipped`.
 
 mod copy;
 mod delta;
@@ -17,7 +17,6 @@ mod heartbeat;
 mod link;
 mod resync;
 mod shared;
-mod shipped;
 mod sites;
 mod table;
 mod transport;

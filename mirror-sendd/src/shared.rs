@@ -87,7 +87,7 @@ impl Shared {
         let seen = db.data_version()?;
         let (version, rules) = db.snapshot()?;
         let table = SendTable::new(version, rules);
-        crate::shipped::init(&state.root().join("shipped.db"));
+        mirrorfs::shipped::init(&state.root().join("shipped.db"));
         Ok(Arc::new(Shared {
             site_id,
             journal_dir: state.journal_dir(),

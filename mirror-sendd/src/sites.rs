@@ -43,6 +43,8 @@ struct Live {
     copy: Option<mirrorfs::control::CopyProgress>,
     /// Data bytes sent, and bytes sent as references.
     sent: (u64, u64),
+    /// What the router last said of its retained logs and references.
+    router: Option<mirrorfs::control::RouterStats>,
 }
 
 /// Every site's state.
@@ -217,6 +219,11 @@ impl Sites {
         x.1 += referenced;
     }
 
+    /// Notes what `site`'s router said of its retained logs and references.
+    pub fn set_router_stats(&self, site: &str, stats: mirrorfs::control::RouterStats) {
+        lock(&self.live).entry(site.to_string()).or_default().router = Some(stats);
+    }
+
     /// Asks the links of the blocked sites (all, or `site`) to try now; the sites asked.
     pub fn request_unblock(&self, site: Option<&str>) -> Vec<String> {
         let sites: Vec<String> = lock(&self.blocked)
@@ -261,6 +268,7 @@ impl Sites {
             copy: live.and_then(|x| x.copy),
             sent_bytes: live.map_or(0, |x| x.sent.0),
             referenced_bytes: live.map_or(0, |x| x.sent.1),
+            router: live.and_then(|x| x.router.clone()),
             heartbeat: live.is_some_and(|x| {
                 let m = lock(&x.heartbeat);
                 m.ever() && m.interrupted(Instant::now(), threshold).is_none()

@@ -27,6 +27,10 @@ pub enum Request {
     Copy {
         /// The copies.
         copies: Vec<(u32, Vec<u8>)>,
+        /// Compare every file's content, never skip one by its state
+        /// ([`crate::entry::COPY_CHECKSUM`]).
+        #[serde(default)]
+        checksum: bool,
     },
     /// The mount's status (what `<state>/mirrorfs.status` holds, current even when that
     /// file cannot be written).
@@ -149,6 +153,10 @@ pub struct SiteState {
     /// their data, since mirror-sendd started.
     #[serde(default)]
     pub referenced_bytes: u64,
+    /// What the site's router last said of its retained router logs and the references it
+    /// resolved (all its sources together).
+    #[serde(default)]
+    pub router: Option<RouterStats>,
 }
 
 /// How far mirror-sendd got with the copy entry at `pos` for one site.
@@ -208,6 +216,9 @@ pub struct RouterStats {
     pub refs_resolved: u64,
     /// Their bytes: data the sources did not send again.
     pub bytes_saved: u64,
+    /// Bytes of applied router logs kept for references (`--retain`).
+    #[serde(default)]
+    pub retained_bytes: u64,
 }
 
 /// mirror-routerd's answer.
@@ -536,10 +547,14 @@ impl Client {
 pub fn append_copies(
     journal: &crate::journal::Journal,
     copies: &[(u32, Vec<u8>)],
+    checksum: bool,
 ) -> Result<Option<Position>, crate::journal::JournalError> {
     let mut last = None;
     for (crc, name) in copies {
-        let e = crate::entry::EntryRef::new(crate::entry::Command::Copy, *crc, name);
+        let mut e = crate::entry::EntryRef::new(crate::entry::Command::Copy, *crc, name);
+        if checksum {
+            e.offset = crate::entry::COPY_CHECKSUM;
+        }
         last = Some(journal.append(&e)?);
     }
     journal.sync()?;

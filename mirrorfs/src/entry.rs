@@ -88,6 +88,9 @@ pub enum Command {
 
 /// `Mark` flag: written at a clean unmount.
 pub const MARK_CLEAN: u64 = 1;
+/// `Copy` flag (in `offset`): compare every file's content, even one whose state is what was
+/// last shipped of it (`mirror-ctl sync --checksum`, `verify --repair`).
+pub const COPY_CHECKSUM: u64 = 1;
 
 impl Command {
     /// All commands, in code order.

@@ -27,6 +27,7 @@ pub mod notify;
 pub mod rule;
 pub mod rulesdb;
 pub mod sfa;
+pub mod shipped;
 pub mod sitecfg;
 pub mod state;
 pub mod syncwait;

@@ -403,8 +403,14 @@ pub enum Msg {
     /// Router → sender: the router logs no longer hold this source's writes before `from`
     /// (references to them would not resolve; [`crate::blocksums::Locator::Transfer`]).
     Retained {
-        /// The oldest position still held.
-        from: Position,
+        /// The oldest position still held (none: nothing of this source's).
+        from: Option<Position>,
+        /// Bytes of router logs the router retains (all sources).
+        retained_bytes: u64,
+        /// References the router resolved since it started (all sources).
+        refs_resolved: u64,
+        /// Their bytes: data not sent again.
+        bytes_saved: u64,
     },
 }
 

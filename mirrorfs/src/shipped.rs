@@ -3,7 +3,7 @@
 //! journal position (the transfer's id), the block's number within the write, and the
 //! block's sum. A copy of the file later (a rename into another rule, a `sync`, a dirty set)
 //! finds here the blocks whose current content went out already and sends references to
-//! them instead of their data ([`crate::delta`]).
+//! them instead of their data (mirror-sendd's `delta`).
 //!
 //! Files are known by their identity (device, inode), not their names, so that a rename
 //! (journaled as a deletion and a copy when it crosses rules) still finds what the old name
@@ -12,13 +12,20 @@
 //! current sum with the row's, and the router checks the sum again before it uses the data.
 //! It is kept small: rows older than what a router says it still retains go
 //! ([`Shipped::prune`]), and a site keeps at most [`MAX_ROWS`] rows.
+//!
+//! It also holds, per site and per file a copy sent whole, the file's state when the copy
+//! read it (identity, size, modification and change times; [`FileState`]), once the site
+//! acknowledged the copy: a later copy of the file whose state is still that skips it
+//! without reading it (what makes a `sync` of an unchanged tree fast; `sync --checksum`
+//! and `verify --repair` never skip), and `mirror-ctl verify` compares the content only of
+//! files whose state moved since.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mirrorfs::blocksums::Sum;
-use mirrorfs::journal::Position;
+use crate::blocksums::Sum;
+use crate::journal::Position;
 use rusqlite::{params, Connection};
 
 /// Rows one site keeps at most (4 KiB blocks: 16 GiB of data; about 1 GiB of disk).
@@ -58,6 +65,32 @@ pub struct Row {
     pub k: u64,
     /// The block's sum.
     pub sum: Sum,
+}
+
+/// A file's state when a copy read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileState {
+    /// Device and inode.
+    pub file: (u64, u64),
+    /// Size.
+    pub size: u64,
+    /// Modification time (ns since the epoch).
+    pub mtime_ns: i64,
+    /// Change time (ns since the epoch).
+    pub ctime_ns: i64,
+}
+
+impl FileState {
+    /// The state `m` describes.
+    pub fn of(m: &std::fs::Metadata) -> FileState {
+        use std::os::unix::fs::MetadataExt;
+        FileState {
+            file: (m.dev(), m.ino()),
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
 }
 
 /// Where a block's current content went: the write's position and the block's number in it,
@@ -104,7 +137,7 @@ impl Shipped {
             path: path.to_path_buf(),
             err,
         };
-        mirrorfs::state::private_file(path).map_err(|err| ShippedError::Io {
+        crate::state::private_file(path).map_err(|err| ShippedError::Io {
             path: path.to_path_buf(),
             err,
         })?;
@@ -121,7 +154,12 @@ impl Shipped {
                 block INTEGER NOT NULL, seg INTEGER NOT NULL, off INTEGER NOT NULL,
                 k INTEGER NOT NULL, sum BLOB NOT NULL,
                 PRIMARY KEY (site, dev, ino, block));
-             CREATE INDEX IF NOT EXISTS blocks_pos ON blocks (site, seg, off);",
+             CREATE INDEX IF NOT EXISTS blocks_pos ON blocks (site, seg, off);
+             CREATE TABLE IF NOT EXISTS files (
+                site TEXT NOT NULL, rule INTEGER NOT NULL, name BLOB NOT NULL,
+                dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+                mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,
+                PRIMARY KEY (site, rule, name));",
         )
         .map_err(sql)?;
         Ok(Shipped {
@@ -170,6 +208,72 @@ impl Shipped {
             }
         }
         tx.commit().map_err(&sql)
+    }
+
+    /// Records the state of files whose copies `site` acknowledged (rule CRC, full name).
+    pub fn record_files(
+        &mut self,
+        site: &str,
+        files: &[(u32, Vec<u8>, FileState)],
+    ) -> Result<(), ShippedError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let sql = move |err| ShippedError::Sqlite {
+            path: path.clone(),
+            err,
+        };
+        let tx = self.conn.transaction().map_err(&sql)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO files (site, rule, name, dev, ino, size, mtime, ctime)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(&sql)?;
+            for (rule, name, f) in files {
+                st.execute(params![
+                    site,
+                    *rule as i64,
+                    name,
+                    f.file.0 as i64,
+                    f.file.1 as i64,
+                    f.size as i64,
+                    f.mtime_ns,
+                    f.ctime_ns,
+                ])
+                .map_err(&sql)?;
+            }
+        }
+        tx.commit().map_err(&sql)
+    }
+
+    /// The state of file `name` (rule `rule`) when its last acknowledged copy to `site`
+    /// read it.
+    pub fn file_state(
+        &self,
+        site: &str,
+        rule: u32,
+        name: &[u8],
+    ) -> Result<Option<FileState>, ShippedError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT dev, ino, size, mtime, ctime FROM files WHERE site = ?1 AND rule = ?2 AND name = ?3",
+            )
+            .map_err(self.sql())?;
+        let mut rows = st
+            .query_map(params![site, rule as i64, name], |r| {
+                Ok(FileState {
+                    file: (r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64),
+                    size: r.get::<_, i64>(2)? as u64,
+                    mtime_ns: r.get(3)?,
+                    ctime_ns: r.get(4)?,
+                })
+            })
+            .map_err(self.sql())?;
+        rows.next().transpose().map_err(self.sql())
     }
 
     /// What `site` holds of file `file`, by block.
@@ -263,6 +367,16 @@ mod tests {
             k.keys().copied().collect::<std::collections::BTreeSet<_>>(),
             [1, 2].into()
         );
+        let f = FileState {
+            file: (1, 2),
+            size: 3,
+            mtime_ns: 4,
+            ctime_ns: 5,
+        };
+        s.record_files("a", &[(7, b"/p/x".to_vec(), f)]).unwrap();
+        assert_eq!(s.file_state("a", 7, b"/p/x").unwrap(), Some(f));
+        assert_eq!(s.file_state("a", 8, b"/p/x").unwrap(), None);
+        assert_eq!(s.file_state("b", 7, b"/p/x").unwrap(), None);
         let m = std::fs::metadata(d.path().join("shipped.db")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
