@@ -275,7 +275,7 @@ pub fn sync(state: &StateDir, args: SyncArgs) -> Result<()> {
         println!("nothing to copy");
         return Ok(());
     }
-    let mut queue = Queue::open(state)?.checksum(args.checksum);
+    let mut queue = Queue::open(state)?.quick(!args.checksum);
     let mut progress = Progress::new(&totals, if args.wait { "acknowledged" } else { "queued" });
     let mut chunks: Vec<(Position, u64, u64)> = Vec::new();
     let mut pending: Vec<(u32, Vec<u8>)> = Vec::new();
@@ -398,8 +398,9 @@ fn count(rules: &[Rule], filter: &[Vec<u8>], args: &SyncArgs) -> Result<Totals> 
 /// ([`Queue::open`], then [`Queue::push`] a chunk at a time).
 pub(crate) struct Queue {
     to: QueueTo,
-    /// Copies compare every file's content ([`mirrorfs::entry::COPY_CHECKSUM`]).
-    checksum: bool,
+    /// Copies skip files unchanged since their last acknowledged copy
+    /// ([`mirrorfs::entry::COPY_QUICK`]).
+    quick: bool,
 }
 
 enum QueueTo {
@@ -415,7 +416,7 @@ impl Queue {
                 Ok(_) => {
                     return Ok(Queue {
                         to: QueueTo::Mount(sock),
-                        checksum: false,
+                        quick: false,
                     })
                 }
                 // A socket left by a mirrorfs that is gone: write the journal ourselves.
@@ -437,25 +438,25 @@ impl Queue {
         };
         Ok(Queue {
             to: QueueTo::Direct(Box::new(journal)),
-            checksum: false,
+            quick: false,
         })
     }
 
-    /// The copies queued from now on compare every file's content, never skipping one
-    /// whose state is what was last shipped of it.
-    pub(crate) fn checksum(mut self, on: bool) -> Queue {
-        self.checksum = on;
+    /// The copies queued from now on skip files unchanged since their last acknowledged
+    /// copy (the quick check of `sync`; by default every file's content is compared).
+    pub(crate) fn quick(mut self, on: bool) -> Queue {
+        self.quick = on;
         self
     }
 
     /// Appends `copies` (durably); the position of the last.
     pub(crate) fn push(&mut self, copies: &[(u32, Vec<u8>)]) -> Result<Option<Position>> {
         match &self.to {
-            QueueTo::Direct(j) => Ok(control::append_copies(j, copies, self.checksum)?),
+            QueueTo::Direct(j) => Ok(control::append_copies(j, copies, self.quick)?),
             QueueTo::Mount(sock) => {
                 let req = Request::Copy {
                     copies: copies.to_vec(),
-                    checksum: self.checksum,
+                    quick: self.quick,
                 };
                 match control::request(sock, &req)
                     .with_context(|| format!("cannot reach mirrorfs through {}", sock.display()))?

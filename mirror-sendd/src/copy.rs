@@ -239,9 +239,9 @@ pub struct CopyJob {
     delta: Option<(Vec<u8>, File, Delta)>,
     /// The site the job sends to (what its router logs hold is looked up for it).
     site: Option<String>,
-    /// Compare every file's content: never skip one whose state is what was last shipped
-    /// ([`mirrorfs::entry::COPY_CHECKSUM`]).
-    checksum: bool,
+    /// Skip files whose state is what their last acknowledged copy read
+    /// ([`mirrorfs::entry::COPY_QUICK`]).
+    quick: bool,
     /// The file being read and its state when it was opened; then the files sent whole, for
     /// the record of what was shipped ([`CopyJob::take_shipped`]).
     reading: Option<(Vec<u8>, mirrorfs::shipped::FileState)>,
@@ -369,7 +369,7 @@ impl CopyJob {
             looks: 0,
             delta: None,
             site: None,
-            checksum: false,
+            quick: false,
             reading: None,
             completing: Vec::new(),
             finished: None,
@@ -586,10 +586,10 @@ impl CopyJob {
         self.site = Some(site.to_string());
     }
 
-    /// The job compares the content of every file, even of those unchanged since they were
-    /// last shipped.
-    pub fn checking(mut self, on: bool) -> CopyJob {
-        self.checksum = on;
+    /// The job skips files unchanged since their last acknowledged copy (a `sync`'s quick
+    /// check).
+    pub fn quick(mut self, on: bool) -> CopyJob {
+        self.quick = on;
         self
     }
 
@@ -600,10 +600,9 @@ impl CopyJob {
     }
 
     /// Whether file `name` (`meta`) is as it was when a copy last shipped it to this site:
-    /// a copy from the journal then skips it (not one the router asked for, nor one that
-    /// checks content).
+    /// a quick copy ([`CopyJob::quick`]) then skips it.
     fn unchanged(&self, name: &[u8], meta: &fs::Metadata) -> bool {
-        if self.checksum || self.extra || self.origin != Origin::Copy {
+        if !self.quick || self.extra || self.origin != Origin::Copy {
             return false;
         }
         let Some(site) = &self.site else {
@@ -1017,13 +1016,24 @@ impl CopyJob {
             {
                 Ok(file) => {
                     if self.unchanged(&name, &meta) {
+                        log::debug!(
+                            "copy of {}: unchanged since it was shipped; skipped",
+                            shown(&name)
+                        );
                         // Shipped as it is now already: not read again.
                         self.done.0 += 1;
                         self.done.1 += meta.len();
                         return None;
                     }
                     if let Ok(m) = file.metadata() {
-                        self.reading = Some((name.clone(), mirrorfs::shipped::FileState::of(&m)));
+                        let state = mirrorfs::shipped::FileState::of(&m);
+                        // A file changed within the last moments may change again within the
+                        // same tick of its times (they are coarse): its state would then not
+                        // show that change (git's "racily clean" files). Only a state older
+                        // than that counts as shipped.
+                        if state.settled(mirrorfs::now_ns()) {
+                            self.reading = Some((name.clone(), state));
+                        }
                     }
                     // A large file whose backup may hold most of it already: compared first.
                     let by_delta = self.origin == Origin::Copy && crate::delta::worth(meta.len());

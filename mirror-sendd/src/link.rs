@@ -1125,8 +1125,8 @@ impl Stream<'_> {
             if e.command == Command::Copy || e.command == Command::Reconcile {
                 self.note_copy(rule.crc, &e.name);
                 let mut job = if e.command == Command::Copy {
-                    let checksum = e.offset & mirrorfs::entry::COPY_CHECKSUM != 0;
-                    CopyJob::new(pos, rule.clone(), e.name).checking(checksum)
+                    let quick = e.offset & mirrorfs::entry::COPY_QUICK != 0;
+                    CopyJob::new(pos, rule.clone(), e.name).quick(quick)
                 } else {
                     CopyJob::reconcile(pos, rule.clone(), e.name)
                 };

@@ -27,10 +27,10 @@ pub enum Request {
     Copy {
         /// The copies.
         copies: Vec<(u32, Vec<u8>)>,
-        /// Compare every file's content, never skip one by its state
-        /// ([`crate::entry::COPY_CHECKSUM`]).
+        /// Skip files whose state is what their last acknowledged copy read
+        /// ([`crate::entry::COPY_QUICK`]).
         #[serde(default)]
-        checksum: bool,
+        quick: bool,
     },
     /// The mount's status (what `<state>/mirrorfs.status` holds, current even when that
     /// file cannot be written).
@@ -547,13 +547,13 @@ impl Client {
 pub fn append_copies(
     journal: &crate::journal::Journal,
     copies: &[(u32, Vec<u8>)],
-    checksum: bool,
+    quick: bool,
 ) -> Result<Option<Position>, crate::journal::JournalError> {
     let mut last = None;
     for (crc, name) in copies {
         let mut e = crate::entry::EntryRef::new(crate::entry::Command::Copy, *crc, name);
-        if checksum {
-            e.offset = crate::entry::COPY_CHECKSUM;
+        if quick {
+            e.offset = crate::entry::COPY_QUICK;
         }
         last = Some(journal.append(&e)?);
     }

@@ -88,9 +88,12 @@ pub enum Command {
 
 /// `Mark` flag: written at a clean unmount.
 pub const MARK_CLEAN: u64 = 1;
-/// `Copy` flag (in `offset`): compare every file's content, even one whose state is what was
-/// last shipped of it (`mirror-ctl sync --checksum`, `verify --repair`).
-pub const COPY_CHECKSUM: u64 = 1;
+/// `Copy` flag (in `offset`): a file whose state is what its last acknowledged copy read is
+/// skipped without being read (`mirror-ctl sync`, not with `--checksum`). Never set by the
+/// copies mirrorfs queues itself (a reconciliation after a crash, names the journal missed,
+/// renames into a rule): they are made because entries may be missing, and an entry sent
+/// after an earlier copy may have carried older data on top of it.
+pub const COPY_QUICK: u64 = 1;
 
 impl Command {
     /// All commands, in code order.

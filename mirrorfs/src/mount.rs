@@ -488,7 +488,7 @@ fn start_control(
                 reason: format!("{}: {e}", String::from_utf8_lossy(&name)),
             },
         },
-        crate::control::Request::Copy { copies, checksum } => {
+        crate::control::Request::Copy { copies, quick } => {
             let table = fs.recorder().table();
             let known = |crc: u32| table.rules().iter().any(|r| r.crc == crc);
             if copies.iter().any(|(crc, _)| !known(*crc)) {
@@ -507,7 +507,7 @@ fn start_control(
                     reason: format!("copy refused: {why}"),
                 };
             }
-            match crate::control::append_copies(fs.recorder().journal(), &copies, checksum) {
+            match crate::control::append_copies(fs.recorder().journal(), &copies, quick) {
                 Ok(last) => crate::control::Response::Queued { last },
                 Err(e) => crate::control::Response::Error {
                     reason: e.to_string(),

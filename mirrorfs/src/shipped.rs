@@ -80,7 +80,19 @@ pub struct FileState {
     pub ctime_ns: i64,
 }
 
+/// How long after its last change a file's times are known to show every change: file
+/// times come from a coarse clock (a tick of up to 10 ms), and a change within the same tick
+/// leaves them as they were; a second of margin covers clock steps too.
+pub const SETTLE_NS: i64 = 1_000_000_000;
+
 impl FileState {
+    /// Whether this state, read at `now_ns`, is old enough to show every change to the file
+    /// made since ([`SETTLE_NS`]).
+    pub fn settled(&self, now_ns: u64) -> bool {
+        let newest = self.mtime_ns.max(self.ctime_ns);
+        (now_ns as i64).saturating_sub(newest) >= SETTLE_NS
+    }
+
     /// The state `m` describes.
     pub fn of(m: &std::fs::Metadata) -> FileState {
         use std::os::unix::fs::MetadataExt;

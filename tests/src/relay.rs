@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ pub struct Relay {
     pub port: u16,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    /// TCP bytes relayed to the target and back from it, over every connection.
+    counted: Arc<[AtomicU64; 2]>,
 }
 
 /// What one direction of a connection holds: chunks due at a time, and their bytes.
@@ -45,9 +47,10 @@ impl Relay {
         let port = listener.local_addr().expect("relay address").port();
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let counted: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         listener.set_nonblocking(true).expect("nonblocking");
         {
-            let (stop, conns) = (stop.clone(), conns.clone());
+            let (stop, conns, counted) = (stop.clone(), conns.clone(), counted.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
@@ -63,8 +66,8 @@ impl Relay {
                                 c.push(a2);
                                 c.push(b2);
                             }
-                            pump(&a, &b, delay, cap);
-                            pump(&b, &a, delay, cap);
+                            pump(&a, &b, delay, cap, (counted.clone(), 0));
+                            pump(&b, &a, delay, cap, (counted.clone(), 1));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(20)),
                     }
@@ -93,7 +96,20 @@ impl Relay {
                 }
             });
         }
-        Relay { port, stop, conns }
+        Relay {
+            port,
+            stop,
+            conns,
+            counted,
+        }
+    }
+
+    /// TCP bytes relayed so far: to the target (from the sender), and back.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.counted[0].load(Ordering::Relaxed),
+            self.counted[1].load(Ordering::Relaxed),
+        )
     }
 
     /// `HOST:PORT` of the relay, as a rule names a site.
@@ -112,7 +128,13 @@ impl Drop for Relay {
 }
 
 /// Copies `from` to `to` through a delay line of at most `cap` bytes.
-fn pump(from: &TcpStream, to: &TcpStream, delay: Duration, cap: usize) {
+fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    delay: Duration,
+    cap: usize,
+    (counted, way): (Arc<[AtomicU64; 2]>, usize),
+) {
     let (Ok(mut r), Ok(mut w)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
@@ -141,6 +163,7 @@ fn pump(from: &TcpStream, to: &TcpStream, delay: Duration, cap: usize) {
             };
             let want = room.min(buf.len());
             let n = r.read(&mut buf[..want]).unwrap_or(0);
+            counted[way].fetch_add(n as u64, Ordering::Relaxed);
             let mut g = m.lock().unwrap();
             let due = Instant::now() + delay;
             if n == 0 {

@@ -16,7 +16,11 @@ pub use super::restore::RestoreItem;
 /// [`Msg::Join`]): [`Msg::Entries`] and [`Msg::Config`] carry a stream-wide sequence number
 /// (`seq`), and [`Msg::Welcome`] the token later connections join the session with; the
 /// router tells how far a source's entries are applied ([`Msg::Applied`], sync rules).
-pub const PROTOCOL_VERSION: u32 = 4;
+///
+/// Version 5: copies compare block checksums with the router first ([`Msg::Sums`]) and send
+/// references to data the router holds ([`Command::Ref`]); the router says what it retains
+/// ([`Msg::Retained`]). An older router would end every session at the first request.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes of entries a source may have sent and not had acknowledged (its window); the
 /// router's reorder buffer of a session on many connections is bounded by it

@@ -131,7 +131,7 @@ fn copy_requests_are_checked_before_anything_is_read() {
     ] {
         let req = Request::Copy {
             copies: vec![(crc, bad.clone().into_bytes())],
-            checksum: false,
+            quick: false,
         };
         match mirrorfs::control::request::<_, Response>(&sock, &req).unwrap() {
             Response::Error { reason } => assert!(reason.contains("copy refused"), "{reason}"),
@@ -140,7 +140,7 @@ fn copy_requests_are_checked_before_anything_is_read() {
     }
     let req = Request::Copy {
         copies: vec![(crc ^ 1, format!("{mount}/real/ok").into_bytes())],
-        checksum: false,
+        quick: false,
     };
     assert!(matches!(
         mirrorfs::control::request::<_, Response>(&sock, &req).unwrap(),
@@ -149,7 +149,7 @@ fn copy_requests_are_checked_before_anything_is_read() {
     assert!(l.journal().is_empty(), "a refused copy reached the journal");
     let req = Request::Copy {
         copies: vec![(crc, format!("{mount}/real/ok").into_bytes())],
-        checksum: false,
+        quick: false,
     };
     assert!(matches!(
         mirrorfs::control::request::<_, Response>(&sock, &req).unwrap(),
