@@ -111,8 +111,7 @@ fn rsync(args: &[&str]) -> (u64, f64) {
         text.lines()
             .find_map(|l| l.strip_prefix(label))
             .map(|r| {
-                r.trim()
-                    .split_whitespace()
+                r.split_whitespace()
                     .next()
                     .unwrap_or("0")
                     .replace(',', "")
