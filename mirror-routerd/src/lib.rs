@@ -44,3 +44,5 @@ pub mod resync;
 pub mod rtlog;
 pub mod shared;
 pub mod staging;
+pub mod verify;
+pub mod walk;

@@ -74,6 +74,9 @@ pub enum Role {
     /// mirror-sendd, a further connection of a source session: one [`Msg::Join`] with the
     /// session's token, then frames of that session's stream.
     Join = 4,
+    /// `mirror-ctl verify`: [`Msg::Verify`] listings and [`Msg::Sums`] questions, each
+    /// answered from the backup ([`super::verify`]).
+    Verify = 5,
 }
 
 /// Which part of a journal entry a [`WireEntry`] is.
@@ -400,6 +403,50 @@ pub enum Msg {
         /// Why there are none.
         why: String,
     },
+    /// Verify client → router: list the backup of rule `rule_crc` (one of this site's) at or
+    /// beneath `path` (a normalised absolute source path, `/` for all the rule selects);
+    /// answered with the first [`Msg::VerifyItems`] ([`super::verify`]).
+    Verify {
+        /// The rule.
+        rule_crc: u32,
+        /// The source path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// Whether items carry owner, times and xattrs (for rules that mirror them).
+        attrs: bool,
+    },
+    /// Verify client → router: the next [`Msg::VerifyItems`] of the listing.
+    VerifyMore,
+    /// Router → verify client: names of the backup, in walk order
+    /// ([`super::verify::walk_order`]).
+    VerifyItems {
+        /// At most [`super::verify::MAX_BATCH_ITEMS`].
+        items: Vec<super::verify::VerifyItem>,
+        /// The listing is complete.
+        done: bool,
+    },
+}
+
+/// The limits of one [`RestoreItem`] (a restore's or a verify's).
+fn item_limits(item: &RestoreItem) -> Result<(), String> {
+    use super::restore::{MAX_XATTRS, MAX_XATTR_NAME, MAX_XATTR_VALUE};
+    let over = |what: &str, len: usize, max: usize| {
+        if len > max {
+            Err(format!("{what} of {len} exceeds the limit of {max}"))
+        } else {
+            Ok(())
+        }
+    };
+    over("item name length", item.name.len(), MAX_NAME_LEN)?;
+    over("symlink target length", item.target.len(), MAX_NAME_LEN)?;
+    if let Some(a) = &item.attrs {
+        over("xattrs of a name", a.xattrs.len(), MAX_XATTRS)?;
+        for x in &a.xattrs {
+            over("xattr name length", x.name.len(), MAX_XATTR_NAME)?;
+            over("xattr value length", x.value.len(), MAX_XATTR_VALUE)?;
+        }
+    }
+    Ok(())
 }
 
 impl Msg {
@@ -432,6 +479,9 @@ impl Msg {
             Msg::Applied { .. } => "applied",
             Msg::Sums { .. } => "sums",
             Msg::SumsAnswer { .. } => "sums-answer",
+            Msg::Verify { .. } => "verify",
+            Msg::VerifyMore => "verify-more",
+            Msg::VerifyItems { .. } => "verify-items",
         }
     }
 
@@ -466,19 +516,7 @@ impl Msg {
             Msg::Validate { dest, .. } => over("destination length", dest.len(), MAX_NAME_LEN),
             Msg::Resync { name, .. } => over("name length", name.len(), MAX_NAME_LEN),
             Msg::Restore { path } => over("restore path length", path.len(), MAX_NAME_LEN),
-            Msg::RestoreItem { item } => {
-                use super::restore::{MAX_XATTRS, MAX_XATTR_NAME, MAX_XATTR_VALUE};
-                over("restored name length", item.name.len(), MAX_NAME_LEN)?;
-                over("symlink target length", item.target.len(), MAX_NAME_LEN)?;
-                if let Some(a) = &item.attrs {
-                    over("xattrs of a name", a.xattrs.len(), MAX_XATTRS)?;
-                    for x in &a.xattrs {
-                        over("xattr name length", x.name.len(), MAX_XATTR_NAME)?;
-                        over("xattr value length", x.value.len(), MAX_XATTR_VALUE)?;
-                    }
-                }
-                Ok(())
-            }
+            Msg::RestoreItem { item } => item_limits(item),
             Msg::RestoreData { data, .. } => over(
                 "restore data chunk",
                 data.len(),
@@ -499,6 +537,21 @@ impl Msg {
             Msg::SumsAnswer { sums, why, .. } => {
                 over("sums in an answer", sums.len(), crate::blocksums::MAX_SUMS)?;
                 over("reason length", why.len(), MAX_TEXT_LEN)
+            }
+            Msg::Verify { path, .. } => over("verify path length", path.len(), MAX_NAME_LEN),
+            Msg::VerifyItems { items, .. } => {
+                over(
+                    "items in a verify batch",
+                    items.len(),
+                    super::verify::MAX_BATCH_ITEMS,
+                )?;
+                for i in items {
+                    item_limits(&i.item)?;
+                    if let Some(p) = &i.problem {
+                        over("reason length", p.len(), MAX_TEXT_LEN)?;
+                    }
+                }
+                Ok(())
             }
             Msg::Validated { reason, .. }
             | Msg::Error { reason }

@@ -84,3 +84,6 @@ mod long_paths;
 mod sync_mode;
 // n connections per site: one stream striped and put back in order, a connection reset, kill -9.
 mod n_connections;
+// verify: every category of difference on a prepared backup, --repair, orphans, exit statuses
+// (issue 16 item 3).
+mod verify;
