@@ -143,6 +143,8 @@ struct Summary {
     repairs_queued: u64,
     /// Orphans moved by `--orphans move`.
     orphans_moved: u64,
+    /// Orphans `--orphans move` could not move.
+    orphans_unmoved: u64,
 }
 
 impl Summary {
@@ -182,8 +184,16 @@ pub fn verify(state: &StateDir, keys: &KeyRing, mut args: VerifyArgs) -> Result<
     if orphans.is_some() && !args.repair {
         bail!("--orphans acts only with --repair (orphans are never removed by a plain verify)");
     }
-    if let Some(Orphans::Move(_)) = &orphans {
-        bail!("--orphans move is not available yet: use --orphans delete, or leave orphans be");
+    if let Some(Orphans::Move(dir)) = &orphans {
+        if !mirrorfs::wire::verify::valid_move_dir(
+            dir.as_os_str().as_bytes(),
+            mirrorfs::wire::msg::MAX_NAME_LEN,
+        ) {
+            bail!(
+                "--orphans move {}: DIR must be a plain relative path (no '.', '..' or empty components): it is taken within this site's namespace on the router",
+                dir.display()
+            );
+        }
     }
     let db = RulesDb::open(&state.rules_db())?;
     let (_, mut rules) = db.snapshot()?;
@@ -302,7 +312,7 @@ pub fn verify(state: &StateDir, keys: &KeyRing, mut args: VerifyArgs) -> Result<
     let unrepaired = s.errors
         + if args.repair {
             if orphans.is_some() {
-                0
+                s.orphans_unmoved
             } else {
                 s.orphans
             }
@@ -481,9 +491,12 @@ struct Report {
 
 impl Report {
     fn new(json: bool) -> Report {
-        let bar = io::stderr()
-            .is_terminal()
-            .then(indicatif::ProgressBar::new_spinner);
+        let bar = io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.enable_steady_tick(Duration::from_millis(100));
+            b.set_message("verify: waiting for the sites to apply the journal");
+            b
+        });
         Report {
             json,
             summary: Summary::default(),
@@ -555,6 +568,12 @@ impl Report {
         if s.repairs_queued > 0 {
             t.push_str(&format!("; {} repaired", s.repairs_queued));
         }
+        if s.orphans_moved + s.orphans_unmoved > 0 {
+            t.push_str(&format!(
+                "; {} orphans moved, {} not",
+                s.orphans_moved, s.orphans_unmoved
+            ));
+        }
         println!("{t}");
     }
 }
@@ -615,7 +634,7 @@ impl Verifier<'_> {
                 }
                 std::cmp::Ordering::Greater => {
                     if let Some(b) = bak.take() {
-                        self.orphan(&b);
+                        self.orphan(&b)?;
                     }
                     bak = self.next_backup(&mut listing)?;
                 }
@@ -767,7 +786,7 @@ impl Verifier<'_> {
         self.queue_repair(&s.name, s.kind == RestoreKind::Dir);
     }
 
-    fn orphan(&mut self, b: &VerifyItem) {
+    fn orphan(&mut self, b: &VerifyItem) -> Result<()> {
         let kind = kind_name(b.item.kind, b.item.kind == RestoreKind::Link);
         if self.parent_changed(&b.item.name) {
             self.emit(
@@ -778,7 +797,7 @@ impl Verifier<'_> {
                 Vec::new(),
                 b.item.size,
             );
-            return;
+            return Ok(());
         }
         if let Some(p) = &b.problem {
             self.emit(
@@ -789,7 +808,7 @@ impl Verifier<'_> {
                 Vec::new(),
                 0,
             );
-            return;
+            return Ok(());
         }
         self.emit(
             Mark::Orphan,
@@ -799,8 +818,66 @@ impl Verifier<'_> {
             Vec::new(),
             b.item.size,
         );
-        if self.orphans == Some(Orphans::Delete) {
-            self.queue_repair(&b.item.name, b.item.kind == RestoreKind::Dir);
+        match self.orphans.clone() {
+            Some(Orphans::Delete) => {
+                self.queue_repair(&b.item.name, b.item.kind == RestoreKind::Dir)
+            }
+            Some(Orphans::Move(dir)) if self.repair => {
+                if self
+                    .covered
+                    .as_ref()
+                    .is_some_and(|c| is_under(&b.item.name, c))
+                {
+                    // Moved with the directory above.
+                    return Ok(());
+                }
+                match self.move_orphan(&b.item.name, &dir)? {
+                    Ok(to) => {
+                        self.report.summary.orphans_moved += 1;
+                        eprintln!(
+                            "verify: {} moved to {to} on {} (within this site's namespace)",
+                            shown(&b.item.name),
+                            self.site
+                        );
+                        if b.item.kind == RestoreKind::Dir {
+                            self.covered = Some(b.item.name.clone());
+                        }
+                    }
+                    Err(why) => {
+                        self.report.summary.orphans_unmoved += 1;
+                        eprintln!(
+                            "verify: {} could not be moved on {}: {why}",
+                            shown(&b.item.name),
+                            self.site
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Asks the router to move orphan `name` beneath `dir` (see [`Msg::VerifyMove`]): where
+    /// it went, or why not.
+    fn move_orphan(
+        &mut self,
+        name: &[u8],
+        dir: &Path,
+    ) -> Result<std::result::Result<String, String>> {
+        self.session.send(&Msg::VerifyMove {
+            rule_crc: self.rule.crc,
+            name: name.to_vec(),
+            to: dir.as_os_str().as_bytes().to_vec(),
+        })?;
+        loop {
+            match self.session.recv()? {
+                Msg::VerifyMoved { to: Some(to), .. } => return Ok(Ok(to)),
+                Msg::VerifyMoved { to: None, why } => return Ok(Err(why)),
+                Msg::Heartbeat => {}
+                Msg::Error { reason } => bail!("site {} refused: {reason}", self.site),
+                other => bail!("site {} answered a move with {}", self.site, other.kind()),
+            }
         }
     }
 
@@ -987,7 +1064,19 @@ impl Verifier<'_> {
             self.emit(Mark::Same, &s.name, kind, Vec::new(), Vec::new(), bytes);
         } else {
             self.emit(Mark::Differs, &s.name, kind, what, blocks, bytes);
-            self.queue_repair(&s.name, false);
+            // Names of one file go as links only within one copy: a hard link is repaired
+            // by copying the directory that holds both names.
+            let other = s
+                .first
+                .as_ref()
+                .or((item.kind == RestoreKind::Link).then_some(&item.target));
+            match other {
+                Some(o) => {
+                    let dir = common_dir(&s.name, o);
+                    self.queue_repair(&dir, true);
+                }
+                None => self.queue_repair(&s.name, false),
+            }
         }
         Ok(())
     }
@@ -1099,6 +1188,27 @@ impl Verifier<'_> {
                 ),
             }
         }
+    }
+}
+
+/// The deepest directory that holds both `a` and `b` (absolute names).
+fn common_dir(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let (pa, pb): (Vec<&[u8]>, Vec<&[u8]>) = (
+        a.split(|&c| c == b'/').collect(),
+        b.split(|&c| c == b'/').collect(),
+    );
+    // Not the names themselves: their directories.
+    let n = pa
+        .iter()
+        .zip(&pb)
+        .take(pa.len().min(pb.len()) - 1)
+        .take_while(|(x, y)| x == y)
+        .count();
+    let dir = pa[..n].join(&b'/');
+    if dir.is_empty() {
+        b"/".to_vec()
+    } else {
+        dir
     }
 }
 
@@ -1298,6 +1408,13 @@ impl Iterator for SourceWalk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_are_repaired_through_their_common_directory() {
+        assert_eq!(common_dir(b"/p/sub/x", b"/p/sub/y"), b"/p/sub".to_vec());
+        assert_eq!(common_dir(b"/p/a/x", b"/p/b/c/y"), b"/p".to_vec());
+        assert_eq!(common_dir(b"/x", b"/y"), b"/".to_vec());
+    }
 
     #[test]
     fn blocks_show_as_ranges() {

@@ -11,6 +11,11 @@
 //! Versions kept under a delete suffix are never listed (they are not orphans); a file
 //! blocked at the router is listed with the reason, and its checksums are not given.
 //!
+//! With `--orphans move DIR`, an orphan is moved ([`Msg::VerifyMove`]) to
+//! `<namespace>/DIR/<its path within the namespace>`: DIR must be a plain relative path and
+//! lie outside every destination of the site's rules; the move never replaces anything
+//! (`RENAME_NOREPLACE`) and goes through no symlink.
+//!
 //! Memory is bounded: one listing (a walk's stack and a batch of at most
 //! [`MAX_BATCH_ITEMS`] names) and one file's checksums ([`Tree`], kept for the questions about
 //! its children that follow) at a time; a file larger than
@@ -21,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, BufReader};
 use std::net::TcpStream;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,7 +36,8 @@ use mirrorfs::wire::auth::{FrameMac, Key};
 use mirrorfs::wire::msg::MAX_NAME_LEN;
 use mirrorfs::wire::restore::valid_path;
 use mirrorfs::wire::verify::{
-    RestoreAttrs, RestoreItem, RestoreKind, VerifyItem, BATCH_BYTES, MAX_BATCH_ITEMS,
+    valid_move_dir, RestoreAttrs, RestoreItem, RestoreKind, VerifyItem, BATCH_BYTES,
+    MAX_BATCH_ITEMS,
 };
 use mirrorfs::wire::{read_sealed, Msg, WireError};
 
@@ -120,6 +126,10 @@ pub fn serve(
                 nodes,
             } => {
                 let answer = s.sums(id, rule_crc, name, level, &nodes)?;
+                send(w, &answer)?;
+            }
+            Msg::VerifyMove { rule_crc, name, to } => {
+                let answer = s.move_orphan(rule_crc, &name, &to)?;
                 send(w, &answer)?;
             }
             Msg::Heartbeat => {}
@@ -332,6 +342,97 @@ impl Session<'_> {
                 "the backup's checksums have no such nodes at level {level} (a file of {size} bytes)"
             )),
         })
+    }
+
+    /// The answer to [`Msg::VerifyMove`]: orphan `name` of rule `crc` moved beneath `to`
+    /// (within the site's namespace, outside every destination of its rules), never over
+    /// anything and never through a symlink.
+    fn move_orphan(&mut self, crc: u32, name: &[u8], to: &[u8]) -> Result<Msg, SessionError> {
+        self.check_key()?;
+        let shown = String::from_utf8_lossy(name).into_owned();
+        let dir = String::from_utf8_lossy(to).into_owned();
+        if !valid_path(name, MAX_NAME_LEN) || !valid_move_dir(to, MAX_NAME_LEN) {
+            return Err(refuse(
+                self.w,
+                format!(
+                    "move of {shown:?} beneath {dir:?} for site {} refused: the name must be a normalised absolute path, the directory a plain relative one",
+                    self.site
+                ),
+            ));
+        }
+        let no = |why: String| Msg::VerifyMoved { to: None, why };
+        let rule = match self.rule(crc) {
+            Ok(r) => r,
+            Err(why) => return Ok(no(why)),
+        };
+        let Some(ns) = rule.namespace.clone() else {
+            return Ok(no(format!("site {} has no namespace here", self.site)));
+        };
+        let rel = match backup_rel(&rule, name) {
+            Ok(r) => r,
+            Err(e) => return Ok(no(e.to_string())),
+        };
+        let target_dir = ns.join(std::ffi::OsStr::from_bytes(to));
+        // Never into a rule's destination (the orphan would be one again, or overwrite a
+        // backup), nor where the router stages its copies.
+        let table = self.router.table();
+        let into_rule = table
+            .iter()
+            .filter(|(s, _)| *s == self.site)
+            .filter_map(|(_, r)| r.dest_rel())
+            .find(|d| target_dir.starts_with(d) || d.starts_with(&target_dir));
+        if let Some(d) = into_rule {
+            return Ok(no(format!(
+                "{dir} overlaps the destination {} of a rule of site {}: orphans go elsewhere",
+                d.display(),
+                self.site
+            )));
+        }
+        if target_dir.starts_with(crate::staging::DIR) {
+            return Ok(no(format!("{dir} is the router's own")));
+        }
+        let within = rel.strip_prefix(&ns).unwrap_or(&rel);
+        let target = target_dir.join(within);
+        let from = match self.root.place(&rel, false) {
+            Ok(p) => p,
+            Err(e) => return Ok(no(crate::walk::unreadable(&self.root, &rel, &e))),
+        };
+        let Ok(meta) = std::fs::symlink_metadata(from.path()) else {
+            return Ok(no("not on the backup".into()));
+        };
+        if crate::apply::is_kept(&rule, name, &from.path(), &meta) {
+            return Ok(no(
+                "a version kept under the delete suffix, not an orphan".into()
+            ));
+        }
+        let dest = match self.root.place(&target, true) {
+            Ok(p) => p,
+            Err(e) => return Ok(no(crate::walk::unreadable(&self.root, &target, &e))),
+        };
+        match from.rename_to(&dest, libc::RENAME_NOREPLACE) {
+            Ok(()) => {
+                log::info!(
+                    "verify for source {}: orphan {} moved to {}",
+                    self.site,
+                    rel.display(),
+                    target.display()
+                );
+                let shown_to = target
+                    .strip_prefix(&ns)
+                    .unwrap_or(&target)
+                    .to_string_lossy()
+                    .into_owned();
+                Ok(Msg::VerifyMoved {
+                    to: Some(shown_to),
+                    why: String::new(),
+                })
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(no(format!(
+                "{} exists already on the router",
+                target.display()
+            ))),
+            Err(e) => Ok(no(format!("cannot be moved on the router: {e}"))),
+        }
     }
 
     /// The checksums of the backup file at `rel` (beneath the root, through no symlink),

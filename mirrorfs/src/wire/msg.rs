@@ -425,6 +425,28 @@ pub enum Msg {
         /// The listing is complete.
         done: bool,
     },
+    /// Verify client → router: move `name` of rule `rule_crc`, an orphan (on the backup, not
+    /// at the source), beneath `to`: a relative path within the site's namespace, outside
+    /// every destination of its rules (`mirror-ctl verify --repair --orphans move DIR`). It
+    /// lands at `<namespace>/<to>/<its path within the namespace>`.
+    VerifyMove {
+        /// The rule.
+        rule_crc: u32,
+        /// The full source name.
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        /// Where to, relative to the site's namespace.
+        #[serde(with = "serde_bytes")]
+        to: Vec<u8>,
+    },
+    /// Router → verify client: the answer to [`Msg::VerifyMove`]: where the orphan went
+    /// (relative to the site's namespace), or why it did not.
+    VerifyMoved {
+        /// Its new path, when it moved.
+        to: Option<String>,
+        /// Why it did not.
+        why: String,
+    },
 }
 
 /// The limits of one [`RestoreItem`] (a restore's or a verify's).
@@ -482,6 +504,8 @@ impl Msg {
             Msg::Verify { .. } => "verify",
             Msg::VerifyMore => "verify-more",
             Msg::VerifyItems { .. } => "verify-items",
+            Msg::VerifyMove { .. } => "verify-move",
+            Msg::VerifyMoved { .. } => "verify-moved",
         }
     }
 
@@ -539,6 +563,18 @@ impl Msg {
                 over("reason length", why.len(), MAX_TEXT_LEN)
             }
             Msg::Verify { path, .. } => over("verify path length", path.len(), MAX_NAME_LEN),
+            Msg::VerifyMove { name, to, .. } => {
+                over("name length", name.len(), MAX_NAME_LEN)?;
+                over("destination length", to.len(), MAX_NAME_LEN)
+            }
+            Msg::VerifyMoved { to, why } => {
+                over(
+                    "path length",
+                    to.as_ref().map_or(0, String::len),
+                    MAX_NAME_LEN,
+                )?;
+                over("reason length", why.len(), MAX_TEXT_LEN)
+            }
             Msg::VerifyItems { items, .. } => {
                 over(
                     "items in a verify batch",

@@ -7,6 +7,8 @@
 //! router → client  VerifyItems { items, done }           the first names, in walk order
 //! client → router  Sums { id, rule_crc, name, level, nodes }   block checksums of one backup file …
 //! router → client  SumsAnswer { id, size, sums, why }          … answered from the file itself
+//! client → router  VerifyMove { rule_crc, name, to }    an orphan moved aside (--orphans move) …
+//! router → client  VerifyMoved { to, why }              … or why not
 //! client → router  VerifyMore                            the next names
 //! router → client  VerifyItems { items, done }           … until `done`
 //! client → router  Verify { … } again (the next rule), or closes the connection
@@ -65,6 +67,18 @@ impl VerifyItem {
     }
 }
 
+/// Whether `to` can name where orphans go: a relative path of normal components (not
+/// empty, no `.`, `..`, empty component or NUL), at most `max` bytes.
+pub fn valid_move_dir(to: &[u8], max: usize) -> bool {
+    !to.is_empty()
+        && to.len() <= max
+        && to.first() != Some(&b'/')
+        && !to.contains(&0)
+        && to
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
+}
+
 /// The order of a walk: component by component, each in byte order (so `a`, `a/b`, `a.c`:
 /// a directory's names come right after it, before its next sibling).
 pub fn walk_order(a: &[u8], b: &[u8]) -> Ordering {
@@ -74,6 +88,17 @@ pub fn walk_order(a: &[u8], b: &[u8]) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orphans_move_to_plain_relative_paths() {
+        for ok in ["aside", "a/b", "..x/y.."] {
+            assert!(valid_move_dir(ok.as_bytes(), 100), "{ok}");
+        }
+        for bad in ["", "/abs", "a/../b", "..", ".", "a//b", "a/", "a\0b"] {
+            assert!(!valid_move_dir(bad.as_bytes(), 100), "{bad:?}");
+        }
+        assert!(!valid_move_dir(b"aaaa", 3));
+    }
 
     #[test]
     fn walk_order_is_depth_first() {

@@ -117,6 +117,12 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
     drop(backup);
     fs::remove_file(r.path("proj/gone.txt")).unwrap();
     fs::write(r.path("proj/orphan.txt"), b"no source file\n").unwrap();
+    fs::remove_dir(r.path("proj/sub/empty")).unwrap();
+    fs::remove_file(r.path("proj/sym")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", r.path("proj/sym")).unwrap();
+    // sub/y is no longer a hard link of sub/x there (same bytes).
+    fs::remove_file(r.path("proj/sub/y")).unwrap();
+    fs::write(r.path("proj/sub/y"), b"x").unwrap();
 
     // A file written all through the verify.
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,10 +156,26 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
     assert_eq!(mark_of(&report, &l.path("gone.txt")).0, '+', "{report}");
     assert_eq!(mark_of(&report, &l.path("orphan.txt")).0, '-', "{report}");
     assert_eq!(mark_of(&report, &l.path("busy/log")).0, '~', "{report}");
-    assert_eq!(mark_of(&report, &l.path("sub/y")).0, '=', "{report}");
+    let (m, line) = mark_of(&report, &l.path("sym"));
+    assert_eq!(m, '*', "{report}");
+    assert!(
+        line.contains("target sub/x here, elsewhere on the backup"),
+        "{line}"
+    );
+    let (m, line) = mark_of(&report, &l.path("sub/y"));
+    assert_eq!(m, '*', "{report}");
+    assert!(line.contains("not a hard link of"), "{line}");
+    assert!(
+        report.lines().any(|x| x
+            == format!(
+                "+ {}/ (missing on the backup)",
+                l.path("sub/empty").display()
+            )),
+        "the empty directory: {report}"
+    );
     let summary = report.lines().last().unwrap_or_default();
     assert!(
-        summary.contains("1 differ, 1 missing, 1 orphans, 1 in flight, 0 errors"),
+        summary.contains("3 differ, 2 missing, 1 orphans, 1 in flight, 0 errors"),
         "{summary}"
     );
 
@@ -164,7 +186,7 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
         .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
         .collect();
     let (summary, names) = lines.split_last().unwrap();
-    assert_eq!(summary["summary"]["differ"], 1, "{summary}");
+    assert_eq!(summary["summary"]["differ"], 3, "{summary}");
     assert_eq!(summary["summary"]["orphans"], 1, "{summary}");
     let big = names
         .iter()
@@ -198,9 +220,10 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
         stderr(&out)
     );
     let report = stdout(&out);
-    for f in ["big.bin", "gone.txt", "same.txt"] {
+    for f in ["big.bin", "gone.txt", "same.txt", "sym", "sub/y"] {
         assert_eq!(mark_of(&report, &l.path(f)).0, '=', "{f}: {report}");
     }
+    assert!(r.path("proj/sub/empty").is_dir());
     assert!(!report.contains("orphan.txt"), "{report}");
     wait_converged(&l.dir, &r.path("proj"), CONVERGE);
     assert_log_only("the router", &r.error_log(), &[]);
@@ -208,7 +231,7 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
 }
 
 #[test]
-fn a_kept_version_is_not_an_orphan_and_a_plain_repair_keeps_orphans() {
+fn a_kept_version_is_not_an_orphan_and_orphans_move_only_when_asked() {
     let r = Router::start();
     let (l, _m, _s) = mirrored(&r, "keep", &["--delete-suffix", ".del"]);
     fs::write(l.path("f"), b"first\n").unwrap();
@@ -237,6 +260,27 @@ fn a_kept_version_is_not_an_orphan_and_a_plain_repair_keeps_orphans() {
         r.path("keep/stray").exists(),
         "orphans are never deleted by default"
     );
+    // Never into a rule's destination; elsewhere in the namespace, beneath DIR.
+    let out = verify(&l, &["--repair", "--orphans", "move", "keep/aside"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("overlaps the destination"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(r.path("keep/stray").exists());
+    let out = verify(&l, &["--repair", "--orphans", "move", "aside"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(!r.path("keep/stray").exists());
+    assert_eq!(fs::read(r.path("aside/keep/stray")).unwrap(), b"planted\n");
+    let out = verify(&l, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     // --orphans without --repair is refused (exit 2: nothing ran).
     let out = verify(&l, &["--orphans", "delete"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
