@@ -312,3 +312,239 @@ fn verify_exits_2_when_the_router_is_down() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/nowhere/at/all"), "{}", stderr(&out));
 }
+
+/// A raw verify session as `site` (the protocol, without mirror-ctl's checks).
+struct RawVerify {
+    rd: std::io::BufReader<std::net::TcpStream>,
+    w: std::net::TcpStream,
+    sess: mirrorfs::wire::auth::Session,
+}
+
+impl RawVerify {
+    fn open(r: &Router, site: &str) -> RawVerify {
+        use mirrorfs::wire::{auth, Role};
+        let s = std::net::TcpStream::connect(r.site()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rd = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut w = s.try_clone().unwrap();
+        let sess = auth::client(
+            &mut rd,
+            &mut w,
+            site,
+            0,
+            Role::Verify,
+            &mirror_tests::test_key(),
+        )
+        .unwrap();
+        RawVerify { rd, w, sess }
+    }
+
+    /// Sends `m`; the router's next message (heartbeats skipped), or `None` if it closed.
+    fn ask(&mut self, m: mirrorfs::wire::Msg) -> Option<mirrorfs::wire::Msg> {
+        use mirrorfs::wire::{codec, read_sealed, Msg};
+        let f = codec::encode_sealed(&m, &mut self.sess.send).unwrap();
+        self.w.write_all(&f).ok()?;
+        loop {
+            match read_sealed(&mut self.rd, &mut self.sess.recv) {
+                Ok(Msg::Heartbeat) => {}
+                Ok(m) => return Some(m),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Every item of the listing of rule `crc` at `path` (panics on a refusal).
+    fn list(&mut self, crc: u32, path: &str) -> Vec<mirrorfs::wire::verify::VerifyItem> {
+        use mirrorfs::wire::Msg;
+        let mut out = Vec::new();
+        let mut m = Msg::Verify {
+            rule_crc: crc,
+            path: path.as_bytes().to_vec(),
+            attrs: false,
+        };
+        loop {
+            match self.ask(m) {
+                Some(Msg::VerifyItems { items, done }) => {
+                    out.extend(items);
+                    if done {
+                        return out;
+                    }
+                }
+                other => panic!("listing of {path}: {other:?}"),
+            }
+            m = Msg::VerifyMore;
+        }
+    }
+}
+
+fn refusal(m: Option<mirrorfs::wire::Msg>) -> String {
+    match m {
+        Some(mirrorfs::wire::Msg::Error { reason }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_verify_session_reads_only_its_sites_rules_beneath_the_root_through_no_symlink() {
+    use mirrorfs::wire::verify::RestoreKind;
+    use mirrorfs::wire::Msg;
+    let r = Router::start();
+    let a = Local::new();
+    a.set_site_id("laptop");
+    r.trust("laptop");
+    r.trust("desk");
+    a.add_rule_validated(&format!("{}/", a.dir.display()), &r.site(), "proj", &[]);
+    let _ma = a.mount(&[]);
+    let sa = a.sender();
+    fs::write(a.path("secret.txt"), "laptop's secret").unwrap();
+    wait_converged(&a.dir, &r.path("laptop/proj"), CONVERGE);
+    let adir = a.dir.to_str().unwrap().to_string();
+    let crc = a.journal_crc_of_rule();
+    let secret = format!("{adir}/secret.txt");
+
+    // Another site names laptop's rule: refused, and its checksums are not given.
+    let mut desk = RawVerify::open(&r, "desk");
+    let why = refusal(desk.ask(Msg::Verify {
+        rule_crc: crc,
+        path: b"/".to_vec(),
+        attrs: false,
+    }));
+    assert!(why.contains("site desk has no rule"), "{why}");
+    let mut desk = RawVerify::open(&r, "desk");
+    match desk.ask(Msg::Sums {
+        id: 1,
+        rule_crc: crc,
+        name: secret.as_bytes().to_vec(),
+        level: 0,
+        nodes: Vec::new(),
+    }) {
+        Some(Msg::SumsAnswer { size, sums, .. }) => {
+            assert!(size.is_none() && sums.is_empty(), "{size:?} {sums:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Laptop: paths must be normalised, names selected by the rule, moves plain.
+    for bad in [
+        format!("{adir}/../x"),
+        "relative".into(),
+        format!("{adir}//x"),
+    ] {
+        let why = refusal(RawVerify::open(&r, "laptop").ask(Msg::Verify {
+            rule_crc: crc,
+            path: bad.into_bytes(),
+            attrs: false,
+        }));
+        assert!(why.contains("not a normalised absolute path"), "{why}");
+    }
+    let why = refusal(RawVerify::open(&r, "laptop").ask(Msg::Sums {
+        id: 1,
+        rule_crc: crc,
+        name: b"/etc/passwd".to_vec(),
+        level: 0,
+        nodes: Vec::new(),
+    }));
+    assert!(why.contains("does not select it"), "{why}");
+    let why = refusal(RawVerify::open(&r, "laptop").ask(Msg::VerifyMove {
+        rule_crc: crc,
+        name: secret.as_bytes().to_vec(),
+        to: b"../outside".to_vec(),
+    }));
+    assert!(why.contains("plain relative"), "{why}");
+    assert!(r.path("laptop/proj/secret.txt").exists());
+
+    // A symlinked directory planted in the backup is listed as a symlink, never followed.
+    let outside = r.tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("host-file"), "not a backup").unwrap();
+    std::os::unix::fs::symlink(&outside, r.path("laptop/proj/planted")).unwrap();
+    let mut v = RawVerify::open(&r, "laptop");
+    let items = v.list(crc, "/");
+    let names: Vec<String> = items
+        .iter()
+        .map(|i| String::from_utf8_lossy(&i.item.name).into_owned())
+        .collect();
+    assert!(names.contains(&secret), "{names:?}");
+    let planted = items
+        .iter()
+        .find(|i| i.item.name.ends_with(b"/planted"))
+        .unwrap();
+    assert_eq!(planted.item.kind, RestoreKind::Symlink);
+    assert!(!names.iter().any(|n| n.contains("host-file")), "{names:?}");
+    // Its checksums are not the outside file's either.
+    match v.ask(Msg::Sums {
+        id: 2,
+        rule_crc: crc,
+        name: format!("{adir}/planted/host-file").into_bytes(),
+        level: 0,
+        nodes: Vec::new(),
+    }) {
+        Some(Msg::SumsAnswer { size, why, .. }) => {
+            assert!(size.is_none(), "{why}");
+            assert!(why.contains("symbolic link"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The key removed while the session is open: its next request is refused.
+    drop(sa);
+    mirror_tests::succeeded(&r.ctl(&["key", "rm", "laptop"]));
+    let why = refusal(v.ask(Msg::Verify {
+        rule_crc: crc,
+        path: b"/".to_vec(),
+        attrs: false,
+    }));
+    assert!(why.contains("no key on this router"), "{why}");
+    assert_log_only(
+        "router",
+        &r.error_log(),
+        &[
+            "passes through a symbolic link",
+            "not a normalised absolute path",
+            "has no rule",
+            "does not select it",
+            "plain relative",
+            "has no key on this router any more",
+            "session with 127.0.0.1:",
+            "closed its session",
+        ],
+    );
+}
+
+#[test]
+fn attrs_are_compared_only_when_asked() {
+    let r = Router::start();
+    let (l, _m, _s) = mirrored(&r, "attrs", &["--attrs"]);
+    fs::write(l.path("f"), b"with attributes\n").unwrap();
+    wait_converged(&l.dir, &r.path("attrs"), CONVERGE);
+    wait_until(CONVERGE, "the backup's mtime to be the source's", || {
+        let (a, b) = (
+            fs::metadata(l.path("f")).unwrap(),
+            fs::metadata(r.path("attrs/f")).unwrap(),
+        );
+        a.modified().unwrap() == b.modified().unwrap()
+    });
+    settled(&l.dir);
+    fs::File::options()
+        .write(true)
+        .open(r.path("attrs/f"))
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
+        .unwrap();
+    let out = verify(&l, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let out = verify(&l, &["--attrs"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let (m, line) = mark_of(&stdout(&out), &l.path("f"));
+    assert_eq!(m, '*');
+    assert!(line.contains("modification time"), "{line}");
+    let out = verify(&l, &["--attrs", "--repair"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = verify(&l, &["--attrs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
