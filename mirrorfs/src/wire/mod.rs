@@ -18,7 +18,8 @@
 //! once they are durable in RT1/RT2, or [`Msg::SendConfig`] when the configuration version is
 //! not the one it knows; the sender then sends [`Msg::Config`] and resends everything not
 //! acknowledged. A session of role [`Role::Restore`] asks for backups instead
-//! ([`restore`]).
+//! ([`restore`]), one of role [`Role::Verify`] for listings and checksums of them
+//! ([`verify`]).
 //!
 //! A source's session may travel on many connections: the first is the session (its welcome
 //! carries a token); each further one authenticates with [`Role::Join`] and sends
