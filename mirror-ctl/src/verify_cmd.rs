@@ -370,9 +370,18 @@ fn write_back(dir: &Path) {
 }
 
 /// The journal's end: read from where the sites of the verify resume (what they have not
-/// acknowledged is all that lies before it).
+/// acknowledged is all that lies before it), up to where the newest segment ended when the
+/// read began (so that a writer faster than the read cannot keep it going).
 fn journal_end(state: &StateDir, sites: &BTreeSet<String>) -> Result<Position> {
     let dir = state.journal_dir();
+    let newest = mirrorfs::journal::list_segments(&dir)
+        .ok()
+        .and_then(|s| s.last().copied());
+    let target = newest.and_then(|n| {
+        fs::metadata(mirrorfs::journal::segment_path(&dir, n))
+            .ok()
+            .map(|m| Position::new(n, m.len()))
+    });
     let sfa = Sfa::load(&state.sfa_path())?;
     let from = sites
         .iter()
@@ -391,6 +400,9 @@ fn journal_end(state: &StateDir, sites: &BTreeSet<String>) -> Result<Position> {
         Err(e) => return Err(e).context("the journal's end"),
     };
     loop {
+        if target.is_some_and(|t| r.position() >= t) {
+            return Ok(r.position());
+        }
         match r.next_entry() {
             Ok(Some(_)) => {}
             Ok(None) => return Ok(r.position()),
@@ -688,7 +700,12 @@ impl Verifier<'_> {
                     return Ok(());
                 }
                 Msg::Heartbeat => {}
-                Msg::Error { reason } => bail!("site {} refused the verify: {reason}", self.site),
+                Msg::Error { reason } => bail!(
+                    "site {} refused the verify of rule {} ({}): {reason}",
+                    self.site,
+                    self.rule.id,
+                    self.rule.spec.pattern.as_str()
+                ),
                 other => bail!("site {} answered a verify with {}", self.site, other.kind()),
             }
         }

@@ -10,7 +10,7 @@ pub use super::restore::RestoreItem;
 /// Bumped on any incompatible change to [`Msg`]. New variants at the end of [`Msg`] and
 /// [`Role`] are compatible (every earlier message encodes as before): a peer that predates
 /// them fails to decode only the new ones, so a new kind of session needs no bump (restore,
-/// [`Role::Restore`], came so).
+/// [`Role::Restore`], came so, and verify, [`Role::Verify`]).
 ///
 /// Version 4: a source's stream may travel on many connections ([`Role::Join`],
 /// [`Msg::Join`]): [`Msg::Entries`] and [`Msg::Config`] carry a stream-wide sequence number
