@@ -108,8 +108,11 @@ fn configure_or_read(cli: Cli, path: PathBuf) -> anyhow::Result<()> {
         Command::Rule(RuleCommand::Set(args)) => rules_cmd::set(&state, args),
         Command::Sync(args) => sync_cmd::sync(&state, args),
         Command::Restore(args) => restore_cmd::restore(&state, &keys, args),
-        // Its own exit statuses: `main` runs it.
-        Command::Verify(_) => unreachable!("verify is run by main"),
+        // `main` runs it itself, for its own exit statuses ([`verify`]).
+        Command::Verify(args) => match verify_cmd::verify(&state, &keys, args)? {
+            verify_cmd::Outcome::Same => Ok(()),
+            verify_cmd::Outcome::Differs => Err(anyhow::anyhow!("the backup differs")),
+        },
         Command::Status { json } => status_cmd::status(&state, json),
         Command::Unblock { site } => status_cmd::unblock(&state, site),
         Command::Router(RouterCommand::Status { json }) => router_cmd::status(&state, &keys, json),

@@ -1427,6 +1427,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn orphans_options_parse() {
+        use clap::Parser;
+        let parse = |a: &[&str]| {
+            let cli =
+                crate::cli::Cli::try_parse_from([&["mirror-ctl", "verify"], a].concat()).unwrap();
+            match cli.command {
+                crate::cli::Command::Verify(v) => v.orphans(),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(parse(&[]), Ok(None));
+        assert_eq!(parse(&["--orphans", "delete"]), Ok(Some(Orphans::Delete)));
+        assert_eq!(
+            parse(&["--orphans", "move", "aside"]),
+            Ok(Some(Orphans::Move(PathBuf::from("aside"))))
+        );
+        assert!(parse(&["--orphans", "move"]).is_err());
+        assert!(parse(&["--orphans", "keep"]).is_err());
+    }
+
+    #[test]
     fn links_are_repaired_through_their_common_directory() {
         assert_eq!(common_dir(b"/p/sub/x", b"/p/sub/y"), b"/p/sub".to_vec());
         assert_eq!(common_dir(b"/p/a/x", b"/p/b/c/y"), b"/p".to_vec());
