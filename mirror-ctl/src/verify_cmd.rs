@@ -905,6 +905,19 @@ impl Verifier<'_> {
         } else {
             0
         };
+        // What the router cannot vouch for (blocked there: it holds the file's entries back)
+        // is an error however recent the change.
+        if let Some(p) = &b.problem {
+            self.emit(
+                Mark::Error,
+                &s.name,
+                kind,
+                vec![p.clone()],
+                Vec::new(),
+                bytes,
+            );
+            return Ok(());
+        }
         // A directory is compared by kind (what it holds, name by name): its own change
         // time moves with every name made or removed in it.
         if s.kind != RestoreKind::Dir && self.changed_since(&s.meta) {
@@ -913,17 +926,6 @@ impl Verifier<'_> {
                 &s.name,
                 kind,
                 vec!["changed since the verify started".into()],
-                Vec::new(),
-                bytes,
-            );
-            return Ok(());
-        }
-        if let Some(p) = &b.problem {
-            self.emit(
-                Mark::Error,
-                &s.name,
-                kind,
-                vec![p.clone()],
                 Vec::new(),
                 bytes,
             );

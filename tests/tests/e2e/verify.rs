@@ -548,3 +548,42 @@ fn attrs_are_compared_only_when_asked() {
     let out = verify(&l, &["--attrs"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
+
+#[test]
+fn a_file_blocked_on_the_router_is_an_error_not_a_difference() {
+    use crate::outage_faults::run;
+    let r = Router::start();
+    let (l, _m, _s) = mirrored(&r, "held", &[]);
+    fs::write(l.path("ok.txt"), "fine").unwrap();
+    fs::write(l.path("held.txt"), "one").unwrap();
+    wait_converged(&l.dir, &r.path("held"), CONVERGE);
+    let backup = r.path("held/held.txt");
+    run("chattr", &["+i", backup.to_str().unwrap()]);
+    fs::write(l.path("held.txt"), "two, held at the router").unwrap();
+    wait_until(CONVERGE, "held.txt to be blocked", || {
+        r.blocked_paths()
+            .iter()
+            .any(|p| p.ends_with("held/held.txt"))
+    });
+    // The router holds the source's entries back: the wait for them ends at --timeout, and
+    // what it holds is `!`.
+    let out = verify(&l, &["--timeout", "2s"]);
+    run("chattr", &["-i", backup.to_str().unwrap()]);
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}{}", stderr(&out));
+    let (m, line) = mark_of(&report, &l.path("held.txt"));
+    assert_eq!(m, '!', "{report}");
+    assert!(line.contains("blocked on the router"), "{line}");
+    assert_eq!(mark_of(&report, &l.path("ok.txt")).0, '=', "{report}");
+    assert!(stderr(&out).contains("had not applied"), "{}", stderr(&out));
+    mirror_tests::succeeded(&r.ctl(&["unblock"]));
+    wait_converged(&l.dir, &r.path("held"), CONVERGE);
+    let out = verify(&l, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
