@@ -258,7 +258,13 @@ pub fn verify(state: &StateDir, keys: &KeyRing, mut args: VerifyArgs) -> Result<
 
     let id = mirrorfs::state::site_id(state).context("this source's site id")?;
     let mut out = Report::new(args.json);
-    let mut repairs: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut repairs = Repairs {
+        state,
+        queue: None,
+        pending: Vec::new(),
+        last: None,
+        queued: 0,
+    };
     for (site, parts) in &plan {
         let mut session = Session::open(keys, &id, site, Role::Verify)?;
         for (rule, start) in parts {
@@ -279,18 +285,13 @@ pub fn verify(state: &StateDir, keys: &KeyRing, mut args: VerifyArgs) -> Result<
         }
     }
     out.finish_progress();
-    if args.repair && !repairs.is_empty() {
-        let n = repairs.len() as u64;
-        let mut queue = Queue::open(state)?;
-        let mut last = None;
-        for chunk in repairs.chunks(CHUNK) {
-            if let Some(l) = queue.push(chunk)? {
-                last = Some(l);
-            }
-        }
-        drop(queue);
+    repairs.flush()?;
+    // The journal is not held while the sites apply the copies.
+    repairs.queue = None;
+    if args.repair && repairs.queued > 0 {
+        let n = repairs.queued;
         out.summary.repairs_queued = n;
-        if let Some(last) = last {
+        if let Some(last) = repairs.last {
             eprintln!(
                 "verify: queued {n} cop{} to repair; waiting until every site applied them",
                 if n == 1 { "y" } else { "ies" }
@@ -590,8 +591,46 @@ impl Report {
     }
 }
 
+/// The copies `--repair` queues, a chunk at a time as the verify finds them (as `sync`
+/// queues them: through the running mirrorfs, or into the journal).
+struct Repairs<'a> {
+    state: &'a StateDir,
+    queue: Option<Queue>,
+    pending: Vec<(u32, Vec<u8>)>,
+    /// The journal position of the last copy queued.
+    last: Option<Position>,
+    queued: u64,
+}
+
+impl Repairs<'_> {
+    fn push(&mut self, crc: u32, name: Vec<u8>) -> Result<()> {
+        self.pending.push((crc, name));
+        if self.pending.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.queue.is_none() {
+            self.queue = Some(Queue::open(self.state)?);
+        }
+        if let Some(q) = self.queue.as_mut() {
+            if let Some(l) = q.push(&self.pending)? {
+                self.last = Some(l);
+            }
+        }
+        self.queued += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
 /// One rule's comparison with one site.
-struct Verifier<'a> {
+struct Verifier<'a, 'b> {
     session: &'a mut Session,
     rule: &'a Rule,
     site: &'a str,
@@ -601,7 +640,7 @@ struct Verifier<'a> {
     attrs: bool,
     next_id: u64,
     report: &'a mut Report,
-    repairs: &'a mut Vec<(u32, Vec<u8>)>,
+    repairs: &'a mut Repairs<'b>,
     repair: bool,
     orphans: Option<Orphans>,
     /// The last directory queued for repair whole (what lies beneath goes with it).
@@ -614,7 +653,7 @@ struct Listing {
     done: bool,
 }
 
-impl Verifier<'_> {
+impl Verifier<'_, '_> {
     fn run(&mut self, start: &[u8]) -> Result<()> {
         let site = self.site.to_string();
         self.session.send(&Msg::Verify {
@@ -640,7 +679,7 @@ impl Verifier<'_> {
             match order {
                 std::cmp::Ordering::Less => {
                     if let Some(s) = src.take() {
-                        self.missing(&s);
+                        self.missing(&s)?;
                     }
                     src = walk.next();
                 }
@@ -760,20 +799,21 @@ impl Verifier<'_> {
     }
 
     /// Queues a copy of `name` to repair it (unless a directory above is queued already).
-    fn queue_repair(&mut self, name: &[u8], dir: bool) {
+    fn queue_repair(&mut self, name: &[u8], dir: bool) -> Result<()> {
         if !self.repair {
-            return;
+            return Ok(());
         }
         if self.covered.as_ref().is_some_and(|c| is_under(name, c)) {
-            return;
+            return Ok(());
         }
-        self.repairs.push((self.rule.crc, name.to_vec()));
+        self.repairs.push(self.rule.crc, name.to_vec())?;
         if dir {
             self.covered = Some(name.to_vec());
         }
+        Ok(())
     }
 
-    fn missing(&mut self, s: &Source) {
+    fn missing(&mut self, s: &Source) -> Result<()> {
         let kind = kind_name(s.kind, s.first.is_some());
         if self.changed_since(&s.meta) {
             self.emit(
@@ -784,7 +824,7 @@ impl Verifier<'_> {
                 Vec::new(),
                 s.meta.len(),
             );
-            return;
+            return Ok(());
         }
         let bytes = if s.kind == RestoreKind::File {
             s.meta.len()
@@ -800,7 +840,7 @@ impl Verifier<'_> {
             Vec::new(),
             bytes,
         );
-        self.queue_repair(&s.name, s.kind == RestoreKind::Dir);
+        self.queue_repair(&s.name, s.kind == RestoreKind::Dir)
     }
 
     fn orphan(&mut self, b: &VerifyItem) -> Result<()> {
@@ -837,7 +877,7 @@ impl Verifier<'_> {
         );
         match self.orphans.clone() {
             Some(Orphans::Delete) => {
-                self.queue_repair(&b.item.name, b.item.kind == RestoreKind::Dir)
+                self.queue_repair(&b.item.name, b.item.kind == RestoreKind::Dir)?
             }
             Some(Orphans::Move(dir)) if self.repair => {
                 if self
@@ -1092,9 +1132,9 @@ impl Verifier<'_> {
             match other {
                 Some(o) => {
                     let dir = common_dir(&s.name, o);
-                    self.queue_repair(&dir, true);
+                    self.queue_repair(&dir, true)?;
                 }
-                None => self.queue_repair(&s.name, false),
+                None => self.queue_repair(&s.name, false)?,
             }
         }
         Ok(())
