@@ -3,12 +3,15 @@
 //! as of a journal position, over an authenticated session of role `Verify`
 //! ([`mirrorfs::wire::verify`]).
 //!
-//! *As of a journal position*: the verify notes its start (less [`CTIME_SLACK`], the
-//! granularity of the kernel's change times), writes back what the kernel holds of the
-//! mounted files (`syncfs`), takes the journal's end P, then waits (at most `--timeout`) until
-//! mirror-sendd says every site applied everything before P. A name whose source changed at
-//! or after the start is *in flight* (`~`), never a difference: the verify compares against a
-//! backup that has every change before P, and whatever came later is on its way.
+//! *As of a journal position*: the verify writes back what the kernel holds of the mounted
+//! files (`syncfs`: their buffered pages, and the times the kernel kept for them, which
+//! mirrorfs sets underneath and so moves their change times), lets the clock move on
+//! ([`SETTLE`]), notes its start (less [`CTIME_SLACK`], the granularity of the kernel's change
+//! times), writes back again what came meanwhile, takes the journal's end P, then waits (at
+//! most `--timeout`) until mirror-sendd says every site applied everything before P. A name
+//! whose source changed at or after the start is *in flight* (`~`), never a difference: the
+//! verify compares against a backup that has every change before P, and whatever came later
+//! is on its way.
 //!
 //! Per site, per rule, per PATH, the router's listing ([`Msg::Verify`], pulled a batch at a
 //! time) and a walk of the source in the same order ([`walk_order`]) are merged: one
@@ -59,7 +62,11 @@ use crate::sync_cmd::{human, Queue};
 /// Change times are the kernel's coarse clock (one tick, at most 10 ms, behind the real
 /// time): a change made just after the start may carry a time just before it. Names changed
 /// this long before the start count as in flight too.
-const CTIME_SLACK: Duration = Duration::from_millis(100);
+const CTIME_SLACK: Duration = Duration::from_millis(15);
+/// How long after the first write-back the start is noted: longer than [`CTIME_SLACK`], so
+/// that the change times the write-back itself gave (mirrorfs setting the kernel's times of
+/// files written earlier) fall before the start.
+const SETTLE: Duration = Duration::from_millis(40);
 /// Nodes of the level a comparison of checksums starts at, at most.
 const START_NODES: u64 = 64;
 /// How long mirror-sendd may take to answer.
@@ -249,7 +256,12 @@ pub fn verify(state: &StateDir, keys: &KeyRing, mut args: VerifyArgs) -> Result<
     let sites: BTreeSet<String> = plan.keys().cloned().collect();
 
     // The verify's position: what the kernel holds written back, then the journal's end.
+    for rule in &rules {
+        write_back(&base_dir(rule));
+    }
+    std::thread::sleep(SETTLE);
     let started = now_ns().saturating_sub(CTIME_SLACK.as_nanos() as u64);
+    // What was written while the first write-back ran reaches the journal before P.
     for rule in &rules {
         write_back(&base_dir(rule));
     }
@@ -1158,18 +1170,22 @@ impl Verifier<'_, '_> {
                 ),
             )));
         }
-        let local = match open_source(&s.name, &s.meta).and_then(|f| Tree::of_file(&f, size)) {
+        if size == 0 && remote_size == 0 {
+            return Ok(Ok(Vec::new()));
+        }
+        // The router sums its file while this one is read here.
+        let level = blocksums::start_level(size.max(remote_size), START_NODES);
+        let asked = self.ask_sums(&s.name, level, &[])?;
+        let local = open_source(&s.name, &s.meta).and_then(|f| Tree::of_file(&f, size));
+        let answer = self.answer(asked)?;
+        let local = match local {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(Err((Mark::InFlight, "gone while it was compared".into())))
             }
             Err(e) => return Ok(Err((Mark::Error, format!("cannot be read here: {e}")))),
         };
-        if local.size == 0 && remote_size == 0 {
-            return Ok(Ok(Vec::new()));
-        }
-        let level = blocksums::start_level(local.size.max(remote_size), START_NODES);
-        let start = match self.sums(&s.name, level, &[])? {
+        let start = match answer {
             Ok((rsize, sums)) => {
                 if rsize != remote_size {
                     return Ok(Err((
@@ -1216,6 +1232,12 @@ impl Verifier<'_, '_> {
         level: u32,
         nodes: &[u64],
     ) -> Result<std::result::Result<(u64, Vec<blocksums::Sum>), String>> {
+        let id = self.ask_sums(name, level, nodes)?;
+        self.answer(id)
+    }
+
+    /// Sends the [`Msg::Sums`] question of [`Verifier::sums`]; its id.
+    fn ask_sums(&mut self, name: &[u8], level: u32, nodes: &[u64]) -> Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
         self.session.send(&Msg::Sums {
@@ -1225,6 +1247,15 @@ impl Verifier<'_, '_> {
             level,
             nodes: nodes.to_vec(),
         })?;
+        Ok(id)
+    }
+
+    /// The answer to question `id` (see [`Verifier::sums`]).
+    #[allow(clippy::type_complexity)]
+    fn answer(
+        &mut self,
+        id: u64,
+    ) -> Result<std::result::Result<(u64, Vec<blocksums::Sum>), String>> {
         loop {
             match self.session.recv()? {
                 Msg::SumsAnswer {
