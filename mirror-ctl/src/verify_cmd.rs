@@ -292,6 +292,9 @@ pub fn verify(state: &StateDir, keys: &KeyRing, mut args: VerifyArgs) -> Result<
                 repair: args.repair,
                 orphans: orphans.clone(),
                 covered: None,
+                ahead: Default::default(),
+                ready: HashMap::new(),
+                considered: 0,
             };
             v.run(start)?;
         }
@@ -657,7 +660,20 @@ struct Verifier<'a, 'b> {
     orphans: Option<Orphans>,
     /// The last directory queued for repair whole (what lies beneath goes with it).
     covered: Option<Vec<u8>>,
+    /// Questions asked ahead ([`PREFETCH`]): id, name and level, in the listing's order.
+    ahead: std::collections::VecDeque<(u64, Vec<u8>, u32)>,
+    /// Answers read while waiting for another (of questions asked ahead).
+    ready: HashMap<u64, SumsResult>,
+    /// Items at the front of the listing's batch already looked at for asking ahead.
+    considered: usize,
 }
+
+/// The backup's size and the sums asked for, or why there are none.
+type SumsResult = std::result::Result<(u64, Vec<blocksums::Sum>), String>;
+
+/// Files whose first checksums are asked for ahead of their comparison, at most: the router
+/// reads and sums them while the source files before them are read here.
+const PREFETCH: usize = 16;
 
 /// The backup's listing, a batch at a time.
 struct Listing {
@@ -678,6 +694,7 @@ impl Verifier<'_, '_> {
             done: false,
         };
         self.receive_batch(&mut listing)?;
+        self.ask_ahead(&listing)?;
         let mut walk = SourceWalk::new(self.rule, start);
         let mut src = walk.next();
         let mut bak = self.next_backup(&mut listing)?;
@@ -711,6 +728,7 @@ impl Verifier<'_, '_> {
                 }
             }
         }
+        self.drain()?;
         for e in walk.errors.drain(..) {
             self.emit(Mark::Error, &e.0, "file", vec![e.1], Vec::new(), 0);
         }
@@ -723,14 +741,16 @@ impl Verifier<'_, '_> {
         let Some(mut item) = self.pop(l)? else {
             return Ok(None);
         };
-        while let Some(next) = l.batch.front() {
-            if next.item.name != item.item.name {
-                break;
-            }
-            if let Some(p) = l.batch.pop_front().and_then(|n| n.problem) {
+        while l
+            .batch
+            .front()
+            .is_some_and(|n| n.item.name == item.item.name)
+        {
+            if let Some(p) = self.pop(l)?.and_then(|n| n.problem) {
                 item.problem = Some(p);
             }
         }
+        self.ask_ahead(l)?;
         Ok(Some(item))
     }
 
@@ -739,26 +759,73 @@ impl Verifier<'_, '_> {
             self.session.send(&Msg::VerifyMore)?;
             self.receive_batch(l)?;
         }
+        self.considered = self.considered.saturating_sub(1);
         Ok(l.batch.pop_front())
     }
 
-    fn receive_batch(&mut self, l: &mut Listing) -> Result<()> {
+    /// Asks for the first checksums of the next regular files of the listing, up to
+    /// [`PREFETCH`] ahead.
+    fn ask_ahead(&mut self, l: &Listing) -> Result<()> {
+        while self.ahead.len() < PREFETCH && self.considered < l.batch.len() {
+            let it = &l.batch[self.considered];
+            self.considered += 1;
+            let size = it.item.size;
+            if it.item.kind == RestoreKind::File
+                && it.problem.is_none()
+                && size > 0
+                && size <= blocksums::MAX_TREE_FILE
+            {
+                let level = blocksums::start_level(size, START_NODES);
+                let name = it.item.name.clone();
+                let id = self.ask_sums(&name, level, &[])?;
+                self.ahead.push_back((id, name, level));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads (and drops) the answers to every question asked ahead: the rule is done.
+    fn drain(&mut self) -> Result<()> {
+        while let Some((id, _, _)) = self.ahead.pop_front() {
+            let _ = self.answer(id)?;
+        }
+        self.ready.clear();
+        Ok(())
+    }
+
+    /// The router's next message that is not an answer to a question asked ahead (those are
+    /// kept) nor a heartbeat.
+    fn recv(&mut self) -> Result<Msg> {
         loop {
             match self.session.recv()? {
-                Msg::VerifyItems { items, done } => {
-                    l.batch.extend(items);
-                    l.done = done;
-                    return Ok(());
-                }
                 Msg::Heartbeat => {}
-                Msg::Error { reason } => bail!(
-                    "site {} refused the verify of rule {} ({}): {reason}",
-                    self.site,
-                    self.rule.id,
-                    self.rule.spec.pattern.as_str()
-                ),
-                other => bail!("site {} answered a verify with {}", self.site, other.kind()),
+                Msg::SumsAnswer {
+                    id,
+                    size,
+                    sums,
+                    why,
+                } if self.ahead.iter().any(|a| a.0 == id) => {
+                    self.ready.insert(id, size.map(|s| (s, sums)).ok_or(why));
+                }
+                m => return Ok(m),
             }
+        }
+    }
+
+    fn receive_batch(&mut self, l: &mut Listing) -> Result<()> {
+        match self.recv()? {
+            Msg::VerifyItems { items, done } => {
+                l.batch.extend(items);
+                l.done = done;
+                Ok(())
+            }
+            Msg::Error { reason } => bail!(
+                "site {} refused the verify of rule {} ({}): {reason}",
+                self.site,
+                self.rule.id,
+                self.rule.spec.pattern.as_str()
+            ),
+            other => bail!("site {} answered a verify with {}", self.site, other.kind()),
         }
     }
 
@@ -939,14 +1006,11 @@ impl Verifier<'_, '_> {
             name: name.to_vec(),
             to: dir.as_os_str().as_bytes().to_vec(),
         })?;
-        loop {
-            match self.session.recv()? {
-                Msg::VerifyMoved { to: Some(to), .. } => return Ok(Ok(to)),
-                Msg::VerifyMoved { to: None, why } => return Ok(Err(why)),
-                Msg::Heartbeat => {}
-                Msg::Error { reason } => bail!("site {} refused: {reason}", self.site),
-                other => bail!("site {} answered a move with {}", self.site, other.kind()),
-            }
+        match self.recv()? {
+            Msg::VerifyMoved { to: Some(to), .. } => Ok(Ok(to)),
+            Msg::VerifyMoved { to: None, why } => Ok(Err(why)),
+            Msg::Error { reason } => bail!("site {} refused: {reason}", self.site),
+            other => bail!("site {} answered a move with {}", self.site, other.kind()),
         }
     }
 
@@ -1175,7 +1239,24 @@ impl Verifier<'_, '_> {
         }
         // The router sums its file while this one is read here.
         let level = blocksums::start_level(size.max(remote_size), START_NODES);
-        let asked = self.ask_sums(&s.name, level, &[])?;
+        // Asked ahead already (at the backup's size), or now.
+        let mut asked = None;
+        while let Some((id, n, l)) = self.ahead.front().cloned() {
+            if walk_order(&n, &s.name) == std::cmp::Ordering::Greater {
+                break;
+            }
+            self.ahead.pop_front();
+            if n == s.name && l == level {
+                asked = Some(id);
+                break;
+            }
+            // A name compared without checksums (in flight, an orphan…): not needed.
+            let _ = self.answer(id)?;
+        }
+        let asked = match asked {
+            Some(id) => id,
+            None => self.ask_sums(&s.name, level, &[])?,
+        };
         let local = open_source(&s.name, &s.meta).and_then(|f| Tree::of_file(&f, size));
         let answer = self.answer(asked)?;
         let local = match local {
@@ -1251,32 +1332,26 @@ impl Verifier<'_, '_> {
     }
 
     /// The answer to question `id` (see [`Verifier::sums`]).
-    #[allow(clippy::type_complexity)]
-    fn answer(
-        &mut self,
-        id: u64,
-    ) -> Result<std::result::Result<(u64, Vec<blocksums::Sum>), String>> {
-        loop {
-            match self.session.recv()? {
-                Msg::SumsAnswer {
-                    id: got,
-                    size,
-                    sums,
-                    why,
-                } if got == id => {
-                    return Ok(match size {
-                        Some(size) => Ok((size, sums)),
-                        None => Err(why),
-                    })
-                }
-                Msg::Heartbeat => {}
-                Msg::Error { reason } => bail!("site {} refused: {reason}", self.site),
-                other => bail!(
-                    "site {} answered checksums with {}",
-                    self.site,
-                    other.kind()
-                ),
-            }
+    fn answer(&mut self, id: u64) -> Result<SumsResult> {
+        if let Some(a) = self.ready.remove(&id) {
+            return Ok(a);
+        }
+        match self.recv()? {
+            Msg::SumsAnswer {
+                id: got,
+                size,
+                sums,
+                why,
+            } if got == id => Ok(match size {
+                Some(size) => Ok((size, sums)),
+                None => Err(why),
+            }),
+            Msg::Error { reason } => bail!("site {} refused: {reason}", self.site),
+            other => bail!(
+                "site {} answered checksums with {}",
+                self.site,
+                other.kind()
+            ),
         }
     }
 }

@@ -83,6 +83,7 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
     let (l, _m, _s) = mirrored(&r, "proj", &[]);
     fs::write(l.path("same.txt"), b"the same on both sides\n").unwrap();
     fs::write(l.path("big.bin"), data(1 << 20, 7)).unwrap();
+    fs::write(l.path("short.bin"), data(300 * 4096, 3)).unwrap();
     fs::write(l.path("gone.txt"), b"deleted on the backup\n").unwrap();
     fs::create_dir_all(l.path("sub/empty")).unwrap();
     fs::write(l.path("sub/x"), b"x").unwrap();
@@ -117,6 +118,13 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
     drop(backup);
     fs::remove_file(r.path("proj/gone.txt")).unwrap();
     fs::write(r.path("proj/orphan.txt"), b"no source file\n").unwrap();
+    // Cut short there: its checksums start at another level of the tree than the source's.
+    fs::File::options()
+        .write(true)
+        .open(r.path("proj/short.bin"))
+        .unwrap()
+        .set_len(30 * 4096)
+        .unwrap();
     fs::remove_dir(r.path("proj/sub/empty")).unwrap();
     fs::remove_file(r.path("proj/sym")).unwrap();
     std::os::unix::fs::symlink("elsewhere", r.path("proj/sym")).unwrap();
@@ -154,6 +162,12 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
     assert_eq!(m, '*', "{report}");
     assert!(line.contains("blocks 3,200"), "which blocks: {line}");
     assert_eq!(mark_of(&report, &l.path("gone.txt")).0, '+', "{report}");
+    let (m, line) = mark_of(&report, &l.path("short.bin"));
+    assert_eq!(m, '*', "{report}");
+    assert!(
+        line.contains("size 1228800 here, 122880 on the backup") && line.contains("blocks 30-299"),
+        "{line}"
+    );
     assert_eq!(mark_of(&report, &l.path("orphan.txt")).0, '-', "{report}");
     assert_eq!(mark_of(&report, &l.path("busy/log")).0, '~', "{report}");
     let (m, line) = mark_of(&report, &l.path("sym"));
@@ -175,7 +189,7 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
     );
     let summary = report.lines().last().unwrap_or_default();
     assert!(
-        summary.contains("3 differ, 2 missing, 1 orphans, 1 in flight, 0 errors"),
+        summary.contains("4 differ, 2 missing, 1 orphans, 1 in flight, 0 errors"),
         "{summary}"
     );
 
@@ -186,7 +200,7 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
         .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
         .collect();
     let (summary, names) = lines.split_last().unwrap();
-    assert_eq!(summary["summary"]["differ"], 3, "{summary}");
+    assert_eq!(summary["summary"]["differ"], 4, "{summary}");
     assert_eq!(summary["summary"]["orphans"], 1, "{summary}");
     let big = names
         .iter()
@@ -220,7 +234,14 @@ fn verify_reports_each_category_and_repair_makes_it_all_the_same() {
         stderr(&out)
     );
     let report = stdout(&out);
-    for f in ["big.bin", "gone.txt", "same.txt", "sym", "sub/y"] {
+    for f in [
+        "big.bin",
+        "short.bin",
+        "gone.txt",
+        "same.txt",
+        "sym",
+        "sub/y",
+    ] {
         assert_eq!(mark_of(&report, &l.path(f)).0, '=', "{f}: {report}");
     }
     assert!(r.path("proj/sub/empty").is_dir());
