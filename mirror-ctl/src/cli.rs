@@ -64,6 +64,32 @@ Examples:
   mirror-ctl restore --to /mnt/new --site backup.lan:7070  # everything, at full paths"
     )]
     Restore(RestoreArgs),
+    /// Compare what the rules select (all, or under PATH…) with its backup on every site, as
+    /// of now: one line per file, then a summary. Exit status 0: all the same (or in
+    /// flight); 1: something differs; 2: the verify could not run.
+    #[command(
+        after_help = "Marks (one line per name, as `rclone check --combined` does):
+  = same      * differs (what, and which 4 KiB blocks)      + missing on the backup
+  - orphan: on the backup, no source file (under a rule's destination; kept versions are not)
+  ~ in flight: changed after the verify started (never counted as a difference)
+  ! error: unreadable here or on the router, or blocked at the router
+
+The verify first waits (at most --timeout) until every site has applied everything the journal
+held when it started; a site that cannot be reached is exit status 2. Compared: kinds, sizes
+and permission bits, symlink targets, hard links, empty directories, and the block checksums
+(BLAKE3, compared top down: checksums cross the wire in proportion to what differs) of every
+file that changed since its last acknowledged copy read it (--checksum: of every file); with
+--attrs also owners, modification times and xattrs where the rule mirrors them.
+
+--repair queues a copy of every name that differs or is missing (as `sync` does) and returns
+once the sites applied them; orphans are only reported unless --orphans says what to do.
+
+Examples:
+  mirror-ctl verify                          # everything, every site
+  mirror-ctl verify ~/proj/src --json        # one JSON object per name, then a summary
+  mirror-ctl verify --repair --orphans delete"
+    )]
+    Verify(VerifyArgs),
     /// Show each site: blocked or not (and why), queued entries and bytes, the oldest
     /// unacknowledged entry's age, the last error.
     Status {
@@ -244,6 +270,68 @@ pub struct SyncArgs {
     /// read, as rsync's quick check does).
     #[arg(long, short = 'c')]
     pub checksum: bool,
+}
+
+/// What `verify --orphans` does with a name the backup holds and the source does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Orphans {
+    /// Remove it from the backup (a deletion sent as for a file deleted at the source: a
+    /// rule with a delete suffix keeps it as a version).
+    Delete,
+    /// Move it beneath DIR (relative to the site's namespace on the router).
+    Move(PathBuf),
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Source paths to verify (absolute, or relative to the current directory) [default:
+    /// everything the rules select].
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// One JSON object per name (`mark`, `path`, `site`, `rule`, `kind`, `what`, `blocks`,
+    /// `bytes`), then one with `summary`.
+    #[arg(long)]
+    pub json: bool,
+    /// Queue copies of what differs or is missing, and wait until the sites applied them.
+    #[arg(long)]
+    pub repair: bool,
+    /// Compare the block checksums of every file; by default a file whose size and times are
+    /// what its last acknowledged copy read (mirror-sendd's record) is compared by size and
+    /// permission bits only.
+    #[arg(long, short = 'c')]
+    pub checksum: bool,
+    /// Also compare owners, modification times and xattrs (for rules with --attrs).
+    #[arg(long)]
+    pub attrs: bool,
+    /// How long to wait for the sites to apply what the journal holds, and for --repair.
+    #[arg(long, value_name = "D", default_value = "60s",
+          value_parser = |s: &str| mirrorfs::units::parse_duration(s))]
+    pub timeout: std::time::Duration,
+    /// With --repair: `delete` removes orphans from the backup, `move DIR` moves them beneath
+    /// DIR (relative to the site's namespace) on the router. Never done by default.
+    #[arg(long, value_name = "delete|move DIR", num_args = 1..=2,
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub orphans: Vec<String>,
+}
+
+impl VerifyArgs {
+    /// What `--orphans` says, checked.
+    pub fn orphans(&self) -> Result<Option<Orphans>, String> {
+        match self.orphans.as_slice() {
+            [] => Ok(None),
+            [d] if d == "delete" => Ok(Some(Orphans::Delete)),
+            [m, dir] if m == "move" => Ok(Some(Orphans::Move(PathBuf::from(dir)))),
+            [m] if m == "move" => Err(
+                "--orphans move needs a DIR (relative to the site's namespace on the router)"
+                    .into(),
+            ),
+            other => Err(format!(
+                "--orphans takes `delete` or `move DIR`, not {:?}",
+                other.join(" ")
+            )),
+        }
+    }
 }
 
 /// Arguments of `restore`.

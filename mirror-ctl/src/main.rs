@@ -13,6 +13,7 @@ mod site_cmd;
 mod status_cmd;
 mod sync_cmd;
 mod validate;
+mod verify_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,6 +108,11 @@ fn configure_or_read(cli: Cli, path: PathBuf) -> anyhow::Result<()> {
         Command::Rule(RuleCommand::Set(args)) => rules_cmd::set(&state, args),
         Command::Sync(args) => sync_cmd::sync(&state, args),
         Command::Restore(args) => restore_cmd::restore(&state, &keys, args),
+        // `main` runs it itself, for its own exit statuses ([`verify`]).
+        Command::Verify(args) => match verify_cmd::verify(&state, &keys, args)? {
+            verify_cmd::Outcome::Same => Ok(()),
+            verify_cmd::Outcome::Differs => Err(anyhow::anyhow!("the backup differs")),
+        },
         Command::Status { json } => status_cmd::status(&state, json),
         Command::Unblock { site } => status_cmd::unblock(&state, site),
         Command::Router(RouterCommand::Status { json }) => router_cmd::status(&state, &keys, json),
@@ -132,10 +138,37 @@ fn default_sigpipe() {
     }
 }
 
+/// `verify`, with its exit statuses: 0 all the same (or in flight), 1 something differs, 2
+/// the verify could not run.
+fn verify(mut cli: Cli) -> ExitCode {
+    let Command::Verify(args) =
+        std::mem::replace(&mut cli.command, Command::Status { json: false })
+    else {
+        return ExitCode::from(2);
+    };
+    let res = (|| {
+        let path = mirrorfs::state::resolve(cli.state.as_deref())?;
+        let state = state_dir(&cli, path)?;
+        let keys = KeyRing::new(cli.key_file.clone().unwrap_or_else(|| state.keys_path()));
+        verify_cmd::verify(&state, &keys, args)
+    })();
+    match res {
+        Ok(verify_cmd::Outcome::Same) => ExitCode::SUCCESS,
+        Ok(verify_cmd::Outcome::Differs) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("mirror-ctl: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     mirrorfs::state::private_umask();
     default_sigpipe();
     let cli = Cli::parse();
     mirrorfs::logging::init("mirror-ctl", "warn", None);
+    if matches!(cli.command, Command::Verify(_)) {
+        return verify(cli);
+    }
     mirrorfs::logging::exit_code("mirror-ctl", run(cli))
 }

@@ -17,8 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, IsTerminal, Write};
-use std::net::TcpStream;
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
@@ -30,19 +29,14 @@ use mirrorfs::beneath::{Place, Root};
 use mirrorfs::rule::{PatternKind, Rule, Site};
 use mirrorfs::rulesdb::RulesDb;
 use mirrorfs::state::StateDir;
-use mirrorfs::wire::auth::{self, HandshakeError, KeyRing};
+use mirrorfs::wire::auth::KeyRing;
 use mirrorfs::wire::msg::MAX_NAME_LEN;
 use mirrorfs::wire::restore::{is_under, valid_path, RestoreAttrs, RestoreItem, RestoreKind};
-use mirrorfs::wire::{codec, read_sealed, Msg, Role};
+use mirrorfs::wire::{Msg, Role};
 
 use crate::cli::RestoreArgs;
+use crate::dial::Session;
 use crate::sync_cmd::human;
-
-/// How long to wait for the router to connect, and for each of its frames.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the router may take to answer the hello.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `restore`.
 pub fn restore(state: &StateDir, keys: &KeyRing, args: RestoreArgs) -> Result<()> {
@@ -106,7 +100,7 @@ fn restore_into(
     let id = mirrorfs::state::site_id(state).context("this source's site id")?;
     let mut total = Totals::default();
     for (site, paths) in by_site {
-        let mut session = Session::open(keys, &id, site)?;
+        let mut session = Session::open(keys, &id, site, Role::Restore)?;
         for p in paths {
             let mut w = Writer {
                 dest: &dest,
@@ -260,77 +254,6 @@ fn prepare(to: &Path, overwrite: bool) -> Result<(PathBuf, Vec<PathBuf>)> {
         .canonicalize()
         .with_context(|| format!("{}", to.display()))?;
     Ok((dir, created))
-}
-
-/// An authenticated restore session with one router.
-struct Session {
-    site: String,
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-    mac: auth::Session,
-}
-
-impl Session {
-    fn open(keys: &KeyRing, id: &str, site: &str) -> Result<Session> {
-        let unreachable = |e: &dyn std::fmt::Display| {
-            anyhow!("cannot restore from site {site}: {e} (is mirror-routerd running there?)")
-        };
-        let key = keys.get(site)?.ok_or_else(|| {
-            anyhow!(
-                "no key for site {site} in {}: `mirror-ctl key add {site} KEY` with the key the router has for this source ({id})",
-                keys.path().display()
-            )
-        })?;
-        // A router that accepts but does not answer (stopped, overloaded) is told at once.
-        let s = crate::dial::dial(site, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT)
-            .map_err(|e| unreachable(&e))?;
-        s.set_write_timeout(Some(READ_TIMEOUT))
-            .map_err(|e| unreachable(&e))?;
-        mirrorfs::wire::keepalive(&s);
-        let mut w = s.try_clone().map_err(|e| unreachable(&e))?;
-        let mut r = BufReader::with_capacity(1 << 20, s);
-        let mac = match auth::client(&mut r, &mut w, id, 0, Role::Restore, &key) {
-            Ok(x) => x,
-            Err(HandshakeError::Refused(reason)) => {
-                bail!("site {site} refused this source ({id}): {reason}")
-            }
-            Err(HandshakeError::Wire(mirrorfs::wire::WireError::Closed)) => bail!(
-                "site {site} closed the connection at the hello: its mirror-routerd may be older than restore (upgrade it)"
-            ),
-            Err(HandshakeError::Wire(mirrorfs::wire::WireError::Io(e)))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                bail!(
-                    "cannot restore from site {site}: it took the connection but did not answer within {} s (is its mirror-routerd stopped or stuck?)",
-                    HANDSHAKE_TIMEOUT.as_secs()
-                )
-            }
-            Err(e) => return Err(unreachable(&e)),
-        };
-        r.get_ref()
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .map_err(|e| unreachable(&e))?;
-        Ok(Session {
-            site: site.to_string(),
-            r,
-            w,
-            mac,
-        })
-    }
-
-    fn send(&mut self, msg: &Msg) -> Result<()> {
-        let f = codec::encode_sealed(msg, &mut self.mac.send)?;
-        self.w
-            .write_all(&f)
-            .with_context(|| format!("site {}", self.site))
-    }
-
-    fn recv(&mut self) -> Result<Msg> {
-        read_sealed(&mut self.r, &mut self.mac.recv).map_err(|e| anyhow!("site {}: {e}", self.site))
-    }
 }
 
 #[derive(Default)]

@@ -53,7 +53,7 @@ pub fn human(b: u64) -> String {
 
 /// `p` absolute (against the current directory) and without `.`, `..` or a trailing slash,
 /// as the rules name files.
-fn absolute(p: &Path) -> Result<PathBuf> {
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     let full = if p.is_absolute() {
         p.to_path_buf()
     } else {

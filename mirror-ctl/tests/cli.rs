@@ -397,3 +397,36 @@ fn keys_on_a_router_and_on_a_source() {
     fails_with(&out, "mirror-ctl router key add laptop");
     assert_eq!(rule_count(&e.state), 0);
 }
+
+#[test]
+fn verify_names_the_bad_option_and_exits_2_when_it_cannot_run() {
+    let e = env();
+    let pattern = format!("{}/", e.src.display());
+    ok(&ctl(&e.state, &add_to_a_closed_port(&pattern)));
+    let code = |o: &Output| o.status.code();
+    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // A bad --orphans value, a DIR that is not plain, a bad duration.
+    let o = ctl(&e.state, &["verify", "--repair", "--orphans", "keep"]);
+    assert_eq!(code(&o), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("`delete` or `move DIR`"), "{}", err(&o));
+    let o = ctl(
+        &e.state,
+        &["verify", "--repair", "--orphans", "move", "../up"],
+    );
+    assert_eq!(code(&o), Some(2));
+    assert!(err(&o).contains("plain relative path"), "{}", err(&o));
+    let o = ctl(&e.state, &["verify", "--timeout", "soon"]);
+    assert_eq!(code(&o), Some(2), "clap's usage errors are 2 too");
+    assert!(err(&o).contains("soon"), "{}", err(&o));
+    // No mirror-sendd: nothing can say what reached the site.
+    let o = ctl(&e.state, &["verify", "--timeout", "1s"]);
+    assert_eq!(code(&o), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("mirror-sendd is not running"),
+        "{}",
+        err(&o)
+    );
+    // `--orphans delete PATH`: PATH is a path, not part of --orphans.
+    let o = ctl(&e.state, &["verify", "--orphans", "delete", "/elsewhere"]);
+    assert!(err(&o).contains("--repair"), "{}", err(&o));
+}

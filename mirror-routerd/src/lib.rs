@@ -48,3 +48,5 @@ pub mod rtlog;
 pub mod shared;
 pub mod staging;
 pub mod sums;
+pub mod verify;
+pub mod walk;

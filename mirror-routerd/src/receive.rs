@@ -3,7 +3,8 @@
 //! A session starts with the authenticated hello ([`mirrorfs::wire::auth`]): a peer without
 //! the key of the site it names is refused before anything else is read. A session of role
 //! [`Role::Validate`] answers one [`Msg::Validate`] from `mirror-ctl` and ends; one of role
-//! [`Role::Restore`] sends backups back ([`crate::restore`]). Every frame
+//! [`Role::Restore`] sends backups back ([`crate::restore`]), one of role [`Role::Verify`]
+//! lists and checksums them ([`crate::verify`]). Every frame
 //! after the hello carries the session's MAC. Connections still authenticating, and sessions
 //! per site, are limited ([`crate::shared::Limits`]); a peer over a limit of the protocol
 //! ([`Msg::check_limits`], the frame size) is disconnected with the reason in the log.
@@ -199,6 +200,12 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
     if accepted.role == Role::Restore {
         log::info!("source {site} opened a restore session");
         let result = crate::restore::serve(router, &site, &key, &w, &mut r, &mut recv);
+        lock(&w).shutdown();
+        return result;
+    }
+    if accepted.role == Role::Verify {
+        log::info!("source {site} opened a verify session");
+        let result = crate::verify::serve(router, &site, &key, &w, &mut r, &mut recv);
         lock(&w).shutdown();
         return result;
     }

@@ -20,29 +20,25 @@
 //! stalls for a minute, a client idle for a minute between requests), the session ends.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io::{self, BufReader};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mirrorfs::wire::auth::{FrameMac, Key};
 use mirrorfs::wire::msg::MAX_NAME_LEN;
-use mirrorfs::wire::restore::{
-    is_under, valid_path, RestoreAttrs, RestoreItem, RestoreKind, Xattr, MAX_XATTRS,
-    MAX_XATTR_NAME, MAX_XATTR_VALUE, RESTORE_CHUNK,
-};
+use mirrorfs::wire::restore::{valid_path, RestoreAttrs, RestoreItem, RestoreKind, RESTORE_CHUNK};
 use mirrorfs::wire::{read_sealed, Msg, WireError};
 
-use crate::backup::backup_rel;
-use crate::beneath::{is_confinement, Root};
+use crate::beneath::Root;
 use crate::config::RouterRule;
 use crate::receive::{key_revoked, refuse, send, SessionError};
 use crate::shared::{PeerOut, Router};
+use crate::walk::{kind_of, open_file, plan, walk, xattrs, Visit};
 
 /// How long a restore client may stay silent between requests.
 const IDLE: Duration = Duration::from_secs(60);
@@ -51,13 +47,6 @@ const BEAT: Duration = Duration::from_secs(2);
 /// Names (or data chunks) sent between two looks at the key file (a key removed ends the
 /// session).
 const KEY_CHECK_EVERY: u64 = 1000;
-
-/// One part of an answer: a rule, the source name to start from and its backup path.
-struct Part {
-    rule: Arc<RouterRule>,
-    start: Vec<u8>,
-    rel: PathBuf,
-}
 
 /// Serves a restore session of `site` (authenticated with `key`) until the client closes it
 /// or something fails.
@@ -172,186 +161,6 @@ fn request(
         out.skipped
     );
     Ok(())
-}
-
-/// The rules of `site` that select something at or beneath `path`, in pattern order: where
-/// each starts (the requested path when it lies inside the rule, else the rule's base) and
-/// its backup path beneath the site's namespace.
-fn plan(router: &Router, site: &str, path: &[u8]) -> Vec<Part> {
-    let table = router.table();
-    let mut rules: Vec<Arc<RouterRule>> = table
-        .iter()
-        .filter(|(s, _)| *s == site)
-        .map(|(_, r)| r.clone())
-        .collect();
-    rules.sort_by(|a, b| a.pattern.as_str().cmp(b.pattern.as_str()));
-    let mut parts = Vec::new();
-    for rule in rules {
-        let base = rule.base();
-        let (start, rel) = if is_under(path, &base) {
-            match backup_rel(&rule, path) {
-                Ok(rel) => (path.to_vec(), rel),
-                Err(_) => continue,
-            }
-        } else if is_under(&base, path) {
-            match rule.dest_rel() {
-                Some(rel) => (base, rel),
-                None => continue,
-            }
-        } else {
-            continue;
-        };
-        if rel.as_os_str().is_empty() {
-            continue;
-        }
-        parts.push(Part { rule, start, rel });
-    }
-    parts
-}
-
-/// What a walk does with each name it finds.
-trait Visit {
-    /// A selected name, reached as `place` (`meta` is its lstat).
-    fn item(
-        &mut self,
-        rule: &RouterRule,
-        name: &[u8],
-        place: &mirrorfs::beneath::Place,
-        meta: &Metadata,
-    ) -> Result<(), SessionError>;
-    /// A name that cannot be sent, and why.
-    fn skip(&mut self, name: &[u8], reason: String) -> Result<(), SessionError>;
-}
-
-/// What a name of the backup is, for a restore.
-fn kind_of(meta: &Metadata) -> Option<RestoreKind> {
-    let t = meta.file_type();
-    if t.is_dir() {
-        Some(RestoreKind::Dir)
-    } else if t.is_file() {
-        Some(RestoreKind::File)
-    } else if t.is_symlink() {
-        Some(RestoreKind::Symlink)
-    } else if t.is_fifo() {
-        Some(RestoreKind::Fifo)
-    } else {
-        None
-    }
-}
-
-/// Whether `rule` selects `name` (a `kind`), `start` being where the walk began; `kept`
-/// tells whether it is a version kept under the delete suffix ([`crate::apply::is_kept`]).
-fn selects(
-    rule: &RouterRule,
-    name: &[u8],
-    kind: RestoreKind,
-    start: &[u8],
-    kept: impl Fn() -> bool,
-) -> bool {
-    let pk = rule.pattern.kind();
-    if kind == RestoreKind::Dir {
-        // The directory the walk starts at, and those inside a subtree (but a directory kept
-        // under the delete suffix, with all it holds).
-        return name == start || (pk.is_subtree() && !kept());
-    }
-    if pk == mirrorfs::rule::PatternKind::File {
-        return name == rule.base().as_slice();
-    }
-    rule.pattern.match_file(name).is_some() && !kept()
-}
-
-/// Walks the backup of `part` depth first, names in order, a directory before what it holds.
-fn walk(root: &Root, part: &Part, v: &mut dyn Visit) -> Result<(), SessionError> {
-    let descend = |rule: &RouterRule, name: &[u8]| {
-        rule.pattern.kind().is_subtree()
-            || (rule.pattern.kind() == mirrorfs::rule::PatternKind::Wildcard
-                && name == rule.base().as_slice())
-    };
-    // Names still to look at, the next one last.
-    let mut stack: Vec<(Vec<u8>, PathBuf)> = vec![(part.start.clone(), part.rel.clone())];
-    while let Some((name, rel)) = stack.pop() {
-        let first = name == part.start;
-        let place = match root.place(&rel, false) {
-            Ok(p) => p,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                v.skip(&name, unreadable(root, &rel, &e))?;
-                continue;
-            }
-        };
-        let meta = match std::fs::symlink_metadata(place.path()) {
-            Ok(m) => m,
-            // Gone since it was listed, or never backed up.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                v.skip(&name, unreadable(root, &rel, &e))?;
-                continue;
-            }
-        };
-        let Some(kind) = kind_of(&meta) else {
-            if !first {
-                v.skip(
-                    &name,
-                    "not a file, directory, symbolic link or fifo in the backup".into(),
-                )?;
-            }
-            continue;
-        };
-        let kept = || crate::apply::is_kept(&part.rule, &name, &place.path(), &meta);
-        if !selects(&part.rule, &name, kind, &part.start, kept) {
-            continue;
-        }
-        v.item(&part.rule, &name, &place, &meta)?;
-        if kind != RestoreKind::Dir || !(descend(&part.rule, &name) || first) {
-            continue;
-        }
-        let names = match list(&place) {
-            Ok(n) => n,
-            Err(e) => {
-                v.skip(&name, unreadable(root, &rel, &e))?;
-                continue;
-            }
-        };
-        for child in names.into_iter().rev() {
-            let mut n = name.clone();
-            n.push(b'/');
-            n.extend_from_slice(&child);
-            if n.len() > MAX_NAME_LEN {
-                v.skip(&n[..MAX_NAME_LEN], "name too long for the protocol".into())?;
-                continue;
-            }
-            stack.push((n, rel.join(std::ffi::OsStr::from_bytes(&child))));
-        }
-    }
-    Ok(())
-}
-
-/// Why `rel` cannot be read, for the client (confinement refusals are logged here too).
-fn unreadable(root: &Root, rel: &Path, e: &io::Error) -> String {
-    let shown = root.path().join(rel);
-    if is_confinement(e) {
-        log::warn!(
-            "restore: {} passes through a symbolic link; refusing to follow it",
-            shown.display()
-        );
-        "passes through a symbolic link on the router; not followed".into()
-    } else {
-        format!("cannot be read on the router: {e}")
-    }
-}
-
-/// The names in directory `place` (opened through no symlink), sorted.
-fn list(place: &mirrorfs::beneath::Place) -> io::Result<Vec<Vec<u8>>> {
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(place.path())?;
-    let mut names: Vec<Vec<u8>> = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))? {
-        names.push(e?.file_name().as_bytes().to_vec());
-    }
-    names.sort();
-    Ok(names)
 }
 
 /// The first pass: counts names and bytes.
@@ -605,35 +414,12 @@ fn next_data(f: &File, pos: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
     Ok(Some((start, end)))
 }
 
-/// Opens the regular file at `place` for reading, never through a symlink and never
-/// blocking (a fifo swapped in), and only if it is still the file `meta` described.
-fn open_file(place: &mirrorfs::beneath::Place, meta: &Metadata) -> io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(place.path())?;
-    let m = f.metadata()?;
-    if !m.is_file() || m.ino() != meta.ino() || m.dev() != meta.dev() {
-        return Err(io::Error::other("it changed while being read"));
-    }
-    Ok(f)
-}
-
-/// The extended attributes of `path` (not following a symlink), within the protocol's
-/// limits; none where the file system has none.
-fn xattrs(path: &Path) -> Vec<Xattr> {
-    mirrorfs::xattr::of(path)
-        .into_iter()
-        .filter(|(name, value)| name.len() <= MAX_XATTR_NAME && value.len() <= MAX_XATTR_VALUE)
-        .take(MAX_XATTRS)
-        .map(|(name, value)| Xattr { name, value })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::walk::selects;
     use mirrorfs::rule::{Dest, Pattern};
+    use std::path::PathBuf;
 
     fn rule(p: &str, suffix: Option<&str>) -> RouterRule {
         RouterRule {

@@ -180,6 +180,15 @@ impl Shipped {
         })
     }
 
+    /// Opens the index at `path` if there is one (read by `mirror-ctl verify`; nothing is
+    /// made).
+    pub fn open_existing(path: &Path) -> Result<Option<Shipped>, ShippedError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        Shipped::open(path).map(Some)
+    }
+
     fn sql(&self) -> impl Fn(rusqlite::Error) -> ShippedError + '_ {
         move |err| ShippedError::Sqlite {
             path: self.path.clone(),

@@ -8,6 +8,8 @@
 //! * [`heartbeat`]: the UDP heartbeats both ways and the monitor of their interruptions.
 //! * [`auth`]: pre-shared keys, the mutual challenge-response of the hello, frame MACs.
 //! * [`restore`]: the restore session's items and limits (`mirror-ctl restore`).
+//! * [`verify`]: the verify session (`mirror-ctl verify`): listings of the backup, pulled a
+//!   batch at a time, and block checksums of backup files ([`Msg::Sums`]).
 //!
 //! A session: the sender connects and sends [`Msg::Hello`]; the router answers
 //! [`Msg::Challenge`], the sender [`Msg::Auth`] ([`auth`]); from then on every frame carries a
@@ -16,7 +18,8 @@
 //! once they are durable in RT1/RT2, or [`Msg::SendConfig`] when the configuration version is
 //! not the one it knows; the sender then sends [`Msg::Config`] and resends everything not
 //! acknowledged. A session of role [`Role::Restore`] asks for backups instead
-//! ([`restore`]).
+//! ([`restore`]), one of role [`Role::Verify`] for listings and checksums of them
+//! ([`verify`]).
 //!
 //! A source's session may travel on many connections: the first is the session (its welcome
 //! carries a token); each further one authenticates with [`Role::Join`] and sends
@@ -32,6 +35,7 @@ pub mod codec;
 pub mod heartbeat;
 pub mod msg;
 pub mod restore;
+pub mod verify;
 
 pub use codec::{read_frame, read_sealed, write_frame, WireError, MAX_FRAME};
 

@@ -10,7 +10,7 @@ pub use super::restore::RestoreItem;
 /// Bumped on any incompatible change to [`Msg`]. New variants at the end of [`Msg`] and
 /// [`Role`] are compatible (every earlier message encodes as before): a peer that predates
 /// them fails to decode only the new ones, so a new kind of session needs no bump (restore,
-/// [`Role::Restore`], came so).
+/// [`Role::Restore`], came so, and verify, [`Role::Verify`]).
 ///
 /// Version 4: a source's stream may travel on many connections ([`Role::Join`],
 /// [`Msg::Join`]): [`Msg::Entries`] and [`Msg::Config`] carry a stream-wide sequence number
@@ -78,6 +78,9 @@ pub enum Role {
     /// mirror-sendd, a further connection of a source session: one [`Msg::Join`] with the
     /// session's token, then frames of that session's stream.
     Join = 4,
+    /// `mirror-ctl verify`: [`Msg::Verify`] listings and [`Msg::Sums`] questions, each
+    /// answered from the backup ([`super::verify`]).
+    Verify = 5,
 }
 
 /// Which part of a journal entry a [`WireEntry`] is.
@@ -416,6 +419,72 @@ pub enum Msg {
         /// Their bytes: data not sent again.
         bytes_saved: u64,
     },
+    /// Verify client → router: list the backup of rule `rule_crc` (one of this site's) at or
+    /// beneath `path` (a normalised absolute source path, `/` for all the rule selects);
+    /// answered with the first [`Msg::VerifyItems`] ([`super::verify`]).
+    Verify {
+        /// The rule.
+        rule_crc: u32,
+        /// The source path.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+        /// Whether items carry owner, times and xattrs (for rules that mirror them).
+        attrs: bool,
+    },
+    /// Verify client → router: the next [`Msg::VerifyItems`] of the listing.
+    VerifyMore,
+    /// Router → verify client: names of the backup, in walk order
+    /// ([`super::verify::walk_order`]).
+    VerifyItems {
+        /// At most [`super::verify::MAX_BATCH_ITEMS`].
+        items: Vec<super::verify::VerifyItem>,
+        /// The listing is complete.
+        done: bool,
+    },
+    /// Verify client → router: move `name` of rule `rule_crc`, an orphan (on the backup, not
+    /// at the source), beneath `to`: a relative path within the site's namespace, outside
+    /// every destination of its rules (`mirror-ctl verify --repair --orphans move DIR`). It
+    /// lands at `<namespace>/<to>/<its path within the namespace>`.
+    VerifyMove {
+        /// The rule.
+        rule_crc: u32,
+        /// The full source name.
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        /// Where to, relative to the site's namespace.
+        #[serde(with = "serde_bytes")]
+        to: Vec<u8>,
+    },
+    /// Router → verify client: the answer to [`Msg::VerifyMove`]: where the orphan went
+    /// (relative to the site's namespace), or why it did not.
+    VerifyMoved {
+        /// Its new path, when it moved.
+        to: Option<String>,
+        /// Why it did not.
+        why: String,
+    },
+}
+
+/// The limits of one [`RestoreItem`] (a restore's or a verify's).
+fn item_limits(item: &RestoreItem) -> Result<(), String> {
+    use super::restore::{MAX_XATTRS, MAX_XATTR_NAME, MAX_XATTR_VALUE};
+    let over = |what: &str, len: usize, max: usize| {
+        if len > max {
+            Err(format!("{what} of {len} exceeds the limit of {max}"))
+        } else {
+            Ok(())
+        }
+    };
+    over("item name length", item.name.len(), MAX_NAME_LEN)?;
+    over("symlink target length", item.target.len(), MAX_NAME_LEN)?;
+    if let Some(a) = &item.attrs {
+        over("xattrs of a name", a.xattrs.len(), MAX_XATTRS)?;
+        for x in &a.xattrs {
+            over("xattr name length", x.name.len(), MAX_XATTR_NAME)?;
+            over("xattr value length", x.value.len(), MAX_XATTR_VALUE)?;
+        }
+    }
+    Ok(())
 }
 
 impl Msg {
@@ -449,6 +518,11 @@ impl Msg {
             Msg::Sums { .. } => "sums",
             Msg::SumsAnswer { .. } => "sums-answer",
             Msg::Retained { .. } => "retained",
+            Msg::Verify { .. } => "verify",
+            Msg::VerifyMore => "verify-more",
+            Msg::VerifyItems { .. } => "verify-items",
+            Msg::VerifyMove { .. } => "verify-move",
+            Msg::VerifyMoved { .. } => "verify-moved",
         }
     }
 
@@ -483,19 +557,7 @@ impl Msg {
             Msg::Validate { dest, .. } => over("destination length", dest.len(), MAX_NAME_LEN),
             Msg::Resync { name, .. } => over("name length", name.len(), MAX_NAME_LEN),
             Msg::Restore { path } => over("restore path length", path.len(), MAX_NAME_LEN),
-            Msg::RestoreItem { item } => {
-                use super::restore::{MAX_XATTRS, MAX_XATTR_NAME, MAX_XATTR_VALUE};
-                over("restored name length", item.name.len(), MAX_NAME_LEN)?;
-                over("symlink target length", item.target.len(), MAX_NAME_LEN)?;
-                if let Some(a) = &item.attrs {
-                    over("xattrs of a name", a.xattrs.len(), MAX_XATTRS)?;
-                    for x in &a.xattrs {
-                        over("xattr name length", x.name.len(), MAX_XATTR_NAME)?;
-                        over("xattr value length", x.value.len(), MAX_XATTR_VALUE)?;
-                    }
-                }
-                Ok(())
-            }
+            Msg::RestoreItem { item } => item_limits(item),
             Msg::RestoreData { data, .. } => over(
                 "restore data chunk",
                 data.len(),
@@ -516,6 +578,33 @@ impl Msg {
             Msg::SumsAnswer { sums, why, .. } => {
                 over("sums in an answer", sums.len(), crate::blocksums::MAX_SUMS)?;
                 over("reason length", why.len(), MAX_TEXT_LEN)
+            }
+            Msg::Verify { path, .. } => over("verify path length", path.len(), MAX_NAME_LEN),
+            Msg::VerifyMove { name, to, .. } => {
+                over("name length", name.len(), MAX_NAME_LEN)?;
+                over("destination length", to.len(), MAX_NAME_LEN)
+            }
+            Msg::VerifyMoved { to, why } => {
+                over(
+                    "path length",
+                    to.as_ref().map_or(0, String::len),
+                    MAX_NAME_LEN,
+                )?;
+                over("reason length", why.len(), MAX_TEXT_LEN)
+            }
+            Msg::VerifyItems { items, .. } => {
+                over(
+                    "items in a verify batch",
+                    items.len(),
+                    super::verify::MAX_BATCH_ITEMS,
+                )?;
+                for i in items {
+                    item_limits(&i.item)?;
+                    if let Some(p) = &i.problem {
+                        over("reason length", p.len(), MAX_TEXT_LEN)?;
+                    }
+                }
+                Ok(())
             }
             Msg::Validated { reason, .. }
             | Msg::Error { reason }

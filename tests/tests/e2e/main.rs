@@ -86,3 +86,6 @@ mod sync_mode;
 mod n_connections;
 /// Copies that send references to what the backup holds (issue 16 items 1-2).
 mod resync_refs;
+// verify: every category of difference on a prepared backup, --repair, orphans, exit statuses
+// (issue 16 item 3).
+mod verify;
