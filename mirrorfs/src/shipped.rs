@@ -196,9 +196,14 @@ impl Shipped {
         }
     }
 
-    /// Records blocks `site` acknowledged (a later write of a block replaces its row).
-    pub fn record(&mut self, site: &str, rows: &[Row]) -> Result<(), ShippedError> {
-        if rows.is_empty() {
+    /// Runs `insert` (8 parameters) once per item of `items`, in one transaction.
+    fn insert_all<T>(
+        &mut self,
+        insert: &str,
+        items: &[T],
+        params_of: impl Fn(&T) -> [rusqlite::types::Value; 8],
+    ) -> Result<(), ShippedError> {
+        if items.is_empty() {
             return Ok(());
         }
         let path = self.path.clone();
@@ -208,27 +213,35 @@ impl Shipped {
         };
         let tx = self.conn.transaction().map_err(&sql)?;
         {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO blocks (site, dev, ino, block, seg, off, k, sum)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(&sql)?;
-            for r in rows {
-                st.execute(params![
-                    site,
-                    r.file.0 as i64,
-                    r.file.1 as i64,
-                    r.block as i64,
-                    r.pos.segment as i64,
-                    r.pos.offset as i64,
-                    r.k as i64,
-                    &r.sum[..],
-                ])
-                .map_err(&sql)?;
+            let mut st = tx.prepare_cached(insert).map_err(&sql)?;
+            for it in items {
+                st.execute(rusqlite::params_from_iter(params_of(it)))
+                    .map_err(&sql)?;
             }
         }
         tx.commit().map_err(&sql)
+    }
+
+    /// Records blocks `site` acknowledged (a later write of a block replaces its row).
+    pub fn record(&mut self, site: &str, rows: &[Row]) -> Result<(), ShippedError> {
+        use rusqlite::types::Value;
+        self.insert_all(
+            "INSERT OR REPLACE INTO blocks (site, dev, ino, block, seg, off, k, sum)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rows,
+            |r| {
+                [
+                    Value::Text(site.to_string()),
+                    Value::Integer(r.file.0 as i64),
+                    Value::Integer(r.file.1 as i64),
+                    Value::Integer(r.block as i64),
+                    Value::Integer(r.pos.segment as i64),
+                    Value::Integer(r.pos.offset as i64),
+                    Value::Integer(r.k as i64),
+                    Value::Blob(r.sum.to_vec()),
+                ]
+            },
+        )
     }
 
     /// Records the state of files whose copies `site` acknowledged (rule CRC, full name).
@@ -237,37 +250,24 @@ impl Shipped {
         site: &str,
         files: &[(u32, Vec<u8>, FileState)],
     ) -> Result<(), ShippedError> {
-        if files.is_empty() {
-            return Ok(());
-        }
-        let path = self.path.clone();
-        let sql = move |err| ShippedError::Sqlite {
-            path: path.clone(),
-            err,
-        };
-        let tx = self.conn.transaction().map_err(&sql)?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO files (site, rule, name, dev, ino, size, mtime, ctime)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(&sql)?;
-            for (rule, name, f) in files {
-                st.execute(params![
-                    site,
-                    *rule as i64,
-                    name,
-                    f.file.0 as i64,
-                    f.file.1 as i64,
-                    f.size as i64,
-                    f.mtime_ns,
-                    f.ctime_ns,
-                ])
-                .map_err(&sql)?;
-            }
-        }
-        tx.commit().map_err(&sql)
+        use rusqlite::types::Value;
+        self.insert_all(
+            "INSERT OR REPLACE INTO files (site, rule, name, dev, ino, size, mtime, ctime)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            files,
+            |(rule, name, f)| {
+                [
+                    Value::Text(site.to_string()),
+                    Value::Integer(i64::from(*rule)),
+                    Value::Blob(name.clone()),
+                    Value::Integer(f.file.0 as i64),
+                    Value::Integer(f.file.1 as i64),
+                    Value::Integer(f.size as i64),
+                    Value::Integer(f.mtime_ns),
+                    Value::Integer(f.ctime_ns),
+                ]
+            },
+        )
     }
 
     /// The state of file `name` (rule `rule`) when its last acknowledged copy to `site`
