@@ -272,10 +272,7 @@ pub fn ask_mount_at(state: &mirrorfs::state::StateDir) {
 /// so that a copy never waits on a directory a change holds locked in the kernel while that
 /// change waits for this copy (a namespace change of a sync rule); else through the path.
 fn source_root(base: &[u8]) -> io::Result<Root> {
-    let beneath = MOUNT_STATE
-        .get()
-        .and_then(|state| mirrorfs::keeper::MountStatus::load(state))
-        .and_then(|st| st.beneath_path(base));
+    let beneath = mount_status().and_then(|st| st.beneath_path(base));
     if let Some(p) = beneath {
         match Root::open_as(&p, path_of(base)) {
             Ok(r) => return Ok(r),
@@ -287,6 +284,28 @@ fn source_root(base: &[u8]) -> io::Result<Root> {
     }
     Root::open(path_of(base))
 }
+
+/// The running mirrorfs's status, read again at most every [`STATUS_AGE`] (a copy per file
+/// of a large `sync` would read it for each).
+fn mount_status() -> Option<mirrorfs::keeper::MountStatus> {
+    type Cached = Option<(std::time::Instant, Option<mirrorfs::keeper::MountStatus>)>;
+    static CACHE: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+    let state = MOUNT_STATE.get()?;
+    let mut g = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match &*g {
+        Some((at, st)) if at.elapsed() < STATUS_AGE && st.is_some() => st.clone(),
+        _ => {
+            let st = mirrorfs::keeper::MountStatus::load(state);
+            *g = Some((std::time::Instant::now(), st.clone()));
+            st
+        }
+    }
+}
+
+/// How long a read of the mount's status serves copies.
+const STATUS_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether the running mirrorfs has full name `name` beneath it (`false` when none runs or
 /// it does not answer: then what the sender sees is all there is).
@@ -1009,22 +1028,22 @@ impl CopyJob {
             drop(linked);
         }
         if ft.is_file() {
+            if self.unchanged(&name, &meta) {
+                log::debug!(
+                    "copy of {}: unchanged since it was shipped; skipped",
+                    shown(&name)
+                );
+                // Shipped as it is now already: not read again.
+                self.done.0 += 1;
+                self.done.1 += meta.len();
+                return None;
+            }
             match OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
             {
                 Ok(file) => {
-                    if self.unchanged(&name, &meta) {
-                        log::debug!(
-                            "copy of {}: unchanged since it was shipped; skipped",
-                            shown(&name)
-                        );
-                        // Shipped as it is now already: not read again.
-                        self.done.0 += 1;
-                        self.done.1 += meta.len();
-                        return None;
-                    }
                     if let Ok(m) = file.metadata() {
                         let state = mirrorfs::shipped::FileState::of(&m);
                         // A file changed within the last moments may change again within the
