@@ -1055,10 +1055,17 @@ impl CopyJob {
                         }
                     }
                     // A large file whose backup may hold most of it already: compared first.
-                    let by_delta = self.origin == Origin::Copy && crate::delta::worth(meta.len());
-                    let known = || match &self.site {
-                        Some(site) => mirrorfs::shipped::known(site, (meta.dev(), meta.ino())),
-                        None => Default::default(),
+                    // Copies the router asked for too (it may hold most of the file still),
+                    // but only by what it reports it holds: a reference it could not resolve
+                    // is what such a copy may answer, and must not be sent again.
+                    let by_delta =
+                        matches!(self.origin, Origin::Copy | Origin::Requested(Answer::Copy))
+                            && crate::delta::worth(meta.len());
+                    let known = || match (&self.site, self.origin) {
+                        (Some(site), Origin::Copy) => {
+                            mirrorfs::shipped::known(site, (meta.dev(), meta.ino()))
+                        }
+                        _ => Default::default(),
                     };
                     match by_delta.then(|| Delta::start(&file, meta.len(), known())) {
                         Some(Ok(d)) => {
