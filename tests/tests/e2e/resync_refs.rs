@@ -378,6 +378,10 @@ fn kill9_of_either_daemon_during_reference_heavy_copies_converges() {
         &[
             "refers to",
             "no longer holds what the source's copy refers to",
+            // The killed sender's sessions, the killed router's torn tail.
+            "session with 127.0.0.1:",
+            "closed its session",
+            "torn tail",
         ],
     );
 }
