@@ -1481,6 +1481,8 @@ pub fn run(router: Arc<crate::shared::Router>) {
                 }
             }
         }
+        // Read before what is published: once the pass is done, all of it is looked at.
+        let dones = router.peer_dones();
         let published = router.published();
         let result = apply_some(&router, &dir, &mut st, published).and_then(|moved| {
             // The backup's durable point follows (see `durable`): when caught up, and every
@@ -1493,6 +1495,14 @@ pub fn run(router: Arc<crate::shared::Router>) {
         });
         if result.is_ok() {
             router.set_looked(published);
+            // A source none of whose entries this run applied (the router started again, and
+            // nothing came since) has everything it sent applied, but for held entries: it
+            // learns so too (a verify waits for it).
+            for (site, done) in dones {
+                if !st.applied.contains_key(&site) && !router.source_blocked(&site) {
+                    st.applied.insert(site, (done, None));
+                }
+            }
         }
         router.set_refs(st.applier.refs);
         tell_applied(&router, &mut st.applied, &st.applier.transfers);

@@ -598,6 +598,25 @@ impl Router {
             .push(w);
     }
 
+    /// The connected sources and the last position received from each (read before a pass
+    /// of the router process: once the pass is done, what they said was received is applied,
+    /// but for blocked files).
+    pub fn peer_dones(&self) -> Vec<(String, Position)> {
+        let sites: Vec<String> = lock(&self.peers)
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let sources = lock(&self.sources);
+        sites
+            .into_iter()
+            .filter_map(|s| {
+                let done = sources.get(&s).and_then(|x| x.done)?;
+                Some((s, done))
+            })
+            .collect()
+    }
+
     /// Forgets the session `w` of source `site` (it ended).
     pub fn remove_peer(&self, site: &str, w: &Arc<Mutex<PeerOut>>) {
         let mut peers = lock(&self.peers);

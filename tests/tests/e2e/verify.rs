@@ -660,3 +660,35 @@ fn the_default_checksums_only_what_changed_since_it_was_shipped() {
     drop(m);
     assert_log_only("router", &r.error_log(), &[]);
 }
+
+/// After both daemons start again with nothing new to send, the router tells the sender that
+/// everything it holds is applied (it applied none of it in this run): a verify does not wait
+/// its whole timeout for that, nor warns that the site is behind. (Before, it waited the
+/// whole `--timeout` and compared "with what they hold".)
+#[test]
+fn a_verify_after_both_daemons_restarted_does_not_wait_for_the_timeout() {
+    // No router logs kept once applied: the restarted router has none of the source's
+    // entries to look at again.
+    let mut r = Router::start_args(None, &["--retain", "0"]);
+    let (l, m, mut s) = mirrored(&r, "v", &[]);
+    fs::write(l.path("a.txt"), b"settled").unwrap();
+    wait_converged(&l.dir, &r.path("v"), CONVERGE);
+    settled(&l.dir);
+    s.kill9();
+    r.restart();
+    let _s = l.sender();
+    let out = verify(&l, &["--timeout", "40s", l.dir.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("had not applied everything"),
+        "{}",
+        stderr(&out)
+    );
+    drop(m);
+}
