@@ -187,8 +187,8 @@ impl Source {
 }
 
 /// The identities (device, inode) of source files by name, for the index of what the sites
-/// hold ([`crate::shipped`]): each rule's base held open, names reached beneath it through
-/// no symbolic link, as copies reach them.
+/// hold ([`mirrorfs::shipped`]): each rule's base held open (for one batch of entries), names
+/// reached beneath it through no symbolic link, as copies reach them.
 #[derive(Default)]
 pub struct Identities {
     bases: std::collections::HashMap<u32, Source>,

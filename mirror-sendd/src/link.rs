@@ -1170,6 +1170,9 @@ impl Stream<'_> {
                 self.finish_resync(self.acked_frames);
             }
         }
+        // No directory of the sources stays open between batches (a remount warns of what
+        // another process holds open in them).
+        self.identities = crate::copy::Identities::default();
         if batch.is_empty() {
             self.note_progress();
             return Ok(false);
