@@ -594,12 +594,31 @@ fn session(
         Some(rcv) => s.skip_through(rcv),
         None => Ok(()),
     }
-    .and_then(|()| s.serve(&rx, stop));
+    .and_then(|()| s.serve(&rx, stop))
+    .map_err(|e| refusal_behind(e, &rx));
     done.store(true, Ordering::Relaxed);
     s.t.close();
     shared.set_acked(site, s.acked_next, true);
     *acked = s.acked_frames > 0;
     result
+}
+
+/// A connection that failed under a write may have carried the router's reason first (it
+/// says why, then closes): that reason, read within a moment, is the session's error rather
+/// than the broken pipe.
+fn refusal_behind(e: LinkError, rx: &Receiver<Event>) -> LinkError {
+    if !matches!(e, LinkError::Wire(_)) {
+        return e;
+    }
+    let deadline = Instant::now() + Duration::from_millis(200);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Event::Msg(Msg::Error { reason })) => return LinkError::Refused(reason),
+            Ok(_) => {}
+            Err(_) => return e,
+        }
+    }
 }
 
 fn spawn_watcher(shared: &Shared, tx: Sender<Event>, done: Arc<AtomicBool>) {
