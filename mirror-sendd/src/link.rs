@@ -491,7 +491,12 @@ struct Stream<'a> {
     last_write: Option<(Vec<u8>, u64, mirrorfs::blocksums::Sum, u64, Position)>,
     /// The oldest write the router still holds, as it last said.
     retained_from: Option<Position>,
+    /// Prunes of the shipped-block index in this session.
+    prunes: u64,
 }
+
+/// One prune in this many also caps the shipped-block index's rows (a count of them).
+const CAP_EVERY: u64 = 100;
 
 /// Acknowledgements waiting for the router's applied position, at most (beyond, the newest
 /// two merge: a wait for "applied" only grows coarser).
@@ -586,6 +591,7 @@ fn session(
         identities: crate::copy::Identities::default(),
         last_write: None,
         retained_from: None,
+        prunes: 0,
     };
     if let Some(set) = dirty {
         s.queue_dirty(set, dirty_file);
@@ -962,7 +968,15 @@ impl Stream<'_> {
                 );
                 if let Some(from) = from.filter(|f| self.retained_from != Some(*f)) {
                     self.retained_from = Some(from);
-                    mirrorfs::shipped::with(|s| s.prune(self.site, from));
+                    self.prunes += 1;
+                    let cap = self.prunes % CAP_EVERY == 1;
+                    mirrorfs::shipped::with(|s| {
+                        s.prune(self.site, from)?;
+                        if cap {
+                            s.cap(self.site)?;
+                        }
+                        Ok(())
+                    });
                 }
                 Ok(())
             }

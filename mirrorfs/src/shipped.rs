@@ -326,8 +326,7 @@ impl Shipped {
         Ok(out)
     }
 
-    /// Forgets what `site` no longer holds (its writes before `from`), and its oldest rows
-    /// beyond [`MAX_ROWS`].
+    /// Forgets what `site` no longer holds (its writes before `from`).
     pub fn prune(&mut self, site: &str, from: Position) -> Result<(), ShippedError> {
         self.conn
             .execute(
@@ -335,6 +334,12 @@ impl Shipped {
                 params![site, from.segment as i64, from.offset as i64],
             )
             .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Forgets the oldest rows of `site` beyond [`MAX_ROWS`] (a count of its rows: not for
+    /// every prune).
+    pub fn cap(&mut self, site: &str) -> Result<(), ShippedError> {
         let n: i64 = self
             .conn
             .query_row(
@@ -383,6 +388,7 @@ mod tests {
         assert!(s.lookup("b", (1, 2)).unwrap().is_empty());
         assert!(s.lookup("a", (1, 3)).unwrap().is_empty());
         s.prune("a", Position::new(2, 0)).unwrap();
+        s.cap("a").unwrap();
         let k = s.lookup("a", (1, 2)).unwrap();
         assert_eq!(
             k.keys().copied().collect::<std::collections::BTreeSet<_>>(),
