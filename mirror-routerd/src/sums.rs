@@ -121,6 +121,18 @@ pub fn tree_of_backup(
             "site {site} has no rule {rule_crc:#010x} on this router"
         ));
     };
+    // Only a name the rule selects, as every entry's name is checked.
+    let selected = if rule.pattern.kind() == mirrorfs::rule::PatternKind::File {
+        name == rule.base().as_slice()
+    } else {
+        rule.pattern.match_file(name).is_some()
+    };
+    if !mirrorfs::wire::restore::valid_path(name, mirrorfs::wire::msg::MAX_NAME_LEN) || !selected {
+        return Err(format!(
+            "{shown}: not a name rule {} of site {site} selects",
+            rule.pattern.as_str()
+        ));
+    }
     let rel: PathBuf =
         crate::backup::backup_rel(rule, name).map_err(|e| format!("{shown}: {e}"))?;
     if let Some(b) = router.blocked_file(&rel.to_string_lossy()) {
