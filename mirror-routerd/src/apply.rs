@@ -725,8 +725,25 @@ impl Applier {
             leaves.extend(buf[..n].chunks(BLOCK as usize).map(leaf));
             if let Some(into) = into {
                 let dst = self.file(into).map_err(fail("open", into))?;
-                crate::direct::write_at(dst, &buf[..n], r.offset + done)
-                    .map_err(fail("write", into))?;
+                // Blocks of zeros (holes of the backup, most often) stay holes; the others
+                // are written, a run at a time.
+                let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+                let mut i = 0;
+                while i < n {
+                    let z = zero(&buf[i..(i + BLOCK as usize).min(n)]);
+                    let mut j = i;
+                    while j < n && zero(&buf[j..(j + BLOCK as usize).min(n)]) == z {
+                        j = (j + BLOCK as usize).min(n);
+                    }
+                    let at = r.offset + done + i as u64;
+                    if z {
+                        zero_range(dst, at, (j - i) as u64).map_err(fail("zero", into))?;
+                    } else {
+                        crate::direct::write_at(dst, &buf[i..j], at)
+                            .map_err(fail("write", into))?;
+                    }
+                    i = j;
+                }
             }
             done += n as u64;
         }

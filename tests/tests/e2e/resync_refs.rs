@@ -445,3 +445,51 @@ fn a_dirty_set_resync_sends_only_what_changed() {
     );
     drop(m);
 }
+
+/// An adversarial finding: a copy by differences of a sparse file (`sync --checksum`) wrote
+/// its holes out as data on the backup (the references to the backup's own zeros were copied
+/// as zeros). Holes stay holes.
+#[test]
+fn a_sparse_file_compared_by_checksums_stays_sparse_on_the_backup() {
+    use std::os::unix::fs::MetadataExt;
+    let r = Router::start();
+    let l = Local::new();
+    l.add_rule_validated(&format!("{}/", l.dir.display()), &r.site(), "proj", &[]);
+    let m = l.mount(&[]);
+    let _s = l.sender();
+    let f = fs::File::create(l.path("sparse")).unwrap();
+    f.set_len(64 * MIB).unwrap();
+    f.write_all_at(&data(8192, 3), 20 * MIB).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    wait_converged(&l.dir, &r.path("proj"), CONVERGE);
+    let used = |p: &std::path::Path| fs::metadata(p).unwrap().blocks() * 512;
+    assert!(
+        used(&r.path("proj/sparse")) < MIB,
+        "sparse after its writes"
+    );
+    // A stale block, so that the comparison has something to send.
+    let b = fs::OpenOptions::new()
+        .write(true)
+        .open(r.path("proj/sparse"))
+        .unwrap();
+    b.write_all_at(b"stale", 20 * MIB).unwrap();
+    drop(b);
+    let before = sent(&l, &r.site());
+    mirror_tests::succeeded(&l.ctl(&[
+        "sync",
+        "--checksum",
+        "--wait",
+        l.path("sparse").to_str().unwrap(),
+    ]));
+    wait_until(CONVERGE, "the stale block repaired", || {
+        fs::read(r.path("proj/sparse")).ok() == fs::read(l.path("sparse")).ok()
+    });
+    assert!(sent(&l, &r.site()).1 > before.1, "compared by checksums");
+    assert!(
+        used(&r.path("proj/sparse")) < MIB,
+        "the backup's holes were written out: {} bytes used",
+        used(&r.path("proj/sparse"))
+    );
+    drop(m);
+}
