@@ -103,6 +103,8 @@ pub struct Applier {
     pub transfers: crate::retain::Transfers,
     /// Where the router logs are (to read what a transfer reference points to).
     pub rt_dir: PathBuf,
+    /// The file and copy whose reference last failed (the warning is given once per copy).
+    ref_failed: Option<(PathBuf, mirrorfs::journal::Position)>,
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -141,6 +143,7 @@ impl Applier {
             refs: (0, 0),
             transfers: crate::retain::Transfers::default(),
             rt_dir: PathBuf::new(),
+            ref_failed: None,
             root,
             open: OpenFiles::new(max_open),
             touched: BTreeSet::new(),
@@ -589,12 +592,17 @@ impl Applier {
                 self.refs.1 += r.size;
                 return Ok(Outcome::Done);
             }
-            log::warn!(
-                "{}: the backup no longer holds what the source's copy refers to at offset {} ({} bytes); asking for the whole file",
-                shown.display(),
-                r.offset,
-                r.size
-            );
+            // Once per copy of a file: its later references fail the same way.
+            let this = Some((rel.to_path_buf(), r.pos));
+            if self.ref_failed != this {
+                log::warn!(
+                    "{}: the backup no longer holds what the source's copy refers to at offset {} ({} bytes); asking for the whole file",
+                    shown.display(),
+                    r.offset,
+                    r.size
+                );
+                self.ref_failed = this;
+            }
             self.staging
                 .discard(&self.root, rel)
                 .map_err(fail("delete", &staged_shown))?;
@@ -1389,6 +1397,8 @@ struct State {
     /// Per source: the journal position of its last entry applied (or found applied), with
     /// none of its entries held before it; and what its session was last told of it, when.
     applied: HashMap<String, AppliedAt>,
+    /// The router-log disk is short of room (said once).
+    short_of_room: bool,
 }
 
 impl State {
@@ -1462,6 +1472,7 @@ pub fn run(router: Arc<crate::shared::Router>) {
         durable_at: durable::load(&router.cfg.state),
         durable_when: Instant::now(),
         applied: HashMap::new(),
+        short_of_room: false,
     };
     let mut backoff = Duration::from_millis(100);
     let mut last_unblock = std::time::Instant::now();
@@ -1692,7 +1703,17 @@ fn apply_some(
     gone.extend(st.applier.transfers.over(router.cfg.retain));
     if short_of_room(dir, router.cfg.rt_size) {
         // Room for new entries comes first.
+        if !st.short_of_room {
+            log::info!(
+                "the router-log disk ({}) has less than {} MiB free: applied router logs are not kept for references (--retain) while it stays so",
+                dir.display(),
+                (SHORT_OF_ROOM_PAIRS * router.cfg.rt_size.max(64 << 20)) >> 20
+            );
+        }
+        st.short_of_room = true;
         gone.extend(st.applier.transfers.retained_pairs());
+    } else {
+        st.short_of_room = false;
     }
     for n in gone {
         st.applier.transfers.forget_pair(n);
@@ -1722,8 +1743,12 @@ fn pair_bytes(dir: &Path, n: u64) -> u64 {
 /// Whether the router-log disk has less room than a few pairs' worth (then retained pairs
 /// go, whatever `--retain` says).
 fn short_of_room(dir: &Path, rt_size: u64) -> bool {
-    mirrorfs::state::space(dir).is_ok_and(|(_, free)| free < 4 * rt_size.max(64 << 20))
+    mirrorfs::state::space(dir)
+        .is_ok_and(|(_, free)| free < SHORT_OF_ROOM_PAIRS * rt_size.max(64 << 20))
 }
+
+/// Pairs' worth of free room below which nothing applied is kept.
+const SHORT_OF_ROOM_PAIRS: u64 = 4;
 
 /// Applies record `r` at `(pair, offset)` and marks it complete, or holds it back when one of
 /// its backup files is (or now becomes) blocked; whether it was held.

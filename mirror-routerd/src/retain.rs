@@ -42,7 +42,12 @@ impl Default for Retain {
 /// duration (`30m`, `1h`, `2d`).
 pub fn parse_retain(s: &str) -> Result<Retain, String> {
     let t = s.trim();
-    let unit = t.trim_start_matches(|c: char| c.is_ascii_digit());
+    let wrong = || {
+        format!(
+            "--retain {s:?}: not a size or a duration; give a whole size (512M, 2G, 0) or a duration (30m, 1h, 2d)"
+        )
+    };
+    let unit = t.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
     let size_unit = matches!(
         unit.trim_end_matches(['B', 'i']),
         "" | "K" | "k" | "M" | "G" | "g" | "T" | "t"
@@ -50,9 +55,7 @@ pub fn parse_retain(s: &str) -> Result<Retain, String> {
     if size_unit {
         return mirrorfs::units::parse_size(t)
             .map(Retain::Size)
-            .map_err(|e| {
-                format!("--retain {s:?}: {e}; give a size (512M, 2G) or a duration (30m, 1h, 2d)")
-            });
+            .map_err(|_| wrong());
     }
     if let Some(days) = t.strip_suffix('d') {
         if let Ok(n) = days.parse::<u64>() {
@@ -61,9 +64,7 @@ pub fn parse_retain(s: &str) -> Result<Retain, String> {
     }
     mirrorfs::units::parse_duration(t)
         .map(Retain::Age)
-        .map_err(|e| {
-            format!("--retain {s:?}: {e}; give a size (512M, 2G) or a duration (30m, 1h, 2d)")
-        })
+        .map_err(|_| wrong())
 }
 
 pub use mirrorfs::blocksums::Locator;
@@ -195,6 +196,8 @@ mod tests {
         );
         assert!(parse_retain("lots").is_err());
         assert!(parse_retain("2X").is_err());
+        let e = parse_retain("1.5G").unwrap_err();
+        assert!(e.contains("whole size"), "{e}");
     }
 
     #[test]

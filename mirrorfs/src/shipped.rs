@@ -114,13 +114,34 @@ static INDEX: std::sync::OnceLock<std::sync::Mutex<Option<Shipped>>> = std::sync
 
 /// Opens the process's index at `path` (once).
 pub fn init(path: &Path) {
-    INDEX.get_or_init(|| {
-        std::sync::Mutex::new(
+    INDEX.get_or_init(|| std::sync::Mutex::new(open_or_remake(path)));
+}
+
+/// Opens the index at `path`; one that cannot be read (damaged) is moved aside to
+/// `shipped.db.damaged` and made anew: it only ever saves data, and nothing is lost with it
+/// but the savings of what it knew.
+fn open_or_remake(path: &Path) -> Option<Shipped> {
+    match Shipped::open(path) {
+        Ok(s) => Some(s),
+        Err(e @ ShippedError::Sqlite { .. }) => {
+            let aside = path.with_extension("db.damaged");
+            log::error!(
+                "{e}; moved aside to {} and made anew (copies refer only to what is sent from now on)",
+                aside.display()
+            );
+            let _ = std::fs::rename(path, &aside);
+            for ext in ["db-wal", "db-shm"] {
+                let _ = std::fs::remove_file(path.with_extension(ext));
+            }
             Shipped::open(path)
                 .inspect_err(|e| log::error!("{e}; copies send every block as data"))
-                .ok(),
-        )
-    });
+                .ok()
+        }
+        Err(e) => {
+            log::error!("{e}; copies send every block as data");
+            None
+        }
+    }
 }
 
 /// Runs `f` on the process's index, if it has one.
@@ -405,6 +426,12 @@ mod tests {
         assert_eq!(s.file_state("a", 8, b"/p/x").unwrap(), None);
         assert_eq!(s.file_state("b", 7, b"/p/x").unwrap(), None);
         let m = std::fs::metadata(d.path().join("shipped.db")).unwrap();
+        // A damaged index is moved aside and made anew.
+        let bad = d.path().join("bad.db");
+        std::fs::write(&bad, vec![0x5au8; 100_000]).unwrap();
+        let remade = open_or_remake(&bad).expect("made anew");
+        assert!(remade.lookup("a", (1, 2)).unwrap().is_empty());
+        assert!(d.path().join("bad.db.damaged").exists());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
     }

@@ -692,3 +692,47 @@ fn a_verify_after_both_daemons_restarted_does_not_wait_for_the_timeout() {
     );
     drop(m);
 }
+
+/// An adversarial finding: under a `*.x/` rule (whose backup directories are made as files
+/// need them), verify reported every source directory without such files as missing on the
+/// backup, and `--repair` then failed on it (mirrorfs refuses a copy of a name the rule does
+/// not select) and repaired nothing else. Such a directory is not missing; what it holds is.
+#[test]
+fn directories_a_wildcard_rule_does_not_mirror_are_not_missing() {
+    let r = Router::start();
+    let l = Local::new();
+    fs::create_dir_all(l.path("sub")).unwrap();
+    fs::create_dir_all(l.path("other/deep")).unwrap();
+    fs::write(l.path("sub/a.dat"), b"selected").unwrap();
+    fs::write(l.path("other/deep/x.txt"), b"not selected").unwrap();
+    l.add_rule_validated(&format!("{}/*.dat/", l.dir.display()), &r.site(), "v", &[]);
+    let m = l.mount(&[]);
+    let _s = l.sender();
+    wait_until(CONVERGE, "the .dat file on the backup", || {
+        fs::read(r.path("v/sub/a.dat")).ok().as_deref() == Some(&b"selected"[..])
+    });
+    settled(&l.dir);
+    let out = verify(&l, &[l.dir.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    fs::remove_file(r.path("v/sub/a.dat")).unwrap();
+    let out = verify(&l, &[l.dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert_eq!(mark_of(&stdout(&out), &l.path("sub/a.dat")).0, '+');
+    assert!(!stdout(&out).contains("other"), "{}", stdout(&out));
+    let out = verify(&l, &["--repair", l.dir.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(fs::read(r.path("v/sub/a.dat")).unwrap(), b"selected");
+    drop(m);
+}
