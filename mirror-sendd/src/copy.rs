@@ -186,31 +186,19 @@ impl Source {
     }
 }
 
-/// The identities (device, inode) of source files by name, for the index of what the sites
-/// hold ([`mirrorfs::shipped`]): each rule's base held open (for one batch of entries), names
-/// reached beneath it through no symbolic link, as copies reach them.
-#[derive(Default)]
-pub struct Identities {
-    bases: std::collections::HashMap<u32, Source>,
-}
-
-impl Identities {
-    /// The identity of regular file `name` of `rule`, if it is one now.
-    pub fn of(&mut self, rule: &Rule, name: &[u8]) -> Option<(u64, u64)> {
-        let src = self
-            .bases
-            .entry(rule.crc)
-            .or_insert_with(|| Source::open(rule));
-        match src.spot(name).and_then(|s| s.meta()) {
-            Ok(m) if m.is_file() => Some((m.dev(), m.ino())),
-            Ok(_) => None,
-            Err(_) => {
-                // Looked at again next time (the base may come back).
-                self.bases.remove(&rule.crc);
-                None
-            }
-        }
-    }
+/// The identity (device, inode) of regular source file `name`, if it is one now, for the
+/// index of what the sites hold ([`mirrorfs::shipped`]): looked at beneath the mount (the
+/// directory it serves, as copies read it) when its mirrorfs runs, else through the name.
+/// Nothing is held open (a remount warns of what another process holds open in the
+/// directory), and a name reached through a symbolic link only gives a wrong identity, which
+/// costs nothing: every reference is checked against the block's current sum, here and on
+/// the router.
+pub fn identity(name: &[u8]) -> Option<(u64, u64)> {
+    let path = mount_status()
+        .and_then(|st| st.beneath_path(name))
+        .unwrap_or_else(|| path_of(name).to_path_buf());
+    let m = fs::symlink_metadata(path).ok()?;
+    m.is_file().then(|| (m.dev(), m.ino()))
 }
 
 /// One copy being expanded.

@@ -484,8 +484,6 @@ struct Stream<'a> {
     applied_upto: Option<Position>,
     /// The newest position the router said it received, in this session's acks.
     last_received: Option<Position>,
-    /// Source files' identities, for the index of what the site holds.
-    identities: crate::copy::Identities,
     /// The last write sent in this session: name, offset, its data's sum and length, its
     /// position (the same write for another rule goes as a reference to it).
     last_write: Option<(Vec<u8>, u64, mirrorfs::blocksums::Sum, u64, Position)>,
@@ -588,7 +586,6 @@ fn session(
         applied_pending: VecDeque::new(),
         applied_upto: None,
         last_received: None,
-        identities: crate::copy::Identities::default(),
         last_write: None,
         retained_from: None,
         prunes: 0,
@@ -1172,7 +1169,7 @@ impl Stream<'_> {
             }
             let mut we = WireEntry::whole(pos, e);
             let rows = if we.command == Command::Write {
-                self.shipping_write(rule, &mut we)
+                self.shipping_write(&mut we)
             } else {
                 Vec::new()
             };
@@ -1203,9 +1200,6 @@ impl Stream<'_> {
                 self.finish_resync(self.acked_frames);
             }
         }
-        // No directory of the sources stays open between batches (a remount warns of what
-        // another process holds open in them).
-        self.identities = crate::copy::Identities::default();
         if batch.is_empty() {
             self.note_progress();
             return Ok(false);
@@ -1271,11 +1265,7 @@ impl Stream<'_> {
     /// A write about to go: the same write as the last one sent, for another rule (a file
     /// two rules send to this site), goes as a reference to it ([`Command::Ref`]); else the
     /// blocks it carries wholly, for the index of what the site holds.
-    fn shipping_write(
-        &mut self,
-        rule: &Arc<mirrorfs::rule::Rule>,
-        we: &mut WireEntry,
-    ) -> Vec<mirrorfs::shipped::Row> {
+    fn shipping_write(&mut self, we: &mut WireEntry) -> Vec<mirrorfs::shipped::Row> {
         use mirrorfs::blocksums::{leaf, node, Locator, BLOCK};
         if we.data.is_empty() {
             return Vec::new();
@@ -1300,7 +1290,7 @@ impl Stream<'_> {
         if first >= end {
             return Vec::new();
         }
-        let Some(file) = self.identities.of(rule, &we.name) else {
+        let Some(file) = crate::copy::identity(&we.name) else {
             return Vec::new();
         };
         (first..end)
