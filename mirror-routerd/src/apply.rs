@@ -692,8 +692,12 @@ impl Applier {
                     }
                 }
             }
-            Some(Locator::Transfer { pos, at: from }) => {
-                let Some(held) = self.transfers.locate(&r.site, pos) else {
+            Some(Locator::Transfer {
+                pos,
+                part,
+                at: from,
+            }) => {
+                let Some(held) = self.transfers.locate(&r.site, pos, part) else {
                     return Ok(false);
                 };
                 if from.checked_add(r.size).is_none_or(|e| e > held.len) {
@@ -1643,11 +1647,15 @@ fn apply_some(
                 .unwrap_or(0);
             let table = router.table();
             for (off, r) in records {
-                if r.command == Command::Write && r.part == mirrorfs::wire::Part::Whole {
-                    // A data transfer that copies may refer to while this pair is kept.
+                if r.command == Command::Write && r.part != mirrorfs::wire::Part::Extra {
+                    // A data transfer that copies may refer to while this pair is kept: a
+                    // write, or a write part of a copy from the journal.
+                    let part = (r.part != mirrorfs::wire::Part::Whole)
+                        .then(|| (mirrorfs::blocksums::name_hash(&r.name), r.offset));
                     st.applier.transfers.note(
                         &r.site,
                         r.pos,
+                        part,
                         crate::retain::Held {
                             pair: n,
                             rt2_offset: r.rt2_offset,
@@ -2228,6 +2236,7 @@ mod tests {
         a.transfers.note(
             "s",
             at,
+            None,
             crate::retain::Held {
                 pair: 9,
                 rt2_offset: 100,
@@ -2235,7 +2244,12 @@ mod tests {
             },
         );
         r = part(Command::Ref, "/p/g", 0, BLOCK);
-        r.aux = Locator::Transfer { pos: at, at: BLOCK }.encode();
+        r.aux = Locator::Transfer {
+            pos: at,
+            part: None,
+            at: BLOCK,
+        }
+        .encode();
         assert_eq!(
             a.apply(&table, &r, &run(&data[BLOCK as usize..])).unwrap(),
             Outcome::Done
@@ -2263,7 +2277,12 @@ mod tests {
         // A transfer given up.
         a.transfers.forget_pair(9);
         r = part(Command::Ref, "/p/h", 0, BLOCK);
-        r.aux = Locator::Transfer { pos: at, at: 0 }.encode();
+        r.aux = Locator::Transfer {
+            pos: at,
+            part: None,
+            at: 0,
+        }
+        .encode();
         let out = a.apply(&table, &r, &run(&data[..BLOCK as usize])).unwrap();
         assert!(matches!(out, Outcome::NeedCopy { .. }), "{out:?}");
         assert!(

@@ -80,23 +80,28 @@ pub struct Held {
     pub len: u64,
 }
 
+/// A transfer: the source, the write's position and, for a copy's part, its file's name hash
+/// and offset.
+type TransferKey = (String, Position, Option<(u64, u64)>);
+
 /// The transfers of the pairs being applied and retained, by source and position.
 #[derive(Debug, Default)]
 pub struct Transfers {
-    index: HashMap<(String, Position), Held>,
+    index: HashMap<TransferKey, Held>,
     /// Retained pairs: their bytes and when they were finished.
     retained: BTreeMap<u64, (u64, SystemTime)>,
 }
 
 impl Transfers {
-    /// Notes the data of `site`'s write at `pos`.
-    pub fn note(&mut self, site: &str, pos: Position, held: Held) {
-        self.index.insert((site.to_string(), pos), held);
+    /// Notes the data of `site`'s write at `pos` (with `part`: a copy's write part, its
+    /// file's name hash and offset).
+    pub fn note(&mut self, site: &str, pos: Position, part: Option<(u64, u64)>, held: Held) {
+        self.index.insert((site.to_string(), pos, part), held);
     }
 
-    /// Where the data of `site`'s write at `pos` is, if a pair still holds it.
-    pub fn locate(&self, site: &str, pos: Position) -> Option<Held> {
-        self.index.get(&(site.to_string(), pos)).copied()
+    /// Where the data of `site`'s write at `pos` (`part`) is, if a pair still holds it.
+    pub fn locate(&self, site: &str, pos: Position, part: Option<(u64, u64)>) -> Option<Held> {
+        self.index.get(&(site.to_string(), pos, part)).copied()
     }
 
     /// Pair `n` (of `bytes`) is applied whole: it is retained from now on.
@@ -155,8 +160,8 @@ impl Transfers {
     pub fn oldest(&self, site: &str) -> Option<Position> {
         self.index
             .keys()
-            .filter(|(s, _)| s == site)
-            .map(|(_, p)| *p)
+            .filter(|(s, ..)| s == site)
+            .map(|(_, p, _)| *p)
             .min()
     }
 }
@@ -209,6 +214,7 @@ mod tests {
         t.note(
             "s",
             Position::new(1, 10),
+            None,
             Held {
                 pair: 1,
                 rt2_offset: 0,
@@ -220,7 +226,7 @@ mod tests {
         assert!(t.over(Retain::Age(Duration::from_secs(60))).is_empty());
         assert_eq!(t.oldest("s"), Some(Position::new(1, 10)));
         t.forget_pair(1);
-        assert_eq!(t.locate("s", Position::new(1, 10)), None);
+        assert_eq!(t.locate("s", Position::new(1, 10), None), None);
         assert_eq!(t.retained_bytes(), 200);
     }
 }

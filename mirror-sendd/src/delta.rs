@@ -74,9 +74,9 @@ enum State {
 enum Kind {
     /// The backup holds them already, at the same place.
     Same,
-    /// A write the site holds in its router logs carried them: its position, and where the
-    /// run's first block starts in its data.
-    Sent(Position, u64),
+    /// A write the site holds in its router logs carried them: its position (and copy part),
+    /// and where the run's first block starts in its data.
+    Sent(Position, Option<(u64, u64)>, u64),
     /// Their data.
     Data,
 }
@@ -219,8 +219,9 @@ impl Delta {
                     let nb = len.div_ceil(BLOCK);
                     let sum = self.tree.run(b0, nb);
                     let locator = match kind {
-                        Kind::Sent(pos, from) => Locator::Transfer {
+                        Kind::Sent(pos, part, from) => Locator::Transfer {
                             pos,
+                            part,
                             at: from + *at,
                         },
                         _ => Locator::Backup,
@@ -281,8 +282,8 @@ fn plan(tree: &Tree, differ: &[u64], known: &Known) -> Vec<(u64, u64, Kind)> {
         let kind = if d.peek() == Some(&b) {
             d.next();
             match known.get(&b) {
-                Some(&(pos, at, sum)) if leaves.get(b as usize) == Some(&sum) => {
-                    Kind::Sent(pos, at)
+                Some(&(pos, part, at, sum)) if leaves.get(b as usize) == Some(&sum) => {
+                    Kind::Sent(pos, part, at)
                 }
                 _ => Kind::Data,
             }
@@ -292,7 +293,9 @@ fn plan(tree: &Tree, differ: &[u64], known: &Known) -> Vec<(u64, u64, Kind)> {
         if let Some(last) = out.last_mut() {
             let follows = match (last.2, kind) {
                 (Kind::Same, Kind::Same) | (Kind::Data, Kind::Data) => true,
-                (Kind::Sent(p, a), Kind::Sent(q, c)) => p == q && c == a + last.1 * BLOCK,
+                (Kind::Sent(p, x, a), Kind::Sent(q, y, c)) => {
+                    p == q && x == y && c == a + last.1 * BLOCK
+                }
                 _ => false,
             };
             if follows {
@@ -333,15 +336,19 @@ mod tests {
         let p = Position::new(1, 100);
         let q = Position::new(1, 900);
         let known: Known = [
-            (0, (p, 0, [0u8; 16])),
-            (1, (p, BLOCK, [1u8; 16])),
-            (2, (q, 0, [2u8; 16])),
-            (3, (q, BLOCK, [9u8; 16])),
+            (0, (p, None, 0, [0u8; 16])),
+            (1, (p, None, BLOCK, [1u8; 16])),
+            (2, (q, None, 0, [2u8; 16])),
+            (3, (q, None, BLOCK, [9u8; 16])),
         ]
         .into();
         assert_eq!(
             plan(&tree(5), &[0, 1, 2, 3, 4], &known),
-            vec![(0, 2, Sent(p, 0)), (2, 1, Sent(q, 0)), (3, 2, Data)]
+            vec![
+                (0, 2, Sent(p, None, 0)),
+                (2, 1, Sent(q, None, 0)),
+                (3, 2, Data)
+            ]
         );
     }
 

@@ -1066,10 +1066,18 @@ impl Stream<'_> {
                             self.shared.sites.set_copy(self.site, p);
                         }
                         let files = job.take_shipped();
+                        // A copy's write part (from the journal) is a transfer too.
+                        let rows = if e.command == Command::Write && e.part != Part::Extra {
+                            let part = (mirrorfs::blocksums::name_hash(&e.name), e.offset);
+                            carried_blocks(&e, Some(part))
+                        } else {
+                            Vec::new()
+                        };
                         let next = (e.part == Part::Last).then_some(*next);
                         bytes += self.track(&e, next);
                         if let Some(f) = self.inflight.back_mut() {
                             f.files = files;
+                            f.rows = rows;
                         }
                         note_dirs(&mut dirs, table.sends_to(e.rule_crc, self.site), &e);
                         batch.push(e);
@@ -1278,33 +1286,19 @@ impl Stream<'_> {
         if same {
             if let Some((.., pos)) = &self.last_write {
                 we.command = Command::Ref;
-                we.aux = Locator::Transfer { pos: *pos, at: 0 }.encode();
+                we.aux = Locator::Transfer {
+                    pos: *pos,
+                    part: None,
+                    at: 0,
+                }
+                .encode();
                 we.size = len;
                 we.data = sum.to_vec();
                 return Vec::new();
             }
         }
         self.last_write = Some((we.name.clone(), we.offset, sum, len, we.pos));
-        let first = we.offset.div_ceil(BLOCK);
-        let end = (we.offset + len) / BLOCK;
-        if first >= end {
-            return Vec::new();
-        }
-        let Some(file) = crate::copy::identity(&we.name) else {
-            return Vec::new();
-        };
-        (first..end)
-            .map(|b| {
-                let at = b * BLOCK - we.offset;
-                mirrorfs::shipped::Row {
-                    file,
-                    block: b,
-                    pos: we.pos,
-                    k: at,
-                    sum: leaf(&we.data[at as usize..(at + BLOCK) as usize]),
-                }
-            })
-            .collect()
+        carried_blocks(we, None)
     }
 
     fn track(&mut self, e: &WireEntry, next: Option<Position>) -> usize {
@@ -1319,6 +1313,35 @@ impl Stream<'_> {
         self.inflight_bytes += bytes;
         bytes
     }
+}
+
+/// The blocks write `we` carries wholly, for the index of what the site holds
+/// ([`mirrorfs::shipped`]); `part`: for a write part of a copy, its file's name hash and
+/// offset.
+fn carried_blocks(we: &WireEntry, part: Option<(u64, u64)>) -> Vec<mirrorfs::shipped::Row> {
+    use mirrorfs::blocksums::{leaf, BLOCK};
+    let len = we.data.len() as u64;
+    let first = we.offset.div_ceil(BLOCK);
+    let end = (we.offset + len) / BLOCK;
+    if first >= end {
+        return Vec::new();
+    }
+    let Some(file) = crate::copy::identity(&we.name) else {
+        return Vec::new();
+    };
+    (first..end)
+        .map(|b| {
+            let at = b * BLOCK - we.offset;
+            mirrorfs::shipped::Row {
+                file,
+                block: b,
+                pos: we.pos,
+                part,
+                k: at,
+                sum: leaf(&we.data[at as usize..(at + BLOCK) as usize]),
+            }
+        })
+        .collect()
 }
 
 /// Notes the directories whose contents `e` changes on the backup, once each, when its rule

@@ -354,49 +354,76 @@ pub fn differing_blocks(
 pub enum Locator {
     /// The backup file itself, at the same offset.
     Backup,
-    /// The data of the source's write entry at `pos`, from byte `at` of it (a block's place
-    /// in the write: the sender numbers the blocks a write carried wholly by where they
-    /// start in its data).
+    /// The data of a write the source sent, from byte `at` of it (a block's place in the
+    /// write: the sender numbers the blocks a write carried wholly by where they start in its
+    /// data). The write is the journal entry at `pos`, or with `part`, one write part of the
+    /// copy at `pos`: the one of the file whose name hashes to `part.0` ([`name_hash`]) at
+    /// file offset `part.1`.
     Transfer {
         /// The write's journal position (the transfer's id).
         pos: crate::journal::Position,
+        /// For a part of a copy: its file's name hash and its offset in the file.
+        part: Option<(u64, u64)>,
         /// Where in the write's data.
         at: u64,
     },
 }
 
-/// The tag of a transfer locator in an entry's second name.
+/// The tags of transfer locators in an entry's second name: a whole write, a copy's part.
 const TRANSFER_TAG: u8 = b'T';
+const PART_TAG: u8 = b'P';
+
+/// The hash of a full source name that tells a copy's parts of one file from another's.
+pub fn name_hash(name: &[u8]) -> u64 {
+    let h = blake3::hash(name);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
 
 impl Locator {
-    /// The locator a [`mirrorfs::entry::Command::Ref`] entry's second name holds (`None`:
-    /// not one).
+    /// The locator a [`crate::entry::Command::Ref`] entry's second name holds (`None`: not
+    /// one).
     pub fn decode(aux: &[u8]) -> Option<Locator> {
         if aux.is_empty() {
             return Some(Locator::Backup);
-        }
-        if aux.len() != 25 || aux[0] != TRANSFER_TAG {
-            return None;
         }
         let u = |i: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&aux[i..i + 8]);
             u64::from_le_bytes(b)
         };
-        Some(Locator::Transfer {
-            pos: crate::journal::Position::new(u(1), u(9)),
-            at: u(17),
-        })
+        match (aux[0], aux.len()) {
+            (TRANSFER_TAG, 25) => Some(Locator::Transfer {
+                pos: crate::journal::Position::new(u(1), u(9)),
+                part: None,
+                at: u(17),
+            }),
+            (PART_TAG, 41) => Some(Locator::Transfer {
+                pos: crate::journal::Position::new(u(1), u(9)),
+                part: Some((u(17), u(25))),
+                at: u(33),
+            }),
+            _ => None,
+        }
     }
 
     /// The bytes of a locator, for an entry's second name.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Locator::Backup => Vec::new(),
-            Locator::Transfer { pos, at } => {
-                let mut v = vec![TRANSFER_TAG];
+            Locator::Transfer { pos, part, at } => {
+                let mut v = vec![if part.is_some() {
+                    PART_TAG
+                } else {
+                    TRANSFER_TAG
+                }];
                 v.extend_from_slice(&pos.segment.to_le_bytes());
                 v.extend_from_slice(&pos.offset.to_le_bytes());
+                if let Some((name, offset)) = part {
+                    v.extend_from_slice(&name.to_le_bytes());
+                    v.extend_from_slice(&offset.to_le_bytes());
+                }
                 v.extend_from_slice(&at.to_le_bytes());
                 v
             }
@@ -413,9 +440,16 @@ mod tests {
     fn locators_round_trip() {
         let l = Locator::Transfer {
             pos: Position::new(3, 4096),
+            part: None,
             at: 7 * 4096,
         };
         assert_eq!(Locator::decode(&l.encode()), Some(l));
+        let p = Locator::Transfer {
+            pos: Position::new(3, 4096),
+            part: Some((name_hash(b"/p/f"), 1 << 20)),
+            at: 4096,
+        };
+        assert_eq!(Locator::decode(&p.encode()), Some(p));
         assert_eq!(Locator::decode(&[]), Some(Locator::Backup));
         assert_eq!(Locator::decode(b"junk"), None);
     }

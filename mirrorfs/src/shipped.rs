@@ -61,6 +61,9 @@ pub struct Row {
     pub block: u64,
     /// The write's journal position.
     pub pos: Position,
+    /// For a write part of a copy: its file's name hash and the part's offset in the file
+    /// ([`crate::blocksums::Locator::Transfer`]).
+    pub part: Option<(u64, u64)>,
     /// The block's number within the write's data.
     pub k: u64,
     /// The block's sum.
@@ -105,9 +108,9 @@ impl FileState {
     }
 }
 
-/// Where a block's current content went: the write's position and the block's number in it,
-/// with the sum it had.
-pub type Known = HashMap<u64, (Position, u64, Sum)>;
+/// Where a block's current content went: the write's position (and for a copy's part, its
+/// file's name hash and offset), the block's place in it, and the sum it had.
+pub type Known = HashMap<u64, (Position, Option<(u64, u64)>, u64, Sum)>;
 
 /// The process's index (none when its database cannot be opened: copies then send data).
 static INDEX: std::sync::OnceLock<std::sync::Mutex<Option<Shipped>>> = std::sync::OnceLock::new();
@@ -182,12 +185,12 @@ impl Shipped {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(sql)?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS blocks (
+            "CREATE TABLE IF NOT EXISTS blocks2 (
                 site TEXT NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL,
                 block INTEGER NOT NULL, seg INTEGER NOT NULL, off INTEGER NOT NULL,
-                k INTEGER NOT NULL, sum BLOB NOT NULL,
+                k INTEGER NOT NULL, sum BLOB NOT NULL, pname INTEGER, poff INTEGER,
                 PRIMARY KEY (site, dev, ino, block));
-             CREATE INDEX IF NOT EXISTS blocks_pos ON blocks (site, seg, off);
+             CREATE INDEX IF NOT EXISTS blocks2_pos ON blocks2 (site, seg, off);
              CREATE TABLE IF NOT EXISTS files (
                 site TEXT NOT NULL, rule INTEGER NOT NULL, name BLOB NOT NULL,
                 dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
@@ -217,12 +220,12 @@ impl Shipped {
         }
     }
 
-    /// Runs `insert` (8 parameters) once per item of `items`, in one transaction.
+    /// Runs `insert` once per item of `items` (its parameters), in one transaction.
     fn insert_all<T>(
         &mut self,
         insert: &str,
         items: &[T],
-        params_of: impl Fn(&T) -> [rusqlite::types::Value; 8],
+        params_of: impl Fn(&T) -> Vec<rusqlite::types::Value>,
     ) -> Result<(), ShippedError> {
         if items.is_empty() {
             return Ok(());
@@ -247,11 +250,12 @@ impl Shipped {
     pub fn record(&mut self, site: &str, rows: &[Row]) -> Result<(), ShippedError> {
         use rusqlite::types::Value;
         self.insert_all(
-            "INSERT OR REPLACE INTO blocks (site, dev, ino, block, seg, off, k, sum)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR REPLACE INTO blocks2 (site, dev, ino, block, seg, off, k, sum, pname, poff)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             rows,
             |r| {
-                [
+                let opt = |v: Option<u64>| v.map_or(Value::Null, |x| Value::Integer(x as i64));
+                vec![
                     Value::Text(site.to_string()),
                     Value::Integer(r.file.0 as i64),
                     Value::Integer(r.file.1 as i64),
@@ -260,6 +264,8 @@ impl Shipped {
                     Value::Integer(r.pos.offset as i64),
                     Value::Integer(r.k as i64),
                     Value::Blob(r.sum.to_vec()),
+                    opt(r.part.map(|p| p.0)),
+                    opt(r.part.map(|p| p.1)),
                 ]
             },
         )
@@ -277,7 +283,7 @@ impl Shipped {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             files,
             |(rule, name, f)| {
-                [
+                vec![
                     Value::Text(site.to_string()),
                     Value::Integer(i64::from(*rule)),
                     Value::Blob(name.clone()),
@@ -323,15 +329,18 @@ impl Shipped {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT block, seg, off, k, sum FROM blocks WHERE site = ?1 AND dev = ?2 AND ino = ?3",
+                "SELECT block, seg, off, k, sum, pname, poff FROM blocks2 WHERE site = ?1 AND dev = ?2 AND ino = ?3",
             )
             .map_err(self.sql())?;
         let rows = st
             .query_map(params![site, file.0 as i64, file.1 as i64], |r| {
                 let sum: Vec<u8> = r.get(4)?;
+                let pname: Option<i64> = r.get(5)?;
+                let poff: Option<i64> = r.get(6)?;
                 Ok((
                     r.get::<_, i64>(0)? as u64,
                     Position::new(r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
+                    pname.zip(poff).map(|(n, o)| (n as u64, o as u64)),
                     r.get::<_, i64>(3)? as u64,
                     sum,
                 ))
@@ -339,9 +348,9 @@ impl Shipped {
             .map_err(self.sql())?;
         let mut out = Known::new();
         for row in rows {
-            let (block, pos, k, sum) = row.map_err(self.sql())?;
+            let (block, pos, part, k, sum) = row.map_err(self.sql())?;
             if let Ok(sum) = <Sum>::try_from(sum.as_slice()) {
-                out.insert(block, (pos, k, sum));
+                out.insert(block, (pos, part, k, sum));
             }
         }
         Ok(out)
@@ -351,7 +360,7 @@ impl Shipped {
     pub fn prune(&mut self, site: &str, from: Position) -> Result<(), ShippedError> {
         self.conn
             .execute(
-                "DELETE FROM blocks WHERE site = ?1 AND (seg < ?2 OR (seg = ?2 AND off < ?3))",
+                "DELETE FROM blocks2 WHERE site = ?1 AND (seg < ?2 OR (seg = ?2 AND off < ?3))",
                 params![site, from.segment as i64, from.offset as i64],
             )
             .map_err(self.sql())?;
@@ -364,7 +373,7 @@ impl Shipped {
         let n: i64 = self
             .conn
             .query_row(
-                "SELECT COUNT(*) FROM blocks WHERE site = ?1",
+                "SELECT COUNT(*) FROM blocks2 WHERE site = ?1",
                 params![site],
                 |r| r.get(0),
             )
@@ -372,7 +381,7 @@ impl Shipped {
         if n > MAX_ROWS {
             self.conn
                 .execute(
-                    "DELETE FROM blocks WHERE rowid IN (SELECT rowid FROM blocks WHERE site = ?1
+                    "DELETE FROM blocks2 WHERE rowid IN (SELECT rowid FROM blocks2 WHERE site = ?1
                      ORDER BY seg, off LIMIT ?2)",
                     params![site, n - MAX_ROWS],
                 )
@@ -391,6 +400,7 @@ mod tests {
             file: (1, 2),
             block,
             pos: Position::new(seg, 100),
+            part: None,
             k,
             sum: [block as u8; 16],
         }
@@ -405,7 +415,7 @@ mod tests {
         s.record("a", &[row(1, 3, 5)]).unwrap();
         let k = s.lookup("a", (1, 2)).unwrap();
         assert_eq!(k.len(), 3);
-        assert_eq!(k[&1], (Position::new(3, 100), 5, [1u8; 16]));
+        assert_eq!(k[&1], (Position::new(3, 100), None, 5, [1u8; 16]));
         assert!(s.lookup("b", (1, 2)).unwrap().is_empty());
         assert!(s.lookup("a", (1, 3)).unwrap().is_empty());
         s.prune("a", Position::new(2, 0)).unwrap();
