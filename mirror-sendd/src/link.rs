@@ -849,6 +849,10 @@ impl Stream<'_> {
                         files.extend(f.files);
                     }
                 }
+                if !rows.is_empty() && !room_for_index(&self.shared.state_dir) {
+                    // The journal's disk comes first: the index only saves bytes.
+                    rows.clear();
+                }
                 if !rows.is_empty() || !files.is_empty() {
                     // Stored at the router: copies may refer to these blocks from now on, and
                     // skip these files while they stay as they are.
@@ -1313,6 +1317,12 @@ impl Stream<'_> {
         self.inflight_bytes += bytes;
         bytes
     }
+}
+
+/// Whether the state directory's disk has room for the index of shipped blocks to grow: a
+/// 16th of it and 256 MiB free at least (the journal, on the same disk, comes first).
+fn room_for_index(state: &std::path::Path) -> bool {
+    mirrorfs::state::space(state).is_ok_and(|(size, free)| free >= (size / 16).max(256 << 20))
 }
 
 /// The blocks write `we` carries wholly, for the index of what the site holds
