@@ -715,21 +715,13 @@ impl Applier {
         let mut done = 0u64;
         while done < r.size {
             let want = ((r.size - done) as usize).min(buf.len());
-            let mut n = 0;
-            while n < want {
-                match src.read_at(&mut buf[n..want], from + done + n as u64) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => {
-                        return Err(ApplyError {
-                            op: "read",
-                            path: shown.clone(),
-                            err,
-                        })
-                    }
-                }
-            }
+            let n = mirrorfs::blocksums::read_full(&src, &mut buf[..want], from + done).map_err(
+                |err| ApplyError {
+                    op: "read",
+                    path: shown.clone(),
+                    err,
+                },
+            )?;
             if n < want {
                 // Shorter than what the source refers to.
                 return Ok(false);

@@ -496,12 +496,7 @@ fn receive_frames(
                 // Everything before it is stored (the barrier above): its sums are those of
                 // the backup once that is applied.
                 let answer = if awaiting_config {
-                    Msg::SumsAnswer {
-                        id,
-                        size: None,
-                        sums: Vec::new(),
-                        why: "the router waits for the source's configuration".into(),
-                    }
+                    crate::sums::none(id, "the router waits for the source's configuration".into())
                 } else {
                     sums.answer(router, site, id, rule_crc, &name, level, &nodes, frames)
                 };

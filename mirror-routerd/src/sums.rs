@@ -32,8 +32,8 @@ pub struct SumsCache {
     last: Option<(u32, Vec<u8>, u64, Tree)>,
 }
 
-/// The answer to a request without sums.
-fn none(id: u64, why: String) -> Msg {
+/// The answer to request `id` without sums, and why.
+pub fn none(id: u64, why: String) -> Msg {
     Msg::SumsAnswer {
         id,
         size: None,
@@ -122,12 +122,9 @@ pub fn tree_of_backup(
         ));
     };
     // Only a name the rule selects, as every entry's name is checked.
-    let selected = if rule.pattern.kind() == mirrorfs::rule::PatternKind::File {
-        name == rule.base().as_slice()
-    } else {
-        rule.pattern.match_file(name).is_some()
-    };
-    if !mirrorfs::wire::restore::valid_path(name, mirrorfs::wire::msg::MAX_NAME_LEN) || !selected {
+    if !mirrorfs::wire::restore::valid_path(name, mirrorfs::wire::msg::MAX_NAME_LEN)
+        || !crate::walk::selects_file(rule, name)
+    {
         return Err(format!(
             "{shown}: not a name rule {} of site {site} selects",
             rule.pattern.as_str()

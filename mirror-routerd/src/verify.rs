@@ -27,7 +27,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, BufReader};
 use std::net::TcpStream;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -258,12 +258,7 @@ impl Session<'_> {
         nodes: &[u64],
     ) -> Result<Msg, SessionError> {
         self.check_key()?;
-        let none = |why: String| Msg::SumsAnswer {
-            id,
-            size: None,
-            sums: Vec::new(),
-            why,
-        };
+        let none = |why: String| crate::sums::none(id, why);
         let shown = String::from_utf8_lossy(&name).into_owned();
         if !valid_path(&name, MAX_NAME_LEN) {
             return Err(refuse(
@@ -278,12 +273,7 @@ impl Session<'_> {
             Ok(r) => r,
             Err(why) => return Ok(none(why)),
         };
-        let selected = if rule.pattern.kind() == mirrorfs::rule::PatternKind::File {
-            name == rule.base()
-        } else {
-            rule.pattern.match_file(&name).is_some()
-        };
-        if !selected {
+        if !crate::walk::selects_file(&rule, &name) {
             return Err(refuse(
                 self.w,
                 format!(
@@ -472,15 +462,7 @@ fn leaves(f: &File, size: u64, mut beat: impl FnMut() -> bool) -> io::Result<Tre
     let mut last = Instant::now();
     while at < size {
         let want = ((size - at) as usize).min(buf.len());
-        let mut n = 0;
-        while n < want {
-            match f.read_at(&mut buf[n..want], at + n as u64) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let n = blocksums::read_full(f, &mut buf[..want], at)?;
         for b in buf[..n].chunks(blocksums::BLOCK as usize) {
             leaves.push(blocksums::leaf(b));
         }

@@ -101,6 +101,11 @@ pub(crate) fn kind_of(meta: &Metadata) -> Option<RestoreKind> {
     }
 }
 
+/// Whether `rule` selects file `name` (any file of the backup, kept versions too).
+pub(crate) fn selects_file(rule: &RouterRule, name: &[u8]) -> bool {
+    selects(rule, name, RestoreKind::File, name, || false)
+}
+
 /// Whether `rule` selects `name` (a `kind`), `start` being where the walk began; `kept`
 /// tells whether it is a version kept under the delete suffix ([`crate::apply::is_kept`]).
 pub(crate) fn selects(

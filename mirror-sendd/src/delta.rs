@@ -14,7 +14,6 @@
 //! meanwhile has its own entries after the copy in the journal, which the backup takes on top.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use mirrorfs::blocksums::{
@@ -231,18 +230,13 @@ impl Delta {
                 }
                 let want = (end - start).min(crate::copy::CHUNK as u64) as usize;
                 let mut buf = vec![0u8; want];
-                let mut n = 0;
-                while n < want {
-                    match file.read_at(&mut buf[n..], start + n as u64) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            self.state = State::Failed(format!("read at offset {start}: {e}"));
-                            return self.next(file);
-                        }
+                let n = match mirrorfs::blocksums::read_full(file, &mut buf, start) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.state = State::Failed(format!("read at offset {start}: {e}"));
+                        return self.next(file);
                     }
-                }
+                };
                 if n == 0 {
                     // The file ended sooner: its final size says so.
                     runs.clear();

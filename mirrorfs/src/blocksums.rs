@@ -183,7 +183,7 @@ impl Tree {
 }
 
 /// Reads up to `buf.len()` bytes at `at`, as many as the file has (short only at its end).
-fn read_full(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+pub fn read_full(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], at + done as u64) {
