@@ -36,6 +36,8 @@ tools=(
   git:git                # git repositories mirrored and checked in the backup
   cc:gcc                 # a program built in a mirrored tree runs from the backup
   setfacl:acl            # an access ACL set through the mount shows in the mode at once
+  rsync:rsync            # spool files carried by rsync (spool tests)
+  rclone:rclone          # spool files carried by rclone move (spool tests)
 )
 packages=()
 for t in "${tools[@]}"; do

@@ -73,6 +73,9 @@ struct RouterStatus {
     copies: Vec<With<CopyRequest>>,
     /// Pairs quarantined so far.
     quarantined: usize,
+    /// Sources that send spool files (`--spool-in`): how far they are applied, what they
+    /// wait for, what was refused.
+    spool: Vec<mirror_routerd::spool::SourceRecord>,
     /// Blocked backup files.
     blocked: Vec<With<BlockedFile>>,
     /// What the running router did since it started (references resolved, bytes saved);
@@ -181,6 +184,7 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
         damaged,
         copies,
         quarantined: quarantine::load(state.root())?.len(),
+        spool: mirror_routerd::spool::SourceRecord::load_all(state.root()),
         blocked: blocked::load_list::<BlockedFile>(&state.root().join("blocked"))?
             .into_iter()
             .map(|b| With {
@@ -258,6 +262,27 @@ pub fn status(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, json: bool
             "COPY ASKED of {site}: {} more (`mirror-ctl router status --json` lists them)",
             n - SHOWN_COPIES
         );
+    }
+    for x in &st.spool {
+        println!(
+            "spool source {}: {} files applied (stream {:016x}, next file {}){}",
+            x.site,
+            x.applied_files,
+            x.stream,
+            x.next.max(1),
+            x.last_applied_at
+                .map_or(String::new(), |t| format!(", the last at {}", utc_secs(t)))
+        );
+        if let Some((n, since)) = x.waiting_for {
+            println!(
+                "  WAITING for spool file {n} of {} since {} (later files arrived first; nothing after it is applied until it comes)",
+                x.site,
+                utc_secs(since)
+            );
+        }
+        for r in x.refused.iter().rev().take(5) {
+            println!("  REFUSED {} at {}: {}", r.file, utc_secs(r.at), r.reason);
+        }
     }
     if st.quarantined > 0 {
         println!(

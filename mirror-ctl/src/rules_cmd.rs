@@ -44,7 +44,8 @@ pub fn add(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, args: AddArgs
         )
     })?;
     if !args.no_validate {
-        for site in &args.sites {
+        // A spool site has no router to ask: its files are checked where they arrive.
+        for site in args.sites.iter().filter(|s| s.spool_dir().is_none()) {
             crate::validate::check(
                 state,
                 keys,
@@ -55,6 +56,7 @@ pub fn add(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, args: AddArgs
         }
     }
     let (mode, sync) = args.sync.apply(Mode::Async, SyncOpts::default());
+    refuse_sync_spool(mode, &args.sites)?;
     let spec = RuleSpec {
         pattern: args.pattern,
         sites: args.sites,
@@ -133,6 +135,7 @@ pub fn set(state: &StateDir, args: SetArgs) -> Result<()> {
         .find(|r| r.id == args.id)
         .ok_or(mirrorfs::rulesdb::RulesDbError::NoSuchRule(args.id))?;
     let (mode, sync) = args.sync.apply(old.spec.mode, old.spec.sync);
+    refuse_sync_spool(mode, &old.spec.sites).with_context(|| format!("rule set {}", args.id))?;
     if (mode, sync) == (old.spec.mode, old.spec.sync) {
         println!("rule {} unchanged: {}", old.id, describe(&old));
         return Ok(());
@@ -271,4 +274,16 @@ pub fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String
         line(r.iter().map(String::as_str).collect());
     }
     out
+}
+
+/// A sync rule waits for a live acknowledgement; a spool site gives one hours later at best.
+fn refuse_sync_spool(mode: Mode, sites: &[mirrorfs::rule::Site]) -> Result<()> {
+    if mode == Mode::Sync {
+        if let Some(s) = sites.iter().find(|s| s.spool_dir().is_some()) {
+            bail!(
+                "--mode sync cannot name spool site {s}: a spool is carried by a file-transfer tool, so a durability point would wait for hours; keep the rule async (or name a HOST:PORT site)"
+            );
+        }
+    }
+    Ok(())
 }

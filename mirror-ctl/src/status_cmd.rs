@@ -334,6 +334,9 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
                     ""
                 }
             ),
+            None if s.connected && s.spool.is_some() => {
+                "ok, spool site (written into its outbox)".into()
+            }
             None if s.connected => "ok, connected".into(),
             None if running => "not connected".into(),
             None => "-".into(),
@@ -410,7 +413,10 @@ pub fn status(state: &StateDir, json: bool) -> Result<()> {
         for p in &r.problems {
             println!("  cannot tell: {p}");
         }
-        if running {
+        if let Some(n) = &s.spool {
+            println!("  {n}");
+        }
+        if running && s.spool.is_none() {
             println!(
                 "  heartbeats: {}",
                 if s.heartbeat {

@@ -335,6 +335,7 @@ pub fn sync(state: &StateDir, args: SyncArgs) -> Result<()> {
         human(bytes)
     );
     if let Some(last) = last {
+        seal_spools(state, &totals.sites, last);
         wait_acked(
             state,
             &totals.sites,
@@ -489,6 +490,29 @@ fn sender_running(state: &StateDir) -> Result<Vec<control::SiteState>> {
 /// Waits until every site in `sites` acknowledged past `last`, showing how much of `chunks`
 /// (the last position of each chunk queued, with the files and bytes queued up to it) is
 /// acknowledged.
+/// A sync barrier: the spool sites among `sites` seal their files once they hold `last`,
+/// rather than after `--spool-age` (their acknowledgement still comes when the transfer tool
+/// brings it).
+fn seal_spools(state: &StateDir, sites: &BTreeSet<String>, last: Position) {
+    for site in sites.iter().filter(|s| mirrorfs::rule::is_spool_site(s)) {
+        let req = mirrorfs::control::SenderRequest::Seal {
+            site: Some(site.clone()),
+            upto: last,
+        };
+        if let Err(e) = mirrorfs::control::request_within::<_, mirrorfs::control::SenderResponse>(
+            &state.socket_path("mirror-sendd"),
+            &req,
+            Duration::from_secs(5),
+        ) {
+            eprintln!("cannot ask mirror-sendd to seal the spool file of {site} now: {e}; it is sealed after --spool-age");
+        } else {
+            eprintln!(
+                "{site} is a spool site: its acknowledgement comes once the transfer tool carried the spool file and brought the answer back"
+            );
+        }
+    }
+}
+
 fn wait_acked(
     state: &StateDir,
     sites: &BTreeSet<String>,

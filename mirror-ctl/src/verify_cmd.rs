@@ -224,6 +224,8 @@ pub fn verify(state: &StateDir, keys: &KeyRing, mut args: VerifyArgs) -> Result<
     // What to verify: per site, the rules (and the paths of each) that select something.
     let mut plan: BTreeMap<String, Vec<(&Rule, Vec<u8>)>> = BTreeMap::new();
     let mut selected = vec![false; paths.len()];
+    // A verify asks the router as it goes; a spool site has no session to ask.
+    let mut spools: BTreeSet<String> = BTreeSet::new();
     for rule in &rules {
         let base = base(rule);
         for (i, p) in paths.iter().enumerate() {
@@ -236,6 +238,10 @@ pub fn verify(state: &StateDir, keys: &KeyRing, mut args: VerifyArgs) -> Result<
             };
             selected[i] = true;
             for site in &rule.spec.sites {
+                if site.spool_dir().is_some() {
+                    spools.insert(site.to_string());
+                    continue;
+                }
                 plan.entry(site.to_string())
                     .or_default()
                     .push((rule, start.clone()));
@@ -252,6 +258,17 @@ pub fn verify(state: &StateDir, keys: &KeyRing, mut args: VerifyArgs) -> Result<
         bail!(
             "no rule selects {} (nor anything beneath); `mirror-ctl rule list` shows the rules",
             unselected.join(", ")
+        );
+    }
+    if !spools.is_empty() {
+        let names = spools.into_iter().collect::<Vec<_>>().join(", ");
+        if plan.is_empty() {
+            bail!(
+                "verify compares with the router in a live session, and {names} only receives spool files; verify against a HOST:PORT site, or run `mirror-ctl sync` to send the files again"
+            );
+        }
+        eprintln!(
+            "verify: not verifying spool site {names} (it receives spool files only, no live session to compare with)"
         );
     }
     let sites: BTreeSet<String> = plan.keys().cloned().collect();

@@ -25,6 +25,9 @@
 //! * [`sums`]: block checksums of backup files, the answers to a copy's `Msg::Sums`.
 //! * [`staging`]: copies built aside and put in place whole, so that a copy cut off midway
 //!   leaves the backup file as it was.
+//! * [`spool`]: the spool coordinator: spool files brought by a file-transfer tool, checked
+//!   and applied in sequence per source through the same sessions; acknowledgements and
+//!   requests written back as files.
 //! * [`quarantine`]: damaged pairs of router logs moved aside, and what they held asked for
 //!   again.
 
@@ -46,6 +49,7 @@ pub mod resync;
 pub mod retain;
 pub mod rtlog;
 pub mod shared;
+pub mod spool;
 pub mod staging;
 pub mod sums;
 pub mod verify;

@@ -27,8 +27,24 @@ Example:
 )]
 struct Cli {
     /// Address to listen on, ADDR:PORT (port 0 picks a free one; the log says which).
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: String,
+    /// Optional with --spool-in.
+    #[arg(long, value_name = "ADDR:PORT", required_unless_present = "spool_in")]
+    listen: Option<String>,
+    /// Spool inbox: spool files that a file-transfer tool brings from sources with
+    /// `--site spool:/OUTBOX` rules are applied from here, in sequence per source (alone or
+    /// beside --listen).
+    #[arg(long, value_name = "DIR", help_heading = "Spool")]
+    spool_in: Option<PathBuf>,
+    /// Where the acknowledgements (`SOURCE.ack`) and copy requests (`SOURCE.requests`) of
+    /// spool sources are written, for the transfer tool to carry back to `<outbox>/acks/`
+    /// [default: <spool-in>/acks].
+    #[arg(
+        long,
+        value_name = "DIR",
+        help_heading = "Spool",
+        requires = "spool_in"
+    )]
+    spool_ack: Option<PathBuf>,
     /// Directory under which every backup file is written.
     #[arg(long, value_name = "DIR")]
     root: PathBuf,
@@ -122,21 +138,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).context("cannot read the key file"),
     }
-    let listener = TcpListener::bind(&cli.listen)
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    let addr = listener.local_addr().context("listening address")?;
-    log::info!(
-        "listening on {addr}, root {}, state {}",
-        router.cfg.root.display(),
-        state.root().display()
-    );
-    let timing = mirrorfs::wire::heartbeat::Timing {
-        interval: cli.heartbeat_interval,
-        threshold: cli.heartbeat_timeout,
-        ..Default::default()
+    let listener = match &cli.listen {
+        Some(l) => {
+            let listener = TcpListener::bind(l).with_context(|| format!("cannot listen on {l}"))?;
+            let addr = listener.local_addr().context("listening address")?;
+            log::info!(
+                "listening on {addr}, root {}, state {}",
+                router.cfg.root.display(),
+                state.root().display()
+            );
+            let timing = mirrorfs::wire::heartbeat::Timing {
+                interval: cli.heartbeat_interval,
+                threshold: cli.heartbeat_timeout,
+                ..Default::default()
+            };
+            if let Err(e) = mirror_routerd::heartbeat::start(router.clone(), addr, timing) {
+                log::error!(
+                    "no heartbeats on UDP {addr}: {e}; sources notice outages by TCP errors only"
+                );
+            }
+            Some(listener)
+        }
+        None => None,
     };
-    if let Err(e) = mirror_routerd::heartbeat::start(router.clone(), addr, timing) {
-        log::error!("no heartbeats on UDP {addr}: {e}; sources notice outages by TCP errors only");
+    if let Some(inbox) = &cli.spool_in {
+        let acks = cli.spool_ack.clone().unwrap_or_else(|| inbox.join("acks"));
+        mirror_routerd::spool::start(router.clone(), inbox.clone(), acks.clone()).with_context(
+            || {
+                format!(
+                    "cannot start the spool coordinator on {} (acknowledgements into {})",
+                    inbox.display(),
+                    acks.display()
+                )
+            },
+        )?;
     }
     serve_control(state.socket_path("mirror-routerd"), router.clone())?;
     let r = router.clone();
@@ -144,7 +179,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .name("router".into())
         .spawn(move || mirror_routerd::apply::run(r))
         .context("cannot start the router process")?;
-    mirror_routerd::receive::serve(router, listener);
+    match listener {
+        Some(l) => mirror_routerd::receive::serve(router, l),
+        None => loop {
+            std::thread::park();
+        },
+    }
     Ok(())
 }
 

@@ -250,7 +250,7 @@ fn session(router: &Router, stream: TcpStream, authenticating: Seat) -> Result<(
                 "cannot start a connection thread: {e}"
             )));
         }
-        let result = serve_source(router, &site, &key, &w, &conns);
+        let result = serve_source(router, &site, &key, &w, &*conns);
         lock(&router.joinable).remove(&token);
         // Whatever ended the session, its connections end with it.
         conns.end();
@@ -299,12 +299,32 @@ fn join(
     Ok(())
 }
 
-fn serve_source(
+/// Where a source session takes its stream from, in order: its connections ([`Conns`]), or
+/// the spool files a coordinator reads ([`crate::spool`]).
+pub(crate) trait Inbound {
+    /// The next message of the stream (waits for it); an error ends the session.
+    fn next(&self) -> Result<Msg, SessionError>;
+    /// Whether a message is waiting already.
+    fn ready(&self) -> bool;
+}
+
+impl Inbound for Conns {
+    fn next(&self) -> Result<Msg, SessionError> {
+        Conns::next(self)
+    }
+    fn ready(&self) -> bool {
+        Conns::ready(self)
+    }
+}
+
+/// A source session on an ordered stream: entries stored and acknowledged, configuration,
+/// checksum questions; the router's messages go to `w`.
+pub(crate) fn serve_source(
     router: &Router,
     site: &str,
     key: &Key,
     w: &Mutex<PeerOut>,
-    conns: &Conns,
+    conns: &dyn Inbound,
 ) -> Result<(), SessionError> {
     // The committer stores batches (one fsync each) and acknowledges them while this thread
     // goes on reading the next frames: the network and the disk work at the same time.
@@ -368,7 +388,7 @@ fn receive_frames(
     site: &str,
     key: &Key,
     w: &Mutex<PeerOut>,
-    conns: &Conns,
+    conns: &dyn Inbound,
     committer: &crossbeam_channel::Sender<Batch>,
 ) -> Result<(), SessionError> {
     let mut awaiting_config = false;

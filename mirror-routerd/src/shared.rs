@@ -79,10 +79,21 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct PeerOut {
     conns: Vec<PeerConn>,
+    /// A session without connections: the router's messages go here ([`crate::spool`]).
+    back: Option<Arc<dyn Back>>,
     /// The last [`Msg::Ack`] sent.
     last_ack: Option<Msg>,
     /// The last [`Msg::SendConfig`] sent, until the configuration arrives.
     asked_config: Option<Msg>,
+}
+
+/// Where a session without connections sends the router's messages (a spool source's
+/// acknowledgements and requests go back as files, [`crate::spool`]).
+pub trait Back: Send + Sync + std::fmt::Debug {
+    /// Takes one message of the router; an error ends the session.
+    fn take(&self, msg: &Msg) -> Result<(), mirrorfs::wire::WireError>;
+    /// The session ends.
+    fn shutdown(&self);
 }
 
 /// One connection of a session, as [`PeerOut`] sends on it.
@@ -106,6 +117,18 @@ impl PeerOut {
     pub fn new(stream: TcpStream, mac: mirrorfs::wire::auth::FrameMac) -> PeerOut {
         PeerOut {
             conns: vec![PeerConn { id: 0, stream, mac }],
+            back: None,
+            last_ack: None,
+            asked_config: None,
+        }
+    }
+
+    /// The half of a session without connections that hands the router's messages to
+    /// `back`.
+    pub fn back(back: Arc<dyn Back>) -> PeerOut {
+        PeerOut {
+            conns: Vec::new(),
+            back: Some(back),
             last_ack: None,
             asked_config: None,
         }
@@ -163,6 +186,9 @@ impl PeerOut {
 
     /// Sends on the first connection that takes it; the error of the last when none does.
     fn send_first(&mut self, msg: &Msg) -> Result<(), mirrorfs::wire::WireError> {
+        if let Some(b) = &self.back {
+            return b.take(msg);
+        }
         loop {
             let Some(c) = self.conns.first_mut() else {
                 return Err(mirrorfs::wire::WireError::Closed);
@@ -194,6 +220,9 @@ impl PeerOut {
     /// Sends `msg` on every connection (each connection's keepalive); those that fail are
     /// dropped and shut down.
     pub fn send_all(&mut self, msg: &Msg) {
+        if let Some(b) = &self.back {
+            let _ = b.take(msg);
+        }
         let mut failed = Vec::new();
         for c in &mut self.conns {
             if c.send(msg).is_err() {
@@ -207,6 +236,9 @@ impl PeerOut {
 
     /// Ends the connections both ways.
     pub fn shutdown(&self) {
+        if let Some(b) = &self.back {
+            b.shutdown();
+        }
         for c in &self.conns {
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
         }
@@ -918,13 +950,7 @@ impl Router {
 
     /// A session of `site` started: asks it again for every copy still pending.
     pub fn on_connect(&self, site: &str) {
-        let reqs: Vec<CopyRequest> = {
-            let c = lock(&self.copies);
-            c.of_site(site)
-                .iter()
-                .filter_map(|k| c.get(k).cloned())
-                .collect()
-        };
+        let reqs = self.pending_copies(site);
         if reqs.is_empty() {
             return;
         }
@@ -936,6 +962,15 @@ impl Router {
                 reqs[0].reason
             );
         }
+    }
+
+    /// The copies still asked of source `site`.
+    pub fn pending_copies(&self, site: &str) -> Vec<CopyRequest> {
+        let c = lock(&self.copies);
+        c.of_site(site)
+            .iter()
+            .filter_map(|k| c.get(k).cloned())
+            .collect()
     }
 
     /// Source `site` sent a configuration: copies asked under rules it no longer has are

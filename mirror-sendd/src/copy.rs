@@ -227,6 +227,8 @@ pub struct CopyJob {
     delta: Option<(Vec<u8>, File, Delta)>,
     /// The site the job sends to (what its router logs hold is looked up for it).
     site: Option<String>,
+    /// The site's router answers at once (see [`CopyJob::for_site`]).
+    live: bool,
     /// Skip files whose state is what their last acknowledged copy read
     /// ([`mirrorfs::entry::COPY_QUICK`]).
     quick: bool,
@@ -376,6 +378,7 @@ impl CopyJob {
             looks: 0,
             delta: None,
             site: None,
+            live: true,
             quick: false,
             reading: None,
             completing: Vec::new(),
@@ -588,9 +591,12 @@ impl CopyJob {
         name.len() + 1 == p.len() && p.starts_with(name)
     }
 
-    /// The job sends to `site`: the blocks its router logs hold are sent as references.
-    pub fn for_site(&mut self, site: &str) {
+    /// The job sends to `site`: the blocks its router logs hold are sent as references;
+    /// large files are compared with the backup first only when the router answers at once
+    /// (`live`: not a spool site).
+    pub fn for_site(&mut self, site: &str, live: bool) {
         self.site = Some(site.to_string());
+        self.live = live;
     }
 
     /// The job skips files unchanged since their last acknowledged copy (a `sync`'s quick
@@ -1046,9 +1052,9 @@ impl CopyJob {
                     // Copies the router asked for too (it may hold most of the file still),
                     // but only by what it reports it holds: a reference it could not resolve
                     // is what such a copy may answer, and must not be sent again.
-                    let by_delta =
-                        matches!(self.origin, Origin::Copy | Origin::Requested(Answer::Copy))
-                            && crate::delta::worth(meta.len());
+                    let by_delta = self.live
+                        && matches!(self.origin, Origin::Copy | Origin::Requested(Answer::Copy))
+                        && crate::delta::worth(meta.len());
                     let known = || match (&self.site, self.origin) {
                         (Some(site), Origin::Copy) => {
                             mirrorfs::shipped::known(site, (meta.dev(), meta.ino()))

@@ -38,8 +38,9 @@ use crate::resync;
 use crate::shared::{lock, Shared};
 use crate::transport::{Event, Opened, Transport};
 
-/// Bytes sent and not yet acknowledged, at most.
-const WINDOW: usize = 64 << 20;
+/// Bytes sent and not yet acknowledged, at most (on a session; a transport may say another,
+/// [`Transport::window`]).
+pub(crate) const WINDOW: usize = 64 << 20;
 /// Bytes per entries frame, at most (one entry may exceed it).
 const BATCH_BYTES: usize = 4 << 20;
 /// How long a copy whose source cannot be read now (its mount is down) waits to be tried
@@ -201,15 +202,19 @@ pub fn run(shared: Arc<Shared>, site: String, stop: Arc<AtomicBool>) {
             }
         }
     };
-    crate::heartbeat::spawn(
-        site.clone(),
-        shared.site_id.clone(),
-        shared.keys.clone(),
-        sites.policy.timing,
-        monitor.clone(),
-        beating.clone(),
-        Box::new(on_silence),
-    );
+    let spool = mirrorfs::rule::is_spool_site(&site);
+    // A spool site has no router to beat with.
+    if !spool {
+        crate::heartbeat::spawn(
+            site.clone(),
+            shared.site_id.clone(),
+            shared.keys.clone(),
+            sites.policy.timing,
+            monitor.clone(),
+            beating.clone(),
+            Box::new(on_silence),
+        );
+    }
     let mut failures = 0u32;
     let mut last_try = Instant::now();
     let mut local = LocalTrouble::default();
@@ -491,6 +496,9 @@ struct Stream<'a> {
     retained_from: Option<Position>,
     /// Prunes of the shipped-block index in this session.
     prunes: u64,
+    /// Where reading resumed after what the transport held from earlier sessions: the
+    /// acknowledged position moves there once that is acknowledged ([`Event::HeldAcked`]).
+    held_next: Option<Position>,
 }
 
 /// One prune in this many also caps the shipped-block index's rows (a count of them).
@@ -515,6 +523,7 @@ fn session(
     let Opened {
         transport,
         received,
+        held,
     } = crate::transport::open(shared, site, connections, tx.clone())?;
     shared.sites.set_connected(site, true, None);
     // Trouble with the journal is over only once the reader is past it.
@@ -589,6 +598,7 @@ fn session(
         last_write: None,
         retained_from: None,
         prunes: 0,
+        held_next: None,
     };
     if let Some(set) = dirty {
         s.queue_dirty(set, dirty_file);
@@ -597,6 +607,10 @@ fn session(
         Some(rcv) => s.skip_through(rcv),
         None => Ok(()),
     }
+    .and_then(|()| match held.filter(|&p| p >= s.acked_next) {
+        Some(h) => s.skip_held(h),
+        None => Ok(()),
+    })
     .and_then(|()| s.serve(&rx, stop))
     .map_err(|e| refusal_behind(e, &rx));
     done.store(true, Ordering::Relaxed);
@@ -703,6 +717,18 @@ impl Stream<'_> {
         self.reader.seek(pos)?;
         match self.reader.next_entry() {
             Ok(Some((p, _))) if p == pos => self.acked_next = self.reader.position(),
+            _ => self.reader.seek(self.acked_next)?,
+        }
+        Ok(())
+    }
+
+    /// The transport holds everything through `pos` already, unacknowledged: reading starts
+    /// after it, the acknowledged position stays (if the entry there cannot be read, from the
+    /// last acknowledgement: the transport then gets those entries again).
+    fn skip_held(&mut self, pos: Position) -> Result<(), LinkError> {
+        self.reader.seek(pos)?;
+        match self.reader.next_entry() {
+            Ok(Some((p, _))) if p == pos => self.held_next = Some(self.reader.position()),
             _ => self.reader.seek(self.acked_next)?,
         }
         Ok(())
@@ -830,6 +856,13 @@ impl Stream<'_> {
         }
         match ev {
             Event::Grew => Ok(()),
+            Event::HeldAcked => {
+                if let Some(n) = self.held_next.take() {
+                    self.acked_next = self.acked_next.max(n);
+                    self.note_progress();
+                }
+                Ok(())
+            }
             Event::Conn(c) => self.t.on_event(c),
             Event::Closed(e) => Err(e.into()),
             Event::Msg(Msg::Ack { frames, upto }) => {
@@ -1031,7 +1064,11 @@ impl Stream<'_> {
 
     /// With nothing in flight, everything read so far is done for this site.
     fn note_progress(&mut self) {
-        if self.inflight.is_empty() && self.copy.is_none() && self.extras.is_empty() {
+        if self.inflight.is_empty()
+            && self.copy.is_none()
+            && self.extras.is_empty()
+            && self.held_next.is_none()
+        {
             self.acked_next = self.acked_next.max(self.reader.position());
         }
         self.shared
@@ -1050,13 +1087,14 @@ impl Stream<'_> {
         // follow the batch (`copy::dir_times`). An entry adds at most two.
         let mut dirs: Vec<(Arc<mirrorfs::rule::Rule>, Vec<u8>)> = Vec::new();
         let mut bytes = 0usize;
-        while self.inflight_bytes + bytes < WINDOW
+        let window = self.t.window();
+        while self.inflight_bytes + bytes < window
             && bytes < BATCH_BYTES
             && batch.len() + dirs.len() + 3 <= BATCH_ENTRIES
         {
             if self.copy.is_none() {
                 if let Some(mut x) = self.extras.pop_front() {
-                    x.for_site(self.site);
+                    x.for_site(self.site, self.t.live());
                     self.copy = Some((x, Position::START));
                 }
             }
@@ -1172,7 +1210,7 @@ impl Stream<'_> {
                 } else {
                     CopyJob::reconcile(pos, rule.clone(), e.name)
                 };
-                job.for_site(self.site);
+                job.for_site(self.site, self.t.live());
                 self.copy = Some((job, next));
                 continue;
             }

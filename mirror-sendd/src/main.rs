@@ -108,6 +108,32 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=mirrorfs::wire::msg::MAX_CONNECTIONS as i64))]
     connections: u32,
+    /// A spool site's file (`--site spool:/OUTBOX`) is sealed once it holds this much.
+    #[arg(long, value_name = "SIZE", default_value = "64M", help_heading = SPOOL,
+          value_parser = parse_spool_size)]
+    spool_size: u64,
+    /// A spool site's file is sealed once its oldest entry is this old, so that a quiet
+    /// system still ships its last change.
+    #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = SPOOL,
+          value_parser = mirrorfs::units::parse_duration)]
+    spool_age: Duration,
+    /// A spool file still unacknowledged this long after it was put into the outbox, and
+    /// gone from there (moved by a transfer tool and lost on the way), is written again, byte
+    /// for byte the same (also on `mirror-ctl unblock`).
+    #[arg(long, value_name = "DURATION", default_value = "1h", help_heading = SPOOL,
+          value_parser = mirrorfs::units::parse_duration)]
+    spool_resend_after: Duration,
+}
+
+const SPOOL: &str = "Spool sites";
+
+/// A spool file size: 64K to 1G.
+fn parse_spool_size(s: &str) -> Result<u64, String> {
+    let n = mirrorfs::units::parse_size(s)?;
+    if !(64 << 10..=1 << 30).contains(&n) {
+        return Err(format!("{s}: a spool file size is from 64K to 1G"));
+    }
+    Ok(n)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -137,6 +163,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             on_block: cli.on_block.clone(),
             skip_damage_after: cli.skip_damage_after,
             connections: cli.connections as usize,
+            spool: transport::spool::SpoolPolicy {
+                size: cli.spool_size,
+                age: cli.spool_age,
+                resend_after: cli.spool_resend_after,
+            },
         },
     )?;
     let keys =
@@ -274,8 +305,27 @@ fn serve_control(state: &StateDir, shared: &Arc<Shared>) -> anyhow::Result<()> {
             let (generation, sites) = sh.acks_after(after, Duration::from_millis(wait_ms));
             SenderResponse::Acks { generation, sites }
         }
+        SenderRequest::Seal { site, upto } => {
+            let sites = spool_sites(&sh, site.as_deref());
+            let mut b = shared::lock(&sh.spool_barriers);
+            for s in &sites {
+                b.insert(s.clone(), (upto, Instant::now()));
+            }
+            SenderResponse::Unblocking { sites }
+        }
         SenderRequest::Unblock { site } => {
-            let sites = sh.sites.request_unblock(site.as_deref());
+            // A spool site puts back the files lost on the way.
+            let spools = spool_sites(&sh, site.as_deref());
+            for s in &spools {
+                sh.sites.request_resend(s);
+            }
+            let mut sites = sh.sites.request_unblock(site.as_deref());
+            sites.extend(
+                spools
+                    .into_iter()
+                    .filter(|s| !sites.contains(s))
+                    .collect::<Vec<_>>(),
+            );
             if sites.is_empty() {
                 SenderResponse::Error {
                     reason: match site {
@@ -293,6 +343,16 @@ fn serve_control(state: &StateDir, shared: &Arc<Shared>) -> anyhow::Result<()> {
     control::serve(&path, handler)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
     Ok(())
+}
+
+/// The spool sites of the rules (all, or `site` if it is one).
+fn spool_sites(sh: &Shared, site: Option<&str>) -> Vec<String> {
+    sh.table
+        .load()
+        .sites()
+        .into_iter()
+        .filter(|s| mirrorfs::rule::is_spool_site(s) && site.is_none_or(|x| x == s))
+        .collect()
 }
 
 fn main() -> ExitCode {

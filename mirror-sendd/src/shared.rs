@@ -57,6 +57,8 @@ pub struct Shared {
     /// sync rules, [`Shared::acks_after`]).
     acks: Mutex<Acks>,
     acks_moved: Condvar,
+    /// Sync barriers of spool sites: seal once the file holds this position (asked then).
+    pub spool_barriers: Mutex<HashMap<String, (Position, Instant)>>,
 }
 
 #[derive(Default)]
@@ -106,6 +108,7 @@ impl Shared {
             db: Mutex::new((db, seen)),
             acks: Mutex::new(Acks::default()),
             acks_moved: Condvar::new(),
+            spool_barriers: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -27,6 +27,8 @@ pub struct Policy {
     pub skip_damage_after: std::time::Duration,
     /// Connections per site for sites without a setting (`<state>/sites`).
     pub connections: usize,
+    /// How spool sites' files are made.
+    pub spool: crate::transport::spool::SpoolPolicy,
 }
 
 /// Runtime state of one site.
@@ -45,6 +47,8 @@ struct Live {
     sent: (u64, u64),
     /// What the router last said of its retained logs and references.
     router: Option<mirrorfs::control::RouterStats>,
+    /// A spool site's files: waiting for transport, the last acknowledgement.
+    spool: Option<String>,
 }
 
 /// Every site's state.
@@ -238,6 +242,19 @@ impl Sites {
         sites
     }
 
+    /// What a spool site's transport says of its files (`mirror-ctl status`).
+    pub fn set_spool_note(&self, site: &str, text: String) {
+        lock(&self.live).entry(site.to_string()).or_default().spool = Some(text);
+    }
+
+    /// Asks the transport of spool site `site` to put back its unacknowledged files.
+    pub fn request_resend(&self, site: &str) {
+        lock(&self.live)
+            .entry(site.to_string())
+            .or_default()
+            .unblock_requested = true;
+    }
+
     /// Takes a pending unblock request of `site`.
     pub fn take_unblock_request(&self, site: &str) -> bool {
         lock(&self.live)
@@ -269,6 +286,7 @@ impl Sites {
             sent_bytes: live.map_or(0, |x| x.sent.0),
             referenced_bytes: live.map_or(0, |x| x.sent.1),
             router: live.and_then(|x| x.router.clone()),
+            spool: live.and_then(|x| x.spool.clone()),
             heartbeat: live.is_some_and(|x| {
                 let m = lock(&x.heartbeat);
                 m.ever() && m.interrupted(Instant::now(), threshold).is_none()

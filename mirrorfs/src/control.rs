@@ -93,6 +93,15 @@ pub enum SenderRequest {
         /// Which rule, what it does now, why.
         reason: String,
     },
+    /// Seal the spool files being filled of the spool sites (all, or the one named) once
+    /// they hold every entry through `upto` (a sync barrier: `mirror-ctl sync --wait`).
+    /// Answered with [`SenderResponse::Unblocking`] naming the spool sites.
+    Seal {
+        /// `spool:/OUTBOX`, or every spool site.
+        site: Option<String>,
+        /// The journal position the files must hold.
+        upto: Position,
+    },
     /// Every site's acknowledged position, once it changed past generation `after` or
     /// `wait_ms` passed (at most a second): the long poll of a mount's sync rules
     /// ([`crate::syncwait`]). Answered with [`SenderResponse::Acks`].
@@ -157,6 +166,9 @@ pub struct SiteState {
     /// resolved (all its sources together).
     #[serde(default)]
     pub router: Option<RouterStats>,
+    /// A spool site: its files waiting for transport and the last acknowledgement.
+    #[serde(default)]
+    pub spool: Option<String>,
 }
 
 /// How far mirror-sendd got with the copy entry at `pos` for one site.

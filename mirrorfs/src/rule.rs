@@ -451,21 +451,50 @@ impl fmt::Display for Dest {
     }
 }
 
-/// A destination site: `HOST:PORT`.
+/// A destination site: `HOST:PORT` (a router reached over TCP), or `spool:/OUTBOX` (spool
+/// files written into a directory for a file-transfer tool to carry, [`crate::wire::spool`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Site {
-    host: String,
-    port: u16,
+pub struct Site(SiteKind);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum SiteKind {
+    Tcp { host: String, port: u16 },
+    Spool(String),
 }
 
+/// How a spool site is written.
+pub const SPOOL_PREFIX: &str = "spool:";
+
 impl Site {
-    /// Parses `HOST:PORT` (`[v6]:PORT` for IPv6 literals).
+    /// Parses `HOST:PORT` (`[v6]:PORT` for IPv6 literals) or `spool:/ABSOLUTE/PATH`.
     pub fn parse(s: &str) -> Result<Site, RuleError> {
         let bad = |reason| RuleError::BadSite {
             site: s.to_string(),
             reason,
         };
+        if let Some(path) = s.strip_prefix(SPOOL_PREFIX) {
+            if !path.starts_with('/') {
+                return Err(bad("names a spool outbox that is not an absolute path"));
+            }
+            if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad(
+                    "names a spool outbox with white space or control characters",
+                ));
+            }
+            if path.len() > 1024 {
+                return Err(bad("names a spool outbox longer than 1024 bytes"));
+            }
+            if path.split('/').any(|c| c == "." || c == "..") {
+                return Err(bad("names a spool outbox with '.' or '..' in it"));
+            }
+            let trimmed = path.trim_end_matches('/');
+            return Ok(Site(SiteKind::Spool(if trimmed.is_empty() {
+                "/".into()
+            } else {
+                trimmed.to_string()
+            })));
+        }
         let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("has no ':PORT'"))?;
         let port: u16 = port
             .parse()
@@ -491,19 +520,37 @@ impl Site {
                 "has a host that is not a host name or address (IPv6 goes in brackets)",
             ));
         }
-        Ok(Site {
+        Ok(Site(SiteKind::Tcp {
             host: host.to_string(),
             port,
-        })
+        }))
     }
-    /// The host part (brackets kept for IPv6).
-    pub fn host(&self) -> &str {
-        &self.host
+    /// The host part (brackets kept for IPv6); none for a spool site.
+    pub fn host(&self) -> Option<&str> {
+        match &self.0 {
+            SiteKind::Tcp { host, .. } => Some(host),
+            SiteKind::Spool(_) => None,
+        }
     }
-    /// The port.
-    pub fn port(&self) -> u16 {
-        self.port
+    /// The port; none for a spool site.
+    pub fn port(&self) -> Option<u16> {
+        match &self.0 {
+            SiteKind::Tcp { port, .. } => Some(*port),
+            SiteKind::Spool(_) => None,
+        }
     }
+    /// The outbox of a spool site.
+    pub fn spool_dir(&self) -> Option<&std::path::Path> {
+        match &self.0 {
+            SiteKind::Spool(p) => Some(std::path::Path::new(p)),
+            SiteKind::Tcp { .. } => None,
+        }
+    }
+}
+
+/// Whether the site text `s` names a spool site (`spool:/OUTBOX`).
+pub fn is_spool_site(s: &str) -> bool {
+    s.starts_with(SPOOL_PREFIX)
 }
 
 impl TryFrom<String> for Site {
@@ -519,7 +566,10 @@ impl From<Site> for String {
 }
 impl fmt::Display for Site {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
+        match &self.0 {
+            SiteKind::Tcp { host, port } => write!(f, "{host}:{port}"),
+            SiteKind::Spool(p) => write!(f, "{SPOOL_PREFIX}{p}"),
+        }
     }
 }
 
@@ -902,8 +952,18 @@ mod tests {
     #[test]
     fn sites() {
         assert_eq!(Site::parse("h:1").unwrap().to_string(), "h:1");
-        assert_eq!(Site::parse("[::1]:7070").unwrap().port(), 7070);
-        assert_eq!(Site::parse("127.0.0.1:9").unwrap().host(), "127.0.0.1");
+        assert_eq!(Site::parse("[::1]:7070").unwrap().port(), Some(7070));
+        assert_eq!(
+            Site::parse("127.0.0.1:9").unwrap().host(),
+            Some("127.0.0.1")
+        );
+        let spool = Site::parse("spool:/var/out/").unwrap();
+        assert_eq!(spool.to_string(), "spool:/var/out");
+        assert_eq!(spool.spool_dir(), Some(std::path::Path::new("/var/out")));
+        assert_eq!(spool.port(), None);
+        for s in ["spool:rel/x", "spool:/a b", "spool:/a/../b", "spool:"] {
+            assert!(Site::parse(s).is_err(), "{s}");
+        }
         for s in [
             "h", "h:0", "h:x", ":80", "h:70000", "[::1:80", "a b:1", "[zz]:1",
         ] {

@@ -4,10 +4,12 @@
 //! acknowledgements, dirty sets, copies, resyncs); a transport carries it, and brings the
 //! router's messages back as [`Event`]s on the link's channel. Two transports: one
 //! authenticated connection ([`single`]: connect, hello, welcome, a reader thread, sealed
-//! frames out), and N of them with the stream striped across ([`striped`]). Either numbers
-//! the stream's messages ([`number`]); the router takes them in that order.
+//! frames out), N of them with the stream striped across ([`striped`]), and none: sealed
+//! spool files a file-transfer tool carries ([`spool`]). The first two number the stream's
+//! messages ([`number`]); the router takes them in that order.
 
 pub mod single;
+pub mod spool;
 pub mod striped;
 
 use std::net::{TcpStream, ToSocketAddrs};
@@ -39,6 +41,9 @@ pub enum Event {
     Grew,
     /// One of the transport's connections changed ([`striped`]).
     Conn(striped::ConnEvent),
+    /// Everything the transport held from earlier sessions ([`Opened::held`]) is
+    /// acknowledged ([`spool`]).
+    HeldAcked,
 }
 
 /// One way of carrying a site's stream to its router.
@@ -55,6 +60,15 @@ pub trait Transport {
     /// Called every 100 ms or so: keepalives, silent connections, connections to join again.
     fn tick(&mut self) -> Result<(), LinkError> {
         Ok(())
+    }
+    /// Bytes the link may have sent and not yet acknowledged.
+    fn window(&self) -> usize {
+        crate::link::WINDOW
+    }
+    /// Whether the router answers at once (a session): copies may then compare checksums
+    /// with the backup ([`crate::delta`]).
+    fn live(&self) -> bool {
+        true
     }
     /// Ends the session's connections (their reader threads then stop).
     fn close(&mut self);
@@ -76,6 +90,10 @@ pub struct Opened {
     pub transport: Box<dyn Transport>,
     /// The last journal position the router received completely.
     pub received: Option<Position>,
+    /// The last journal position the transport itself holds durably from earlier sessions,
+    /// not yet acknowledged ([`spool`]): reading resumes after it, the site's acknowledged
+    /// position moves past it on [`Event::HeldAcked`].
+    pub held: Option<Position>,
 }
 
 /// Opens a session with the router of `site` on `connections` connections; its messages
@@ -86,7 +104,12 @@ pub fn open(
     connections: usize,
     events: Sender<Event>,
 ) -> Result<Opened, LinkError> {
-    if connections <= 1 {
+    if let Some(outbox) = mirrorfs::rule::Site::parse(site)
+        .ok()
+        .and_then(|s| s.spool_dir().map(|p| p.to_path_buf()))
+    {
+        spool::open(shared, site, &outbox, events)
+    } else if connections <= 1 {
         single::open(shared, site, events)
     } else {
         striped::open(shared, site, connections, events)

@@ -78,6 +78,7 @@ pub fn open(shared: &Shared, site: &str, events: Sender<Event>) -> Result<Opened
     Ok(Opened {
         transport: Box::new(out),
         received,
+        held: None,
     })
 }
 

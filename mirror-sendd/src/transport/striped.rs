@@ -235,6 +235,7 @@ pub fn open(
     Ok(Opened {
         transport: Box::new(t),
         received,
+        held: None,
     })
 }
 

@@ -35,6 +35,7 @@ pub mod codec;
 pub mod heartbeat;
 pub mod msg;
 pub mod restore;
+pub mod spool;
 pub mod verify;
 
 pub use codec::{read_frame, read_sealed, write_frame, WireError, MAX_FRAME};

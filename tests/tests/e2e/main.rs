@@ -89,3 +89,6 @@ mod resync_refs;
 // verify: every category of difference on a prepared backup, --repair, orphans, exit statuses
 // (issue 16 item 3).
 mod verify;
+
+// Spool sites: spool files carried by rsync and rclone (issue 17).
+mod spool;
