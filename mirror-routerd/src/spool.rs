@@ -180,8 +180,8 @@ struct Source {
 enum Seen {
     /// Not a spool file, or not ours to judge: left alone.
     Foreign,
-    /// Shorter than its header says: still arriving, since then.
-    Partial(Instant),
+    /// Shorter than its header says: still arriving, since then (whose, if the header says).
+    Partial(Instant, Option<String>),
     /// Checked: whose, and where in its stream.
     Good { header: Header, hash: [u8; 32] },
 }
@@ -293,10 +293,10 @@ impl Coordinator {
                 _ => self.judge(&e.path(), &name, meta.len()),
             };
             let verdict = match verdict {
-                Seen::Partial(since) if since.elapsed() >= SETTLE => {
+                Seen::Partial(since, site) if since.elapsed() >= SETTLE => {
                     self.refuse(
                         &name,
-                        None,
+                        site.as_deref(),
                         "truncated: shorter than its header says, and unchanged since",
                     );
                     continue;
@@ -330,7 +330,7 @@ impl Coordinator {
             f.read_exact(&mut head)
         });
         if read.is_err() {
-            return Seen::Partial(Instant::now());
+            return Seen::Partial(Instant::now(), None);
         }
         let header = match Header::decode(&head) {
             Ok(h) => h,
@@ -338,14 +338,14 @@ impl Coordinator {
                 log::info!("spool inbox: {name} is not a spool file; left alone");
                 return Seen::Foreign;
             }
-            Err(SpoolError::Size { .. }) => return Seen::Partial(Instant::now()),
+            Err(SpoolError::Size { .. }) => return Seen::Partial(Instant::now(), None),
             Err(e) => {
                 self.refuse(name, None, &e.to_string());
                 return Seen::Foreign;
             }
         };
         if len < header.total {
-            return Seen::Partial(Instant::now());
+            return Seen::Partial(Instant::now(), Some(header.site));
         }
         if len > header.total || header.total > spool::MAX_FILE {
             self.refuse(
@@ -399,7 +399,7 @@ impl Coordinator {
     fn refuse(&self, name: &str, site: Option<&str>, why: &str) {
         let aside = self.inbox.join(".refused");
         let _ = std::fs::create_dir_all(&aside);
-        let to = aside.join(format!("{name}.{}", mirrorfs::blocked::now_secs()));
+        let to = aside.join(format!("{name}.{}", mirrorfs::now_ns()));
         let moved = std::fs::rename(self.inbox.join(name), &to);
         log::error!(
             "spool file {name} refused: {why}{}",

@@ -134,6 +134,9 @@ struct SpoolTransport {
     /// size and its time to the second, so only the bytes tell a new one).
     ack_seen: Option<String>,
     requests_seen: Option<String>,
+    /// Texts that did not read, once (read again before they are reported).
+    ack_bad: Option<String>,
+    requests_bad: Option<String>,
     handled: HashSet<(u64, u32, Vec<u8>)>,
     last_ack: Option<Ack>,
 }
@@ -220,6 +223,8 @@ pub fn open(
         looked: Instant::now() - LOOK_EVERY,
         ack_seen: None,
         requests_seen: None,
+        ack_bad: None,
+        requests_bad: None,
         handled: HashSet::new(),
         last_ack: None,
     };
@@ -396,6 +401,12 @@ impl SpoolTransport {
         let ack_path = acks.join(format!("{}.ack", self.shared.site_id));
         if let Some(text) = changed(&ack_path, &self.ack_seen) {
             let read = Ack::decode(&text, &self.key);
+            // One still being written by the transfer tool is read again at the next look;
+            // the same bad bytes twice are reported.
+            if read.is_err() && self.ack_bad.as_ref() != Some(&text) {
+                self.ack_bad = Some(text);
+                return;
+            }
             self.ack_seen = Some(text);
             match read {
                 Ok(a) if a.site != self.shared.site_id => log::warn!(
@@ -417,6 +428,10 @@ impl SpoolTransport {
         let req_path = acks.join(format!("{}.requests", self.shared.site_id));
         if let Some(text) = changed(&req_path, &self.requests_seen) {
             let read = Requests::decode(&text, &self.key);
+            if read.is_err() && self.requests_bad.as_ref() != Some(&text) {
+                self.requests_bad = Some(text);
+                return;
+            }
             self.requests_seen = Some(text);
             match read {
                 Ok(r) if r.site == self.shared.site_id && r.stream == self.shared.stream() => {

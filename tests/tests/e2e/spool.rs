@@ -201,3 +201,307 @@ fn a_random_workload_through_rclone_move_converges() {
     drop(m);
     p.local.assert_no_errors();
 }
+
+/// The spool files sealed in `outbox` hold an entry naming `marker` (everything written
+/// before it is sealed then: files are sealed in order).
+fn sealed_through(outbox: &Path, marker: &str) -> bool {
+    let key = mirror_tests::test_key();
+    spool_files(outbox).iter().any(|p| {
+        fs::read(p)
+            .ok()
+            .and_then(|b| mirrorfs::wire::spool::open(&b, &key).ok())
+            .is_some_and(|f| {
+                f.entries
+                    .iter()
+                    .any(|e| e.name.ends_with(marker.as_bytes()))
+            })
+    })
+}
+
+/// Moves the sealed spool files out of the outbox (as `rclone move` does): name → bytes.
+fn take_spool_files(outbox: &Path) -> Vec<(String, Vec<u8>)> {
+    spool_files(outbox)
+        .into_iter()
+        .map(|p| {
+            let b = fs::read(&p).unwrap();
+            fs::remove_file(&p).unwrap();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), b)
+        })
+        .collect()
+}
+
+/// Delivers a file into the inbox the way a transfer tool does (temp name, then rename).
+fn deliver(inbox: &Path, name: &str, bytes: &[u8]) {
+    fs::create_dir_all(inbox).unwrap();
+    let tmp = inbox.join(format!(".{name}.part"));
+    fs::write(&tmp, bytes).unwrap();
+    fs::rename(&tmp, inbox.join(name)).unwrap();
+}
+
+/// Carries the acknowledgements back by hand.
+fn carry_acks(p: &SpoolPair) {
+    let to = p.outbox.join("acks");
+    fs::create_dir_all(&to).unwrap();
+    for e in fs::read_dir(&p.acks).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !n.starts_with('.') {
+            fs::copy(e.path(), to.join(&n)).unwrap();
+        }
+    }
+}
+
+fn spool_source(r: &Router) -> serde_json::Value {
+    r.status()["spool"][0].clone()
+}
+
+fn refused_files(r: &Router) -> Vec<String> {
+    spool_source(r)["refused"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| format!("{}: {}", x["file"], x["reason"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn files_out_of_order_twice_truncated_damaged_or_forged_wait_or_are_refused_and_it_converges() {
+    let p = spool_pair("w", &[]);
+    let m = p.local.mount(&[]);
+    let _s = p
+        .local
+        .sender_with(&["--spool-age", "200ms", "--spool-size", "64K"]);
+    let mut w = Workload::new(&p.local.dir, 0x5b00_0003, 30);
+    for _ in 0..400 {
+        w.step();
+    }
+    fs::write(p.local.dir.join("zz-marker"), b"the end").unwrap();
+    wait_until(Duration::from_secs(60), "the workload sealed", || {
+        sealed_through(&p.outbox, "zz-marker")
+    });
+    let files = take_spool_files(&p.outbox);
+    assert!(files.len() >= 5, "{} spool files", files.len());
+    let key = mirror_tests::test_key();
+    let first = mirrorfs::wire::spool::open(&files[0].1, &key).unwrap();
+
+    // The third arrives first: it waits, and status says for which.
+    deliver(&p.inbox, &files[2].0, &files[2].1);
+    wait_until(
+        Duration::from_secs(30),
+        "the source waits for file 1",
+        || spool_source(&p.router)["waiting_for"][0].as_u64() == Some(1),
+    );
+    assert!(p.inbox.join(&files[2].0).exists(), "a later file stays");
+
+    // File 1 with one byte changed, then forged with another key, then truncated: refused.
+    let mut damaged = files[0].1.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 0x40;
+    deliver(&p.inbox, &files[0].0, &damaged);
+    wait_until(Duration::from_secs(30), "the damaged file refused", || {
+        refused_files(&p.router)
+            .iter()
+            .any(|r| r.contains("checksum"))
+    });
+    let other = mirrorfs::wire::auth::Key::from_hex(&"ab".repeat(32)).unwrap();
+    let mut b = mirrorfs::wire::spool::Builder::new(
+        &first.header.site,
+        first.header.stream,
+        1,
+        [0; 32],
+        true,
+        first.config_version,
+        first.rules.clone(),
+    );
+    for e in first.entries.iter().take(3) {
+        b.push(e.clone());
+    }
+    let (forged, _) = b.seal(&other, 1).unwrap();
+    deliver(&p.inbox, &files[0].0, &forged);
+    wait_until(Duration::from_secs(30), "the forged file refused", || {
+        refused_files(&p.router).iter().any(|r| r.contains("MAC"))
+    });
+    deliver(&p.inbox, &files[0].0, &files[0].1[..files[0].1.len() - 100]);
+    wait_until(
+        Duration::from_secs(60),
+        "the truncated file refused",
+        || {
+            refused_files(&p.router)
+                .iter()
+                .any(|r| r.contains("truncated"))
+        },
+    );
+    assert!(
+        !p.router.path("w").join("zz-marker").exists(),
+        "nothing after the gap is applied"
+    );
+
+    // The good files, the second one twice, the rest shuffled: everything is applied.
+    deliver(&p.inbox, &files[0].0, &files[0].1);
+    deliver(&p.inbox, &files[1].0, &files[1].1);
+    wait_until(Duration::from_secs(30), "files 1 to 3 applied", || {
+        spool_source(&p.router)["next"].as_u64() >= Some(4)
+    });
+    deliver(&p.inbox, &files[1].0, &files[1].1);
+    let mut rest: Vec<&(String, Vec<u8>)> = files[3..].iter().collect();
+    rest.reverse();
+    let half = rest.len() / 2;
+    rest.rotate_left(half);
+    for (n, b) in rest {
+        deliver(&p.inbox, n, b);
+    }
+    // A different file with a number already applied (sealed with the right key) is refused.
+    let mut b = mirrorfs::wire::spool::Builder::new(
+        &first.header.site,
+        first.header.stream,
+        2,
+        first.hash,
+        false,
+        first.config_version,
+        first.rules.clone(),
+    );
+    b.push(first.entries[0].clone());
+    let (impostor, _) = b.seal(&key, 2).unwrap();
+    deliver(&p.inbox, &files[1].0, &impostor);
+    wait_until(Duration::from_secs(30), "the impostor refused", || {
+        refused_files(&p.router)
+            .iter()
+            .any(|r| r.contains("different file with sequence number 2"))
+    });
+    let n = files.len() as u64;
+    wait_until(Duration::from_secs(60), "every file applied", || {
+        spool_source(&p.router)["next"].as_u64() == Some(n + 1)
+    });
+    let src = spool_source(&p.router);
+    assert_eq!(src["applied_files"].as_u64(), Some(n), "{src}");
+    assert!(src["waiting_for"].is_null(), "{src}");
+    carry_acks(&p);
+    let compared = wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
+    assert!(compared >= 20);
+    // The refusals are reported in the source's acknowledgement too, and in its log.
+    let out = p.local.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("spool"), "{text}");
+    wait_until(
+        Duration::from_secs(30),
+        "the refusals reported to the source",
+        || p.local.error_log().contains("refused a spool file"),
+    );
+    wait_until(Duration::from_secs(30), "the inbox empty", || {
+        spool_files(&p.inbox).is_empty()
+    });
+    assert_eq!(
+        spool_files(&p.inbox.join(".refused")).len(),
+        0,
+        "refused ones carry a suffix"
+    );
+    // The damaged, forged, truncated and impostor files, kept aside for inspection.
+    assert_eq!(fs::read_dir(p.inbox.join(".refused")).unwrap().count(), 4);
+    drop(m);
+}
+
+#[test]
+fn kill9_of_the_sender_or_the_coordinator_ten_rounds_converges_applying_each_file_once() {
+    let p = spool_pair("w", &[]);
+    let m = p.local.mount(&[]);
+    let args = ["--spool-age", "200ms", "--spool-size", "64K"];
+    let mut s = p.local.sender_with(&args);
+    let _c = rsync_loop(&p);
+    let mut r = p.router;
+    let mut w = Workload::new(&p.local.dir, 0x5b00_0004, 30);
+    for round in 0..10 {
+        for _ in 0..150 {
+            w.step();
+        }
+        if round % 2 == 0 {
+            s.kill9();
+            for _ in 0..30 {
+                w.step();
+            }
+            s = p.local.sender_with(&args);
+        } else {
+            r.kill9();
+            for _ in 0..30 {
+                w.step();
+            }
+            r.restart();
+        }
+        eprintln!("round {round}: restarted");
+    }
+    let n = wait_converged(&p.local.dir, &r.path("w"), CONVERGE);
+    eprintln!("operations {}, files compared {n}", w.ops);
+    wait_until(Duration::from_secs(60), "the outbox emptied", || {
+        spool_files(&p.outbox).is_empty()
+    });
+    let src = r.status()["spool"][0].clone();
+    let next = src["next"].as_u64().unwrap();
+    assert_eq!(src["applied_files"].as_u64(), Some(next - 1), "{src}");
+    assert!(src["refused"].as_array().unwrap().is_empty(), "{src}");
+    drop(m);
+}
+
+#[test]
+fn a_live_site_and_a_spool_site_for_the_same_files_both_converge() {
+    let live = Router::start();
+    let p = spool_pair("w", &[]);
+    // A second rule for the same files, to the live router.
+    p.local.add_rule_validated(
+        &format!("{}/", p.local.dir.display()),
+        &live.site(),
+        "w",
+        &[],
+    );
+    let m = p.local.mount(&[]);
+    let _s = p.local.sender_with(&sender_args());
+    let _c = rclone_loop(&p);
+    let mut w = Workload::new(&p.local.dir, 0x5b00_0005, 40);
+    for _ in 0..600 {
+        w.step();
+    }
+    let a = wait_converged(&p.local.dir, &live.path("w"), CONVERGE);
+    let b = wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
+    assert_eq!(a, b);
+    drop(m);
+    p.local.assert_no_errors();
+}
+
+#[test]
+fn spool_sites_refuse_what_needs_a_live_router_with_a_clear_message() {
+    let p = spool_pair("w", &[]);
+    let out = p.local.ctl(&["rule", "list", "--json"]);
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0]["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let out = p.local.ctl(&["rule", "set", &id, "--mode", "sync"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spool site"), "{err}");
+    let out = p.local.ctl(&[
+        "rule",
+        "add",
+        &format!("{}/x/", p.local.dir.display()),
+        "--site",
+        &p.site,
+        "--dest",
+        "x",
+        "--mode",
+        "sync",
+    ]);
+    assert!(!out.status.success());
+    let m = p.local.mount(&[]);
+    let _s = p.local.sender_with(&sender_args());
+    let out = p.local.ctl(&["verify"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spool"), "{err}");
+    for bad in ["spool:relative/dir", "spool:/a b"] {
+        let out = p
+            .local
+            .ctl(&["rule", "add", "/tmp/", "--site", bad, "--dest", "y"]);
+        assert!(!out.status.success(), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(bad));
+    }
+    drop(m);
+}
