@@ -505,3 +505,81 @@ fn spool_sites_refuse_what_needs_a_live_router_with_a_clear_message() {
     }
     drop(m);
 }
+
+/// A FUSE mount of another directory by `rclone mount` (a network file system stands in),
+/// unmounted on drop.
+struct RcloneMount {
+    at: PathBuf,
+    child: std::process::Child,
+}
+
+impl RcloneMount {
+    fn start(remote: &Path, at: &Path) -> RcloneMount {
+        fs::create_dir_all(at).unwrap();
+        let child = Command::new("rclone")
+            .arg("mount")
+            .arg(remote)
+            .arg(at)
+            .args(["--vfs-cache-mode", "writes", "--vfs-write-back", "0s"])
+            .args(["--dir-cache-time", "0s", "--poll-interval", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run rclone mount");
+        let m = RcloneMount {
+            at: at.to_path_buf(),
+            child,
+        };
+        wait_until(Duration::from_secs(30), "rclone mount up", || {
+            fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .contains(&format!(" {} ", at.display()))
+        });
+        m
+    }
+}
+
+impl Drop for RcloneMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.at).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.at).status();
+    }
+}
+
+#[test]
+fn an_outbox_on_a_network_file_system_reaches_the_inbox_with_no_transfer_tool() {
+    let local = Local::new();
+    let base = local.tmp.path().canonicalize().unwrap();
+    let inbox = base.join("inbox");
+    fs::create_dir_all(&inbox).unwrap();
+    let inbox_s = inbox.to_string_lossy().into_owned();
+    // The backup host's inbox, and its acknowledgements beneath it (the default).
+    let router = Router::start_args(None, &["--spool-in", &inbox_s]);
+    // The source sees that directory through a network file system (rclone mount here).
+    let outbox = base.join("net");
+    let _net = RcloneMount::start(&inbox, &outbox);
+    local.add_rule_validated(
+        &format!("{}/", local.dir.display()),
+        &format!("spool:{}", outbox.display()),
+        "w",
+        &[],
+    );
+    let m = local.mount(&[]);
+    let _s = local.sender_with(&sender_args());
+    let mut w = Workload::new(&local.dir, 0x5b00_0006, 30);
+    for _ in 0..500 {
+        w.step();
+    }
+    let n = wait_converged(&local.dir, &router.path("w"), CONVERGE);
+    assert!(n >= 20);
+    wait_until(Duration::from_secs(60), "every file acknowledged", || {
+        spool_files(&inbox).is_empty()
+            && local.status()[0]["spool"]
+                .as_str()
+                .is_some_and(|t| t.contains("every sealed file acknowledged"))
+    });
+    drop(m);
+    local.assert_no_errors();
+}
