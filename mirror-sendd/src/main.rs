@@ -167,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 size: cli.spool_size,
                 age: cli.spool_age,
                 resend_after: cli.spool_resend_after,
+                queue_limit: cli.queue_limit,
             },
         },
     )?;

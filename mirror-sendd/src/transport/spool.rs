@@ -39,6 +39,9 @@ pub struct SpoolPolicy {
     pub age: Duration,
     /// An unacknowledged file missing from the outbox is put back after this long.
     pub resend_after: Duration,
+    /// `--queue-limit`: past it, the site waiting for transport is blocked (and, as any
+    /// blocked site, its changes are tracked as names only).
+    pub queue_limit: crate::dirty::QueueLimit,
 }
 
 /// Bytes sent and not yet acknowledged, at most, for a spool site: a spool waits for hours,
@@ -46,6 +49,8 @@ pub struct SpoolPolicy {
 pub const WINDOW: usize = 1 << 30;
 /// How often the files coming back are looked at.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// How often the backlog is held against `--queue-limit`.
+const LOAD_EVERY: Duration = Duration::from_secs(1);
 /// How long the link may be idle, with a barrier pending, before the file is sealed.
 const BARRIER_IDLE: Duration = Duration::from_millis(300);
 
@@ -105,6 +110,8 @@ pub fn state_dir(state: &Path, site: &str) -> PathBuf {
 #[derive(Debug)]
 struct Sealed {
     name: String,
+    /// Its size.
+    bytes: u64,
     /// The last entries frame of this session in it (none: sealed by an earlier session).
     frame: Option<u64>,
     /// When it was last put into the outbox.
@@ -139,6 +146,7 @@ struct SpoolTransport {
     requests_bad: Option<String>,
     handled: HashSet<(u64, u32, Vec<u8>)>,
     last_ack: Option<Ack>,
+    loaded: Instant,
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> LinkError {
@@ -227,6 +235,7 @@ pub fn open(
         requests_bad: None,
         handled: HashSet::new(),
         last_ack: None,
+        loaded: Instant::now(),
     };
     t.clean_tmp();
     t.load_sealed()?;
@@ -240,6 +249,7 @@ pub fn open(
         );
     }
     t.note();
+    t.check_load()?;
     Ok(Opened {
         transport: Box::new(t),
         received: None,
@@ -278,10 +288,12 @@ impl SpoolTransport {
                 let _ = std::fs::remove_file(e.path());
                 continue;
             }
+            let bytes = e.metadata().map_or(0, |m| m.len());
             self.sealed.insert(
                 seq,
                 Sealed {
                     name,
+                    bytes,
                     frame: None,
                     published: Instant::now(),
                 },
@@ -365,6 +377,7 @@ impl SpoolTransport {
             b.seq(),
             Sealed {
                 name,
+                bytes: bytes.len() as u64,
                 frame: Some(self.building_frame),
                 published: Instant::now(),
             },
@@ -524,6 +537,30 @@ impl SpoolTransport {
         Ok(())
     }
 
+    /// A spool site waits for transport until what is not acknowledged (the journal's
+    /// backlog for the site, or the sealed files kept, whichever is more) passes
+    /// `--queue-limit`; then it is blocked, and tried again with a growing pause (each try
+    /// reads the acknowledgements that came meanwhile).
+    fn check_load(&mut self) -> Result<(), LinkError> {
+        self.loaded = Instant::now();
+        let kept: u64 = self.sealed.values().map(|s| s.bytes).sum();
+        let journal = &self.shared.journal_dir;
+        let backlog =
+            mirrorfs::journal::bytes_from(journal, self.shared.acked(&self.site)).unwrap_or(0);
+        let load = kept.max(backlog);
+        let limit = self.policy.queue_limit.bytes(journal, backlog);
+        if load > limit {
+            return Err(LinkError::Local(format!(
+                "waiting for transport: {load} bytes not acknowledged exceed the queue limit of {limit} bytes ({} spool files in the outbox, the last ack: {}); changed files are tracked and sent whole once the transfer tool brought acknowledgements back",
+                self.sealed.len(),
+                self.last_ack
+                    .as_ref()
+                    .map_or("none yet".into(), |a| format!("file {}", a.seq))
+            )));
+        }
+        Ok(())
+    }
+
     /// What `mirror-ctl status` shows of the spool.
     fn note(&self) {
         let oldest = self.sealed.values().next().map(|s| s.name.clone());
@@ -620,6 +657,9 @@ impl Transport for SpoolTransport {
             }
         }
         self.look(false);
+        if self.loaded.elapsed() >= LOAD_EVERY {
+            self.check_load()?;
+        }
         let now = self.shared.sites.take_unblock_request(&self.site);
         self.resend(now)?;
         Ok(())

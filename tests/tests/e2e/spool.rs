@@ -544,7 +544,10 @@ impl Drop for RcloneMount {
         let _ = Command::new("fusermount3").arg("-u").arg(&self.at).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("fusermount3").arg("-uz").arg(&self.at).status();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.at)
+            .status();
     }
 }
 
@@ -582,4 +585,61 @@ fn an_outbox_on_a_network_file_system_reaches_the_inbox_with_no_transfer_tool() 
     });
     drop(m);
     local.assert_no_errors();
+}
+
+#[test]
+fn sync_wait_seals_at_once_and_a_backlog_past_the_queue_limit_blocks_the_site_until_acks_come() {
+    let p = spool_pair("w", &[]);
+    let m = p.local.mount(&[]);
+    // Files would wait an hour for their age: only the barrier seals them.
+    let _s = p.local.sender_with(&[
+        "--spool-age",
+        "1h",
+        "--spool-size",
+        "64K",
+        "--queue-limit",
+        "512K",
+    ]);
+    wait_until(
+        Duration::from_secs(30),
+        "mirror-sendd serving the spool",
+        || p.local.status()[0]["spool"].is_string(),
+    );
+    fs::write(p.local.dir.join("a"), vec![7u8; 20_000]).unwrap();
+    let carrier = rsync_loop(&p);
+    let dir = p.local.dir.to_string_lossy().into_owned();
+    let out = p.local.ctl(&["sync", &dir, "--wait", "--timeout", "120"]);
+    assert!(
+        out.status.success(),
+        "sync --wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(p.router.path("w/a")).unwrap(), vec![7u8; 20_000]);
+
+    // No transport: the backlog grows past the queue limit and the site is blocked.
+    drop(carrier);
+    for i in 0..20 {
+        fs::write(p.local.dir.join(format!("b{i}")), vec![i as u8; 100_000]).unwrap();
+    }
+    wait_until(Duration::from_secs(60), "the spool site blocked", || {
+        p.local.status()[0]["blocked"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("waiting for transport") && r.contains("queue limit"))
+    });
+    let text = String::from_utf8_lossy(&p.local.ctl(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("BLOCKED") || text.contains("blocked"),
+        "{text}"
+    );
+    // The transfer tool is back: acknowledgements arrive, the site goes on.
+    let _c = rsync_loop(&p);
+    let out = p.local.ctl(&["unblock"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
+    assert_eq!(n, 21);
+    drop(m);
 }
