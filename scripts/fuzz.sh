@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../fuzz"
 export PATH="$HOME/.cargo/bin:$PATH"
 secs="${MIRROR_FUZZ_SECONDS:-60}"
 targets=("$@")
-((${#targets[@]})) || targets=(frame journal_record rt1_record rule)
+((${#targets[@]})) || targets=(frame journal_record rt1_record rule spool)
 
 command -v cargo-fuzz >/dev/null || cargo install --locked --quiet cargo-fuzz
 export RUSTC_BOOTSTRAP=1

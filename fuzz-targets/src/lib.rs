@@ -9,6 +9,8 @@
 //! * [`journal_record`]: the journal's record, segment header and index decoders.
 //! * [`rt1_record`]: the router's RT1 record decoder.
 //! * [`rule`]: the rule pattern, destination, site and delete-suffix parsers, and matching.
+//! * [`spool`]: spool files (header, and the whole body as if sealed with the key), and the
+//!   `.ack` and `.requests` files that come back.
 
 use mirrorfs::journal::format;
 use mirrorfs::rule::{Dest, Pattern, Site};
@@ -23,7 +25,25 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("journal_record", journal_record),
     ("rt1_record", rt1_record),
     ("rule", rule),
+    ("spool", spool),
 ];
+
+/// Spool files and the files that come back from a coordinator.
+pub fn spool(data: &[u8]) {
+    use mirrorfs::wire::spool::{self, Ack, Requests};
+    let key = mirrorfs::wire::auth::Key::from_hex(&"ab".repeat(32)).expect("a key");
+    let _ = spool::Header::decode(data);
+    let _ = spool::open(data, &key);
+    // As the body of a sealed file: past the MAC, its decoder sees any structure.
+    let sealed = spool::seal_body(data, &key);
+    if let Ok(f) = spool::open(&sealed, &key) {
+        assert_eq!(f.header.total, sealed.len() as u64);
+        assert!(f.entries.len() as u64 * spool::CONTROL_LEN as u64 <= sealed.len() as u64);
+    }
+    let text = String::from_utf8_lossy(data);
+    let _ = Ack::decode(&text, &key);
+    let _ = Requests::decode(&text, &key);
+}
 
 /// Wire frames and heartbeat datagrams.
 pub fn frame(data: &[u8]) {

@@ -936,7 +936,9 @@ impl Router {
                 if let Err(e) = out.send(&msg) {
                     // The session is ending (its own end is logged): the requests are
                     // durable and go again when the source connects. Nothing to warn of.
-                    log::info!("cannot ask {site} for copies now ({e}); asked again when it connects");
+                    log::info!(
+                        "cannot ask {site} for copies now ({e}); asked again when it connects"
+                    );
                     break;
                 }
                 sent.push((r.site.clone(), r.rule_crc, r.name_bytes()));

@@ -367,6 +367,23 @@ impl Header {
     }
 }
 
+/// `body` (a header and what follows it) closed with a trailer under `key`, its header's total
+/// size set to match: a file [`open`] checks as sealed whatever its body holds (the fuzz
+/// target feeds the body's decoder so; a source holding the key can send any body too).
+pub fn seal_body(body: &[u8], key: &Key) -> Vec<u8> {
+    let mut out = body.to_vec();
+    if out.len() >= 40 {
+        let total = (out.len() + TRAILER_LEN) as u64;
+        out[32..40].copy_from_slice(&total.to_le_bytes());
+    }
+    let hash: [u8; 32] = blake3::hash(&out).into();
+    out.extend_from_slice(TRAILER_MAGIC);
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(&key.tag(&[TAG_FILE, &hash]));
+    out.extend_from_slice(&[0u8; TRAILER_LEN - 72]);
+    out
+}
+
 /// Checks `bytes` as a spool file sealed with `key` (size, hash, MAC) and decodes it.
 pub fn open(bytes: &[u8], key: &Key) -> Result<SpoolFile, SpoolError> {
     let header = Header::decode(bytes)?;
@@ -441,9 +458,12 @@ fn decode_body(
                 .ok_or_else(|| bad("an entry's data lies outside the data portion"))?;
             Ok(data[from as usize..end as usize].to_vec())
         };
+        let overflow = || bad("an entry's offsets overflow");
+        let aux_at = at.checked_add(name_len).ok_or_else(overflow)?;
+        let data_at = aux_at.checked_add(aux_len).ok_or_else(overflow)?;
         let name = take(at, name_len)?;
-        let aux = take(at + name_len, aux_len)?;
-        let payload = take(at + name_len + aux_len, data_len)?;
+        let aux = take(aux_at, aux_len)?;
+        let payload = take(data_at, data_len)?;
         entries.push(WireEntry {
             pos: Position::new(v(0), v(1)),
             part,
@@ -537,7 +557,7 @@ fn open_text<'a>(
     };
     let (body, mac) = text.split_at(at);
     let hex = mac["mac ".len()..].trim_end();
-    let tag_bytes: Option<Vec<u8>> = (hex.len() == 64)
+    let tag_bytes: Option<Vec<u8>> = (hex.len() == 64 && hex.is_ascii())
         .then(|| {
             (0..32)
                 .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
@@ -795,5 +815,21 @@ mod tests {
         assert_eq!(Requests::decode(&text, &k).unwrap(), r);
         // An ack is not taken for requests (domain tags differ).
         assert!(Requests::decode(&a.encode(&k), &k).is_err());
+        // A mac line of 64 bytes that are not hex digits (nor ASCII) is refused, not a panic.
+        let odd = format!("mirror-spool-ack 1\nmac {}\n", "é".repeat(32));
+        assert!(Ack::decode(&odd, &k).is_err());
+    }
+
+    #[test]
+    fn a_sealed_body_with_offsets_that_overflow_is_refused() {
+        let k = key(1);
+        let (bytes, _, _) = sealed(&k);
+        let mut body = bytes[..bytes.len() - TRAILER_LEN].to_vec();
+        let h = Header::decode(&body).unwrap();
+        // The first control record's data offset (at byte 48 of the record) near u64::MAX.
+        let at = h.control_off as usize + 48;
+        body[at..at + 8].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        let f = seal_body(&body, &k);
+        assert!(matches!(open(&f, &k), Err(SpoolError::Malformed(_))));
     }
 }
