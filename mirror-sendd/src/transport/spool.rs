@@ -147,6 +147,9 @@ struct SpoolTransport {
     handled: HashSet<(u64, u32, Vec<u8>)>,
     last_ack: Option<Ack>,
     loaded: Instant,
+    /// The last file sealed by earlier sessions: once it is acknowledged, so is everything
+    /// the spool held at the start ([`Event::HeldAcked`]).
+    held_seq: u64,
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> LinkError {
@@ -236,7 +239,9 @@ pub fn open(
         handled: HashSet::new(),
         last_ack: None,
         loaded: Instant::now(),
+        held_seq: 0,
     };
+    t.held_seq = t.head.seq;
     t.clean_tmp();
     t.load_sealed()?;
     let held = t.head.last.filter(|_| t.head.seq > 0);
@@ -279,7 +284,10 @@ impl SpoolTransport {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(seq) = self.seq_of(&name) else {
-                if name.ends_with(spool::SUFFIX) {
+                // Files of another stream, and what a write cut short left.
+                if name.ends_with(spool::SUFFIX)
+                    || (name.starts_with('.') && name.contains(".tmp."))
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
                 continue;
@@ -498,7 +506,7 @@ impl SpoolTransport {
                 let _ = std::fs::remove_file(self.dir.join(&s.name));
             }
         }
-        if !self.sealed.values().any(|s| s.frame.is_none()) {
+        if a.seq >= self.held_seq {
             // Every file of earlier sessions is acknowledged.
             let _ = self.events.send(Event::HeldAcked);
         }

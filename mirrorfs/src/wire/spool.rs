@@ -49,8 +49,9 @@ pub const TRAILER_LEN: usize = 80;
 pub const SUFFIX: &str = ".spool";
 /// Header flag: the first file of a journal stream.
 const FLAG_NEW_STREAM: u32 = 1;
-/// The largest spool file a reader takes (a file claiming more is refused unread).
-pub const MAX_FILE: u64 = 4 << 30;
+/// The largest spool file a reader takes (a file claiming more is refused unread): the
+/// largest `--spool-size` and one frame more.
+pub const MAX_FILE: u64 = (1 << 30) + (80 << 20);
 /// Domain tags of the MACs.
 const TAG_FILE: &[u8] = b"mirror-spool-file\0";
 const TAG_ACK: &[u8] = b"mirror-spool-ack\0";
