@@ -678,3 +678,23 @@ impl Transport for SpoolTransport {
         self.building = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_round_trips_and_damage_is_seen() {
+        let h = Head {
+            seq: 42,
+            hash: [7; 32],
+            stream: 0xfeed,
+            last: Some(Position::new(3, 4096)),
+        };
+        assert_eq!(Head::decode(&h.encode()), Some(h.clone()));
+        let none = Head { last: None, ..h };
+        assert_eq!(Head::decode(&none.encode()), Some(none));
+        assert_eq!(Head::decode("seq x\n"), None);
+        assert_eq!(Head::decode("hash 00\n"), None);
+    }
+}
