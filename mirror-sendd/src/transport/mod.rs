@@ -132,15 +132,9 @@ pub(crate) fn connect(site: &str) -> Result<TcpStream, LinkError> {
     Err(LinkError::Connect(last))
 }
 
-/// Authenticates to the router of `site` with its key ([`auth::client`]).
-pub(crate) fn handshake(
-    shared: &Shared,
-    site: &str,
-    role: Role,
-    r: &mut std::io::BufReader<TcpStream>,
-    w: &mut TcpStream,
-) -> Result<auth::Session, LinkError> {
-    let key = shared
+/// The key of `site` (a router's, or a spool's), or how to add one.
+pub(crate) fn key_of(shared: &Shared, site: &str) -> Result<mirrorfs::wire::auth::Key, LinkError> {
+    shared
         .keys
         .get(site)
         .map_err(|e| LinkError::Auth(e.to_string()))?
@@ -150,7 +144,18 @@ pub(crate) fn handshake(
                 shared.keys.path().display(),
                 shared.site_id
             ))
-        })?;
+        })
+}
+
+/// Authenticates to the router of `site` with its key ([`auth::client`]).
+pub(crate) fn handshake(
+    shared: &Shared,
+    site: &str,
+    role: Role,
+    r: &mut std::io::BufReader<TcpStream>,
+    w: &mut TcpStream,
+) -> Result<auth::Session, LinkError> {
+    let key = key_of(shared, site)?;
     auth::client(r, w, &shared.site_id, shared.stream(), role, &key).map_err(|e| match e {
         HandshakeError::Wire(w) => LinkError::Wire(w),
         HandshakeError::Refused(reason) => LinkError::Refused(reason),

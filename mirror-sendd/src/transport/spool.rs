@@ -176,17 +176,7 @@ pub fn open(
     outbox: &Path,
     events: Sender<Event>,
 ) -> Result<Opened, LinkError> {
-    let key = shared
-        .keys
-        .get(site)
-        .map_err(|e| LinkError::Auth(e.to_string()))?
-        .ok_or_else(|| {
-            LinkError::Auth(format!(
-                "no key for spool site {site} in {}; on the router run `mirror-ctl router key add {}`, then here `mirror-ctl key add {site} KEY`",
-                shared.keys.path().display(),
-                shared.site_id
-            ))
-        })?;
+    let key = super::key_of(shared, site)?;
     for d in [
         outbox.to_path_buf(),
         outbox.join(".tmp"),
