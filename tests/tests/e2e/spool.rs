@@ -643,3 +643,64 @@ fn sync_wait_seals_at_once_and_a_backlog_past_the_queue_limit_blocks_the_site_un
     assert_eq!(n, 21);
     drop(m);
 }
+
+#[test]
+fn a_file_lost_on_the_way_is_written_again_byte_for_byte_on_unblock_and_after_resend_after() {
+    let p = spool_pair("w", &[]);
+    let m = p.local.mount(&[]);
+    let args = ["--spool-age", "200ms", "--spool-size", "64K"];
+    let mut s = p
+        .local
+        .sender_with(&[&args[..], &["--spool-resend-after", "1h"]].concat());
+    let mut w = Workload::new(&p.local.dir, 0x5b00_0007, 20);
+    for _ in 0..300 {
+        w.step();
+    }
+    fs::write(p.local.dir.join("zz-marker"), b"the end").unwrap();
+    wait_until(Duration::from_secs(60), "the workload sealed", || {
+        sealed_through(&p.outbox, "zz-marker")
+    });
+    // `rclone move` took every file; the second never arrived.
+    let files = take_spool_files(&p.outbox);
+    assert!(files.len() >= 3, "{} files", files.len());
+    for (i, (n, b)) in files.iter().enumerate() {
+        if i != 1 {
+            deliver(&p.inbox, n, b);
+        }
+    }
+    wait_until(Duration::from_secs(30), "the router waits for file 2", || {
+        spool_source(&p.router)["waiting_for"][0].as_u64() == Some(2)
+    });
+    let text = String::from_utf8_lossy(&p.router.ctl(&["status"]).stdout).into_owned();
+    assert!(text.contains("WAITING for spool file 2"), "{text}");
+    carry_acks(&p);
+    // `mirror-ctl unblock` puts the lost file back into the outbox, byte for byte.
+    let out = p.local.ctl(&["unblock", &p.site]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lost = p.outbox.join(&files[1].0);
+    wait_until(Duration::from_secs(30), "the lost file written again", || {
+        lost.exists()
+    });
+    assert_eq!(fs::read(&lost).unwrap(), files[1].1);
+    // Lost once more: `--spool-resend-after` brings it back on its own.
+    fs::remove_file(&lost).unwrap();
+    s.kill9();
+    let _s = p
+        .local
+        .sender_with(&[&args[..], &["--spool-resend-after", "2s"]].concat());
+    wait_until(Duration::from_secs(30), "the lost file written again", || {
+        lost.exists()
+    });
+    assert_eq!(fs::read(&lost).unwrap(), files[1].1);
+    deliver(&p.inbox, &files[1].0, &files[1].1);
+    let n = files.len() as u64;
+    wait_until(Duration::from_secs(30), "every file applied", || {
+        spool_source(&p.router)["next"].as_u64() == Some(n + 1)
+    });
+    carry_acks(&p);
+    wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
+    wait_until(Duration::from_secs(30), "the outbox emptied", || {
+        spool_files(&p.outbox).is_empty()
+    });
+    drop(m);
+}
