@@ -153,7 +153,8 @@ pub enum KeyCommand {
   mirror-ctl key add '*' -            # one key for every site"
     )]
     Add {
-        /// The router's `HOST:PORT`, as in the rules, or `*` for every site without its own.
+        /// The router's `HOST:PORT` or the spool's `spool:/OUTBOX`, as in the rules, or `*` for
+        /// every site without its own.
         site: String,
         /// The key: 64 hexadecimal digits, or `-` to read it from stdin.
         key: String,

@@ -48,9 +48,12 @@ fn rm(keys: &KeyRing, name: &str, what: &str) -> Result<()> {
 pub fn source(keys: &KeyRing, cmd: KeyCommand) -> Result<()> {
     match cmd {
         KeyCommand::Add { site, key } => {
-            if site != "*" {
-                mirrorfs::rule::Site::parse(&site)?;
-            }
+            // As rules name it (`spool:/out/` is `spool:/out`).
+            let site = if site == "*" {
+                site
+            } else {
+                mirrorfs::rule::Site::parse(&site)?.to_string()
+            };
             let key = parse_key(&key)?;
             KeyFile::store(keys.path(), &site, &key)?;
             println!(
@@ -60,7 +63,10 @@ pub fn source(keys: &KeyRing, cmd: KeyCommand) -> Result<()> {
             Ok(())
         }
         KeyCommand::List => list(keys, "site"),
-        KeyCommand::Rm { site } => rm(keys, &site, "site"),
+        KeyCommand::Rm { site } => {
+            let site = mirrorfs::rule::Site::parse(&site).map_or(site, |s| s.to_string());
+            rm(keys, &site, "site")
+        }
     }
 }
 
