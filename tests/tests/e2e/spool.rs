@@ -43,9 +43,17 @@ fn spool_pair(dest: &str, router_extra: &[&str]) -> SpoolPair {
     // The spool's own key (given with a trailing slash: the rule's form is stored), not the
     // test's key for every site.
     let out = local.ctl(&["key", "rm", "*"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = local.ctl(&["key", "add", &format!("{site}/"), mirror_tests::TEST_KEY]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     local.add_rule_validated(&format!("{}/", local.dir.display()), &site, dest, &[]);
     SpoolPair {
         local,
@@ -678,19 +686,27 @@ fn a_file_lost_on_the_way_is_written_again_byte_for_byte_on_unblock_and_after_re
             deliver(&p.inbox, n, b);
         }
     }
-    wait_until(Duration::from_secs(30), "the router waits for file 2", || {
-        spool_source(&p.router)["waiting_for"][0].as_u64() == Some(2)
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the router waits for file 2",
+        || spool_source(&p.router)["waiting_for"][0].as_u64() == Some(2),
+    );
     let text = String::from_utf8_lossy(&p.router.ctl(&["status"]).stdout).into_owned();
     assert!(text.contains("WAITING for spool file 2"), "{text}");
     carry_acks(&p);
     // `mirror-ctl unblock` puts the lost file back into the outbox, byte for byte.
     let out = p.local.ctl(&["unblock", &p.site]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lost = p.outbox.join(&files[1].0);
-    wait_until(Duration::from_secs(30), "the lost file written again", || {
-        lost.exists()
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the lost file written again",
+        || lost.exists(),
+    );
     assert_eq!(fs::read(&lost).unwrap(), files[1].1);
     // Lost once more: `--spool-resend-after` brings it back on its own.
     fs::remove_file(&lost).unwrap();
@@ -698,9 +714,11 @@ fn a_file_lost_on_the_way_is_written_again_byte_for_byte_on_unblock_and_after_re
     let _s = p
         .local
         .sender_with(&[&args[..], &["--spool-resend-after", "2s"]].concat());
-    wait_until(Duration::from_secs(30), "the lost file written again", || {
-        lost.exists()
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "the lost file written again",
+        || lost.exists(),
+    );
     assert_eq!(fs::read(&lost).unwrap(), files[1].1);
     deliver(&p.inbox, &files[1].0, &files[1].1);
     let n = files.len() as u64;
@@ -714,4 +732,186 @@ fn a_file_lost_on_the_way_is_written_again_byte_for_byte_on_unblock_and_after_re
         spool_files(&p.outbox).is_empty()
     });
     drop(m);
+}
+
+/// `rclone serve sftp` of a directory on a loopback port (an SFTP server the backup host
+/// runs), stopped on drop.
+struct SftpServer {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl SftpServer {
+    fn start(dir: &Path, cache: &Path) -> SftpServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("rclone")
+            .args(["serve", "sftp"])
+            .arg(dir)
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .args(["--user", "mirror", "--pass", "secret"])
+            .arg("--cache-dir")
+            .arg(cache)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run rclone serve sftp");
+        let s = SftpServer { port, child };
+        wait_until(Duration::from_secs(30), "the SFTP server up", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        s
+    }
+}
+
+impl Drop for SftpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rclone_move_over_sftp_carries_the_spool_and_the_acknowledgements() {
+    let p = spool_pair("w", &[]);
+    let base = p.local.tmp.path().canonicalize().unwrap();
+    // The backup host serves its inbox and ack directory's parent over SFTP.
+    let server = SftpServer::start(&base, &base.join("rclone-cache"));
+    let pass = Command::new("rclone")
+        .args(["obscure", "secret"])
+        .output()
+        .expect("rclone obscure");
+    let pass = String::from_utf8_lossy(&pass.stdout).trim().to_string();
+    let env = [
+        ("RCLONE_CONFIG_BACKUP_TYPE", "sftp".to_string()),
+        ("RCLONE_CONFIG_BACKUP_HOST", "127.0.0.1".to_string()),
+        ("RCLONE_CONFIG_BACKUP_PORT", server.port.to_string()),
+        ("RCLONE_CONFIG_BACKUP_USER", "mirror".to_string()),
+        ("RCLONE_CONFIG_BACKUP_PASS", pass),
+    ];
+    let m = p.local.mount(&[]);
+    let _s = p.local.sender_with(&sender_args());
+    let mut w = Workload::new(&p.local.dir, 0x5b00_0008, 30);
+    for _ in 0..500 {
+        w.step();
+    }
+    fs::write(p.local.dir.join("zz-marker"), b"the end").unwrap();
+    let done =
+        || tree_equal(&p.local.dir, &p.router.path("w")) && spool_files(&p.outbox).is_empty();
+    // The transfer, as a cron job would run it: spool files over, acknowledgements back.
+    for _ in 0..600 {
+        if done() {
+            break;
+        }
+        run(Command::new("rclone")
+            .envs(env.iter().map(|(k, v)| (k, v.as_str())))
+            .args([
+                "move",
+                "--immutable",
+                "--exclude",
+                ".tmp/**",
+                "--exclude",
+                "acks/**",
+            ])
+            .arg(&p.outbox)
+            .arg("backup:inbox"));
+        run(Command::new("rclone")
+            .envs(env.iter().map(|(k, v)| (k, v.as_str())))
+            .args(["copy", "--exclude", ".*", "backup:acks"])
+            .arg(p.outbox.join("acks")));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let n = wait_converged(&p.local.dir, &p.router.path("w"), Duration::from_secs(5));
+    assert!(n >= 20);
+    assert!(spool_files(&p.outbox).is_empty());
+    drop(m);
+    p.local.assert_no_errors();
+}
+
+/// Whether `a` and `b` hold the same tree (no panic while they differ).
+fn tree_equal(a: &Path, b: &Path) -> bool {
+    b.exists() && mirror_tests::tree(a) == mirror_tests::tree(b)
+}
+
+/// An rsync daemon on a loopback port serving the router's inbox (write) and ack directory
+/// (read), stopped on drop.
+struct RsyncDaemon {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl RsyncDaemon {
+    fn start(p: &SpoolPair) -> RsyncDaemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let conf = p.local.tmp.path().join("rsyncd.conf");
+        fs::create_dir_all(&p.acks).unwrap();
+        fs::write(
+            &conf,
+            format!(
+                "use chroot = false\nuid = root\ngid = root\npid file = {}\n[inbox]\npath = {}\nread only = false\n[acks]\npath = {}\nread only = true\n",
+                p.local.tmp.path().join("rsyncd.pid").display(),
+                p.inbox.display(),
+                p.acks.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("rsync")
+            .args(["--daemon", "--no-detach", "--address", "127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--config={}", conf.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run rsync --daemon");
+        let d = RsyncDaemon { port, child };
+        wait_until(Duration::from_secs(30), "the rsync daemon up", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        d
+    }
+}
+
+impl Drop for RsyncDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_rsync_daemon_carries_the_spool_and_the_acknowledgements() {
+    let p = spool_pair("w", &[]);
+    fs::create_dir_all(&p.inbox).unwrap();
+    let d = RsyncDaemon::start(&p);
+    let m = p.local.mount(&[]);
+    let _s = p.local.sender_with(&sender_args());
+    let mut w = Workload::new(&p.local.dir, 0x5b00_0009, 30);
+    for _ in 0..500 {
+        w.step();
+    }
+    let url = format!("rsync://127.0.0.1:{}", d.port);
+    for _ in 0..600 {
+        if tree_equal(&p.local.dir, &p.router.path("w")) && spool_files(&p.outbox).is_empty() {
+            break;
+        }
+        run(Command::new("rsync")
+            .args(["-a", "--exclude", ".tmp/", "--exclude", "acks/"])
+            .arg(format!("{}/", p.outbox.display()))
+            .arg(format!("{url}/inbox/")));
+        run(Command::new("rsync")
+            .args(["-a", "--checksum", "--exclude", ".*"])
+            .arg(format!("{url}/acks/"))
+            .arg(format!("{}/acks/", p.outbox.display())));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let n = wait_converged(&p.local.dir, &p.router.path("w"), Duration::from_secs(5));
+    assert!(n >= 20);
+    assert!(spool_files(&p.outbox).is_empty());
+    drop(m);
+    p.local.assert_no_errors();
 }
