@@ -88,7 +88,7 @@ pub fn router(keys: &KeyRing, cmd: RouterKeyCommand) -> Result<()> {
             };
             KeyFile::store_granting(keys.path(), &site, &key, Some(ns.clone()))?;
             eprintln!(
-                "stored the key of source site {site} in {}, granting <root>/{} (namespace {ns}); on that source run:\n  mirror-ctl key add ROUTER_HOST:PORT {}",
+                "stored the key of source site {site} in {}, granting <root>/{} (namespace {ns}); on that source run:\n  mirror-ctl key add ROUTER_HOST:PORT {}\n(or, for a source that sends spool files, `mirror-ctl key add spool:/OUTBOX` with the same key)",
                 keys.path().display(),
                 ns.path().display(),
                 key.to_hex()

@@ -67,6 +67,7 @@ pub fn add(state: &StateDir, keys: &mirrorfs::wire::auth::KeyRing, args: AddArgs
         sync,
     };
     let mut db = open_db(state)?;
+    refuse_outbox_in_sources(&db.list()?, &spec)?;
     let rule = db.add_with(spec, !args.no_sync)?;
     println!("added rule {}: {}", rule.id, describe(&rule));
     if args.no_sync {
@@ -283,6 +284,37 @@ fn refuse_sync_spool(mode: Mode, sites: &[mirrorfs::rule::Site]) -> Result<()> {
             bail!(
                 "--mode sync cannot name spool site {s}: a spool is carried by a file-transfer tool, so a durability point would wait for hours; keep the rule async (or name a HOST:PORT site)"
             );
+        }
+    }
+    Ok(())
+}
+
+/// A spool outbox inside what a rule selects would mirror its own spool files, and send
+/// them again, for ever: refused, whichever of the two rules comes second.
+fn refuse_outbox_in_sources(rules: &[Rule], new: &RuleSpec) -> Result<()> {
+    let specs: Vec<(Option<i64>, &RuleSpec)> = rules
+        .iter()
+        .map(|r| (Some(r.id), &r.spec))
+        .chain(std::iter::once((None, new)))
+        .collect();
+    for (_, with_outbox) in &specs {
+        for outbox in with_outbox.sites.iter().filter_map(|s| s.spool_dir()) {
+            for (id, spec) in &specs {
+                let dir = spec.pattern.source_dir();
+                let inside = if spec.pattern.kind().is_subtree() {
+                    outbox.starts_with(dir)
+                } else {
+                    outbox == dir
+                };
+                if inside {
+                    bail!(
+                        "spool outbox {} is inside {}, which {} selects: its own spool files would be mirrored and sent again for ever; put the outbox outside every rule's source",
+                        outbox.display(),
+                        dir.display(),
+                        id.map_or("this rule".to_string(), |i| format!("rule {i}"))
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -196,14 +196,33 @@ pub struct Coordinator {
     acks: PathBuf,
     dir: PathBuf,
     sources: Mutex<HashMap<String, Source>>,
+    /// Files refused (name, time, size): the same file delivered again is not reported again.
+    refused: Mutex<HashSet<(String, SystemTime, u64)>>,
     /// Wakes the scan (an acknowledgement came, a session ended).
     wake: (Sender<()>, Receiver<()>),
 }
 
 /// Starts the coordinator of `inbox`, its acknowledgements written into `acks`.
 pub fn start(router: Arc<Router>, inbox: PathBuf, acks: PathBuf) -> std::io::Result<()> {
-    std::fs::create_dir_all(&inbox)?;
-    std::fs::create_dir_all(&acks)?;
+    for d in [&inbox, &acks] {
+        if d.exists() && !d.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory",
+                d.display()
+            )));
+        }
+        std::fs::create_dir_all(d)?;
+    }
+    let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    if real(&inbox).starts_with(real(&router.cfg.root)) {
+        return Err(std::io::Error::other(format!(
+            "the spool inbox {} is inside the backup root {}: choose a directory outside it",
+            inbox.display(),
+            router.cfg.root.display()
+        )));
+    }
+    // One coordinator per inbox: another would take (and refuse) this one's files.
+    let lock = inbox_lock(&inbox)?;
     let dir = state_dir(&router.cfg.state);
     mirrorfs::state::private_dir(&dir)?;
     let c = Arc::new(Coordinator {
@@ -212,12 +231,36 @@ pub fn start(router: Arc<Router>, inbox: PathBuf, acks: PathBuf) -> std::io::Res
         acks,
         dir,
         sources: Mutex::new(HashMap::new()),
+        refused: Mutex::new(HashSet::new()),
         wake: crossbeam_channel::bounded(1),
     });
     std::thread::Builder::new()
         .name("spool".into())
-        .spawn(move || c.run())?;
+        .spawn(move || {
+            let _lock = lock;
+            c.run()
+        })?;
     Ok(())
+}
+
+/// Takes `<inbox>/.lock` (an exclusive `flock`, held while the coordinator runs).
+fn inbox_lock(inbox: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let path = inbox.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::other(format!(
+            "another mirror-routerd applies the spool inbox {} (it holds {})",
+            inbox.display(),
+            path.display()
+        )));
+    }
+    Ok(f)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -288,6 +331,11 @@ impl Coordinator {
                 meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 meta.len(),
             );
+            if lock(&self.refused).contains(&(name.clone(), stamp.0, stamp.1)) {
+                log::debug!("spool file {name}: refused already (delivered again); removed");
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
             let verdict = match seen.get(&name) {
                 Some((s, v)) if *s == stamp => v.clone(),
                 _ => self.judge(&e.path(), &name, meta.len()),
@@ -324,6 +372,10 @@ impl Coordinator {
     /// What the file at `path` is (read whole and checked when it claims to be a spool
     /// file of a source with a key).
     fn judge(&self, path: &Path, name: &str, len: u64) -> Seen {
+        if len < spool::HEADER_LEN as u64 {
+            // Too short to tell yet (a copy just begun): judged again when it changes.
+            return Seen::Partial(Instant::now(), None);
+        }
         let mut head = vec![0u8; spool::HEADER_LEN.min(len as usize)];
         let read = std::fs::File::open(path).and_then(|mut f| {
             use std::io::Read;
@@ -356,6 +408,15 @@ impl Coordinator {
                     want: header.total,
                 }
                 .to_string(),
+            );
+            return Seen::Foreign;
+        }
+        let expected = spool::file_name(&header.site, header.stream, header.seq);
+        if name != expected {
+            self.refuse(
+                name,
+                Some(&header.site),
+                &format!("its name does not match its header, which makes it {expected}"),
             );
             return Seen::Foreign;
         }
@@ -397,6 +458,20 @@ impl Coordinator {
 
     /// Moves `name` aside into `.refused/` and reports why.
     fn refuse(&self, name: &str, site: Option<&str>, why: &str) {
+        // The same file delivered again (a transfer tool that copies what the outbox still
+        // holds) is removed without a second report.
+        if let Ok(m) = std::fs::symlink_metadata(self.inbox.join(name)) {
+            let stamp = (
+                name.to_string(),
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.len(),
+            );
+            let mut r = lock(&self.refused);
+            if r.len() >= 10_000 {
+                r.clear();
+            }
+            r.insert(stamp);
+        }
         let aside = self.inbox.join(".refused");
         let _ = std::fs::create_dir_all(&aside);
         let to = aside.join(format!("{name}.{}", mirrorfs::now_ns()));
@@ -787,7 +862,8 @@ impl Coordinator {
     fn write_back(&self) {
         let mut sources = lock(&self.sources);
         for src in sources.values_mut() {
-            if src.ack_dirty && src.record.stream != 0 {
+            // Before any file applied (stream 0), an ack carries the refusals alone.
+            if src.ack_dirty && (src.record.stream != 0 || !src.record.refused.is_empty()) {
                 self.write_ack(src);
             }
             if src.requests_dirty && src.record.stream != 0 {

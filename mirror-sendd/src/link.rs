@@ -386,6 +386,13 @@ fn wait_for_unblock(
                 ))
             }
             Some(_) => {}
+            // A spool site has no heartbeats: tried every probation (the try reads what
+            // acknowledgements came).
+            None if mirrorfs::rule::is_spool_site(site) => {
+                if now.duration_since(last_try) >= policy.timing.probation {
+                    return Some(("trying the spool again".into(), false));
+                }
+            }
             None => {
                 let steady = lock(monitor).steady_for(now, policy.timing.threshold);
                 if steady >= policy.timing.probation

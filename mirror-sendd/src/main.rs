@@ -115,17 +115,26 @@ struct Cli {
     /// A spool site's file is sealed once its oldest entry is this old, so that a quiet
     /// system still ships its last change.
     #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = SPOOL,
-          value_parser = mirrorfs::units::parse_duration)]
+          value_parser = |s: &str| at_least(s, Duration::from_millis(10)))]
     spool_age: Duration,
     /// A spool file still unacknowledged this long after it was put into the outbox, and
     /// gone from there (moved by a transfer tool and lost on the way), is written again, byte
     /// for byte the same (also on `mirror-ctl unblock`).
     #[arg(long, value_name = "DURATION", default_value = "1h", help_heading = SPOOL,
-          value_parser = mirrorfs::units::parse_duration)]
+          value_parser = |s: &str| at_least(s, Duration::from_secs(1)))]
     spool_resend_after: Duration,
 }
 
 const SPOOL: &str = "Spool sites";
+
+/// A duration of at least `min`.
+fn at_least(s: &str, min: Duration) -> Result<Duration, String> {
+    let d = mirrorfs::units::parse_duration(s)?;
+    if d < min {
+        return Err(format!("{s}: at least {min:?}"));
+    }
+    Ok(d)
+}
 
 /// A spool file size: 64K to 1G.
 fn parse_spool_size(s: &str) -> Result<u64, String> {

@@ -110,8 +110,6 @@ pub fn state_dir(state: &Path, site: &str) -> PathBuf {
 #[derive(Debug)]
 struct Sealed {
     name: String,
-    /// Its size.
-    bytes: u64,
     /// The last entries frame of this session in it (none: sealed by an earlier session).
     frame: Option<u64>,
     /// When it was last put into the outbox.
@@ -150,6 +148,11 @@ struct SpoolTransport {
     /// The last file sealed by earlier sessions: once it is acknowledged, so is everything
     /// the spool held at the start ([`Event::HeldAcked`]).
     held_seq: u64,
+    /// Refusals the router reported, as read (each logged once), and the newest.
+    refusals: HashSet<String>,
+    last_refusal: Option<String>,
+    /// The key changed since the last look.
+    rekeyed: bool,
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> LinkError {
@@ -230,12 +233,16 @@ pub fn open(
         last_ack: None,
         loaded: Instant::now(),
         held_seq: 0,
+        refusals: HashSet::new(),
+        last_refusal: None,
+        rekeyed: false,
     };
-    t.held_seq = t.head.seq;
     t.clean_tmp();
     t.load_sealed()?;
-    let held = t.head.last.filter(|_| t.head.seq > 0);
     t.look(true);
+    t.repair_chain()?;
+    t.held_seq = t.head.seq;
+    let held = t.head.last.filter(|_| t.head.seq > 0);
     if !t.sealed.is_empty() {
         log::info!(
             "site {site}: {} spool files wait for their acknowledgement (from {})",
@@ -286,12 +293,10 @@ impl SpoolTransport {
                 let _ = std::fs::remove_file(e.path());
                 continue;
             }
-            let bytes = e.metadata().map_or(0, |m| m.len());
             self.sealed.insert(
                 seq,
                 Sealed {
                     name,
-                    bytes,
                     frame: None,
                     published: Instant::now(),
                 },
@@ -307,6 +312,64 @@ impl SpoolTransport {
         Ok(())
     }
 
+    /// Sealed files removed from `<state>/spool/` before they were acknowledged cannot be put
+    /// back byte for byte: the chain goes back to the last file still there (or the last one
+    /// acknowledged), and what followed is sealed again from the journal, which still holds
+    /// it (it was never acknowledged). Should the old files reach the router after all, it
+    /// refuses them (they no longer follow the chain it applies).
+    fn repair_chain(&mut self) -> Result<(), LinkError> {
+        let Some(k) = (self.acked + 1..=self.head.seq).find(|s| !self.sealed.contains_key(s))
+        else {
+            return Ok(());
+        };
+        let anchor = if k - 1 > self.acked {
+            let name = self.sealed.get(&(k - 1)).map(|s| s.name.clone());
+            name.and_then(|n| std::fs::read(self.dir.join(n)).ok())
+                .and_then(|b| Some((spool::Header::decode(&b).ok()?, spool::recorded_hash(&b)?)))
+                .map(|(h, hash)| Head {
+                    seq: h.seq,
+                    hash,
+                    stream: h.stream,
+                    last: h.last_complete.or(self.head.last),
+                })
+        } else if k == 1 {
+            Some(Head {
+                stream: self.shared.stream(),
+                ..Head::default()
+            })
+        } else {
+            std::fs::read_to_string(self.dir.join("acked"))
+                .ok()
+                .and_then(|t| Head::decode(&t))
+                .filter(|a| a.seq == k - 1 && a.stream == self.shared.stream())
+        };
+        let Some(anchor) = anchor else {
+            return Err(LinkError::Local(format!(
+                "spool: sealed file {k} of {} is gone from {} before the router acknowledged it, and the file before it is not known either; the files it held cannot be sent again in sequence",
+                self.site,
+                self.dir.display(),
+            )));
+        };
+        let gone: Vec<u64> = self.sealed.range(k..).map(|(s, _)| *s).collect();
+        for s in &gone {
+            if let Some(f) = self.sealed.remove(s) {
+                let _ = std::fs::remove_file(self.dir.join(&f.name));
+                let _ = std::fs::remove_file(self.outbox.join(&f.name));
+            }
+        }
+        log::error!(
+            "site {}: spool files {k} to {} were removed from {} before the router acknowledged them; sealing what they held again from the journal (the router refuses the old ones if they still arrive)",
+            self.site,
+            self.head.seq,
+            self.dir.display()
+        );
+        let head_path = self.dir.join("head");
+        mirrorfs::state::write_atomic(&head_path, anchor.encode().as_bytes())
+            .map_err(io_err(format!("cannot write {}", head_path.display())))?;
+        self.head = anchor;
+        Ok(())
+    }
+
     /// The sequence number of `name` if it is a file of this source's current stream.
     fn seq_of(&self, name: &str) -> Option<u64> {
         let rest = name.strip_suffix(spool::SUFFIX)?;
@@ -314,24 +377,53 @@ impl SpoolTransport {
         rest.strip_prefix(&prefix)?.parse().ok()
     }
 
-    /// Links retained file `name` into the outbox: through `.tmp/`, then renamed.
+    /// Seals kept file `name` again under the site's current key if it was sealed under
+    /// another (a key corrected after the router refused files); whether it did.
+    fn reseal_kept(&self, name: &str) -> Result<bool, LinkError> {
+        let kept = self.dir.join(name);
+        let bytes =
+            std::fs::read(&kept).map_err(io_err(format!("cannot read {}", kept.display())))?;
+        match spool::reseal(&bytes, &self.key) {
+            Ok(None) => Ok(false),
+            Ok(Some(again)) => {
+                mirrorfs::state::write_atomic(&kept, &again)
+                    .map_err(io_err(format!("cannot write {}", kept.display())))?;
+                log::warn!(
+                    "site {}: spool file {name} was sealed under another key; sealed again under the current one",
+                    self.site
+                );
+                Ok(true)
+            }
+            Err(e) => Err(LinkError::Local(format!(
+                "spool: the kept file {} is damaged ({e}); move it aside",
+                kept.display()
+            ))),
+        }
+    }
+
+    /// Links retained file `name` into the outbox: through `.tmp/`, then renamed (what a
+    /// failure leaves in `.tmp/` is removed).
     fn publish(&self, name: &str) -> Result<(), LinkError> {
         let kept = self.dir.join(name);
         let tmp = self.outbox.join(".tmp").join(name);
         let _ = std::fs::remove_file(&tmp);
-        if std::fs::hard_link(&kept, &tmp).is_err() {
-            // Another file system: a copy, made durable.
-            std::fs::copy(&kept, &tmp)
-                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-                .map_err(io_err(format!("cannot write {}", tmp.display())))?;
-        }
         let to = self.outbox.join(name);
-        std::fs::rename(&tmp, &to)
-            .and_then(|()| mirrorfs::state::fsync_dir(&self.outbox))
-            .map_err(io_err(format!(
-                "cannot put {} into the outbox",
-                to.display()
-            )))
+        let put = (|| {
+            if std::fs::hard_link(&kept, &tmp).is_err() {
+                // Another file system: a copy, made durable.
+                std::fs::copy(&kept, &tmp)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+            }
+            std::fs::rename(&tmp, &to)?;
+            mirrorfs::state::fsync_dir(&self.outbox)
+        })();
+        if put.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        put.map_err(io_err(format!(
+            "cannot put {} into the outbox",
+            to.display()
+        )))
     }
 
     /// Seals the file being filled: kept, `head` moved on, then put into the outbox.
@@ -375,7 +467,6 @@ impl SpoolTransport {
             b.seq(),
             Sealed {
                 name,
-                bytes: bytes.len() as u64,
                 frame: Some(self.building_frame),
                 published: Instant::now(),
             },
@@ -408,6 +499,20 @@ impl SpoolTransport {
             return;
         }
         self.looked = Instant::now();
+        // A key corrected while running is taken at once (files not yet acknowledged are
+        // sealed again under it when they are written again).
+        match super::key_of(&self.shared, &self.site) {
+            Ok(k) if k != self.key => {
+                log::info!("site {}: its key changed; using the new one", self.site);
+                self.key = k;
+                self.ack_seen = None;
+                self.requests_seen = None;
+                self.rekeyed = true;
+                self.last_refusal = None;
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("site {}: {e}", self.site),
+        }
         let acks = self.outbox.join("acks");
         let ack_path = acks.join(format!("{}.ack", self.shared.site_id));
         if let Some(text) = changed(&ack_path, &self.ack_seen) {
@@ -426,13 +531,32 @@ impl SpoolTransport {
                     ack_path.display(),
                     a.site
                 ),
-                Ok(a) if a.stream != self.shared.stream() => log::info!(
-                    "site {}: {} acknowledges journal stream {:016x}, not the current one; ignored",
-                    self.site,
-                    ack_path.display(),
-                    a.stream
-                ),
+                Ok(a) if a.stream != self.shared.stream() => {
+                    // Nothing of this stream applied yet (stream 0): the refusals still count.
+                    let _ = self.note_refusals(&a);
+                    if a.stream != 0 {
+                        log::info!(
+                            "site {}: {} acknowledges journal stream {:016x}, not the current one; ignored",
+                            self.site,
+                            ack_path.display(),
+                            a.stream
+                        );
+                    }
+                    self.note();
+                }
                 Ok(a) => self.acknowledged(a),
+                Err(spool::SpoolError::Mac) => {
+                    // Sealed by the router under another key than this site's: the two keys
+                    // differ (what is sealed here is refused there for the same reason).
+                    let why = format!(
+                        "{} is not sealed with this site's key: the keys here and at the router differ (`mirror-ctl key add {} KEY` with the router's key, then `mirror-ctl unblock`)",
+                        ack_path.display(),
+                        self.site
+                    );
+                    log::warn!("site {}: {why}", self.site);
+                    self.last_refusal = Some(why);
+                    self.note();
+                }
                 Err(e) => log::warn!("site {}: {} refused: {e}", self.site, ack_path.display()),
             }
         }
@@ -468,10 +592,21 @@ impl SpoolTransport {
 
     /// The router acknowledged files up to `a.seq`: they become the link's acknowledgements
     /// and leave the outbox.
-    fn acknowledged(&mut self, a: Ack) {
+    /// Logs the refusals of `a` not seen before; the newest shows in status.
+    fn note_refusals(&mut self, a: &Ack) -> bool {
+        let mut new = false;
         for r in &a.refused {
-            log::warn!("site {}: the router refused a spool file: {r}", self.site);
+            if self.refusals.insert(r.clone()) {
+                log::warn!("site {}: the router refused a spool file: {r}", self.site);
+                self.last_refusal = Some(r.clone());
+                new = true;
+            }
         }
+        new
+    }
+
+    fn acknowledged(&mut self, a: Ack) {
+        let refused_now = self.note_refusals(&a);
         if a.seq > self.head.seq {
             log::warn!(
                 "site {}: the acknowledgement names spool file {} but only {} were sealed; ignored",
@@ -487,8 +622,35 @@ impl SpoolTransport {
             return;
         }
         self.acked = a.seq;
+        // Files go through again: an older refusal is past (new ones were noted above).
+        if !refused_now {
+            self.last_refusal = None;
+        }
         let done: Vec<u64> = self.sealed.range(..=a.seq).map(|(k, _)| *k).collect();
         let mut frames = None;
+        if let Some(s) = done.last().and_then(|k| self.sealed.get(k)) {
+            // The last file acknowledged anchors the chain should later files be lost.
+            let anchor = std::fs::read(self.dir.join(&s.name)).ok().and_then(|b| {
+                let h = spool::Header::decode(&b).ok()?;
+                Some(Head {
+                    seq: h.seq,
+                    hash: spool::recorded_hash(&b)?,
+                    stream: h.stream,
+                    last: h.last_complete,
+                })
+            });
+            if let Some(anchor) = anchor {
+                if let Err(e) = mirrorfs::state::write_atomic(
+                    &self.dir.join("acked"),
+                    anchor.encode().as_bytes(),
+                ) {
+                    log::warn!(
+                        "site {}: cannot record the last acknowledged spool file: {e}",
+                        self.site
+                    );
+                }
+            }
+        }
         for k in done {
             if let Some(s) = self.sealed.remove(&k) {
                 frames = frames.max(s.frame);
@@ -521,10 +683,16 @@ impl SpoolTransport {
             .map(|(k, s)| (*k, s.name.clone()))
             .collect();
         for (k, name) in due {
-            if !self.outbox.join(&name).exists() {
+            let resealed = self.reseal_kept(&name)?;
+            if resealed || !self.outbox.join(&name).exists() {
                 log::warn!(
-                    "site {}: spool file {name} is still not acknowledged and gone from the outbox; writing it again",
-                    self.site
+                    "site {}: spool file {name} is still not acknowledged{}; writing it again",
+                    self.site,
+                    if resealed {
+                        ""
+                    } else {
+                        " and gone from the outbox"
+                    }
                 );
                 self.publish(&name)?;
             }
@@ -536,17 +704,17 @@ impl SpoolTransport {
     }
 
     /// A spool site waits for transport until what is not acknowledged (the journal's
-    /// backlog for the site, or the sealed files kept, whichever is more) passes
-    /// `--queue-limit`; then it is blocked, and tried again with a growing pause (each try
-    /// reads the acknowledgements that came meanwhile).
+    /// backlog for the site) passes `--queue-limit`; then it is blocked, and tried again
+    /// every probation (each try reads the acknowledgements that came meanwhile).
     fn check_load(&mut self) -> Result<(), LinkError> {
         self.loaded = Instant::now();
-        let kept: u64 = self.sealed.values().map(|s| s.bytes).sum();
+        // The journal's backlog, as for any site: the files sealed from it are that backlog
+        // (files a dirty set sends whole are bounded by those files; counting them would block
+        // the site again before they could be acknowledged).
         let journal = &self.shared.journal_dir;
-        let backlog =
+        let load =
             mirrorfs::journal::bytes_from(journal, self.shared.acked(&self.site)).unwrap_or(0);
-        let load = kept.max(backlog);
-        let limit = self.policy.queue_limit.bytes(journal, backlog);
+        let limit = self.policy.queue_limit.bytes(journal, load);
         if load > limit {
             return Err(LinkError::Local(format!(
                 "waiting for transport: {load} bytes not acknowledged exceed the queue limit of {limit} bytes ({} spool files in the outbox, the last ack: {}); changed files are tracked and sent whole once the transfer tool brought acknowledgements back",
@@ -565,13 +733,16 @@ impl SpoolTransport {
         let ack = self.last_ack.as_ref().map_or("none yet".to_string(), |a| {
             format!("file {} at {}", a.seq, mirrorfs::logging::utc_secs(a.time))
         });
-        let text = match oldest {
+        let mut text = match oldest {
             Some(o) => format!(
                 "waiting for transport: {} spool files not acknowledged (oldest {o}); last ack: {ack}",
                 self.sealed.len()
             ),
             None => format!("spool: every sealed file acknowledged; last ack: {ack}"),
         };
+        if let Some(r) = &self.last_refusal {
+            text.push_str(&format!("; the router REFUSED {r}"));
+        }
         self.shared.sites.set_spool_note(&self.site, text);
     }
 }
@@ -658,7 +829,10 @@ impl Transport for SpoolTransport {
         if self.loaded.elapsed() >= LOAD_EVERY {
             self.check_load()?;
         }
-        let now = self.shared.sites.take_unblock_request(&self.site);
+        // On unblock, and after a key change, every file not acknowledged goes again (sealed
+        // again under the current key where it was not).
+        let now =
+            self.shared.sites.take_unblock_request(&self.site) || std::mem::take(&mut self.rekeyed);
         self.resend(now)?;
         Ok(())
     }

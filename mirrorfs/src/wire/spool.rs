@@ -10,7 +10,8 @@
 //!            journal position it completes
 //! config     one wire frame: the rules the entries were written under (`Msg::Config`)
 //! control    72 bytes per entry: command, part, rule CRC, journal position, offset, size,
-//!            time, and where its name, second name and data are in the data portion
+//!            time, and where its name, second name and data are in the data portion (a
+//!            name as the bytes it shares with the name before it, and the rest)
 //! data       names and data of the entries, one after the other
 //! trailer    80 bytes: "MIRSPEND", BLAKE3-256 of everything before it (the file's hash,
 //!            which the next file names as its previous), HMAC-SHA256 of that hash under
@@ -225,19 +226,23 @@ impl Builder {
         let data_off = control_off + (self.entries.len() * CONTROL_LEN) as u64;
         let mut control = Vec::with_capacity(self.entries.len() * CONTROL_LEN);
         let mut data = Vec::new();
+        let mut prev: &[u8] = &[];
         for e in &self.entries {
+            // A name is stored as what it shares with the one before, and the rest.
+            let shared = shared_prefix(prev, &e.name);
+            prev = &e.name;
             let at = data.len() as u64;
-            data.extend_from_slice(&e.name);
+            data.extend_from_slice(&e.name[shared..]);
             data.extend_from_slice(&e.aux);
             data.extend_from_slice(&e.data);
             control.push(e.command as u8);
             control.push(e.part.code());
-            control.extend_from_slice(&[0, 0]);
+            control.extend_from_slice(&(shared as u16).to_le_bytes());
             control.extend_from_slice(&e.rule_crc.to_le_bytes());
             for v in [e.pos.segment, e.pos.offset, e.offset, e.size, e.time_ns, at] {
                 control.extend_from_slice(&v.to_le_bytes());
             }
-            control.extend_from_slice(&(e.name.len() as u32).to_le_bytes());
+            control.extend_from_slice(&((e.name.len() - shared) as u32).to_le_bytes());
             control.extend_from_slice(&(e.aux.len() as u32).to_le_bytes());
             control.extend_from_slice(&(e.data.len() as u64).to_le_bytes());
         }
@@ -271,6 +276,15 @@ impl Builder {
         out.extend_from_slice(&[0u8; TRAILER_LEN - 72]);
         Ok((out, hash))
     }
+}
+
+/// How many leading bytes `a` and `b` share (at most `u16::MAX`).
+fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter()
+        .zip(b)
+        .take(u16::MAX as usize)
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -385,6 +399,36 @@ pub fn seal_body(body: &[u8], key: &Key) -> Vec<u8> {
     out
 }
 
+/// The same file sealed under `key` instead, if it is not already (after a key was
+/// corrected): its hash, and so its place in the chain, stay the same. None when it is sealed
+/// under `key` already; an error when it is not a whole, undamaged spool file.
+pub fn reseal(bytes: &[u8], key: &Key) -> Result<Option<Vec<u8>>, SpoolError> {
+    let header = Header::decode(bytes)?;
+    if bytes.len() as u64 != header.total || bytes.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(SpoolError::Size {
+            have: bytes.len() as u64,
+            want: header.total,
+        });
+    }
+    let body = bytes.len() - TRAILER_LEN;
+    let hash: [u8; 32] = blake3::hash(&bytes[..body]).into();
+    if bytes[body + 8..body + 40] != hash {
+        return Err(SpoolError::Checksum);
+    }
+    if key.verify_truncated(&[TAG_FILE, &hash], &bytes[body + 40..body + 72]) {
+        return Ok(None);
+    }
+    let mut out = bytes.to_vec();
+    out[body + 40..body + 72].copy_from_slice(&key.tag(&[TAG_FILE, &hash]));
+    Ok(Some(out))
+}
+
+/// The hash a file's trailer records (the next file's `prev`), without checking it.
+pub fn recorded_hash(bytes: &[u8]) -> Option<[u8; 32]> {
+    let body = bytes.len().checked_sub(TRAILER_LEN)?;
+    bytes.get(body + 8..body + 40)?.try_into().ok()
+}
+
 /// Checks `bytes` as a spool file sealed with `key` (size, hash, MAC) and decodes it.
 pub fn open(bytes: &[u8], key: &Key) -> Result<SpoolFile, SpoolError> {
     let header = Header::decode(bytes)?;
@@ -441,8 +485,9 @@ fn decode_body(
         .ok_or_else(|| bad("entry count overflows"))?;
     let control = &bytes[span(header.control_off, control_len)?];
     let data = &bytes[span(header.data_off, header.data_len)?];
-    let mut entries = Vec::with_capacity(header.count.min(1 << 20) as usize);
+    let mut entries: Vec<WireEntry> = Vec::with_capacity(header.count.min(1 << 20) as usize);
     for r in control.chunks_exact(CONTROL_LEN) {
+        let shared = u16::from_le_bytes([r[2], r[3]]) as usize;
         let command =
             Command::from_u8(r[0]).ok_or_else(|| bad(&format!("unknown command {}", r[0])))?;
         let part = Part::from_code(r[1]).ok_or_else(|| bad(&format!("unknown part {}", r[1])))?;
@@ -462,7 +507,19 @@ fn decode_body(
         let overflow = || bad("an entry's offsets overflow");
         let aux_at = at.checked_add(name_len).ok_or_else(overflow)?;
         let data_at = aux_at.checked_add(aux_len).ok_or_else(overflow)?;
-        let name = take(at, name_len)?;
+        let mut name = match entries.last() {
+            Some(p) if shared <= p.name.len() => p.name[..shared].to_vec(),
+            None if shared == 0 => Vec::new(),
+            _ => {
+                return Err(bad(
+                    "an entry shares more of its name than the one before has",
+                ))
+            }
+        };
+        name.extend_from_slice(&take(at, name_len)?);
+        if name.len() > crate::entry::MAX_NAME_LEN {
+            return Err(bad("a name longer than an entry may have"));
+        }
         let aux = take(aux_at, aux_len)?;
         let payload = take(data_at, data_len)?;
         entries.push(WireEntry {
@@ -554,7 +611,9 @@ fn open_text<'a>(
     text: &'a str,
 ) -> Result<Vec<(&'a str, &'a str)>, SpoolError> {
     let Some(at) = text.rfind("mac ") else {
-        return Err(SpoolError::NotSpool);
+        return Err(SpoolError::Malformed(
+            "no mac line (not written by a coordinator, or cut short)".into(),
+        ));
     };
     let (body, mac) = text.split_at(at);
     let hex = mac["mac ".len()..].trim_end();
@@ -770,6 +829,14 @@ mod tests {
             );
         }
         assert_eq!(open(&bytes, &key(2)).unwrap_err(), SpoolError::Mac);
+        // Sealed again under the other key, it reads there, with the same hash.
+        let again = reseal(&bytes, &key(2)).unwrap().unwrap();
+        assert_eq!(
+            open(&again, &key(2)).unwrap().hash,
+            open(&bytes, &k).unwrap().hash
+        );
+        assert_eq!(reseal(&again, &key(2)).unwrap(), None);
+        assert_eq!(recorded_hash(&again), Some(open(&bytes, &k).unwrap().hash));
         assert_eq!(open(b"hello world", &k).unwrap_err(), SpoolError::NotSpool);
         // A header changed and the hash made again still fails the MAC.
         let mut forged = bytes.clone();

@@ -365,6 +365,15 @@ fn files_out_of_order_twice_truncated_damaged_or_forged_wait_or_are_refused_and_
     for (n, b) in rest {
         deliver(&p.inbox, n, b);
     }
+    // A good file under another file's name is refused: its name must match its header.
+    let last = files.len() - 1;
+    deliver(&p.inbox, &files[last].0, &files[last - 1].1);
+    wait_until(Duration::from_secs(30), "the misnamed file refused", || {
+        refused_files(&p.router)
+            .iter()
+            .any(|r| r.contains("does not match its header"))
+    });
+    deliver(&p.inbox, &files[last].0, &files[last].1);
     // A different file with a number already applied (sealed with the right key) is refused.
     let mut b = mirrorfs::wire::spool::Builder::new(
         &first.header.site,
@@ -410,8 +419,8 @@ fn files_out_of_order_twice_truncated_damaged_or_forged_wait_or_are_refused_and_
         0,
         "refused ones carry a suffix"
     );
-    // The damaged, forged, truncated and impostor files, kept aside for inspection.
-    assert_eq!(fs::read_dir(p.inbox.join(".refused")).unwrap().count(), 4);
+    // The damaged, forged, truncated, misnamed and impostor files, kept aside.
+    assert_eq!(fs::read_dir(p.inbox.join(".refused")).unwrap().count(), 5);
     drop(m);
 }
 
@@ -514,6 +523,32 @@ fn spool_sites_refuse_what_needs_a_live_router_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("spool"), "{err}");
+    // An outbox inside what a rule selects would send its own files for ever.
+    let inside = format!("spool:{}/out", p.local.dir.display());
+    let out = p
+        .local
+        .ctl(&["rule", "add", "/var/tmp/", "--site", &inside, "--dest", "z"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("inside"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One coordinator per inbox.
+    let inbox = p.inbox.to_string_lossy().into_owned();
+    let second = Command::new(mirror_tests::bin("mirror-routerd"))
+        .args(["--spool-in", &inbox, "--root"])
+        .arg(p.local.tmp.path().join("root2"))
+        .arg("--state")
+        .arg(p.local.tmp.path().join("rstate2"))
+        .output()
+        .expect("run a second mirror-routerd");
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another mirror-routerd applies the spool inbox"),
+        "{err}"
+    );
     for bad in ["spool:relative/dir", "spool:/a b"] {
         let out = p
             .local
@@ -659,6 +694,20 @@ fn sync_wait_seals_at_once_and_a_backlog_past_the_queue_limit_blocks_the_site_un
     );
     let n = wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
     assert_eq!(n, 21);
+    // The files sent whole are done with once acknowledged, although they were more than the
+    // limit: the site is not blocked again by them. (The file holding their last part waits
+    // for its age, an hour here: a barrier seals it.)
+    let a = format!("{dir}/a");
+    let out = p.local.ctl(&["sync", &a, "--wait", "--timeout", "120"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(60), "the dirty set retired", || {
+        let st = p.local.status();
+        st[0]["dirty_files"].as_u64() == Some(0) && st[0]["blocked"].is_null()
+    });
     drop(m);
 }
 
@@ -914,4 +963,88 @@ fn an_rsync_daemon_carries_the_spool_and_the_acknowledgements() {
     assert!(spool_files(&p.outbox).is_empty());
     drop(m);
     p.local.assert_no_errors();
+}
+
+#[test]
+fn files_sealed_under_a_wrong_key_are_refused_reported_and_sealed_again_once_it_is_corrected() {
+    let p = spool_pair("w", &[]);
+    // A typo in the key: the router refuses what is sealed with it.
+    let wrong = "cd".repeat(32);
+    let out = p.local.ctl(&["key", "add", &p.site, &wrong]);
+    assert!(out.status.success());
+    let m = p.local.mount(&[]);
+    let _s = p.local.sender_with(&sender_args());
+    let _c = rsync_loop(&p);
+    fs::write(p.local.dir.join("a"), b"first").unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the refusal reported to the source",
+        || {
+            p.local.status()[0]["spool"].as_str().is_some_and(|t| {
+                t.contains("REFUSED") && t.contains("keys here and at the router differ")
+            })
+        },
+    );
+    assert!(!p.router.path("w/a").exists());
+    // Corrected: the files not acknowledged are sealed again under the right key.
+    let out = p
+        .local
+        .ctl(&["key", "add", &p.site, mirror_tests::TEST_KEY]);
+    assert!(out.status.success());
+    let out = p.local.ctl(&["unblock", &p.site]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(p.local.dir.join("b"), b"second").unwrap();
+    wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
+    wait_until(Duration::from_secs(60), "every file acknowledged", || {
+        spool_files(&p.outbox).is_empty()
+    });
+    drop(m);
+}
+
+#[test]
+fn a_sealed_file_lost_from_the_sources_state_is_sealed_again_from_the_journal() {
+    let p = spool_pair("w", &[]);
+    let m = p.local.mount(&[]);
+    let args = ["--spool-age", "200ms", "--spool-size", "64K"];
+    let mut s = p.local.sender_with(&args);
+    let c = rsync_loop(&p);
+    fs::write(p.local.dir.join("a"), b"one").unwrap();
+    wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
+    wait_until(
+        Duration::from_secs(60),
+        "the first files acknowledged",
+        || spool_files(&p.outbox).is_empty(),
+    );
+    // No transport; a file is sealed, then lost from the outbox and from the state directory.
+    drop(c);
+    fs::write(p.local.dir.join("gone.txt"), b"must arrive").unwrap();
+    fs::write(p.local.dir.join("zz-marker"), b"the end").unwrap();
+    wait_until(Duration::from_secs(60), "the change sealed", || {
+        sealed_through(&p.outbox, "zz-marker")
+    });
+    s.kill9();
+    let kept = fs::read_dir(p.local.state.join("spool"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    for f in spool_files(&kept).into_iter().chain(spool_files(&p.outbox)) {
+        fs::remove_file(f).unwrap();
+    }
+    let _s = p.local.sender_with(&args);
+    let _c = rsync_loop(&p);
+    let n = wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
+    assert_eq!(n, 3);
+    assert!(
+        p.local.error_log().contains("removed from"),
+        "{}",
+        p.local.error_log()
+    );
+    assert!(spool_source(&p.router)["waiting_for"].is_null());
+    drop(m);
 }

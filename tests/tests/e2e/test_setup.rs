@@ -38,6 +38,8 @@ const TOOLS: &[&str] = &[
     "git",
     "cc",
     "setfacl",
+    "rsync",
+    "rclone",
     "pjdfstest",
     "cargo",
     "id",
