@@ -273,12 +273,17 @@ fn analyse(keep: &Path, names: &[String]) -> Breakdown {
         b.files += 1;
         b.total += bytes.len() as u64;
         let mut body = 0;
+        let mut prev: &[u8] = &[];
         for e in &f.entries {
+            // A name is stored as the part it does not share with the name before.
+            let shared = prev.iter().zip(&e.name).take_while(|(x, y)| x == y).count();
+            prev = &e.name;
+            let stored = e.name.len() - shared.min(u16::MAX as usize);
             b.entries += 1;
-            b.names += e.name.len() as u64;
+            b.names += stored as u64;
             b.aux += e.aux.len() as u64;
             b.data += e.data.len() as u64;
-            body += e.name.len() + e.aux.len() + e.data.len();
+            body += stored + e.aux.len() + e.data.len();
             *b.commands.entry(format!("{:?}", e.command)).or_default() += 1;
             if b.sample.is_empty() && e.command == mirrorfs::entry::Command::Write {
                 b.sample = String::from_utf8_lossy(&e.name).into_owned();
