@@ -19,7 +19,13 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const NOTICE: Duration = Duration::from_secs(20);
 
 /// What a sender may log when one of its connections, or its router, goes.
-const SENDER_FAULTS: &[&str] = &["; retrying", " is blocked: ", " is unblocked ("];
+const SENDER_FAULTS: &[&str] = &[
+    "; retrying",
+    " is blocked: ",
+    // A sender restarted while its site was blocked says so as it starts.
+    " is blocked since ",
+    " is unblocked (",
+];
 /// What a router may log when a connection or a source is killed.
 const ROUTER_FAULTS: &[&str] = &["torn tail", "session with 127.0.0.1:", "closed its session"];
 
