@@ -135,13 +135,9 @@ struct SpoolTransport {
     sealed: BTreeMap<u64, Sealed>,
     acked: u64,
     looked: Instant,
-    /// The texts of `.ack` and `.requests` last read (a transfer tool may keep a file's
-    /// size and its time to the second, so only the bytes tell a new one).
-    ack_seen: Option<String>,
-    requests_seen: Option<String>,
-    /// Texts that did not read, once (read again before they are reported).
-    ack_bad: Option<String>,
-    requests_bad: Option<String>,
+    /// `.ack` and `.requests` as last read.
+    ack_file: BackFile,
+    requests_file: BackFile,
     handled: HashSet<(u64, u32, Vec<u8>)>,
     last_ack: Option<Ack>,
     loaded: Instant,
@@ -159,16 +155,47 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> LinkError {
     move |e| LinkError::Local(format!("spool: {what}: {e}"))
 }
 
-/// The text of `p` when it changed since `seen` (at most 1 MiB read).
-fn changed(p: &Path, seen: &Option<String>) -> Option<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(p)
-        .ok()?
-        .take(1 << 20)
-        .read_to_string(&mut text)
-        .ok()?;
-    (seen.as_ref() != Some(&text)).then_some(text)
+/// A file the transfer tool brings back (`.ack`, `.requests`): its text as last read (a tool
+/// may keep a file's size and its time to the second, so only the bytes tell a new one), and
+/// a text that did not read, once (one still being written is read again before it is
+/// reported).
+#[derive(Debug, Default)]
+struct BackFile {
+    seen: Option<String>,
+    bad: Option<String>,
+}
+
+impl BackFile {
+    /// What `decode` makes of `p` (at most 1 MiB read) when it changed since it was last
+    /// read; none when it did not, or when it did not read for the first time.
+    fn fresh<T, E>(
+        &mut self,
+        p: &Path,
+        decode: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<Result<T, E>> {
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::open(p)
+            .ok()?
+            .take(1 << 20)
+            .read_to_string(&mut text)
+            .ok()?;
+        if self.seen.as_ref() == Some(&text) {
+            return None;
+        }
+        let read = decode(&text);
+        if read.is_err() && self.bad.as_ref() != Some(&text) {
+            self.bad = Some(text);
+            return None;
+        }
+        self.seen = Some(text);
+        Some(read)
+    }
+
+    /// Reads it again at the next look, whatever it holds (the key changed).
+    fn forget(&mut self) {
+        self.seen = None;
+    }
 }
 
 /// Opens the spool of `site`: its outbox made if missing, leftovers of a stopped sealing
@@ -225,10 +252,8 @@ pub fn open(
         sealed: BTreeMap::new(),
         acked: 0,
         looked: Instant::now() - LOOK_EVERY,
-        ack_seen: None,
-        requests_seen: None,
-        ack_bad: None,
-        requests_bad: None,
+        ack_file: BackFile::default(),
+        requests_file: BackFile::default(),
         handled: HashSet::new(),
         last_ack: None,
         loaded: Instant::now(),
@@ -505,8 +530,8 @@ impl SpoolTransport {
             Ok(k) if k != self.key => {
                 log::info!("site {}: its key changed; using the new one", self.site);
                 self.key = k;
-                self.ack_seen = None;
-                self.requests_seen = None;
+                self.ack_file.forget();
+                self.requests_file.forget();
                 self.rekeyed = true;
                 self.last_refusal = None;
             }
@@ -515,15 +540,8 @@ impl SpoolTransport {
         }
         let acks = self.outbox.join("acks");
         let ack_path = acks.join(format!("{}.ack", self.shared.site_id));
-        if let Some(text) = changed(&ack_path, &self.ack_seen) {
-            let read = Ack::decode(&text, &self.key);
-            // One still being written by the transfer tool is read again at the next look;
-            // the same bad bytes twice are reported.
-            if read.is_err() && self.ack_bad.as_ref() != Some(&text) {
-                self.ack_bad = Some(text);
-                return;
-            }
-            self.ack_seen = Some(text);
+        let key = self.key.clone();
+        if let Some(read) = self.ack_file.fresh(&ack_path, |t| Ack::decode(t, &key)) {
             match read {
                 Ok(a) if a.site != self.shared.site_id => log::warn!(
                     "site {}: {} is an acknowledgement for source {}, not this one; ignored",
@@ -561,13 +579,10 @@ impl SpoolTransport {
             }
         }
         let req_path = acks.join(format!("{}.requests", self.shared.site_id));
-        if let Some(text) = changed(&req_path, &self.requests_seen) {
-            let read = Requests::decode(&text, &self.key);
-            if read.is_err() && self.requests_bad.as_ref() != Some(&text) {
-                self.requests_bad = Some(text);
-                return;
-            }
-            self.requests_seen = Some(text);
+        if let Some(read) = self
+            .requests_file
+            .fresh(&req_path, |t| Requests::decode(t, &key))
+        {
             match read {
                 Ok(r) if r.site == self.shared.site_id && r.stream == self.shared.stream() => {
                     for item in r.items {
@@ -590,8 +605,6 @@ impl SpoolTransport {
         }
     }
 
-    /// The router acknowledged files up to `a.seq`: they become the link's acknowledgements
-    /// and leave the outbox.
     /// Logs the refusals of `a` not seen before; the newest shows in status.
     fn note_refusals(&mut self, a: &Ack) -> bool {
         let mut new = false;
@@ -605,6 +618,8 @@ impl SpoolTransport {
         new
     }
 
+    /// The router acknowledged files up to `a.seq`: they become the link's acknowledgements
+    /// and leave the outbox.
     fn acknowledged(&mut self, a: Ack) {
         let refused_now = self.note_refusals(&a);
         if a.seq > self.head.seq {
