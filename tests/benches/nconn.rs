@@ -8,7 +8,6 @@
 //! Run with `scripts/bench-nconn.sh` (release binaries). Not part of the test suite.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -65,16 +64,10 @@ fn run(n: usize, relay: Option<(Duration, usize)>, size: u64) -> Run {
     fs::write(&probe, b"up").unwrap();
     wait(|| r.root.join("b/probe").exists(), "the link to come up");
     let f = l.dir.join("big.bin");
-    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let chunk = mirror_tests::bench::sequential_chunk();
     let t = Instant::now();
     let c0 = cpu();
-    let mut h = fs::File::create(&f).unwrap();
-    for _ in 0..(size >> 20) {
-        h.write_all(&chunk).unwrap();
-    }
-    h.sync_all().unwrap();
-    drop(h);
-    let written = t.elapsed().as_secs_f64();
+    let written = mirror_tests::bench::write_sequential(&f, size);
     let b = r.root.join("b/big.bin");
     wait(
         || fs::metadata(&b).is_ok_and(|m| m.len() == size),

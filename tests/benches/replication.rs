@@ -14,9 +14,8 @@
 //! Run with `scripts/bench-replication.sh` (root; installs lsyncd and rsync).
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -167,21 +166,6 @@ fn lag(s: &Setup, n: usize) -> (f64, f64) {
     (percentile(&mut ms, 0.5), percentile(&mut ms, 0.99))
 }
 
-fn count_files(dir: &Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(_) => n += 1,
-                Err(_) => {}
-            }
-        }
-    }
-    n
-}
-
 /// (write seconds, replicated seconds) for 20,000 small files.
 fn many_files(s: &Setup) -> (f64, f64) {
     let root = s.source.join("many");
@@ -200,7 +184,10 @@ fn many_files(s: &Setup) -> (f64, f64) {
     }
     let written = t.elapsed().as_secs_f64();
     let b = s.backup.join("many");
-    wait(|| count_files(&b) == 20_000, "20,000 files on the backup");
+    wait(
+        || mirror_tests::bench::count_files(&b) == 20_000,
+        "20,000 files on the backup",
+    );
     let last = b.join("d199/f99");
     wait(
         || fs::read(&last).is_ok_and(|d| d == "file 199/99\n".repeat(4).as_bytes()),
@@ -233,15 +220,9 @@ fn big_file(s: &Setup, runs: usize) -> (f64, f64) {
 
 fn big_file_once(s: &Setup) -> (f64, f64) {
     let f = s.source.join("big.bin");
-    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let chunk = mirror_tests::bench::sequential_chunk();
     let t = Instant::now();
-    let mut h = fs::File::create(&f).unwrap();
-    for _ in 0..1024 {
-        h.write_all(&chunk).unwrap();
-    }
-    h.sync_all().unwrap();
-    drop(h);
-    let written = t.elapsed().as_secs_f64();
+    let written = mirror_tests::bench::write_sequential(&f, 1 << 30);
     let b = s.backup.join("big.bin");
     wait(
         || fs::metadata(&b).is_ok_and(|m| m.len() == 1 << 30),

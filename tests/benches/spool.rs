@@ -23,7 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -314,21 +313,6 @@ struct SpoolBytes {
     breakdown: Breakdown,
 }
 
-fn count_files(dir: &Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(_) => n += 1,
-                Err(_) => {}
-            }
-        }
-    }
-    n
-}
-
 fn content(d: usize, f: usize) -> Vec<u8> {
     let line = format!("file {d}/{f}\n");
     line.bytes().cycle().take(FILE_SIZE).collect()
@@ -364,7 +348,8 @@ fn many_files(s: &Setup, n: usize) -> (f64, f64, u64) {
     let last_path = b.join(format!("d{}/f{}", last.0, last.1));
     let last_data = content(last.0, last.1);
     wait(Duration::from_millis(20), "all files on the backup", || {
-        fs::read(&last_path).is_ok_and(|d| d == last_data) && count_files(&b) == n
+        fs::read(&last_path).is_ok_and(|d| d == last_data)
+            && mirror_tests::bench::count_files(&b) == n
     });
     let mut done = t.elapsed().as_secs_f64();
     // Every file's size and content: compared once (and waited for, should one lag).
@@ -378,15 +363,9 @@ fn many_files(s: &Setup, n: usize) -> (f64, f64, u64) {
 /// 1 GiB (`size`) written sequentially, then fsync: (written, done, payload).
 fn big_file(s: &Setup, size: u64) -> (f64, f64, u64) {
     let f = s.source.join("big.bin");
-    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let chunk = mirror_tests::bench::sequential_chunk();
     let t = Instant::now();
-    let mut h = fs::File::create(&f).unwrap();
-    for _ in 0..(size >> 20) {
-        h.write_all(&chunk).unwrap();
-    }
-    h.sync_all().unwrap();
-    drop(h);
-    let written = t.elapsed().as_secs_f64();
+    let written = mirror_tests::bench::write_sequential(&f, size);
     let b = s.backup.join("big.bin");
     wait(
         Duration::from_millis(20),

@@ -8,6 +8,41 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Writes `size` bytes (a repeating pattern, in 1 MiB writes) to a new file at `path`, then
+/// fsyncs it: the seconds that took (the replication benchmarks' large file).
+pub fn write_sequential(path: &Path, size: u64) -> f64 {
+    use std::io::Write;
+    let chunk = sequential_chunk();
+    let t = Instant::now();
+    let mut h = std::fs::File::create(path).expect("create the large file");
+    for _ in 0..(size >> 20) {
+        h.write_all(&chunk).expect("write the large file");
+    }
+    h.sync_all().expect("fsync the large file");
+    t.elapsed().as_secs_f64()
+}
+
+/// Each MiB [`write_sequential`] writes (to check a copy against).
+pub fn sequential_chunk() -> Vec<u8> {
+    (0..1 << 20).map(|i| (i % 251) as u8).collect()
+}
+
+/// The files under `dir` (everything but directories), however deep.
+pub fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => n += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    n
+}
+
 /// Runs `cmd` (stderr shown), panics unless it succeeds; returns its stdout.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.stderr(Stdio::inherit()).output().expect("run command");

@@ -783,42 +783,89 @@ fn a_file_lost_on_the_way_is_written_again_byte_for_byte_on_unblock_and_after_re
     drop(m);
 }
 
-/// `rclone serve sftp` of a directory on a loopback port (an SFTP server the backup host
-/// runs), stopped on drop.
-struct SftpServer {
+/// A free loopback port (bound and let go: the server started next takes it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A server a backup host runs for the transfer tool (SFTP, an rsync daemon) on a loopback
+/// port, stopped on drop.
+struct Server {
     port: u16,
     child: std::process::Child,
 }
 
-impl SftpServer {
-    fn start(dir: &Path, cache: &Path) -> SftpServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("rclone")
-            .args(["serve", "sftp"])
-            .arg(dir)
-            .args(["--addr", &format!("127.0.0.1:{port}")])
-            .args(["--user", "mirror", "--pass", "secret"])
-            .arg("--cache-dir")
-            .arg(cache)
+impl Server {
+    /// Runs `cmd` (listening on `port`) and waits until it accepts connections.
+    fn start(mut cmd: Command, port: u16, what: &str) -> Server {
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("run rclone serve sftp");
-        let s = SftpServer { port, child };
-        wait_until(Duration::from_secs(30), "the SFTP server up", || {
+            .unwrap_or_else(|e| panic!("run {what}: {e}"));
+        let s = Server { port, child };
+        wait_until(Duration::from_secs(30), what, || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         s
     }
+
+    /// `rclone serve sftp` of `dir`.
+    fn sftp(dir: &Path, cache: &Path) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new("rclone");
+        cmd.args(["serve", "sftp"])
+            .arg(dir)
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .args(["--user", "mirror", "--pass", "secret"])
+            .arg("--cache-dir")
+            .arg(cache);
+        Server::start(cmd, port, "the SFTP server up")
+    }
+
+    /// An rsync daemon serving the router's inbox (module `inbox`, writable) and ack
+    /// directory (module `acks`, read-only).
+    fn rsync_daemon(p: &SpoolPair) -> Server {
+        let port = free_port();
+        let conf = p.local.tmp.path().join("rsyncd.conf");
+        fs::create_dir_all(&p.acks).unwrap();
+        fs::write(
+            &conf,
+            format!(
+                "use chroot = false\nuid = root\ngid = root\npid file = {}\n[inbox]\npath = {}\nread only = false\n[acks]\npath = {}\nread only = true\n",
+                p.local.tmp.path().join("rsyncd.pid").display(),
+                p.inbox.display(),
+                p.acks.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("rsync");
+        cmd.args(["--daemon", "--no-detach", "--address", "127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--config={}", conf.display()));
+        Server::start(cmd, port, "the rsync daemon up")
+    }
 }
 
-impl Drop for SftpServer {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `step` (one round of a transfer tool, as cron would) until the backup equals the
+/// source and the outbox is empty (at most 600 rounds).
+fn carry_until_done(p: &SpoolPair, mut step: impl FnMut()) {
+    for _ in 0..600 {
+        if tree_equal(&p.local.dir, &p.router.path("w")) && spool_files(&p.outbox).is_empty() {
+            return;
+        }
+        step();
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -827,7 +874,7 @@ fn rclone_move_over_sftp_carries_the_spool_and_the_acknowledgements() {
     let p = spool_pair("w", &[]);
     let base = p.local.tmp.path().canonicalize().unwrap();
     // The backup host serves its inbox and ack directory's parent over SFTP.
-    let server = SftpServer::start(&base, &base.join("rclone-cache"));
+    let server = Server::sftp(&base, &base.join("rclone-cache"));
     let pass = Command::new("rclone")
         .args(["obscure", "secret"])
         .output()
@@ -847,13 +894,8 @@ fn rclone_move_over_sftp_carries_the_spool_and_the_acknowledgements() {
         w.step();
     }
     fs::write(p.local.dir.join("zz-marker"), b"the end").unwrap();
-    let done =
-        || tree_equal(&p.local.dir, &p.router.path("w")) && spool_files(&p.outbox).is_empty();
     // The transfer, as a cron job would run it: spool files over, acknowledgements back.
-    for _ in 0..600 {
-        if done() {
-            break;
-        }
+    carry_until_done(&p, || {
         run(Command::new("rclone")
             .envs(env.iter().map(|(k, v)| (k, v.as_str())))
             .args([
@@ -870,8 +912,7 @@ fn rclone_move_over_sftp_carries_the_spool_and_the_acknowledgements() {
             .envs(env.iter().map(|(k, v)| (k, v.as_str())))
             .args(["copy", "--exclude", ".*", "backup:acks"])
             .arg(p.outbox.join("acks")));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     let n = wait_converged(&p.local.dir, &p.router.path("w"), Duration::from_secs(5));
     assert!(n >= 20);
     assert!(spool_files(&p.outbox).is_empty());
@@ -884,59 +925,11 @@ fn tree_equal(a: &Path, b: &Path) -> bool {
     b.exists() && mirror_tests::tree(a) == mirror_tests::tree(b)
 }
 
-/// An rsync daemon on a loopback port serving the router's inbox (write) and ack directory
-/// (read), stopped on drop.
-struct RsyncDaemon {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl RsyncDaemon {
-    fn start(p: &SpoolPair) -> RsyncDaemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let conf = p.local.tmp.path().join("rsyncd.conf");
-        fs::create_dir_all(&p.acks).unwrap();
-        fs::write(
-            &conf,
-            format!(
-                "use chroot = false\nuid = root\ngid = root\npid file = {}\n[inbox]\npath = {}\nread only = false\n[acks]\npath = {}\nread only = true\n",
-                p.local.tmp.path().join("rsyncd.pid").display(),
-                p.inbox.display(),
-                p.acks.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("rsync")
-            .args(["--daemon", "--no-detach", "--address", "127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--config={}", conf.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("run rsync --daemon");
-        let d = RsyncDaemon { port, child };
-        wait_until(Duration::from_secs(30), "the rsync daemon up", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        d
-    }
-}
-
-impl Drop for RsyncDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn an_rsync_daemon_carries_the_spool_and_the_acknowledgements() {
     let p = spool_pair("w", &[]);
     fs::create_dir_all(&p.inbox).unwrap();
-    let d = RsyncDaemon::start(&p);
+    let d = Server::rsync_daemon(&p);
     let m = p.local.mount(&[]);
     let _s = p.local.sender_with(&sender_args());
     let mut w = Workload::new(&p.local.dir, 0x5b00_0009, 30);
@@ -944,10 +937,7 @@ fn an_rsync_daemon_carries_the_spool_and_the_acknowledgements() {
         w.step();
     }
     let url = format!("rsync://127.0.0.1:{}", d.port);
-    for _ in 0..600 {
-        if tree_equal(&p.local.dir, &p.router.path("w")) && spool_files(&p.outbox).is_empty() {
-            break;
-        }
+    carry_until_done(&p, || {
         run(Command::new("rsync")
             .args(["-a", "--exclude", ".tmp/", "--exclude", "acks/"])
             .arg(format!("{}/", p.outbox.display()))
@@ -956,8 +946,7 @@ fn an_rsync_daemon_carries_the_spool_and_the_acknowledgements() {
             .args(["-a", "--checksum", "--exclude", ".*"])
             .arg(format!("{url}/acks/"))
             .arg(format!("{}/acks/", p.outbox.display())));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
     let n = wait_converged(&p.local.dir, &p.router.path("w"), Duration::from_secs(5));
     assert!(n >= 20);
     assert!(spool_files(&p.outbox).is_empty());
