@@ -524,7 +524,11 @@ impl Coordinator {
                 },
             );
         }
-        sources.get_mut(site)
+        let src = sources.get_mut(site)?;
+        // The key as the key file says now (a key replaced while running checks, and seals,
+        // from then on; its running session ends on its own, see `receive::key_revoked`).
+        src.key = self.key_of(site)?;
+        Some(src)
     }
 
     /// Decides, for the checked files of one source, which is next; duplicates go, wrong

@@ -1037,3 +1037,26 @@ fn a_sealed_file_lost_from_the_sources_state_is_sealed_again_from_the_journal() 
     assert!(spool_source(&p.router)["waiting_for"].is_null());
     drop(m);
 }
+
+#[test]
+fn a_key_replaced_on_both_sides_while_running_keeps_the_spool_flowing() {
+    let p = spool_pair("w", &[]);
+    let m = p.local.mount(&[]);
+    let _s = p.local.sender_with(&sender_args());
+    let _c = rsync_loop(&p);
+    fs::write(p.local.dir.join("a"), b"under the first key").unwrap();
+    wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
+    // The operator replaces the key: on the router, then on the source.
+    let new = "5e".repeat(32);
+    let id = mirrorfs::state::hostname().unwrap_or_else(|| "localhost".into());
+    let out = p.router.ctl(&["key", "add", &id, "--key", &new, "--namespace", "."]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = p.local.ctl(&["key", "add", &p.site, &new]);
+    assert!(out.status.success());
+    fs::write(p.local.dir.join("b"), b"under the second key").unwrap();
+    wait_converged(&p.local.dir, &p.router.path("w"), CONVERGE);
+    wait_until(Duration::from_secs(60), "every file acknowledged", || {
+        spool_files(&p.outbox).is_empty()
+    });
+    drop(m);
+}
